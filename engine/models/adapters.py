@@ -1,0 +1,159 @@
+"""Uniform access to the decoder stack of the supported causal LMs.
+
+Besides naming the parts (layers, embedding, final norm, rotary embedding, head), the adapter runs
+the stack one layer at a time: ``prepare`` does what the model's own forward does before the first
+layer (embedding, position ids, attention masks, rotary tables), ``run_layer`` runs one decoder
+layer, ``head`` does the final norm and the LM head. Importance scoring and the cached training
+loop start mid-stack from a stored hidden state, which the stock ``forward`` cannot do. A test
+checks that running every layer this way gives the model's own logits for every family.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedArchitecture
+
+# model_type -> how the family picks each layer's attention mask when config.layer_types is absent
+SUPPORTED = {
+    "llama": "full",
+    "mistral": "sliding_if_window",
+    "phi3": "sliding_if_window",
+    "qwen2": "layer_types",
+    "qwen3": "layer_types",
+    "gemma2": "layer_types",
+    "gemma3_text": "layer_types",
+}
+
+
+@dataclass
+class StackInputs:
+    """Everything a decoder layer needs besides the hidden state, for one batch."""
+
+    hidden: torch.Tensor  # the input of layer 0
+    position_ids: torch.Tensor
+    masks: dict[str, object]  # attention-mask object per layer type
+    rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]  # (cos, sin) per layer type
+    attention_mask: torch.Tensor | None  # the 2-D padding mask (1 = real token)
+
+
+class DecoderAdapter:
+    def __init__(self, model: nn.Module):
+        config = model.config
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED:
+            raise UnsupportedArchitecture(
+                f"unsupported architecture '{model_type}'; supported: {', '.join(sorted(SUPPORTED))}"
+            )
+        self.model = model
+        self.config = config
+        self.model_type = model_type
+        self.backbone = model.model
+        self._rotary_takes_type = "layer_type" in inspect.signature(self.backbone.rotary_emb.forward).parameters
+
+    # --- the parts -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.backbone.layers
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return self.backbone.embed_tokens
+
+    @property
+    def norm(self) -> nn.Module:
+        return self.backbone.norm
+
+    @property
+    def rotary_emb(self) -> nn.Module:
+        return self.backbone.rotary_emb
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def layer_type(self, index: int) -> str:
+        types = getattr(self.config, "layer_types", None)
+        if types:
+            return types[index]
+        rule = SUPPORTED[self.model_type]
+        if rule == "sliding_if_window" and getattr(self.config, "sliding_window", None) is not None:
+            return "sliding_attention"
+        return "full_attention"
+
+    def layer_map(self) -> list[int]:
+        """Current layer index -> original teacher index."""
+        stored = getattr(self.config, "ild_layer_map", None)
+        return list(stored) if stored is not None else list(range(self.num_layers))
+
+    # --- running the stack layer by layer --------------------------------------------------------
+    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> StackInputs:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        hidden = self.embed_tokens(input_ids)
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        kinds = {self.layer_type(i) for i in range(self.num_layers)} or {"full_attention"}
+        mask_args = dict(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
+        makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        masks = {kind: makers[kind](**mask_args) for kind in kinds}
+        if self._rotary_takes_type:
+            rotary = {kind: self.rotary_emb(hidden, position_ids, kind) for kind in kinds}
+        else:
+            shared = self.rotary_emb(hidden, position_ids=position_ids)
+            rotary = {kind: shared for kind in kinds}
+        return StackInputs(hidden, position_ids, masks, rotary, attention_mask)
+
+    def run_layer(self, index: int, hidden: torch.Tensor, inputs: StackInputs, layer: nn.Module | None = None) -> torch.Tensor:
+        kind = self.layer_type(index)
+        layer = self.layers[index] if layer is None else layer
+        out = layer(
+            hidden,
+            attention_mask=inputs.masks[kind],
+            position_embeddings=inputs.rotary[kind],
+            position_ids=inputs.position_ids,
+            past_key_values=None,
+            use_cache=False,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+    def run_layers(self, hidden: torch.Tensor, inputs: StackInputs, start: int = 0, stop: int | None = None, skip: int | None = None) -> torch.Tensor:
+        """Run layers [start, stop), leaving out ``skip`` (a current index) if given."""
+        stop = self.num_layers if stop is None else stop
+        for index in range(start, stop):
+            if index != skip:
+                hidden = self.run_layer(index, hidden, inputs)
+        return hidden
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head (+ Gemma's logit soft-capping): the logits."""
+        logits = self.lm_head(self.norm(hidden))
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, skip: int | None = None) -> torch.Tensor:
+        inputs = self.prepare(input_ids, attention_mask)
+        return self.head(self.run_layers(inputs.hidden, inputs, skip=skip))
+
+
+def adapter_for(model: nn.Module) -> DecoderAdapter:
+    return DecoderAdapter(model)
+
+
+def supported_architectures() -> list[str]:
+    return sorted(SUPPORTED)

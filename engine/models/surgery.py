@@ -1,0 +1,86 @@
+"""Removing decoder layers in place, named by their original (teacher) index.
+
+The current-to-original map lives on the config as ``ild_layer_map`` so it travels with every
+checkpoint and export and survives a reload.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .adapters import adapter_for
+from .errors import SurgeryError
+
+
+def layer_map(model: nn.Module) -> list[int]:
+    return adapter_for(model).layer_map()
+
+
+def current_index(model: nn.Module, original: int) -> int:
+    mapping = layer_map(model)
+    if original not in mapping:
+        teacher_depth = getattr(model.config, "ild_teacher_layers", None) or len(mapping)
+        if 0 <= original < max(teacher_depth, max(mapping, default=-1) + 1):
+            raise SurgeryError(f"layer {original} was already removed")
+        raise SurgeryError(f"layer {original} does not exist (remaining: {_ranges(mapping)})")
+    return mapping.index(original)
+
+
+def remove_layers(model: nn.Module, originals: list[int] | int) -> list[int]:
+    """Remove layers by original index; return the new current->original map."""
+    originals = [originals] if isinstance(originals, int) else list(originals)
+    if len(set(originals)) != len(originals):
+        raise SurgeryError(f"duplicate layers in {originals}")
+    adapter = adapter_for(model)
+    config = model.config
+    old_map = adapter.layer_map()
+    if getattr(config, "ild_teacher_layers", None) is None:
+        config.ild_teacher_layers = len(old_map)
+    drop = {current_index(model, o) for o in originals}
+    keep = [i for i in range(len(old_map)) if i not in drop]
+    if not keep:
+        raise SurgeryError("cannot remove every layer")
+
+    old_layers = adapter.layers
+    adapter.backbone.layers = nn.ModuleList(old_layers[i] for i in keep)
+    for new_index, layer in enumerate(adapter.backbone.layers):
+        # HF caches index their per-layer K/V by this attribute.
+        attention = getattr(layer, "self_attn", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = new_index
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = new_index
+
+    types = getattr(config, "layer_types", None)
+    if types:
+        config.layer_types = [types[i] for i in keep]
+    window_layers = getattr(config, "max_window_layers", None)
+    if window_layers is not None:
+        # Layers below the threshold kept full attention; count the survivors that were below it.
+        config.max_window_layers = sum(1 for i in keep if i < window_layers)
+    config.num_hidden_layers = len(keep)
+    new_map = [old_map[i] for i in keep]
+    config.ild_layer_map = new_map
+    return new_map
+
+
+def parameter_count(model: nn.Module) -> int:
+    # Tied embeddings share one tensor: count each storage once.
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _ranges(values: list[int]) -> str:
+    parts, start = [], None
+    values = sorted(values)
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(parts)

@@ -1,0 +1,3 @@
+from ild_tui.cli import main
+
+main()
