@@ -20,8 +20,11 @@ def test_layerwise_forward_matches_model(family):
     ids, mask = batch()
     with torch.no_grad():
         ours = adapter_for(model).forward_logits(ids, mask)
-        theirs = model(input_ids=ids, attention_mask=mask).logits
-    assert torch.allclose(_real(ours, mask), _real(theirs, mask), atol=1e-5)
+        # The reference: each row alone, unpadded, through the model's own forward.
+        for row in range(ids.shape[0]):
+            real = mask[row].bool()
+            theirs = model(input_ids=ids[row : row + 1, real]).logits[0]
+            assert torch.allclose(ours[row, real], theirs, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -47,8 +50,10 @@ def test_remove_layers_keeps_map_and_matches_skipping(family):
     if types_before:
         assert model.config.layer_types == [types_before[i] for i in (0, 2, 3, 5)]
     with torch.no_grad():
-        got = model(input_ids=ids, attention_mask=mask).logits
+        got = adapter_for(model).forward_logits(ids, mask)
+        unpadded = model(input_ids=ids[:1]).logits
     assert torch.allclose(_real(got, mask), _real(expected, mask), atol=1e-5)
+    assert torch.allclose(unpadded[0], expected[0], atol=1e-5)
 
 
 def test_qwen2_max_window_layers_recomputed():
@@ -121,3 +126,22 @@ def test_export_reloads_with_identical_logits_and_generates_with_cache(family, t
         plain = reloaded.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
     assert cached.shape[1] == prompt.shape[1] + 6
     assert torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_skipping_generates_like_removal_and_restores(family):
+    from engine.models.surgery import skipping
+
+    model = tiny_model(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config_before = model.config.to_dict()
+    prompt, _ = batch()
+    with torch.no_grad(), skipping(model, 2):
+        assert layer_map(model) == [0, 1, 3, 4, 5]
+        inside = model.generate(prompt[:1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert layer_map(model) == list(range(6)) and model.config.to_dict() == config_before
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    removed = tiny_model(family)
+    remove_layers(removed, 2)
+    with torch.no_grad():
+        assert torch.equal(inside, removed.generate(prompt[:1], max_new_tokens=5, do_sample=False, pad_token_id=0))

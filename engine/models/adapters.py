@@ -99,7 +99,12 @@ class DecoderAdapter:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         hidden = self.embed_tokens(input_ids)
-        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        if attention_mask is not None:
+            # Count positions from each row's first real token, as generate() does, so a
+            # left-padded row scores exactly like the same row unpadded.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         kinds = {self.layer_type(i) for i in range(self.num_layers)} or {"full_attention"}
         mask_args = dict(
             config=self.config,

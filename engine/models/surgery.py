@@ -84,3 +84,40 @@ def _ranges(values: list[int]) -> str:
             parts.append(str(start) if start == v else f"{start}-{v}")
             start = None
     return ", ".join(parts)
+
+
+class skipping:
+    """Context manager: run the model with some current layers left out, then put them back.
+
+    Used to generate with a candidate removal without copying the model: inside the block the
+    model is exactly what ``remove_layers`` would make (renumbered ``layer_idx``, sliced
+    ``layer_types``), so ``generate()`` and its KV cache work unchanged.
+    """
+
+    _FIELDS = ("num_hidden_layers", "layer_types", "max_window_layers", "ild_layer_map", "ild_teacher_layers")
+
+    def __init__(self, model: nn.Module, current: list[int] | int):
+        self.model = model
+        self.current = [current] if isinstance(current, int) else list(current)
+
+    def __enter__(self) -> nn.Module:
+        adapter = adapter_for(self.model)
+        self._layers = adapter.backbone.layers
+        self._indices = [(layer.self_attn.layer_idx, getattr(layer, "layer_idx", None)) for layer in self._layers]
+        self._config = {f: getattr(self.model.config, f) for f in self._FIELDS if hasattr(self.model.config, f)}
+        mapping = adapter.layer_map()
+        remove_layers(self.model, [mapping[i] for i in self.current])
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        backbone = adapter_for(self.model).backbone
+        backbone.layers = self._layers
+        for layer, (attn_idx, layer_idx) in zip(self._layers, self._indices):
+            layer.self_attn.layer_idx = attn_idx
+            if layer_idx is not None:
+                layer.layer_idx = layer_idx
+        for field in self._FIELDS:
+            if field in self._config:
+                setattr(self.model.config, field, self._config[field])
+            elif hasattr(self.model.config, field):
+                delattr(self.model.config, field)

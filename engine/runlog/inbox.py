@@ -1,0 +1,286 @@
+"""The command inbox: how a person steers a running engine.
+
+A client (the dashboard, or ``ild approve`` from any shell, on any host that
+sees the run directory) drops one JSON file per command into ``commands/``.
+The engine polls the folder, answers each command with a
+``command_applied``/``command_rejected`` event carrying its id, and moves the
+file to ``commands/done/``, which is the audit trail.
+
+Files rather than a socket because commands must outlive both sides: one sent
+while the engine is restarting is applied when it comes back, and it works
+across hosts on a shared filesystem. Delivery is at least once (the engine may
+die between applying and moving); the id lets the engine apply it once.
+
+This module checks only the *shape* of a command (known name, the right
+arguments with the right types). Whether it makes sense now (is that layer
+still there? is anything awaiting a decision?) is the engine's call.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.runlog.atomic import temp_name
+from engine.runlog.layout import RunDir
+from engine.runlog.tailer import EventTailer
+
+__all__ = [
+    "COMMANDS",
+    "MODES",
+    "Command",
+    "MalformedCommand",
+    "CommandInbox",
+    "validate_command",
+    "send_command",
+    "wait_for_reply",
+]
+
+MODES = ("manual", "auto", "auto-after")
+
+# name -> {arg: (kind, required)}; "set_mode"'s "seconds" is checked by hand
+# because whether it is required depends on "mode".
+COMMANDS: dict[str, dict[str, tuple[str, bool]]] = {
+    "approve": {"layer": ("int", False)},
+    "override": {"layer": ("int", True)},
+    "set_mode": {"mode": ("mode", True), "seconds": ("number", False)},
+    "pause": {},
+    "resume": {},
+    "stop": {},
+}
+
+
+@dataclass
+class Command:
+    """A well-formed command file (its arguments may still be invalid: see ``validate``)."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+    t: float | None
+    by: str | None
+    path: Path = field(repr=False)
+
+
+@dataclass
+class MalformedCommand:
+    """A command file that could not be read as a command at all.
+
+    The engine answers it with ``command_rejected`` (using ``id``, the file
+    name without ``.json``) and moves it to ``done/`` like any other.
+    """
+
+    id: str
+    reason: str
+    path: Path = field(repr=False)
+    name: str | None = None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def validate_command(name: Any, args: Any) -> str | None:
+    """Why ``name(**args)`` is not a valid command, or None if it is."""
+    if not isinstance(name, str) or name not in COMMANDS:
+        return f"unknown command {name!r}; known: {', '.join(COMMANDS)}"
+    if not isinstance(args, dict):
+        return f"{name}: args must be an object, got {type(args).__name__}"
+    spec = COMMANDS[name]
+    extra = sorted(set(args) - set(spec))
+    if extra:
+        return f"{name}: unexpected argument(s) {', '.join(map(str, extra))}"
+    for arg, (kind, required) in spec.items():
+        if arg not in args or args[arg] is None:
+            if required:
+                return f"{name}: missing required argument {arg!r}"
+            continue
+        v = args[arg]
+        if kind == "int" and not (_is_int(v) and v >= 0):
+            return f"{name}: {arg} must be a non-negative integer, got {v!r}"
+        if kind == "number" and not (_is_number(v) and v >= 0):
+            return f"{name}: {arg} must be a non-negative number, got {v!r}"
+        if kind == "mode" and v not in MODES:
+            return f"{name}: mode must be one of {', '.join(MODES)}, got {v!r}"
+    if name == "set_mode":
+        has_seconds = args.get("seconds") is not None
+        if args["mode"] == "auto-after" and not has_seconds:
+            return "set_mode: mode auto-after needs 'seconds'"
+        if args["mode"] != "auto-after" and has_seconds:
+            return f"set_mode: 'seconds' applies only to auto-after, not {args['mode']}"
+    return None
+
+
+def _default_sender() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def send_command(
+    run_dir: str | os.PathLike,
+    name: str,
+    /,
+    *,
+    by: str | None = None,
+    check: bool = True,
+    **args: Any,
+) -> str:
+    """Drop command ``name(**args)`` into the run's inbox; return its id.
+
+    ``check`` refuses (``ValueError``) a command the engine would reject for
+    its shape, so a CLI typo fails at once instead of as a later event;
+    ``check=False`` exists for tests of the engine's side. ``by`` defaults to
+    ``user@host``. The file appears whole or not at all (temp + rename).
+    """
+    if check:
+        reason = validate_command(name, args)
+        if reason:
+            raise ValueError(reason)
+    rd = RunDir(run_dir)
+    if not rd.commands_dir.is_dir():
+        raise FileNotFoundError(f"{rd.path} is not a run directory (no commands/ folder)")
+    command_id = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    payload = {"id": command_id, "name": name, "args": args, "t": time.time(), "by": by or _default_sender()}
+    data = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    final = rd.commands_dir / f"{command_id}.json"
+    tmp = rd.commands_dir / temp_name(final.name)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return command_id
+
+
+def _load(path: Path) -> Command | MalformedCommand | None:
+    stem = path.name[: -len(".json")]
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None  # moved to done/ by a concurrent pass
+    except OSError as e:
+        return MalformedCommand(stem, f"unreadable: {e}", path)
+    try:
+        obj = json.loads(raw)
+    except ValueError as e:
+        return MalformedCommand(stem, f"not valid JSON: {e}", path)
+    if not isinstance(obj, dict):
+        return MalformedCommand(stem, f"expected a JSON object, got {type(obj).__name__}", path)
+    cid = obj.get("id", stem)
+    if not isinstance(cid, str) or not cid:
+        cid = stem
+    name = obj.get("name")
+    if not isinstance(name, str):
+        return MalformedCommand(cid, "missing or non-string 'name'", path)
+    args = obj.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return MalformedCommand(cid, f"'args' must be an object, got {type(args).__name__}", path, name)
+    t = obj.get("t")
+    by = obj.get("by")
+    return Command(
+        id=cid,
+        name=name,
+        args=args,
+        t=t if _is_number(t) else None,
+        by=by if isinstance(by, str) else None,
+        path=path,
+    )
+
+
+class CommandInbox:
+    """The engine's view of ``commands/``."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = RunDir(run_dir)
+
+    def pending(self) -> list[Command | MalformedCommand]:
+        """Unprocessed commands, oldest first (file names start with time_ns).
+
+        Dot-files are temp files still being written and are skipped, as is
+        anything not ending in ``.json``.
+        """
+        try:
+            names = sorted(
+                e.name
+                for e in os.scandir(self.run_dir.commands_dir)
+                if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
+            )
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            cmd = _load(self.run_dir.commands_dir / n)
+            if cmd is not None:
+                out.append(cmd)
+        return out
+
+    def validate(self, cmd: Command | MalformedCommand) -> str | None:
+        """Why ``cmd`` must be rejected for its shape, or None."""
+        if isinstance(cmd, MalformedCommand):
+            return cmd.reason
+        return validate_command(cmd.name, cmd.args)
+
+    def done(self, cmd: Command | MalformedCommand) -> Path | None:
+        """Move the command's file to ``commands/done/``; return the new path.
+
+        Replaces a same-named file already there, and is a no-op (None) if
+        the file is already gone, so a command handled twice after a crash
+        does not make the engine fail.
+        """
+        self.run_dir.done_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.run_dir.done_dir / cmd.path.name
+        try:
+            os.replace(cmd.path, dest)
+        except FileNotFoundError:
+            return None
+        return dest
+
+
+def wait_for_reply(
+    run_dir: str | os.PathLike,
+    command_id: str,
+    timeout: float,
+    *,
+    poll_interval: float = 0.1,
+    offset: int = 0,
+) -> dict | None:
+    """Block until the engine answers ``command_id``; return that event or None.
+
+    The answer is a ``command_applied`` or ``command_rejected`` event with
+    ``command_id == command_id``. Reads from ``offset`` (default: the whole
+    log, since a quick engine may answer before the client starts looking).
+    """
+    tailer = EventTailer(RunDir(run_dir).events_file, offset=offset)
+    deadline = time.monotonic() + timeout
+    while True:
+        for ev in tailer.poll():
+            if ev.get("type") in ("command_applied", "command_rejected") and ev.get("command_id") == command_id:
+                return ev
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(min(poll_interval, remaining))

@@ -1,0 +1,164 @@
+"""The run directory: one place that names every path of the contract.
+
+Engine, CLI and dashboard each build paths into ``runs/<run-id>/``; if each
+spelled ``"events.jsonl"`` itself, a rename on one side would silently break
+the other. Everything goes through ``RunDir`` instead. See DESIGN.md, "The
+run directory - the contract between engine and dashboard".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.runlog.atomic import write_text_atomic
+
+__all__ = ["RunDir", "create", "is_run_dir", "list_runs"]
+
+CONFIG = "config.yaml"
+EVENTS = "events.jsonl"
+COMMANDS = "commands"
+DONE = "done"
+LOCK = "engine.lock"
+STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "LATEST"
+EXPORT = "export"
+ENGINE_LOG = "engine.log"
+
+
+class RunDir(os.PathLike):
+    """Paths of one run directory. Cheap: constructing it touches nothing.
+
+    It is ``os.PathLike`` so every runlog function taking a run directory
+    accepts either a ``RunDir`` or a plain path.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(os.fspath(path))
+        self.config_file = self.path / CONFIG
+        self.events_file = self.path / EVENTS
+        self.commands_dir = self.path / COMMANDS
+        self.done_dir = self.commands_dir / DONE
+        self.lock_file = self.path / LOCK
+        self.state_file = self.path / STATE
+        self.checkpoints_dir = self.path / CHECKPOINTS
+        self.latest_file = self.path / LATEST
+        self.export_dir = self.path / EXPORT
+        self.log_file = self.path / ENGINE_LOG
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def name(self) -> str:
+        """The run id: the directory's own name."""
+        return self.path.name
+
+    def checkpoint_dir(self, name: str | int) -> Path:
+        """``checkpoints/<name>/``; an int iteration ``k`` is named ``str(k)``."""
+        name = _check_name(str(name))
+        return self.checkpoints_dir / name
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint named by ``LATEST``, or None.
+
+        None also when ``LATEST`` names a directory that is not there (deleted
+        by hand): resuming from a path that does not exist helps nobody.
+        """
+        try:
+            name = self.latest_file.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not name:
+            return None
+        try:
+            path = self.checkpoint_dir(name)
+        except ValueError:
+            return None
+        return path if path.is_dir() else None
+
+    def set_latest(self, name: str | int) -> Path:
+        """Point ``LATEST`` at ``checkpoints/<name>/`` atomically and durably.
+
+        Call this only after the checkpoint is complete and fsynced: ``LATEST``
+        is the promise that what it names is whole.
+        """
+        name = _check_name(str(name))
+        write_text_atomic(self.latest_file, name + "\n")
+        return self.checkpoints_dir / name
+
+    def is_run_dir(self) -> bool:
+        return is_run_dir(self.path)
+
+
+def _check_name(name: str) -> str:
+    """Refuse names that would escape ``checkpoints/`` or be hidden/temp files."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise ValueError(f"invalid checkpoint name {name!r}")
+    return name
+
+
+def create(path: str | os.PathLike, *, resume: bool = False) -> RunDir:
+    """Make the skeleton of a run directory and return its ``RunDir``.
+
+    Refuses (``FileExistsError``) when ``events.jsonl`` already holds events
+    and ``resume`` is false: starting a second run on top of a first would
+    interleave two histories in one log. An empty ``events.jsonl`` is created
+    so that a dashboard can start tailing before the engine's first event.
+    """
+    rd = RunDir(path)
+    try:
+        has_events = rd.events_file.stat().st_size > 0
+    except FileNotFoundError:
+        has_events = False
+    if has_events and not resume:
+        raise FileExistsError(
+            f"{rd.path} already holds a run ({EVENTS} is not empty); resume it or choose another directory"
+        )
+    for d in (rd.path, rd.commands_dir, rd.done_dir, rd.checkpoints_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    with open(rd.events_file, "ab"):
+        pass
+    return rd
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True for a directory holding ``events.jsonl`` or ``config.yaml``."""
+    p = Path(os.fspath(path))
+    return p.is_dir() and ((p / EVENTS).is_file() or (p / CONFIG).is_file())
+
+
+def _sort_key(rd: RunDir) -> tuple[float, str]:
+    for p in (rd.events_file, rd.path):
+        try:
+            return (p.stat().st_mtime, rd.name)
+        except FileNotFoundError:
+            continue
+    return (0.0, rd.name)
+
+
+def list_runs(root: str | os.PathLike) -> list[RunDir]:
+    """Run directories directly under ``root``, oldest first.
+
+    Ordered by the mtime of ``events.jsonl`` (last activity), falling back to
+    the directory's own mtime, so the most recently active run is last.
+    A missing ``root`` is simply no runs.
+    """
+    root = Path(os.fspath(root))
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    runs = [RunDir(p) for p in entries if not p.name.startswith(".") and is_run_dir(p)]
+    runs.sort(key=_sort_key)
+    return runs
