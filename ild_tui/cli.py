@@ -19,9 +19,6 @@ DEFAULT_RUNS_DIR = "runs"
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
 PLANNED = {
-    "run": ("start a pruning run (headless, detached, or with the dashboard)", 3),
-    "ls": ("list runs with status, model, strategy, layers and aggregate", 3),
-    "show": ("print a run's iteration table", 3),
     "attach": ("open the live dashboard on a run", 6),
     "approve": ("approve the engine's proposed layer removal", 5),
     "override": ("remove a different layer than the one proposed", 5),
@@ -29,7 +26,6 @@ PLANNED = {
     "pause": ("pause a run after its current step", 5),
     "resume": ("resume a paused run, or restart a dead one from its last checkpoint", 4),
     "stop": ("finish the current step, checkpoint and end a run", 5),
-    "export": ("write a run's student as a Hugging Face model directory", 3),
     "report": ("write a report of a run (tables and plots)", 6),
     "demo": ("prune the embedded SmolLM2-135M with the paper's method", 4),
 }
@@ -77,10 +73,195 @@ def main(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
+
+def _strategies() -> list[str]:
+    # Kept in step with engine/strategies.py by a test; importing it would pull in nothing heavy,
+    # but the dashboard may import only engine.runlog.
+    return ["shortgpt", "iterative-bi", "iterative-bi-distill", "iterative-pruning", "iterative-distill"]
+
+
+@main.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="Embedded name, Hub id, local HF directory or .gguf file.")
+@click.option("--strategy", default="iterative-distill", show_default=True, help=f"One of: {', '.join(_strategies())}.")
+@click.option("--target-layers", type=int, required=True, help="Stop when the student has this many layers.")
+@click.option("--suite", default="default", show_default=True, help="Embedded suite name (default, mmlu, paper) or a suite/task file.")
+@click.option("--importance", default=None, help="Override the strategy's importance metric: task_drop, bi, angular, loss_nll, loss_kl.")
+@click.option("--name", default=None, help="Run name (default: model-strategy-time).")
+@runs_dir_option
+@click.option("--headless", is_flag=True, help="No dashboard: follow the run in this terminal (plain lines when piped).")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch (memory vs speed).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best there is).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def run(model, strategy, target_layers, suite, importance, name, runs_dir, headless, batch_tokens, device, seed):
+    """Start a pruning run.
+
+    Example: ild run --model smollm2-135m --strategy iterative-pruning --target-layers 28 --headless
+    """
+    from pathlib import Path
+
+    from .headless import HeadlessView
+    from .launch import LaunchError, create_run, run_foreground
+    from .runs import new_run_id
+
+    if strategy not in _strategies():
+        raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(_strategies())})", EXIT_USAGE)
+    if target_layers < 1:
+        raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
+    if strategy in ("iterative-distill", "iterative-bi-distill"):
+        raise Failure(f"strategy '{strategy}' heals by distillation, which is not built yet (issue #4); "
+                      "use shortgpt, iterative-bi or iterative-pruning", EXIT_USAGE)
+    if not headless:
+        raise Failure("only --headless runs are built yet (the detached engine and the dashboard arrive with issues #5 and #6)", EXIT_USAGE)
+    try:
+        run_id = new_run_id(name, model, strategy)
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    run_dir = Path(runs_dir) / run_id
+    config = {"name": run_id, "model": model, "strategy": strategy, "target_layers": target_layers, "suite": suite,
+              "mode": "auto", "batch_tokens": batch_tokens, "seed": seed}
+    if importance:
+        config["importance"] = importance
+    if device:
+        config["device"] = device
+    try:
+        create_run(run_dir, config)
+    except LaunchError as exc:
+        raise Failure(str(exc), exc.code) from None
+    with HeadlessView() as view:
+        view.line(f"run directory {run_dir}")
+        code = run_foreground(run_dir, view.handle)
+    if code == 130:
+        raise Failure(f"interrupted; continue with: ild resume {run_id}", 130)
+    if code != 0:
+        reason = (view.failed or {}).get("error") or f"engine exited with code {code} (see {run_dir / 'engine.log'})"
+        raise Failure(f"run failed: {reason}", EXIT_FAILED)
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output keeps whole rows (for grep and logs) instead of wrapping at 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=250, no_color=True)
+
+
+def _fmt(value, digits=4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@main.command(name="ls")
+@runs_dir_option
+def list_runs_command(runs_dir):
+    """List runs with status, model, strategy, layers and aggregate."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runs import all_runs
+
+    runs = all_runs(runs_dir)
+    if not runs:
+        click.echo(f"no runs in {runs_dir}")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("run", "status", "model", "strategy", "layers", "aggregate", "best", "started", "duration"):
+        table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
+    import time as _time
+
+    for r in runs:
+        s = r.state
+        started = r.started
+        end = (s.finished or s.failure or {}).get("t") or s.last_event_t
+        table.add_row(
+            r.name, r.status, s.model or "-", s.strategy or "-",
+            f"{r.layers_now}/{s.start_layers}" if s.start_layers else "-",
+            _fmt(r.aggregate), _fmt(r.best_aggregate),
+            _time.strftime("%Y-%m-%d %H:%M", _time.localtime(started)) if started else "-",
+            _duration(end - started if started and end else None),
+        )
+    _console().print(table)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@runs_dir_option
+def show(run_ref, runs_dir):
+    """Print a run's iteration table (layers by original index, aggregate, per-task scores)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .runs import RunNotFound, find_run, summarise
+
+    try:
+        summary = summarise(find_run(runs_dir, run_ref))
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    s = summary.state
+    console = _console()
+    console.print(f"[bold]{summary.name}[/bold]  {summary.status}  model {s.model}  strategy {s.strategy}  "
+                  f"layers {summary.layers_now}/{s.start_layers} (target {s.target_layers})", highlight=False)
+    tasks: list[str] = []
+    for record in s.evals.values():
+        for task in record.get("tasks", {}):
+            if task not in tasks:
+                tasks.append(task)
+    table = Table(header_style="bold")
+    for column in ("iter", "removed", "by", "stage", "layers", "params", "aggregate", *tasks):
+        table.add_column(column, justify="left" if column in ("by", "stage") else "right")
+    teacher = s.teacher_eval or {}
+    by_iteration = {r["iteration"]: r for r in s.removed}
+    for (iteration, stage), record in sorted(s.evals.items(), key=lambda kv: ((kv[0][0] or 0), kv[1].get("seq", 0))):
+        removal = by_iteration.get(iteration, {})
+        params = record.get("params")
+        cells = []
+        for task in tasks:
+            value = record.get("tasks", {}).get(task)
+            base = teacher.get("tasks", {}).get(task)
+            delta = f" ({value - base:+.3f})" if stage != "teacher" and value is not None and base is not None else ""
+            cells.append(f"{_fmt(value, 3)}{delta}")
+        table.add_row(
+            str(iteration), "-" if stage == "teacher" else str(removal.get("layer", "-")),
+            "-" if stage == "teacher" else str(removal.get("by") or "-"), stage,
+            str(record.get("layers", "-")), f"{params / 1e6:.1f}M" if params else "-",
+            _fmt(record.get("aggregate")), *cells,
+        )
+    console.print(table)
+    if s.failure:
+        console.print(f"[red]failed:[/red] {s.failure.get('error')} — {s.failure.get('hint', '')}", highlight=False)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory to write the Hugging Face model to.")
+@runs_dir_option
+def export(run_ref, out, runs_dir):
+    """Write a run's student (its last checkpoint) as a Hugging Face model directory."""
+    from pathlib import Path
+
+    from .launch import LaunchError, export_run
+    from .runs import RunNotFound, find_run
+
+    try:
+        run_dir = find_run(runs_dir, run_ref)
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    try:
+        export_run(run_dir.path, Path(out))
+    except LaunchError as exc:
+        raise Failure(str(exc), exc.code) from None
+    click.echo(f"exported {run_dir.name} to {out}")
+
+
 def _planned(name: str, summary: str, issue: int) -> click.Command:
     @click.command(
         name=name,
         help=f"{summary[0].upper()}{summary[1:]}. [not built yet: arrives with issue #{issue}]",
+        short_help=f"[not built yet] {summary}",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
         add_help_option=True,
     )

@@ -181,3 +181,42 @@ def model_version(spec: str) -> str | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def model_depth(spec: str) -> int:
+    """The number of decoder layers a spec has, without loading its weights."""
+    import json
+
+    kind, source = resolve_spec(spec)
+    if kind in ("embedded", "gguf"):
+        cached = _gguf_cache_dir(Path(source)) / "config.json"
+        if cached.is_file():
+            return int(json.loads(cached.read_text())["num_hidden_layers"])
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(source)
+            arch = _gguf_value(reader, "general.architecture")
+            return int(_gguf_value(reader, f"{arch}.block_count"))
+        except Exception as exc:
+            raise ModelSpecError(f"cannot read GGUF metadata of {source}: {_first_line(exc)}") from exc
+    if kind == "local":
+        config = json.loads((Path(source) / "config.json").read_text())
+        config = config.get("text_config", config)
+        return int(config["num_hidden_layers"])
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        raise ModelSpecError(f"cannot load model '{spec}' from the Hugging Face Hub{offline}: {_first_line(exc)}") from exc
+    return int(config.get_text_config().num_hidden_layers)
+
+
+def _gguf_value(reader, key: str):
+    field = reader.fields[key]
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0].name == "STRING":
+        return bytes(value).decode()
+    return value[0]

@@ -1,0 +1,332 @@
+"""score -> propose -> decide -> remove -> (heal) -> evaluate -> checkpoint, until the target depth.
+
+The runner is the only writer of a run directory. Everything it learns goes out as events
+(layers always named by their original teacher index); ``state.json`` and ``checkpoints/<k>/``
+let a new engine continue where a dead one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.config import RunConfig
+from engine.models.adapters import adapter_for
+from engine.models.export import export_model
+from engine.models.loading import load_model, model_version
+from engine.models.surgery import layer_map, parameter_count, remove_layers
+from engine.runlog.atomic import read_json, write_json_atomic
+from engine.runlog.events import EventWriter
+from engine.runlog.layout import RunDir
+from engine.runlog.state import write_state
+from engine.strategies import get_strategy
+from engine.tasks.evaluate import SuiteEvaluator, aggregate
+from engine.tasks.requests import ScoredSequence
+from engine.tasks.sources import read_rows
+from engine.tasks.spec import EmbeddedSource, FileSource, TaskSpec, load_suite
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+@dataclass
+class Decision:
+    layer: int  # original index
+    by: str  # "auto" | "user" | "timeout"
+    command_id: str | None = None
+
+
+@dataclass
+class Progress:
+    """Throttled progress as `phase` events: at most a few a second, never one per batch."""
+
+    emit: callable
+    iteration: int = 0
+    phase: str = ""
+    last: float = 0.0
+    interval: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < self.interval:
+            return
+        self.last = now
+        self.emit("phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra)
+
+
+class Runner:
+    def __init__(self, run_dir: str | Path, config: RunConfig):
+        self.rundir = RunDir(run_dir)
+        self.config = config
+        self.strategy = get_strategy(config.strategy)
+        self.metric = config.importance_metric()
+        self.writer: EventWriter | None = None
+        self.iteration = 0
+        self.removed: list[dict] = []  # {"iteration", "layer", "by", "proposed"} in order
+        self.one_shot_scores: dict[int, float] | None = None  # original index -> score
+
+    # --- events ---------------------------------------------------------------------------------
+    def emit(self, type_: str, **fields):
+        return self.writer.emit(type_, **fields)
+
+    def say(self, message: str, level: str = "info") -> None:
+        log.info(message)
+        self.emit("log", level=level, message=message, iteration=self.iteration)
+
+    # --- main loop ------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run to the end; returns the reason the run finished."""
+        self.writer = EventWriter(self.rundir.events_file)
+        try:
+            return self._run()
+        except Exception as exc:
+            self.emit("run_failed", error=f"{type(exc).__name__}: {exc}", hint=_hint(exc), iteration=self.iteration)
+            raise
+        finally:
+            self.writer.close()
+
+    def _run(self) -> str:
+        config = self.config
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        checkpoint = self._latest_checkpoint()
+        self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint["name"] if checkpoint else None)
+        self.progress = Progress(self.emit)
+
+        self._phase("loading", f"loading {config.model}")
+        loaded = load_model(config.model, device=config.device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.teacher_params = parameter_count(self.model)
+        fresh = checkpoint is None and not self._has_event("run_started")
+        if fresh:
+            self.emit(
+                "run_started",
+                name=config.name,
+                model=config.model,
+                model_version=model_version(config.model),
+                strategy=config.strategy,
+                importance=self.metric,
+                start_layers=config.start_layers,
+                target_layers=config.target_layers,
+                mode=config.mode,
+                params=self.teacher_params,
+                config=config.model_dump(),
+            )
+        if checkpoint:
+            self._restore(checkpoint)
+
+        suite = load_suite(config.suite)
+        self._phase("preparing", f"tokenising suite '{suite.name}'")
+        self.evaluator = SuiteEvaluator(self.model, self.tokenizer, suite, batch_tokens=config.batch_tokens)
+        self.calibration = self._calibration_sequences() if self.metric in ("bi", "angular", "loss_nll", "loss_kl") else []
+        self.teacher = None
+        if self.metric == "loss_kl":
+            self.teacher = load_model(config.model, device=config.device).model
+
+        if self.iteration == 0 and not self._has_eval(0, "teacher"):
+            self._phase("evaluating", "teacher")
+            scores = self.evaluator.evaluate([None], progress=self.progress)[None]
+            self._eval_event(0, "teacher", scores)
+            self._checkpoint()
+
+        while adapter_for(self.model).num_layers > config.target_layers:
+            self.iteration += 1
+            self.progress.iteration = self.iteration
+            ranked, per_task = self._score()
+            proposal = ranked[0][0]
+            self.emit(
+                "proposal",
+                iteration=self.iteration,
+                layer=proposal,
+                metric=self.metric,
+                candidates=[
+                    {"layer": layer, "score": score, **({"tasks": per_task[layer]} if per_task else {})}
+                    for layer, score in ranked
+                ],
+            )
+            decision = self.decide(proposal, ranked)
+            self.emit("decision", iteration=self.iteration, layer=decision.layer, by=decision.by, proposed=proposal, command_id=decision.command_id)
+            remove_layers(self.model, decision.layer)
+            self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by, "proposed": proposal})
+            self.emit(
+                "layer_removed",
+                iteration=self.iteration,
+                layer=decision.layer,
+                remaining=layer_map(self.model),
+                layers=len(layer_map(self.model)),
+                params=parameter_count(self.model),
+            )
+            if per_task and decision.layer in per_task:
+                # Task drop already evaluated exactly this model (the shared prefix is exact).
+                scores = per_task[decision.layer]
+            else:
+                self._phase("evaluating", "after removal")
+                scores = self.evaluator.evaluate([None], progress=self.progress)[None]
+            self._eval_event(self.iteration, "after_removal", scores)
+            self._checkpoint()
+
+        self._phase("exporting", str(self.rundir.export_dir))
+        self._export()
+        self.emit(
+            "run_finished",
+            reason="target",
+            layers=adapter_for(self.model).num_layers,
+            params=parameter_count(self.model),
+            removed=[r["layer"] for r in self.removed],
+            export=str(self.rundir.export_dir),
+            iteration=self.iteration,
+        )
+        self._write_state(finished=True)
+        return "target"
+
+    # --- the decision point ---------------------------------------------------------------------
+    def decide(self, proposal: int, ranked: list[tuple[int, float]]) -> Decision:
+        """Auto mode takes the proposal. Manual and auto-after block here (the detached-engine issue)."""
+        return Decision(layer=proposal, by="auto")
+
+    # --- scoring --------------------------------------------------------------------------------
+    def _score(self) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
+        mapping = layer_map(self.model)
+        per_task_orig: dict[int, dict[str, float]] = {}
+        if not self.strategy.rescore and self.one_shot_scores is not None:
+            scores = {o: self.one_shot_scores[o] for o in mapping}
+            self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores), reused=True)
+        else:
+            self._phase("scoring", self.metric)
+            if self.metric == "task_drop":
+                from engine.importance.scores import task_drop_scores
+
+                drops, per_task, _current = task_drop_scores(self.evaluator, progress=self.progress)
+                scores = {mapping[i]: v for i, v in drops.items()}
+                per_task_orig = {mapping[i]: per_task[i] for i in per_task}
+                by_task = {task: {str(mapping[i]): per_task[i][task] for i in per_task} for task in self.evaluator.task_names}
+                self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores), per_task=by_task,
+                          aggregates={str(mapping[i]): aggregate(per_task[i]) for i in per_task})
+            elif self.metric in ("bi", "angular"):
+                from engine.importance.scores import similarity_scores
+
+                both = similarity_scores(self.model, self.calibration, self.evaluator.pad_id, self.config.batch_tokens, self.progress)
+                scores = {mapping[i]: v for i, v in both[self.metric].items()}
+                other = "angular" if self.metric == "bi" else "bi"
+                self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores),
+                          also={other: _keyed({mapping[i]: v for i, v in both[other].items()})})
+            else:
+                from engine.importance.scores import loss_drop_scores
+
+                kind = self.metric.removeprefix("loss_")
+                drops = loss_drop_scores(self.model, self.calibration, self.evaluator.pad_id, kind=kind, teacher=self.teacher,
+                                         batch_tokens=self.config.batch_tokens, progress=self.progress)
+                scores = {mapping[i]: v for i, v in drops.items()}
+                self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores))
+            if not self.strategy.rescore:
+                self.one_shot_scores = dict(scores)
+        ranked = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))
+        return ranked, per_task_orig
+
+    def _calibration_sequences(self) -> list[ScoredSequence]:
+        cal = self.config.calibration
+        path = Path(cal.path)
+        source = FileSource(type="jsonl", path=str(path)) if path.is_file() else EmbeddedSource(type="embedded", path=cal.path)
+        spec = TaskSpec(name="calibration", kind="language_modeling", source=source, metric="next_token_accuracy", samples=cal.samples)
+        sequences = []
+        for i, row in enumerate(read_rows(spec, limit=cal.samples)):
+            ids = self.tokenizer(row["text"])["input_ids"][: cal.max_tokens]
+            if len(ids) >= 2:
+                sequences.append(ScoredSequence(ids, list(range(len(ids) - 1)), ids[1:], item=i))
+        return sequences
+
+    # --- evaluation, checkpoints, export --------------------------------------------------------
+    def _eval_event(self, iteration: int, stage: str, scores: dict[str, float]) -> None:
+        self.emit("eval", iteration=iteration, stage=stage, aggregate=aggregate(scores), tasks=scores,
+                  layers=adapter_for(self.model).num_layers, params=parameter_count(self.model))
+
+    def _checkpoint(self) -> None:
+        """A removal-only student is fully described by its removals: no weights to save.
+
+        Strategies that heal add the changed layers' weights to the same directory.
+        """
+        name = str(self.iteration)
+        target = self.rundir.checkpoint_dir(name)
+        target.mkdir(parents=True, exist_ok=True)
+        record = {
+            "name": name,
+            "iteration": self.iteration,
+            "removed": self.removed,
+            "layer_map": layer_map(self.model),
+            "one_shot_scores": _keyed(self.one_shot_scores) if self.one_shot_scores else None,
+        }
+        write_json_atomic(target / CHECKPOINT_FILE, record)
+        self.rundir.set_latest(name)
+        self.emit("checkpoint", iteration=self.iteration, name=name, path=str(target))
+        self._write_state()
+
+    def _write_state(self, finished: bool = False) -> None:
+        write_state(self.rundir, {
+            "iteration": self.iteration,
+            "removed": [r["layer"] for r in self.removed],
+            "mapping": layer_map(self.model),
+            "last_checkpoint": str(self.iteration),
+            "mode": self.config.mode,
+            "finished": finished,
+        })
+
+    def _latest_checkpoint(self) -> dict | None:
+        path = self.rundir.latest_checkpoint()
+        if path is None:
+            return None
+        record = read_json(Path(path) / CHECKPOINT_FILE)
+        return record
+
+    def _restore(self, checkpoint: dict) -> None:
+        self.iteration = checkpoint["iteration"]
+        self.removed = list(checkpoint["removed"])
+        if self.removed:
+            remove_layers(self.model, [r["layer"] for r in self.removed])
+        if checkpoint.get("one_shot_scores"):
+            self.one_shot_scores = {int(k): v for k, v in checkpoint["one_shot_scores"].items()}
+        self.say(f"resumed from checkpoint {checkpoint['name']} (iteration {self.iteration}, removed {[r['layer'] for r in self.removed]})")
+
+    def _export(self) -> None:
+        export_model(self.model, self.tokenizer, self.rundir.export_dir, {
+            "teacher": self.config.model,
+            "strategy": self.config.strategy,
+            "run": self.config.name,
+            "removal_order": [r["layer"] for r in self.removed],
+        })
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _phase(self, phase: str, detail: str = "") -> None:
+        self.progress.phase = phase
+        self.emit("phase", iteration=self.iteration, phase=phase, detail=detail)
+
+    def _has_event(self, type_: str) -> bool:
+        from engine.runlog.tailer import read_all
+
+        return any(e.get("type") == type_ for e in read_all(self.rundir.events_file))
+
+    def _has_eval(self, iteration: int, stage: str) -> bool:
+        from engine.runlog.tailer import read_all
+
+        return any(e.get("type") == "eval" and e.get("iteration") == iteration and e.get("stage") == stage
+                   for e in read_all(self.rundir.events_file))
+
+
+def _keyed(scores: dict[int, float] | None) -> dict[str, float]:
+    return {str(k): v for k, v in sorted((scores or {}).items())}
+
+
+def _hint(exc: BaseException) -> str:
+    if isinstance(exc, torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError):
+        return "out of GPU memory: lower --batch-tokens"
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower --batch-tokens"
+    return "the run can be resumed from its last checkpoint with `ild resume RUN`"

@@ -1,0 +1,306 @@
+"""Scoring a suite on the current model and on "skip layer i" candidates, sharing the prefix.
+
+What is shared (``shared=True``):
+  * Forward-scored tasks (multiple choice, language modelling) and the verification pass of
+    generation tasks: for one batch, the input of every layer is computed once by the full pass;
+    candidate *i* continues from layer *i*'s stored input through layers i+1.. and the head.
+    Roughly L²/2 layer forwards per batch instead of L².
+  * The LM head runs only at the positions a task reads, not at every token.
+  * Generation: the current model's greedy output is the *draft*. Candidate *i* checks the whole
+    draft in one teacher-forced pass (from the shared prefix); up to its first disagreement its
+    greedy output is the draft's. Only from there does it decode on its own.
+What is not shared: that own decoding (a normal KV-cached ``generate`` of the candidate), which
+is exactly what a plain per-candidate run would do from the same point.
+
+``shared=False`` runs the same algorithm recomputing every candidate from the embeddings: it is
+the baseline of ``bench/importance.py`` and gives bit-identical scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from engine.models.adapters import adapter_for
+from engine.models.surgery import skipping
+
+from .metrics import GENERATION_METRICS, perplexity_score
+from .requests import GenerationRequest, PreparedTask, ScoredSequence, prepare_task
+from .spec import SuiteSpec
+
+Candidate = int | None  # a current layer index to skip, or None for the model as it is
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class SequenceResult:
+    logprobs: torch.Tensor  # at each target
+    argmax: torch.Tensor  # the model's greedy token at each target position
+    letter: int = -1  # letter scoring: the chosen letter
+
+
+class SuiteEvaluator:
+    def __init__(self, model, tokenizer, suite: SuiteSpec, batch_tokens: int = 4096, max_batch: int = 16):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.suite = suite
+        self.batch_tokens = batch_tokens
+        self.max_batch = max_batch
+        self.tasks: list[PreparedTask] = [prepare_task(t, tokenizer) for t in suite.tasks]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.spec.name for t in self.tasks]
+
+    # --- public -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None) -> dict[Candidate, dict[str, float]]:
+        """Scores per candidate and task, each in [0, 1]."""
+        candidates = list(dict.fromkeys(candidates))
+        results: dict[Candidate, dict[str, float]] = {c: {} for c in candidates}
+        for number, task in enumerate(self.tasks):
+            def step(done, total, _name=task.spec.name, _n=number):
+                if progress:
+                    progress(f"{_name} ({_n + 1}/{len(self.tasks)})", done, total)
+
+            if task.spec.kind == "generation":
+                scores = self._generation_scores(task, candidates, shared, step)
+            else:
+                per_seq = self._forward(task.sequences, candidates, shared, step)
+                scores = {c: _forward_score(task, per_seq[c]) for c in candidates}
+            for c in candidates:
+                results[c][task.spec.name] = scores[c]
+        return results
+
+    # --- forward passes with a shared prefix ----------------------------------------------------
+    def _batches(self, sequences: list[ScoredSequence]) -> list[list[int]]:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
+        batches, current, longest = [], [], 0
+        for i in order:
+            n = len(sequences[i].ids)
+            if current and (max(longest, n) * (len(current) + 1) > self.batch_tokens or len(current) >= self.max_batch):
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, n)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _forward(self, sequences: list[ScoredSequence], candidates: list[Candidate], shared: bool, progress) -> dict[Candidate, list[SequenceResult]]:
+        adapter = adapter_for(self.model)
+        device = next(self.model.parameters()).device
+        out: dict[Candidate, list] = {c: [None] * len(sequences) for c in candidates}
+        batches = self._batches(sequences)
+        for number, batch in enumerate(batches):
+            seqs = [sequences[i] for i in batch]
+            ids, mask, rows, cols, targets = pack_right(seqs, self.pad_id, device)
+            finals = candidate_hidden(adapter, ids, mask, candidates, shared)
+            for c, hidden in finals.items():
+                logits = adapter.head(hidden[rows, cols]).float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                chosen = logprobs.gather(1, targets[:, None])[:, 0].cpu()
+                argmax = logits.argmax(-1).cpu()
+                start = 0
+                for row, s in enumerate(seqs):
+                    n = len(s.positions)
+                    letter = -1
+                    if s.letter_ids:
+                        letter = int(logits[start + n - 1, s.letter_ids].argmax())
+                    out[c][batch[row]] = SequenceResult(chosen[start : start + n], argmax[start : start + n], letter)
+                    start += n
+            progress(number + 1, len(batches))
+        return out
+
+    # --- generation -----------------------------------------------------------------------------
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str], skip: Candidate = None) -> list[list[int]]:
+        """Greedy continuations (new tokens only, cut after EOS), in batches, left-padded."""
+        device = next(self.model.parameters()).device
+        results: list[list[int]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        step = max(1, min(self.max_batch, self.batch_tokens // max(1, max(len(p) for p in prompts) + max_new_tokens)))
+        context = skipping(self.model, skip) if skip is not None else _nothing()
+        with context:
+            for start in range(0, len(order), step):
+                chunk = order[start : start + step]
+                width = max(len(prompts[i]) for i in chunk)
+                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, i in enumerate(chunk):
+                    ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                    mask[row, width - len(prompts[i]) :] = 1
+                generated = self.model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=self.eos_id,
+                    stopping_criteria=_stop_criteria(self.tokenizer, stop, width),
+                )[:, width:].tolist()
+                for row, i in enumerate(chunk):
+                    results[i] = self._trim(generated[row], stop)
+        return results
+
+    def _trim(self, tokens: list[int], stop: list[str]) -> list[int]:
+        out = []
+        for t in tokens:
+            out.append(t)
+            # The tail is enough: generate() checked every earlier step already.
+            if t == self.eos_id or (stop and self._stopped(out[-16:], stop)):
+                break
+        return out
+
+    def _stopped(self, tokens: list[int], stop: list[str]) -> bool:
+        text = self.tokenizer.decode(tokens)
+        return any(s in text for s in stop)
+
+    def _finished(self, tokens: list[int], max_new_tokens: int, stop: list[str]) -> bool:
+        return (tokens and tokens[-1] == self.eos_id) or len(tokens) >= max_new_tokens or (bool(stop) and self._stopped(tokens, stop))
+
+    def _generation_scores(self, task: PreparedTask, candidates: list[Candidate], shared: bool, progress) -> dict[Candidate, float]:
+        spec = task.spec
+        requests: list[GenerationRequest] = task.generations
+        prompts = [r.prompt_ids for r in requests]
+        draft = self._generate(prompts, spec.max_new_tokens, spec.stop)
+        outputs: dict[Candidate, list[list[int]]] = {None: draft}
+        others = [c for c in candidates if c is not None]
+        if others:
+            # Verify the draft under every candidate at once, from the shared prefix.
+            checks = [
+                ScoredSequence(p + d, list(range(len(p) - 1, len(p) + len(d) - 1)), d, item=i)
+                for i, (p, d) in enumerate(zip(prompts, draft))
+                if d
+            ]
+            which = [i for i, d in enumerate(draft) if d]
+            verified = self._forward(checks, others, shared, lambda done, total: progress(done, total + len(others)))
+            for number, c in enumerate(others):
+                accepted = [list(d) for d in draft]
+                pending = []
+                for k, i in enumerate(which):
+                    result = verified[c][k]
+                    disagree = (result.argmax != torch.tensor(draft[i])).nonzero()
+                    if len(disagree) == 0:
+                        continue
+                    p = int(disagree[0])
+                    accepted[i] = draft[i][:p] + [int(result.argmax[p])]
+                    if not self._finished(accepted[i], spec.max_new_tokens, spec.stop):
+                        pending.append(i)
+                if pending:
+                    more = self._generate(
+                        [prompts[i] + accepted[i] for i in pending],
+                        spec.max_new_tokens,  # trimmed below: a candidate never exceeds the budget
+                        spec.stop,
+                        skip=c,
+                    )
+                    for i, extra in zip(pending, more):
+                        accepted[i] = (accepted[i] + extra)[: spec.max_new_tokens]
+                outputs[c] = accepted
+                progress(len(checks) + number + 1, len(checks) + len(others))
+        metric = GENERATION_METRICS[spec.metric]
+        references = [r.reference for r in requests]
+        return {c: metric([self._text(t, spec.stop) for t in outputs[c]], references) for c in candidates}
+
+    def _text(self, tokens: list[int], stop: list[str]) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for s in stop:
+            cut = text.find(s)
+            if cut > 0:
+                text = text[:cut]
+        return text.strip()
+
+
+def _stop_criteria(tokenizer, stop: list[str], prompt_width: int):
+    """Stop a row once its new text contains a stop string.
+
+    transformers' own ``stop_strings`` needs to map every vocabulary entry to text, which fails
+    for some tokenizers; decoding the tail of each row works for all of them.
+    """
+    if not stop:
+        return None
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopStrings(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(input_ids[:, prompt_width:][:, -16:])
+            return torch.tensor([any(s in t for s in stop) for t in tails], device=input_ids.device)
+
+    return StoppingCriteriaList([StopStrings()])
+
+
+def pack_right(seqs: list[ScoredSequence], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """A right-padded batch (padding keeps target positions as written) and its target index."""
+    width = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s.ids)] = torch.tensor(s.ids)
+        mask[row, : len(s.ids)] = 1
+    rows = torch.tensor([row for row, s in enumerate(seqs) for _ in s.positions], dtype=torch.long)
+    cols = torch.tensor([p for s in seqs for p in s.positions], dtype=torch.long)
+    targets = torch.tensor([t for s in seqs for t in s.targets], dtype=torch.long)
+    return ids.to(device), mask.to(device), rows.to(device), cols.to(device), targets.to(device)
+
+
+def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bool) -> dict[Candidate, torch.Tensor]:
+    """The last hidden state (before the final norm) of each candidate on one batch.
+
+    With ``shared`` the full pass stores every layer's input once, and candidate *i* runs only
+    layers i+1.. from there; without it every candidate starts from the embeddings.
+    """
+    inputs = adapter.prepare(ids, mask)
+    finals: dict[Candidate, torch.Tensor] = {}
+    if not shared:
+        for c in candidates:
+            finals[c] = adapter.run_layers(inputs.hidden, inputs, skip=c)
+        return finals
+    layer_inputs, hidden = [], inputs.hidden
+    for index in range(adapter.num_layers):
+        layer_inputs.append(hidden)
+        hidden = adapter.run_layer(index, hidden, inputs)
+    for c in candidates:
+        finals[c] = hidden if c is None else adapter.run_layers(layer_inputs[c], inputs, start=c + 1)
+    return finals
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _forward_score(task: PreparedTask, results: list[SequenceResult]) -> float:
+    spec = task.spec
+    if spec.kind == "language_modeling":
+        total = sum(len(r.logprobs) for r in results)
+        if spec.metric == "next_token_accuracy":
+            correct = sum(int((r.argmax == torch.tensor(s.targets)).sum()) for r, s in zip(results, task.sequences))
+            return correct / max(1, total)
+        nll = -sum(float(r.logprobs.sum()) for r in results) / max(1, total)
+        return perplexity_score(nll)
+    # multiple choice
+    n_items = len(task.answers)
+    if spec.scoring == "letter":
+        chosen = {s.item: r.letter for s, r in zip(task.sequences, results)}
+    else:
+        best: dict[int, tuple[float, int]] = {}
+        for s, r in zip(task.sequences, results):
+            value = float(r.logprobs.sum())
+            if spec.normalize == "length":
+                value /= max(1, s.chars)
+            if s.item not in best or value > best[s.item][0]:
+                best[s.item] = (value, s.choice)
+        chosen = {item: choice for item, (_, choice) in best.items()}
+    return sum(1 for item in range(n_items) if chosen.get(item) == task.answers[item]) / max(1, n_items)
+
+
+def aggregate(scores: dict[str, float]) -> float:
+    """The paper's aggregate: the plain mean of the task scores."""
+    return sum(scores.values()) / len(scores) if scores else 0.0

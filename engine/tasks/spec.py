@@ -1,0 +1,222 @@
+"""Task and suite files: what a user writes to add an evaluation without code.
+
+A task file (YAML or JSON) names its source, how source columns map to the task's fields, the
+prompt template, the metric and the sample count. A suite file lists tasks (paths relative to the
+suite file, names of embedded tasks, or inline task mappings). Validation is strict: an unknown
+key, field, metric or kind is one clear error that names the file.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SUITES_DIR = Path(__file__).parent / "suites"
+DATA_DIR = Path(__file__).parent / "data"
+
+# The fields each kind of task understands; templates may use these names.
+KIND_FIELDS = {
+    "multiple_choice": {"question", "choices", "answer", "subject"},
+    "generation": {"input", "target", "source", "reference", "document", "summary", "text"},
+    "language_modeling": {"text"},
+}
+METRICS = {
+    "multiple_choice": {"accuracy"},
+    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu"},
+    "language_modeling": {"next_token_accuracy", "perplexity_score"},
+}
+
+
+class TaskFileError(Exception):
+    """A task or suite file that cannot be used; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedSource(_Strict):
+    type: Literal["embedded"]
+    path: str  # a file under engine/tasks/data
+
+
+class FileSource(_Strict):
+    type: Literal["jsonl", "csv", "json"]
+    path: str  # relative to the task file, or absolute
+
+
+class HubSource(_Strict):
+    type: Literal["hf"]
+    name: str  # a Hub dataset id, or a local path that datasets.load_dataset understands
+    config: str | None = None
+    split: str = "test"
+    revision: str | None = None
+
+
+Source = Annotated[Union[EmbeddedSource, FileSource, HubSource], Field(discriminator="type")]
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["multiple_choice", "generation", "language_modeling"]
+    source: Source
+    # task field -> source column (or a list of columns, for choices spread over columns)
+    fields: dict[str, str | list[str]] = Field(default_factory=dict)
+    prompt: str = ""
+    target: str = "{target}"
+    metric: str
+    samples: int = Field(default=50, ge=1)
+    offset: int = Field(default=0, ge=0)  # skip the first rows (e.g. kept for few-shot examples)
+    few_shot: int = Field(default=0, ge=0)
+    # multiple choice
+    scoring: Literal["cloze", "letter"] = "cloze"
+    normalize: Literal["length", "none"] = "length"
+    # generation
+    max_new_tokens: int = Field(default=64, ge=1, le=2048)
+    chat: bool = False
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
+    # language modelling
+    max_tokens: int = Field(default=256, ge=8)
+    description: str = ""
+
+    @field_validator("fields")
+    @classmethod
+    def _columns_named(cls, value):
+        for key, column in value.items():
+            if isinstance(column, list) and not all(isinstance(c, str) for c in column):
+                raise ValueError(f"field '{key}' must map to a column name or a list of column names")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        allowed = KIND_FIELDS[self.kind]
+        unknown = sorted(set(self.fields) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown task field '{unknown[0]}' for kind {self.kind} (known: {', '.join(sorted(allowed))})"
+            )
+        if self.metric not in METRICS[self.kind]:
+            raise ValueError(
+                f"unknown metric '{self.metric}' for kind {self.kind} (known: {', '.join(sorted(METRICS[self.kind]))})"
+            )
+        for template_name in ("prompt", "target") if self.kind == "generation" else ("prompt",):
+            for name in _placeholders(getattr(self, template_name)):
+                if name not in allowed and name not in ("choices_lettered", "letters"):
+                    raise ValueError(f"{template_name} template uses unknown field '{{{name}}}'")
+        if self.kind == "generation" and not self.prompt:
+            raise ValueError("a generation task needs a prompt template")
+        return self
+
+
+def _placeholders(template: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    except ValueError as exc:
+        raise ValueError(f"bad template {template!r}: {exc}") from None
+
+
+class SuiteSpec(_Strict):
+    name: str
+    description: str = ""
+    tasks: list[TaskSpec]
+    base_dir: str = ""  # where relative file sources resolve; set by the loader
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task '{duplicates[0]}' appears twice")
+        if not self.tasks:
+            raise ValueError("a suite needs at least one task")
+        return self
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaskFileError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise TaskFileError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TaskFileError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _one_line(exc: ValidationError, where: str) -> str:
+    first = exc.errors()[0]
+    location = ".".join(str(p) for p in first["loc"] if p not in ("function-after[_consistent()]",))
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key '{first['loc'][-1]}'"
+        location = ".".join(str(p) for p in first["loc"][:-1])
+    elif first["type"] == "literal_error":
+        message = f"{message} (got {first.get('input')!r})"
+    elif first["type"] == "union_tag_invalid":
+        message = f"unknown source type {first.get('input', {}).get('type')!r} (known: embedded, jsonl, csv, json, hf)" if isinstance(first.get("input"), dict) else message
+    return f"{where}: {location + ': ' if location else ''}{message}"
+
+
+def parse_task(data: dict, where: str) -> TaskSpec:
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        raise TaskFileError(_one_line(exc, where)) from None
+
+
+def load_task_file(path: str | Path) -> TaskSpec:
+    path = Path(path)
+    task = parse_task(_read_mapping(path), str(path))
+    return _anchor(task, path.parent)
+
+
+def _anchor(task: TaskSpec, base: Path) -> TaskSpec:
+    """Make a relative file source absolute, so the task means the same from anywhere."""
+    if isinstance(task.source, FileSource) and not Path(task.source.path).is_absolute():
+        source = task.source.model_copy(update={"path": str((base / task.source.path).resolve())})
+        return task.model_copy(update={"source": source})
+    return task
+
+
+def embedded_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> SuiteSpec:
+    """An embedded suite by name (``default``, ``paper``, ...) or a suite/task file path."""
+    path = Path(name_or_path)
+    if not path.suffix and (SUITES_DIR / f"{name_or_path}.yaml").is_file():
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+    elif not path.is_file():
+        known = ", ".join(embedded_suites())
+        raise TaskFileError(f"unknown suite '{name_or_path}': not an embedded suite ({known}) and no such file")
+    data = _read_mapping(path)
+    if "tasks" not in data:  # a single task file is a suite of one
+        task = parse_task(data, str(path))
+        return SuiteSpec(name=task.name, tasks=[_anchor(task, path.parent)], base_dir=str(path.parent))
+    tasks = []
+    entries = data.get("tasks")
+    if not isinstance(entries, list):
+        raise TaskFileError(f"{path}: 'tasks' must be a list")
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            task_path = (path.parent / entry).resolve()
+            tasks.append(load_task_file(task_path))
+        elif isinstance(entry, dict):
+            tasks.append(_anchor(parse_task(entry, f"{path}: tasks[{i}]"), path.parent))
+        else:
+            raise TaskFileError(f"{path}: tasks[{i}] must be a file path or a task mapping")
+    extra = sorted(set(data) - {"name", "description", "tasks"})
+    if extra:
+        raise TaskFileError(f"{path}: unknown key '{extra[0]}'")
+    try:
+        return SuiteSpec(
+            name=data.get("name", path.stem), description=data.get("description", ""), tasks=tasks, base_dir=str(path.parent)
+        )
+    except ValidationError as exc:
+        raise TaskFileError(_one_line(exc, str(path))) from None

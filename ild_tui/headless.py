@@ -1,0 +1,82 @@
+"""Following a run in a terminal without the dashboard: Rich progress on a TTY, plain lines otherwise.
+
+It reads only the event log, so it shows the same thing for a run it started and for one it
+re-attaches to.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def _short(scores: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+
+
+class HeadlessView:
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=False, highlight=False)
+        self.tty = self.console.is_terminal
+        self.progress: Progress | None = None
+        self.task_id = None
+        self.last_phase = None
+        self.finished: dict | None = None
+        self.failed: dict | None = None
+
+    def __enter__(self):
+        if self.tty:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=True,
+            )
+            self.progress.start()
+            self.task_id = self.progress.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+
+    def line(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.console.print(f"[dim]{stamp}[/dim] {text}" if self.tty else f"{stamp} {text}", markup=self.tty, highlight=False, soft_wrap=True)
+
+    def handle(self, event: dict) -> None:
+        kind = event.get("type")
+        it = event.get("iteration")
+        if kind == "run_started":
+            self.line(f"run {event.get('name')}: {event.get('model')}, strategy {event.get('strategy')} "
+                      f"({event.get('importance')}), {event.get('start_layers')} -> {event.get('target_layers')} layers")
+        elif kind == "phase":
+            phase = event.get("phase")
+            detail = event.get("detail") or ""
+            if self.progress is not None:
+                total, done = event.get("total"), event.get("done")
+                self.progress.update(self.task_id, description=f"[{it}] {phase}: {detail}", total=total, completed=done or 0)
+            elif (phase, detail) != self.last_phase and event.get("done") is None:
+                self.line(f"[{it}] {phase} {detail}".rstrip())
+            self.last_phase = (phase, detail)
+        elif kind == "importance":
+            scores = event.get("scores", {})
+            lowest = sorted(scores.items(), key=lambda kv: kv[1])[:3]
+            note = " (one-shot, reused)" if event.get("reused") else ""
+            self.line(f"[{it}] importance {event.get('metric')}{note}: least important " + ", ".join(f"layer {k} {v:.4f}" for k, v in lowest))
+        elif kind == "decision":
+            self.line(f"[{it}] decision: remove layer {event.get('layer')} (by {event.get('by')}, proposed {event.get('proposed')})")
+        elif kind == "layer_removed":
+            params = event.get("params")
+            self.line(f"[{it}] removed layer {event.get('layer')}: {event.get('layers', len(event.get('remaining', [])))} layers"
+                      + (f", {params / 1e6:.1f}M parameters" if params else ""))
+        elif kind == "eval":
+            self.line(f"[{it}] eval {event.get('stage')}: aggregate {event.get('aggregate', 0):.4f} ({_short(event.get('tasks', {}))})")
+        elif kind == "log":
+            self.line(f"{event.get('level', 'info')}: {event.get('message')}")
+        elif kind == "run_finished":
+            self.finished = event
+            self.line(f"finished ({event.get('reason')}): {event.get('layers')} layers, removed {event.get('removed')}; model in {event.get('export')}")
+        elif kind == "run_failed":
+            self.failed = event
+            self.line(f"failed: {event.get('error')} — {event.get('hint', '')}")

@@ -1,0 +1,79 @@
+"""Starting the engine process from the CLI, which itself never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.runlog.tailer import EventTailer
+
+ENGINE = [sys.executable, "-m", "engine.worker"]
+
+
+class LaunchError(Exception):
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def _engine_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see engine/worker.py
+    return env
+
+
+def create_run(run_dir: Path, config: dict) -> Path:
+    """Validate the config in the engine and make the run directory, or raise with its one line."""
+    result = subprocess.run(
+        [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True, env=_engine_env()
+    )
+    if result.returncode != 0:
+        lines = [l for l in result.stderr.strip().splitlines() if l.startswith("ild: ")]
+        message = lines[-1].removeprefix("ild: ") if lines else (result.stderr.strip().splitlines() or ["engine failed"])[-1]
+        raise LaunchError(message, 2 if result.returncode == 2 else 1)
+    return run_dir
+
+
+def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> int:
+    """Run the engine as a child and feed every event to ``on_event``; return its exit code.
+
+    Ctrl-C is passed on to the engine, which records it; the run resumes later from its
+    last checkpoint.
+    """
+    log = open(run_dir / "engine.out", "ab")
+    child = subprocess.Popen([*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env())
+    tailer = EventTailer(run_dir / "events.jsonl")
+    try:
+        while True:
+            for event in tailer.poll():
+                on_event(event)
+            if child.poll() is not None:
+                for event in tailer.poll():
+                    on_event(event)
+                return child.returncode
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        for event in tailer.poll():
+            on_event(event)
+        return 130
+    finally:
+        log.close()
+
+
+def export_run(run_dir: Path, out: Path) -> None:
+    result = subprocess.run([*ENGINE, str(run_dir), "--export", "--out", str(out)], capture_output=True, text=True, env=_engine_env())
+    if result.returncode != 0:
+        lines = [l for l in result.stderr.strip().splitlines() if l.startswith("ild: ")]
+        raise LaunchError(lines[-1].removeprefix("ild: ") if lines else "export failed", result.returncode)

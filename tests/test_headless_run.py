@@ -1,0 +1,112 @@
+"""End to end through the `ild` command on a tiny random model: run, ls, show, export, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.runlog.tailer import read_all
+
+ILD = str(Path(sys.executable).with_name("ild"))
+
+
+def ild(*args, cwd=None):
+    return subprocess.run([ILD, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny llama saved as a local HF directory, and a small suite over files next to it."""
+    from tests.test_tasks import _suite
+    from tests.tiny_models import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    suite, tokenizer = _suite(root)
+    model = tiny_model("llama")
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
+    runs = tmp_path / "runs"
+    result = ild("run", "--model", str(tiny / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
+                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "t1", "--headless")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "removed layer" in result.stdout and "finished" in result.stdout
+
+    events = read_all(runs / "t1" / "events.jsonl")
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    types = {e["type"] for e in events}
+    assert {"run_started", "phase", "importance", "proposal", "decision", "layer_removed", "eval", "checkpoint", "run_finished"} <= types
+    removed = [e["layer"] for e in events if e["type"] == "layer_removed"]
+    assert len(removed) == 2 and len(set(removed)) == 2
+    importance = [e for e in events if e["type"] == "importance"]
+    assert importance[0]["metric"] == "task_drop" and len(importance[0]["scores"]) == 6 and len(importance[1]["scores"]) == 5
+    assert set(importance[0]["per_task"]) == {"lm", "ppl", "mc", "mc_letter", "copy", "translate"}
+    proposal = [e for e in events if e["type"] == "proposal"][0]
+    assert proposal["layer"] == min(proposal["candidates"], key=lambda c: (c["score"], c["layer"]))["layer"]
+
+    export = json.loads((runs / "t1" / "export" / "config.json").read_text())
+    assert export["num_hidden_layers"] == 4 and len(export["ild_layer_map"]) == 4
+
+    shown = ild("show", "t1", "--runs-dir", str(runs))
+    assert shown.returncode == 0, shown.stderr
+    assert "teacher" in shown.stdout and shown.stdout.count("after_removal") == 2
+    for task in ("lm", "mc_letter", "translate"):
+        assert task in shown.stdout
+
+    listed = ild("ls", "--runs-dir", str(runs))
+    assert "t1" in listed.stdout and "finished" in listed.stdout and "4/6" in listed.stdout
+
+    out = tmp_path / "exported"
+    exported = ild("export", "t1", "--out", str(out), "--runs-dir", str(runs))
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((out / "config.json").read_text())["ild_layer_map"] == export["ild_layer_map"]
+
+
+@pytest.mark.parametrize("strategy", ["shortgpt", "iterative-bi"])
+def test_bi_strategies_finish(tiny, tmp_path, strategy):
+    runs = tmp_path / "runs"
+    result = ild("run", "--model", str(tiny / "model"), "--strategy", strategy, "--target-layers", "4",
+                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "r", "--headless")
+    assert result.returncode == 0, result.stderr + result.stdout
+    events = read_all(runs / "r" / "events.jsonl")
+    importance = [e for e in events if e["type"] == "importance"]
+    assert [e["metric"] for e in importance] == ["bi", "bi"]
+    assert importance[1].get("reused", False) is (strategy == "shortgpt")
+    assert len([e for e in events if e["type"] == "eval" and e["stage"] == "after_removal"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "best-one", "--target-layers", "4"], "unknown strategy 'best-one'"),
+        (["--strategy", "iterative-pruning", "--target-layers", "6"], "must be below the model's current depth (6 layers)"),
+        (["--strategy", "iterative-pruning", "--target-layers", "0"], "at least 1"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "nosuch"], "unknown suite 'nosuch'"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADFIELD"], "unknown task field 'colour'"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADMETRIC"], "unknown metric 'meteor'"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--model", "nope/missing-model"], "cannot load model"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run_directory(tiny, tmp_path, args, message, monkeypatch):
+    (tmp_path / "badfield.yaml").write_text(
+        "{name: t, kind: multiple_choice, source: {type: jsonl, path: x.jsonl}, metric: accuracy, fields: {colour: c}}")
+    (tmp_path / "badmetric.yaml").write_text(
+        "{name: t, kind: generation, prompt: p, source: {type: jsonl, path: x.jsonl}, metric: meteor}")
+    args = [a.replace("BADFIELD", str(tmp_path / "badfield.yaml")).replace("BADMETRIC", str(tmp_path / "badmetric.yaml")) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny / "model")]
+    if "--suite" not in args:
+        args += ["--suite", str(tiny / "suite.yaml")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runs = tmp_path / "runs"
+    result = ild("run", *args, "--runs-dir", str(runs), "--headless")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not runs.exists() or not any(runs.iterdir())

@@ -1,0 +1,149 @@
+import json
+
+import pytest
+import torch
+
+from engine.models.surgery import remove_layers
+from engine.tasks.evaluate import SuiteEvaluator, aggregate
+from engine.tasks.metrics import bleu, chrf, lcs_ratio, rouge_l
+from engine.tasks.spec import TaskFileError, load_suite
+from tests.tiny_models import tiny_model
+from tests.tiny_tokenizer import word_tokenizer
+
+WORDS = "the cat sat on a mat and dog ran to big red house with small green tree in park".split()
+
+
+def _write(tmp_path, name, rows):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _suite(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) for _ in range(12)]
+    _write(tmp_path, "text.jsonl", [{"text": s} for s in sentences])
+    _write(tmp_path, "mc.jsonl", [{"q": s, "options": [rng.choice(WORDS) for _ in range(4)], "label": rng.randint(0, 3)} for s in sentences])
+    _write(tmp_path, "pairs.jsonl", [{"src": s, "dst": s.upper()} for s in sentences])
+    (tmp_path / "suite.yaml").write_text(
+        """
+name: tiny
+tasks:
+  - {name: lm, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: next_token_accuracy, samples: 8}
+  - {name: ppl, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: perplexity_score, samples: 6}
+  - name: mc
+    kind: multiple_choice
+    source: {type: jsonl, path: mc.jsonl}
+    fields: {question: q, choices: options, answer: label}
+    prompt: "{question} ?"
+    metric: accuracy
+    samples: 8
+  - name: mc_letter
+    kind: multiple_choice
+    source: {type: jsonl, path: mc.jsonl}
+    fields: {question: q, choices: options, answer: label}
+    prompt: "{question} \\n {choices_lettered} \\n answer"
+    scoring: letter
+    metric: accuracy
+    few_shot: 1
+    samples: 6
+  - name: copy
+    kind: generation
+    source: {type: jsonl, path: text.jsonl}
+    fields: {input: text, target: text}
+    prompt: "copy {input} :"
+    target: "{target}"
+    metric: lcs_ratio
+    max_new_tokens: 6
+    stop: []
+    samples: 6
+  - name: translate
+    kind: generation
+    source: {type: jsonl, path: pairs.jsonl}
+    fields: {input: src, target: dst}
+    prompt: "{input} ="
+    metric: chrf
+    max_new_tokens: 5
+    stop: ["mat"]
+    samples: 5
+"""
+    )
+    return load_suite(str(tmp_path / "suite.yaml")), word_tokenizer(sentences + ["copy :", "answer ? ="])
+
+
+def test_shared_prefix_equals_naive_and_plain_removal(tmp_path):
+    suite, tok = _suite(tmp_path)
+    model = tiny_model("llama")
+    evaluator = SuiteEvaluator(model, tok, suite, batch_tokens=64)
+    candidates = [None, 0, 2, 5]
+    shared = evaluator.evaluate(candidates, shared=True)
+    naive = evaluator.evaluate(candidates, shared=False)
+    assert shared == naive
+    for c in (0, 2, 5):
+        # The reference: the model with layer c really removed, evaluated as it is.
+        plain_model = tiny_model("llama")
+        remove_layers(plain_model, c)
+        plain = SuiteEvaluator(plain_model, tok, suite, batch_tokens=64).evaluate([None])[None]
+        for task, value in plain.items():
+            assert shared[c][task] == pytest.approx(value, abs=1e-4), (c, task)
+    for scores in shared.values():
+        assert set(scores) == {"lm", "ppl", "mc", "mc_letter", "copy", "translate"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_scores_do_not_depend_on_batching(tmp_path):
+    suite, tok = _suite(tmp_path)
+    model = tiny_model("qwen2")
+    small = SuiteEvaluator(model, tok, suite, batch_tokens=16, max_batch=1).evaluate([None, 3])
+    large = SuiteEvaluator(model, tok, suite, batch_tokens=100000).evaluate([None, 3])
+    for c in small:
+        for task in small[c]:
+            assert small[c][task] == pytest.approx(large[c][task], abs=1e-4)
+
+
+def test_metrics_against_known_values():
+    assert lcs_ratio(["a b c d"], ["a b c d"]) == 1.0
+    assert lcs_ratio(["a b x d"], ["a b c d"]) == 0.75
+    assert lcs_ratio(["a b c d e f g h"], ["a b c d"]) == 0.5  # invented text costs too
+    assert rouge_l(["кошка сидит на ковре"], ["кошка сидит на ковре"]) == 1.0  # non-ASCII kept
+    assert rouge_l(["a b"], ["c d"]) == 0.0
+    assert chrf(["hello world"], ["hello world"]) == pytest.approx(1.0)
+    assert bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    assert 0 < chrf(["hello there"], ["hello world"]) < 1
+    assert aggregate({"a": 0.2, "b": 0.4}) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ("{name: t, kind: sorting, source: {type: embedded, path: x.jsonl}, metric: accuracy}", "kind"),
+        ("{name: t, kind: generation, source: {type: embedded, path: x.jsonl}, metric: meteor, prompt: p}", "unknown metric 'meteor'"),
+        ("{name: t, kind: multiple_choice, source: {type: embedded, path: x.jsonl}, metric: accuracy, fields: {colour: c}}", "unknown task field 'colour'"),
+        ("{name: t, kind: multiple_choice, source: {type: ftp, path: x}, metric: accuracy}", "source type"),
+        ("{name: t, kind: language_modeling, source: {type: embedded, path: x.jsonl}, metric: next_token_accuracy, sample: 3}", "unknown key 'sample'"),
+        ("{name: t, kind: generation, source: {type: embedded, path: x.jsonl}, metric: chrf, prompt: '{nope}'}", "unknown field '{nope}'"),
+    ],
+)
+def test_bad_task_files_are_one_clear_line(tmp_path, task, message):
+    path = tmp_path / "task.yaml"
+    path.write_text(task)
+    with pytest.raises(TaskFileError) as err:
+        load_suite(str(path))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_suite_is_clear():
+    with pytest.raises(TaskFileError, match="unknown suite 'nope'"):
+        load_suite("nope")
+
+
+def test_missing_column_is_clear(tmp_path):
+    _write(tmp_path, "d.jsonl", [{"a": 1}])
+    (tmp_path / "t.yaml").write_text("{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy, fields: {text: body}}")
+    suite = load_suite(str(tmp_path / "t.yaml"))
+    from engine.tasks.sources import task_rows
+
+    with pytest.raises(TaskFileError, match="no column 'body'"):
+        task_rows(suite.tasks[0])
