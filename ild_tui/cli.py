@@ -27,7 +27,6 @@ PLANNED = {
     "resume": ("resume a paused run, or restart a dead one from its last checkpoint", 4),
     "stop": ("finish the current step, checkpoint and end a run", 5),
     "report": ("write a report of a run (tables and plots)", 6),
-    "demo": ("prune the embedded SmolLM2-135M with the paper's method", 4),
 }
 
 
@@ -255,6 +254,67 @@ def export(run_ref, out, runs_dir):
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")
+
+
+@main.command()
+@runs_dir_option
+@click.option("--target-layers", type=int, default=28, show_default=True)
+@click.pass_context
+def demo(ctx, runs_dir, target_layers):
+    """Prune the embedded SmolLM2-135M offline, then print the run's table.
+
+    Until healing lands (issue #4) the demo runs `iterative-pruning` (task-drop importance,
+    re-scored every iteration, no distillation).
+    """
+    import time as _time
+
+    name = f"demo-{_time.strftime('%Y%m%d-%H%M%S')}"
+    ctx.invoke(run, model="smollm2-135m", strategy="iterative-pruning", target_layers=target_layers, suite="default",
+               importance=None, name=name, runs_dir=runs_dir, headless=True, batch_tokens=4096, device=None, seed=0)
+    ctx.invoke(show, run_ref=name, runs_dir=runs_dir)
+    click.echo(f"\nexported model: {runs_dir}/{name}/export  (reload with AutoModelForCausalLM.from_pretrained)")
+
+
+@main.group()
+def suite():
+    """Evaluation suites: list them, check that one separates layers."""
+
+
+@suite.command(name="list")
+def suite_list():
+    """The embedded suites (pass a path to --suite for your own)."""
+    from pathlib import Path
+
+    import yaml
+
+    import engine.runlog  # noqa: F401  (locates the installed engine package without importing it)
+
+    root = Path(engine.runlog.__file__).resolve().parent.parent / "tasks" / "suites"
+    for path in sorted(root.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        names = ", ".join(t.get("name", "?") if isinstance(t, dict) else str(t) for t in data.get("tasks", []))
+        click.echo(f"{path.stem:10} {data.get('description', '')}\n{'':10} tasks: {names}")
+
+
+@suite.command(name="check", context_settings={"ignore_unknown_options": True})
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--suite", "suite_name", default="default", show_default=True)
+@click.option("--layers", default=None, help="Original layers to skip, comma-separated (default: 1 and the middle one).")
+@click.option("--device", default=None)
+def suite_check(model, suite_name, layers, device):
+    """Score a suite on the full model, with layer 1 skipped and with a middle layer skipped."""
+    import subprocess
+
+    from .launch import ENGINE, _engine_env
+
+    command = [ENGINE[0], "-m", "engine.suite_check", "--model", model, "--suite", suite_name]
+    if layers:
+        command += ["--layers", layers]
+    if device:
+        command += ["--device", device]
+    code = subprocess.call(command, env=_engine_env())
+    if code:
+        sys.exit(code)
 
 
 def _planned(name: str, summary: str, issue: int) -> click.Command:
