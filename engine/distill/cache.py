@@ -1,0 +1,57 @@
+"""Block-indexed tensor stores that stay in memory while small and spill to disk when large.
+
+The teacher's outputs on the distillation data never change, and the student's frozen prefix
+changes only once per iteration, so both are computed once and read back every step.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class BlockStore:
+    """``n`` blocks of shape ``shape``; RAM up to ``limit_bytes``, else a memory-mapped file."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], dtype: torch.dtype, spill_dir: Path | None, limit_bytes: int):
+        self.n, self.shape, self.dtype = n, tuple(shape), dtype
+        numel = n * int(np.prod(shape))
+        nbytes = numel * torch.tensor([], dtype=dtype).element_size()
+        self.path: Path | None = None
+        if nbytes > limit_bytes and spill_dir is not None:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+            self.path = spill_dir / f"{uuid.uuid4().hex}.bin"
+            np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32}[dtype]
+            self._array = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=(n, *shape))
+            self._tensor = None
+        else:
+            self._tensor = torch.empty((n, *shape), dtype=dtype)
+
+    @property
+    def on_disk(self) -> bool:
+        return self.path is not None
+
+    def __setitem__(self, index, value: torch.Tensor) -> None:
+        value = value.detach().to("cpu")
+        if self._tensor is not None:
+            self._tensor[index] = value.to(self.dtype)
+        else:
+            self._array[index] = value.float().numpy() if self._array.dtype == np.float32 else value.half().numpy()
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if self._tensor is not None:
+            return self._tensor[index]
+        return torch.from_numpy(np.ascontiguousarray(self._array[index]))
+
+    def close(self) -> None:
+        if self.path is not None:
+            del self._array
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None

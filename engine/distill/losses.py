@@ -1,0 +1,107 @@
+"""The healing loss: ``KL(teacher || student) * kl_scale + MSE(hidden states) * mse_scale``.
+
+Every Table 1 variant of the paper is a value of ``LossConfig``, not a code change:
+  * ``kl_input``: ``log_probs`` (the KL of the two distributions) or ``logits`` (raw student
+    logits fed where log-probabilities belong, as a naive ``kl_div(student_logits, p_t)`` does);
+  * ``direction``: ``forward`` KL(teacher || student) or ``reverse`` KL(student || teacher);
+  * ``temperature`` T (both distributions softened, the KL multiplied by T^2);
+  * ``kl_scale`` (paper 1/100) and ``mse_scale``;
+  * ``reduction``: ``token_mean`` (default: summed over the vocabulary, averaged over real tokens,
+    so the scale does not depend on batch shape) or ``sum`` (the paper's code: summed over batch,
+    sequence and vocabulary);
+  * ``hidden``: which hidden states the MSE compares: the last trainable layer's output against the
+    teacher's output of the same original layer plus the last layer (``last_trainable+last``,
+    the paper's best), ``last_trainable``, ``last``, ``all_trainable``, ``all`` or ``none``.
+Padding is masked everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+HIDDEN_CHOICES = ("last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kl_scale: float = 0.01
+    mse_scale: float = 1.0
+    kl_input: str = "log_probs"  # "log_probs" | "logits"
+    direction: str = "forward"  # "forward" | "reverse"
+    temperature: float = 1.0
+    reduction: str = "token_mean"  # "token_mean" | "sum"
+    hidden: str = "last_trainable+last"
+
+    def __post_init__(self):
+        checks = {
+            "kl_input": ("log_probs", "logits"),
+            "direction": ("forward", "reverse"),
+            "reduction": ("token_mean", "sum"),
+            "hidden": HIDDEN_CHOICES,
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"loss.{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.temperature <= 0:
+            raise ValueError("loss.temperature must be positive")
+
+
+def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """KL over the vocabulary at each real token, reduced as configured. Shapes (..., V) and (...)."""
+    t = config.temperature
+    s = student_logits.float() / t
+    te = teacher_logits.float() / t
+    teacher_logp = F.log_softmax(te, dim=-1)
+    student_logp = F.log_softmax(s, dim=-1) if config.kl_input == "log_probs" else s
+    if config.direction == "forward":
+        per_token = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    else:
+        # KL(student || teacher); with kl_input=logits the "student distribution" is exp(logits).
+        per_token = (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
+    per_token = per_token * (t * t)
+    mask = mask.to(per_token.dtype)
+    total = (per_token * mask).sum()
+    if config.reduction == "sum":
+        return total
+    return total / mask.sum().clamp(min=1)
+
+
+def mse_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the hidden size and the real tokens. Shapes (B, T, D), (B, T)."""
+    mask = mask.to(torch.float32)
+    per_token = ((student.float() - teacher.float()) ** 2).mean(-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def hidden_pairs(config: LossConfig, trainable: list[int], num_layers: int) -> list[int]:
+    """The current layer indices whose outputs the MSE compares with the teacher's."""
+    if config.hidden == "none":
+        return []
+    last = num_layers - 1
+    choice = {
+        "last_trainable+last": [max(trainable), last] if trainable else [last],
+        "last_trainable": [max(trainable)] if trainable else [],
+        "last": [last],
+        "all_trainable": sorted(trainable),
+        "all": list(range(num_layers)),
+    }[config.hidden]
+    return sorted(set(choice))
+
+
+def total_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_hidden: dict[int, torch.Tensor],
+    teacher_hidden: dict[int, torch.Tensor],
+    mask: torch.Tensor,
+    config: LossConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, kl, mse); the MSE is summed over the compared layers, as in the paper."""
+    kl = kl_loss(student_logits, teacher_logits, mask, config)
+    mse = student_logits.new_zeros((), dtype=torch.float32)
+    for key, value in student_hidden.items():
+        mse = mse + mse_loss(value, teacher_hidden[key], mask)
+    return kl * config.kl_scale + mse * config.mse_scale, kl.detach(), mse.detach()

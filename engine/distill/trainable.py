@@ -1,0 +1,89 @@
+"""Which layers heal after a removal; everything else stays frozen.
+
+Embeddings, the final norm and the LM head are frozen unless asked for, and tied embeddings are
+never trained by accident: training the head of a tied model would move the input embedding too,
+so ``train_head`` refuses a tied model unless ``allow_tied`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from engine.models.adapters import adapter_for
+
+
+@dataclass(frozen=True)
+class TrainableConfig:
+    choice: str = "adjacent"  # "adjacent" | "radius" | "last" | "all"
+    k: int = 1  # radius around every gap, or how many last layers
+    train_norm: bool = False
+    train_head: bool = False
+    allow_tied: bool = False
+
+    def __post_init__(self):
+        if self.choice not in ("adjacent", "radius", "last", "all"):
+            raise ValueError(f"trainable.choice must be adjacent, radius, last or all (got {self.choice!r})")
+        if self.k < 1:
+            raise ValueError("trainable.k must be at least 1")
+
+
+def gaps(layer_map: list[int], teacher_layers: int) -> list[int]:
+    """Gap positions in the current model: g means 'between current layers g-1 and g'."""
+    out = []
+    if layer_map and layer_map[0] > 0:
+        out.append(0)
+    for j in range(1, len(layer_map)):
+        if layer_map[j] - layer_map[j - 1] > 1:
+            out.append(j)
+    if layer_map and layer_map[-1] < teacher_layers - 1:
+        out.append(len(layer_map))
+    return out
+
+
+def newest_gap(layer_map: list[int], removed_original: int) -> int:
+    """Where the layer just removed used to sit, as a gap position in the current model."""
+    return sum(1 for o in layer_map if o < removed_original)
+
+
+def choose_trainable(layer_map: list[int], teacher_layers: int, removed_original: int, config: TrainableConfig) -> list[int]:
+    """Current indices of the layers to train."""
+    n = len(layer_map)
+    if config.choice == "all":
+        return list(range(n))
+    if config.choice == "last":
+        return list(range(max(0, n - config.k), n))
+    centres = [newest_gap(layer_map, removed_original)] if config.choice == "adjacent" else gaps(layer_map, teacher_layers)
+    radius = 1 if config.choice == "adjacent" else config.k
+    chosen = set()
+    for g in centres:
+        for j in range(g - radius, g + radius):
+            if 0 <= j < n:
+                chosen.add(j)
+    return sorted(chosen)
+
+
+def freeze_except(model: nn.Module, trainable: list[int], config: TrainableConfig) -> list[nn.Parameter]:
+    """Set requires_grad so that exactly the chosen parts train; return those parameters."""
+    adapter = adapter_for(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params: list[nn.Parameter] = []
+    for j in trainable:
+        for p in adapter.layers[j].parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    if config.train_norm:
+        for p in adapter.norm.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    if config.train_head:
+        tied = adapter.lm_head.weight is adapter.embed_tokens.weight
+        if tied and not config.allow_tied:
+            raise ValueError("the LM head is tied to the input embedding: training it moves the embedding too "
+                             "(set trainable.allow_tied to do it anyway)")
+        for p in adapter.lm_head.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params

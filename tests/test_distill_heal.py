@@ -1,0 +1,106 @@
+import copy
+
+import pytest
+import torch
+
+from engine.distill.data import DataConfig
+from engine.distill.heal import Healer, HealConfig, NonFiniteLoss, TeacherCache
+from engine.distill.trainable import TrainableConfig, choose_trainable
+from engine.models.surgery import layer_map, remove_layers
+
+
+def _setup(cached=True, lr=1e-3, seed=0):
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_models import tiny_config
+
+    config = tiny_config("llama")
+    config.initializer_range = 0.1  # large enough that a missing layer costs something to heal
+    torch.manual_seed(seed)
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    student = copy.deepcopy(teacher)
+    remove_layers(student, 3)
+    g = torch.Generator().manual_seed(5)
+    train = torch.randint(3, 256, (16, 24), generator=g)
+    heldout = torch.randint(3, 256, (4, 24), generator=g)
+    config = HealConfig(lr=lr, batch_size=4, cached=cached, data=DataConfig(seq_len=24))
+    cache = TeacherCache(teacher, train, heldout, None, 1 << 30, 4)
+    return teacher, student, Healer(student, teacher, cache, config)
+
+
+def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
+    runs = {}
+    for cached in (True, False):
+        teacher, student, healer = _setup(cached=cached)
+        before = {k: v.clone() for k, v in student.state_dict().items()}
+        trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig())
+        steps = []
+        healer.heal(trainable, iteration=1, seed=0, on_step=steps.append)
+        after = student.state_dict()
+        changed = {k for k in after if not torch.equal(before[k], after[k])}
+        assert changed and all(k.startswith(("model.layers.2.", "model.layers.3.")) for k in changed)
+        runs[cached] = (steps, after)
+    for a, b in zip(runs[True][0], runs[False][0]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    for key in runs[True][1]:
+        assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-5)
+    assert [s["step"] for s in runs[True][0]] == [1, 2, 3, 4]
+    assert {"loss", "kl", "mse", "lr", "grad_norm", "tokens_per_s"} <= set(runs[True][0][0])
+
+
+def test_healing_lowers_the_heldout_distillation_loss():
+    teacher, student, healer = _setup()
+    trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig())
+    pairs = [max(trainable), 4]
+    before = healer.heldout_loss(pairs)["loss"]
+    for epoch in range(3):
+        healer.heal(trainable, iteration=1, seed=epoch)
+    assert healer.heldout_loss(pairs)["loss"] < 0.9 * before
+
+
+def test_non_finite_loss_restores_the_weights(monkeypatch):
+    teacher, student, healer = _setup()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    import engine.distill.heal as heal_module
+
+    real = heal_module.total_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss, kl, mse = real(*args, **kwargs)
+        return (loss * float("nan"), kl, mse) if calls["n"] == 3 else (loss, kl, mse)
+
+    monkeypatch.setattr(heal_module, "total_loss", flaky)
+    with pytest.raises(NonFiniteLoss, match="step 3"):
+        healer.heal([2, 3], iteration=1, seed=0)
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_mid_iteration_matches_an_uninterrupted_heal():
+    from engine.distill.heal import HealState
+
+    _, student_a, healer_a = _setup()
+    healer_a.heal([2, 3], iteration=1, seed=0)
+
+    _, student_b, healer_b = _setup()
+    saved = []
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(state):
+        saved.append(state)
+        if state.step == 2:
+            raise Killed  # the process dies right after its mid-iteration checkpoint
+
+    healer_b.config = HealConfig(**{**healer_b.config.__dict__, "checkpoint_every_s": 0.0})
+    with pytest.raises(Killed):
+        healer_b.heal([2, 3], iteration=1, seed=0, on_checkpoint=save_then_die)
+    state: HealState = saved[-1]
+    assert state.step == 2
+    _, student_c, healer_c = _setup()
+    healer_c.heal([2, 3], iteration=1, seed=0, resume=state)
+    for key, value in student_a.state_dict().items():
+        assert torch.allclose(value, student_c.state_dict()[key], atol=1e-6), key

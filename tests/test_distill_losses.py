@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.distill.losses import LossConfig, hidden_pairs, kl_loss, mse_loss, total_loss
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 5, 11, generator=g)
+    t = torch.randn(2, 5, 11, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    return s, t, mask
+
+
+def _direct_forward_kl(s, t, mask, temp=1.0):
+    total, n = 0.0, 0
+    for b in range(s.shape[0]):
+        for i in range(s.shape[1]):
+            if mask[b, i]:
+                p = torch.softmax(t[b, i] / temp, -1).double()
+                q = torch.softmax(s[b, i] / temp, -1).double()
+                total += float((p * (p / q).log()).sum())
+                n += 1
+    return total * temp * temp, n
+
+
+def test_forward_kl_token_mean_and_sum(batch):
+    s, t, mask = batch
+    direct, n = _direct_forward_kl(s, t, mask)
+    assert float(kl_loss(s, t, mask, LossConfig())) == pytest.approx(direct / n, rel=1e-5)
+    assert float(kl_loss(s, t, mask, LossConfig(reduction="sum"))) == pytest.approx(direct, rel=1e-5)
+
+
+def test_padding_is_ignored(batch):
+    s, t, mask = batch
+    s2 = s.clone()
+    s2[1, :2] = 1000.0  # garbage where the mask is 0
+    assert torch.allclose(kl_loss(s, t, mask, LossConfig()), kl_loss(s2, t, mask, LossConfig()))
+
+
+def test_reverse_kl(batch):
+    s, t, mask = batch
+    direct, n = _direct_forward_kl(t, s, mask)  # KL(student || teacher) swaps the roles
+    assert float(kl_loss(s, t, mask, LossConfig(direction="reverse"))) == pytest.approx(direct / n, rel=1e-5)
+
+
+def test_temperature_scales_by_t_squared(batch):
+    s, t, mask = batch
+    direct, n = _direct_forward_kl(s, t, mask, temp=2.0)
+    assert float(kl_loss(s, t, mask, LossConfig(temperature=2.0))) == pytest.approx(direct / n, rel=1e-5)
+
+
+def test_kl_on_raw_logits_matches_torch_kl_div(batch):
+    s, t, mask = batch
+    real = mask.bool()
+    expected = F.kl_div(s[real], F.softmax(t[real], -1), reduction="sum")
+    got = kl_loss(s, t, mask, LossConfig(kl_input="logits", reduction="sum"))
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_mse_masks_padding_and_averages_hidden():
+    a = torch.zeros(1, 3, 4)
+    b = torch.ones(1, 3, 4) * 2
+    b[0, 0] = 100  # masked out
+    mask = torch.tensor([[0, 1, 1]])
+    assert float(mse_loss(a, b, mask)) == pytest.approx(4.0)
+
+
+def test_total_combines_scales(batch):
+    s, t, mask = batch
+    h_s = {3: torch.zeros(2, 5, 4)}
+    h_t = {3: torch.ones(2, 5, 4)}
+    config = LossConfig(kl_scale=0.5, mse_scale=2.0)
+    total, kl, mse = total_loss(s, t, h_s, h_t, mask, config)
+    assert float(mse) == pytest.approx(1.0)
+    assert float(total) == pytest.approx(0.5 * float(kl) + 2.0)
+
+
+def test_hidden_choices():
+    assert hidden_pairs(LossConfig(), [4, 5], 10) == [5, 9]
+    assert hidden_pairs(LossConfig(hidden="last"), [4, 5], 10) == [9]
+    assert hidden_pairs(LossConfig(hidden="all_trainable"), [5, 4], 10) == [4, 5]
+    assert hidden_pairs(LossConfig(hidden="all"), [4], 3) == [0, 1, 2]
+    assert hidden_pairs(LossConfig(hidden="none"), [4], 10) == []
+    with pytest.raises(ValueError, match="loss.hidden"):
+        LossConfig(hidden="middle")
