@@ -25,6 +25,35 @@ class CalibrationConfig(_Strict):
     max_tokens: int = Field(default=256, ge=8)
 
 
+class HealSettings(_Strict):
+    """Healing by distillation; every Table 1 variant of the paper is a value here."""
+
+    lr: float = Field(default=1e-4, gt=0)
+    warmup_steps: int = Field(default=2, ge=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    clip: float = Field(default=1.0, ge=0)
+    seq_len: int = Field(default=256, ge=8)
+    train_tokens: int = Field(default=16384, ge=8)
+    heldout_tokens: int = Field(default=2048, ge=8)
+    data: str = "embedded"
+    text_field: str = "text"
+    trainable: Literal["adjacent", "radius", "last", "all"] = "adjacent"
+    trainable_k: int = Field(default=1, ge=1)
+    train_norm: bool = False
+    train_head: bool = False
+    kl_scale: float = 0.01
+    mse_scale: float = 1.0
+    kl_input: Literal["log_probs", "logits"] = "log_probs"
+    direction: Literal["forward", "reverse"] = "forward"
+    temperature: float = Field(default=1.0, gt=0)
+    reduction: Literal["token_mean", "sum"] = "token_mean"
+    hidden: Literal["last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none"] = "last_trainable+last"
+    cached: bool = True
+    cache_limit_mb: int = Field(default=1024, ge=1)
+    checkpoint_every_s: float = Field(default=120.0, gt=0)
+
+
 class RunConfig(_Strict):
     name: str
     model: str
@@ -38,6 +67,7 @@ class RunConfig(_Strict):
     seed: int = 0
     batch_tokens: int = Field(default=4096, ge=64)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    heal: HealSettings = Field(default_factory=HealSettings)
     device: str | None = None
 
     def importance_metric(self) -> str:

@@ -129,8 +129,9 @@ class Runner:
         self.evaluator = SuiteEvaluator(self.model, self.tokenizer, suite, batch_tokens=config.batch_tokens)
         self.calibration = self._calibration_sequences() if self.metric in ("bi", "angular", "loss_nll", "loss_kl") else []
         self.teacher = None
-        if self.metric == "loss_kl":
+        if self.metric == "loss_kl" or self.strategy.heal:
             self.teacher = load_model(config.model, device=config.device).model
+        self.healer = self._make_healer() if self.strategy.heal else None
 
         if self.iteration == 0 and not self._has_eval(0, "teacher"):
             self._phase("evaluating", "teacher")
@@ -139,39 +140,15 @@ class Runner:
             self._checkpoint()
 
         while adapter_for(self.model).num_layers > config.target_layers:
+            partial = self._partial_checkpoint(self.iteration + 1)
             self.iteration += 1
             self.progress.iteration = self.iteration
-            ranked, per_task = self._score()
-            proposal = ranked[0][0]
-            self.emit(
-                "proposal",
-                iteration=self.iteration,
-                layer=proposal,
-                metric=self.metric,
-                candidates=[
-                    {"layer": layer, "score": score, **({"tasks": per_task[layer]} if per_task else {})}
-                    for layer, score in ranked
-                ],
-            )
-            decision = self.decide(proposal, ranked)
-            self.emit("decision", iteration=self.iteration, layer=decision.layer, by=decision.by, proposed=proposal, command_id=decision.command_id)
-            remove_layers(self.model, decision.layer)
-            self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by, "proposed": proposal})
-            self.emit(
-                "layer_removed",
-                iteration=self.iteration,
-                layer=decision.layer,
-                remaining=layer_map(self.model),
-                layers=len(layer_map(self.model)),
-                params=parameter_count(self.model),
-            )
-            if per_task and decision.layer in per_task:
-                # Task drop already evaluated exactly this model (the shared prefix is exact).
-                scores = per_task[decision.layer]
+            if partial is not None:
+                decision = self._resume_partial(partial)
             else:
-                self._phase("evaluating", "after removal")
-                scores = self.evaluator.evaluate([None], progress=self.progress)[None]
-            self._eval_event(self.iteration, "after_removal", scores)
+                decision = self._remove_one()
+            if self.healer is not None:
+                self._heal(decision, partial)
             self._checkpoint()
 
         self._phase("exporting", str(self.rundir.export_dir))
@@ -187,6 +164,101 @@ class Runner:
         )
         self._write_state(finished=True)
         return "target"
+
+    def _remove_one(self) -> Decision:
+        ranked, per_task = self._score()
+        proposal = ranked[0][0]
+        self.emit(
+            "proposal",
+            iteration=self.iteration,
+            layer=proposal,
+            metric=self.metric,
+            candidates=[
+                {"layer": layer, "score": score, **({"tasks": per_task[layer]} if per_task else {})}
+                for layer, score in ranked
+            ],
+        )
+        decision = self.decide(proposal, ranked)
+        self.emit("decision", iteration=self.iteration, layer=decision.layer, by=decision.by, proposed=proposal, command_id=decision.command_id)
+        remove_layers(self.model, decision.layer)
+        self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by, "proposed": proposal})
+        self.emit(
+            "layer_removed",
+            iteration=self.iteration,
+            layer=decision.layer,
+            remaining=layer_map(self.model),
+            layers=len(layer_map(self.model)),
+            params=parameter_count(self.model),
+        )
+        if per_task and decision.layer in per_task:
+            # Task drop already evaluated exactly this model (the shared prefix is exact).
+            scores = per_task[decision.layer]
+        else:
+            self._phase("evaluating", "after removal")
+            scores = self.evaluator.evaluate([None], progress=self.progress)[None]
+        self._eval_event(self.iteration, "after_removal", scores)
+        return decision
+
+    # --- healing --------------------------------------------------------------------------------
+    def _make_healer(self):
+        from engine.distill.data import DataConfig, distill_blocks
+        from engine.distill.heal import Healer, HealConfig, TeacherCache
+        from engine.distill.losses import LossConfig
+        from engine.distill.trainable import TrainableConfig
+
+        h = self.config.heal
+        self.heal_config = HealConfig(
+            loss=LossConfig(kl_scale=h.kl_scale, mse_scale=h.mse_scale, kl_input=h.kl_input, direction=h.direction,
+                            temperature=h.temperature, reduction=h.reduction, hidden=h.hidden),
+            trainable=TrainableConfig(choice=h.trainable, k=h.trainable_k, train_norm=h.train_norm, train_head=h.train_head),
+            data=DataConfig(source=h.data, text_field=h.text_field, seq_len=h.seq_len, train_tokens=h.train_tokens, heldout_tokens=h.heldout_tokens),
+            lr=h.lr, warmup_steps=h.warmup_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, clip=h.clip,
+            cached=h.cached, cache_limit_mb=h.cache_limit_mb, checkpoint_every_s=h.checkpoint_every_s,
+        )
+        self._phase("preparing", "distillation data")
+        try:
+            train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(f"distillation data: {exc}") from exc
+        cache = TeacherCache(self.teacher, train, heldout, self.rundir.path / "cache", h.cache_limit_mb << 20, h.batch_size)
+        self.trained: set[int] = getattr(self, "trained", set())
+        return Healer(self.model, self.teacher, cache, self.heal_config)
+
+    def _heal(self, decision: Decision, partial: dict | None) -> None:
+        from engine.distill.heal import HealState, NonFiniteLoss
+        from engine.distill.losses import hidden_pairs
+        from engine.distill.trainable import choose_trainable
+
+        mapping = layer_map(self.model)
+        trainable = choose_trainable(mapping, self.config.start_layers, decision.layer, self.heal_config.trainable)
+        pairs = hidden_pairs(self.heal_config.loss, trainable, len(mapping))
+        self._phase("healing", f"layers {[mapping[j] for j in trainable]} (original)")
+        self.progress("teacher cache", 0, 1)
+        before = self.healer.heldout_loss(pairs)
+        resume = None
+        if partial is not None:
+            state = torch.load(Path(partial["dir"]) / "heal_state.pt", weights_only=False)
+            resume = HealState(step=partial["step"], optimizer=state["optimizer"], trainable=state["trainable"])
+
+        def on_step(record: dict) -> None:
+            self.emit("train_step", **record)
+
+        def on_checkpoint(state) -> None:
+            self._save_partial(decision, state, trainable)
+
+        try:
+            summary = self.healer.heal(trainable, self.iteration, self.config.seed, on_step=on_step,
+                                       on_checkpoint=on_checkpoint, resume=resume)
+            note = f"healed {summary['steps']} steps ({summary['tokens']} tokens) in {summary['seconds']:.0f}s"
+        except NonFiniteLoss as exc:
+            note = f"healing stopped: {exc}; restored the weights from before this iteration's healing"
+            self.emit("alert", level="error", message=note, iteration=self.iteration)
+        self.trained.update(mapping[j] for j in trainable)
+        after = self.healer.heldout_loss(pairs)
+        self.say(f"{note}; held-out distillation loss {before['loss']:.4f} -> {after['loss']:.4f}")
+        self._phase("evaluating", "after healing")
+        scores = self.evaluator.evaluate([None], progress=self.progress)[None]
+        self._eval_event(self.iteration, "after_healing", scores, heldout={"before": before, "after": after})
 
     # --- the decision point ---------------------------------------------------------------------
     def decide(self, proposal: int, ranked: list[tuple[int, float]]) -> Decision:
@@ -245,29 +317,98 @@ class Runner:
         return sequences
 
     # --- evaluation, checkpoints, export --------------------------------------------------------
-    def _eval_event(self, iteration: int, stage: str, scores: dict[str, float]) -> None:
+    def _eval_event(self, iteration: int, stage: str, scores: dict[str, float], **extra) -> None:
         self.emit("eval", iteration=iteration, stage=stage, aggregate=aggregate(scores), tasks=scores,
-                  layers=adapter_for(self.model).num_layers, params=parameter_count(self.model))
+                  layers=adapter_for(self.model).num_layers, params=parameter_count(self.model), **extra)
 
     def _checkpoint(self) -> None:
-        """A removal-only student is fully described by its removals: no weights to save.
+        """The removals, plus the weights of every layer healing has changed (by original index).
 
-        Strategies that heal add the changed layers' weights to the same directory.
+        A removal-only student is fully described by its removals, so it saves no weights.
         """
+        from safetensors.torch import save_file
+
         name = str(self.iteration)
         target = self.rundir.checkpoint_dir(name)
         target.mkdir(parents=True, exist_ok=True)
+        trained = sorted(getattr(self, "trained", set()))
+        if trained:
+            save_file(self._layer_tensors(trained), str(target / "layers.safetensors"))
         record = {
             "name": name,
             "iteration": self.iteration,
             "removed": self.removed,
             "layer_map": layer_map(self.model),
+            "trained": trained,
             "one_shot_scores": _keyed(self.one_shot_scores) if self.one_shot_scores else None,
         }
         write_json_atomic(target / CHECKPOINT_FILE, record)
         self.rundir.set_latest(name)
+        self._drop_partials()
         self.emit("checkpoint", iteration=self.iteration, name=name, path=str(target))
         self._write_state()
+
+    def _layer_tensors(self, originals: list[int]) -> dict[str, torch.Tensor]:
+        mapping = layer_map(self.model)
+        adapter = adapter_for(self.model)
+        out = {}
+        for o in originals:
+            if o in mapping:
+                for pname, p in adapter.layers[mapping.index(o)].named_parameters():
+                    out[f"{o}.{pname}"] = p.detach().to("cpu").contiguous()
+        return out
+
+    def _load_layer_tensors(self, path: Path) -> None:
+        load_layer_tensors(self.model, path)
+
+    # --- mid-iteration checkpoints ----------------------------------------------------------------
+    def _save_partial(self, decision: Decision, state, trainable: list[int]) -> None:
+        """Healing state every few minutes: a kill loses at most that much work."""
+        root = self.rundir.checkpoints_dir
+        target = root / f"partial-{self.iteration}-{state.step}"
+        tmp = root / f".{target.name}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save({"optimizer": state.optimizer, "trainable": state.trainable}, tmp / "heal_state.pt")
+        write_json_atomic(tmp / "partial.json", {
+            "iteration": self.iteration, "step": state.step, "trainable": trainable,
+            "decision": {"layer": decision.layer, "by": decision.by, "proposed": self.removed[-1]["proposed"] if self.removed else None},
+        })
+        os.replace(tmp, target)
+        from engine.runlog.atomic import write_text_atomic
+
+        write_text_atomic(root / "PARTIAL", target.name)
+        for old in root.glob("partial-*"):
+            if old.name != target.name:
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+        self.emit("checkpoint", iteration=self.iteration, name=target.name, path=str(target), partial=True, step=state.step)
+
+    def _partial_checkpoint(self, iteration: int) -> dict | None:
+        pointer = self.rundir.checkpoints_dir / "PARTIAL"
+        if not pointer.is_file():
+            return None
+        directory = self.rundir.checkpoints_dir / pointer.read_text().strip()
+        record = read_json(directory / "partial.json")
+        if not record or record.get("iteration") != iteration:
+            return None
+        return {**record, "dir": str(directory)}
+
+    def _resume_partial(self, partial: dict) -> Decision:
+        d = partial["decision"]
+        decision = Decision(layer=d["layer"], by=d["by"])
+        remove_layers(self.model, decision.layer)
+        self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by, "proposed": d.get("proposed")})
+        self.say(f"resuming iteration {self.iteration} at healing step {partial['step']} (layer {decision.layer} already removed)")
+        return decision
+
+    def _drop_partials(self) -> None:
+        import shutil
+
+        root = self.rundir.checkpoints_dir
+        (root / "PARTIAL").unlink(missing_ok=True)
+        for old in root.glob("partial-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
     def _write_state(self, finished: bool = False) -> None:
         write_state(self.rundir, {
@@ -291,6 +432,10 @@ class Runner:
         self.removed = list(checkpoint["removed"])
         if self.removed:
             remove_layers(self.model, [r["layer"] for r in self.removed])
+        self.trained = set(checkpoint.get("trained") or [])
+        weights = Path(self.rundir.checkpoint_dir(checkpoint["name"])) / "layers.safetensors"
+        if weights.is_file():
+            self._load_layer_tensors(weights)
         if checkpoint.get("one_shot_scores"):
             self.one_shot_scores = {int(k): v for k, v in checkpoint["one_shot_scores"].items()}
         self.say(f"resumed from checkpoint {checkpoint['name']} (iteration {self.iteration}, removed {[r['layer'] for r in self.removed]})")
@@ -318,6 +463,19 @@ class Runner:
 
         return any(e.get("type") == "eval" and e.get("iteration") == iteration and e.get("stage") == stage
                    for e in read_all(self.rundir.events_file))
+
+
+def load_layer_tensors(model, path: Path) -> None:
+    """Put healed layers (keys ``<original index>.<parameter>``) back into a student."""
+    from safetensors.torch import load_file
+
+    mapping = layer_map(model)
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        for key, value in load_file(str(path)).items():
+            original, name = key.split(".", 1)
+            layer = adapter.layers[mapping.index(int(original))]
+            dict(layer.named_parameters())[name].copy_(value)
 
 
 def _keyed(scores: dict[int, float] | None) -> dict[str, float]:

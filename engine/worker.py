@@ -148,6 +148,10 @@ def export(run_dir: Path, out: Path) -> int:
     removed = [r["layer"] for r in record.get("removed", [])]
     if removed:
         remove_layers(loaded.model, removed)
+    if latest and (Path(latest) / "layers.safetensors").is_file():
+        from engine.runner import load_layer_tensors
+
+        load_layer_tensors(loaded.model, Path(latest) / "layers.safetensors")
     export_model(loaded.model, loaded.tokenizer, out, {"teacher": config.model, "strategy": config.strategy, "run": config.name, "removal_order": removed})
     print(out)
     return 0

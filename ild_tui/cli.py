@@ -24,7 +24,6 @@ PLANNED = {
     "override": ("remove a different layer than the one proposed", 5),
     "mode": ("switch a run between manual, auto and auto-after SECONDS", 5),
     "pause": ("pause a run after its current step", 5),
-    "resume": ("resume a paused run, or restart a dead one from its last checkpoint", 4),
     "stop": ("finish the current step, checkpoint and end a run", 5),
     "report": ("write a report of a run (tables and plots)", 6),
 }
@@ -91,7 +90,9 @@ def _strategies() -> list[str]:
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch (memory vs speed).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best there is).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def run(model, strategy, target_layers, suite, importance, name, runs_dir, headless, batch_tokens, device, seed):
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config value, e.g. --set heal.lr=3e-4 --set heal.hidden=last (repeatable).")
+def run(model, strategy, target_layers, suite, importance, name, runs_dir, headless, batch_tokens, device, seed, overrides=()):
     """Start a pruning run.
 
     Example: ild run --model smollm2-135m --strategy iterative-pruning --target-layers 28 --headless
@@ -106,9 +107,6 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
         raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(_strategies())})", EXIT_USAGE)
     if target_layers < 1:
         raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
-    if strategy in ("iterative-distill", "iterative-bi-distill"):
-        raise Failure(f"strategy '{strategy}' heals by distillation, which is not built yet (issue #4); "
-                      "use shortgpt, iterative-bi or iterative-pruning", EXIT_USAGE)
     if not headless:
         raise Failure("only --headless runs are built yet (the detached engine and the dashboard arrive with issues #5 and #6)", EXIT_USAGE)
     try:
@@ -123,6 +121,10 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
     if device:
         config["device"] = device
     try:
+        _apply_overrides(config, overrides)
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    try:
         create_run(run_dir, config)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
@@ -136,11 +138,57 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
         raise Failure(f"run failed: {reason}", EXIT_FAILED)
 
 
+def _apply_overrides(config: dict, overrides) -> None:
+    """Dotted KEY=VALUE pairs into the nested config; values parsed as YAML scalars."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE (got '{item}')")
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+
+
 def _console():
     from rich.console import Console
 
     # Piped output keeps whole rows (for grep and logs) instead of wrapping at 80 columns.
     return Console() if sys.stdout.isatty() else Console(width=250, no_color=True)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@runs_dir_option
+def resume(run_ref, runs_dir):
+    """Continue a stopped, failed or dead run from its last checkpoint (mid-healing included)."""
+    from engine.runlog.lock import is_alive
+
+    from .headless import HeadlessView
+    from .launch import run_foreground
+    from .runs import RunNotFound, find_run, summarise
+
+    try:
+        run_dir = find_run(runs_dir, run_ref)
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    if is_alive(run_dir.path):
+        raise Failure(f"run {run_dir.name} is live: its engine is still running", EXIT_USAGE)
+    summary = summarise(run_dir)
+    if summary.status == "finished":
+        raise Failure(f"run {run_dir.name} already finished", EXIT_USAGE)
+    with HeadlessView() as view:
+        view.line(f"resuming {run_dir.path}")
+        code = run_foreground(run_dir.path, view.handle)
+    if code == 130:
+        raise Failure(f"interrupted; continue with: ild resume {run_dir.name}", 130)
+    if code != 0:
+        raise Failure(f"run failed: {(view.failed or {}).get('error') or f'engine exited with code {code}'}", EXIT_FAILED)
 
 
 def _fmt(value, digits=4) -> str:

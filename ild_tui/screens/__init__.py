@@ -1,0 +1,1 @@
+"""The dashboard's screens: live run, runs, compare, dialogs."""

@@ -1,0 +1,1 @@
+"""Dashboard widgets and the plain-Python views they draw."""

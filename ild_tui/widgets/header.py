@@ -1,0 +1,125 @@
+"""The live screen's two header lines: what the run is, where it is, whether its engine lives."""
+
+from __future__ import annotations
+
+import time
+
+from rich.style import Style
+from rich.text import Text
+from textual.widgets import Static
+
+from engine.runlog.fold import RunState
+
+STATUS_LOOK = {
+    # status: (glyph, label, theme colour variable)
+    "running": ("●", "running", "success"),
+    "paused": ("‖", "paused", "warning"),
+    "finished": ("✔", "finished", "primary"),
+    "stopped": ("■", "stopped", "warning"),
+    "failed": ("✖", "failed", "error"),
+    "died": ("✖", "engine dead", "error"),
+    "unknown": ("○", "checking", "foreground"),
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "-"
+    s = int(seconds)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def fmt_params(n: float | None) -> str:
+    if not n:
+        return "-"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    return f"{n / 1e3:.0f}k"
+
+
+def fmt_clock(t: float | None, with_date: bool = False) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M" if with_date else "%H:%M:%S", time.localtime(t))
+
+
+def run_times(state: RunState, status: str, now: float) -> tuple[float | None, float | None]:
+    """(start, elapsed): a live run counts to now, an ended or dead one to its last event."""
+    start = state.run_info.get("t") if state.run_info else None
+    if not isinstance(start, (int, float)):
+        return None, None
+    end = now if status in ("running", "paused") else (state.last_event_t or now)
+    return start, max(0.0, end - start)
+
+
+def theme_color(app, name: str) -> str | None:
+    try:
+        return app.theme_variables.get(name)
+    except Exception:  # noqa: BLE001 - colour is cosmetic
+        return None
+
+
+class RunHeader(Static):
+    DEFAULT_CSS = """
+    RunHeader { height: 2; padding: 0 1; background: $panel; }
+    """
+
+    def show(self, state: RunState, status: str, now: float, run_name: str, phase_detail: str | None = None) -> None:
+        look_key = "paused" if status == "running" and state.paused else status
+        glyph, label, var = STATUS_LOOK.get(look_key, ("?", look_key, "foreground"))
+        color = theme_color(self.app, var)
+        strong = Style(bold=True)
+        dim = Style(dim=True)
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(f" {glyph} {label} ", Style(bold=True, color=color, reverse=True) if color else Style(bold=True, reverse=True))
+        t.append("  ")
+        t.append(state.name or run_name, strong)
+        t.append("  ")
+        t.append(state.model or "-")
+        t.append(" · ", dim)
+        t.append(state.strategy or "-")
+        metric = state.run_info.get("importance") if state.run_info else None
+        if metric:
+            t.append(f" ({metric})", dim)
+        t.append(" · ", dim)
+        mode = state.mode or "-"
+        if mode == "auto-after" and state.mode_seconds:
+            mode += f" {state.mode_seconds:g}s"
+        t.append("mode ", dim)
+        t.append(mode)
+        if status == "died" and state.last_event_t:
+            t.append(f"   last event {fmt_duration(now - state.last_event_t)} ago, no run_finished: resume with `ild resume`",
+                     Style(color=color))
+        if status == "failed" and state.failure:
+            t.append(f"   {state.failure.get('error', '')}", Style(color=color))
+
+        t2 = Text(no_wrap=True, overflow="ellipsis")
+        t2.append(" phase ", dim)
+        phase = state.phase or "-"
+        if status in ("finished", "stopped"):
+            phase = "done"
+        t2.append(phase, strong)
+        if phase_detail and status == "running":
+            t2.append(f" ({phase_detail})", dim)
+        t2.append("  iteration ", dim)
+        t2.append(str(state.iteration if state.iteration is not None else "-"), strong)
+        t2.append("  layers ", dim)
+        now_layers = len(state.layers) if (state.removals or state.initial_layers) else None
+        t2.append(f"{now_layers if now_layers is not None else '-'}", strong)
+        t2.append(f"/{state.start_layers or '-'} → {state.target_layers or '-'}")
+        t2.append("  params ", dim)
+        t2.append(fmt_params(state.params), strong)
+        if state.params and state.start_params and state.params != state.start_params:
+            t2.append(f" ({(state.params / state.start_params - 1) * 100:+.1f}%)", dim)
+        start, elapsed = run_times(state, status, now)
+        t2.append("  elapsed ", dim)
+        t2.append(fmt_duration(elapsed), strong)
+        if start:
+            t2.append(f" (since {fmt_clock(start, True)})", dim)
+        self.update(Text("\n").join([t, t2]))
