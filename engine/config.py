@@ -69,6 +69,8 @@ class RunConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     heal: HealSettings = Field(default_factory=HealSettings)
     device: str | None = None
+    notify_cmd: str | None = None
+    stall_seconds: float = Field(default=900.0, gt=0)
 
     def importance_metric(self) -> str:
         return self.importance or get_strategy(self.strategy).importance

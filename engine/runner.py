@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from engine.config import RunConfig
+from engine.control import Controller, Decision, StopRequested
 from engine.models.adapters import adapter_for
 from engine.models.export import export_model
 from engine.models.loading import load_model, model_version
@@ -38,13 +39,6 @@ CHECKPOINT_FILE = "checkpoint.json"
 
 
 @dataclass
-class Decision:
-    layer: int  # original index
-    by: str  # "auto" | "user" | "timeout"
-    command_id: str | None = None
-
-
-@dataclass
 class Progress:
     """Throttled progress as `phase` events: at most a few a second, never one per batch."""
 
@@ -55,7 +49,11 @@ class Progress:
     interval: float = 0.5
     extra: dict = field(default_factory=dict)
 
+    control: object = None
+
     def __call__(self, what: str, done: int, total: int) -> None:
+        if self.control is not None:
+            self.control.checkpoint()
         now = time.monotonic()
         if done < total and now - self.last < self.interval:
             return
@@ -86,12 +84,22 @@ class Runner:
     def run(self) -> str:
         """Run to the end; returns the reason the run finished."""
         self.writer = EventWriter(self.rundir.events_file)
+        self.control = Controller(self.rundir.path, self.emit, self.config.mode, self.config.auto_after_seconds,
+                                  notify_cmd=self.config.notify_cmd, stall_seconds=self.config.stall_seconds)
+        self.control.start_watchdog()
         try:
             return self._run()
+        except StopRequested:
+            self.emit("run_finished", reason="stopped", iteration=self.iteration, layers=adapter_for(self.model).num_layers,
+                      removed=[r["layer"] for r in self.removed], params=parameter_count(self.model))
+            self.control.notify("stopped", f"stopped at iteration {self.iteration}; continue with ild resume")
+            return "stopped"
         except Exception as exc:
+            self.control.notify("failed", f"{type(exc).__name__}: {exc}")
             self.emit("run_failed", error=f"{type(exc).__name__}: {exc}", hint=_hint(exc), iteration=self.iteration)
             raise
         finally:
+            self.control.close()
             self.writer.close()
 
     def _run(self) -> str:
@@ -100,7 +108,8 @@ class Runner:
         torch.manual_seed(config.seed)
         checkpoint = self._latest_checkpoint()
         self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint["name"] if checkpoint else None)
-        self.progress = Progress(self.emit)
+        self.progress = Progress(self.emit, control=self.control)
+        self.control.checkpoint(force=True)
 
         self._phase("loading", f"loading {config.model}")
         loaded = load_model(config.model, device=config.device)
@@ -163,6 +172,7 @@ class Runner:
             iteration=self.iteration,
         )
         self._write_state(finished=True)
+        self.control.notify("finished", f"finished: {adapter_for(self.model).num_layers} layers, removed {[r['layer'] for r in self.removed]}")
         return "target"
 
     def _remove_one(self) -> Decision:
@@ -225,7 +235,7 @@ class Runner:
         return Healer(self.model, self.teacher, cache, self.heal_config)
 
     def _heal(self, decision: Decision, partial: dict | None) -> None:
-        from engine.distill.heal import HealState, NonFiniteLoss
+        from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
         from engine.distill.losses import hidden_pairs
         from engine.distill.trainable import choose_trainable
 
@@ -246,10 +256,19 @@ class Runner:
         def on_checkpoint(state) -> None:
             self._save_partial(decision, state, trainable)
 
+        def interrupt() -> bool:
+            try:
+                self.control.checkpoint()
+            except StopRequested:
+                return True
+            return False
+
         try:
             summary = self.healer.heal(trainable, self.iteration, self.config.seed, on_step=on_step,
-                                       on_checkpoint=on_checkpoint, resume=resume)
+                                       on_checkpoint=on_checkpoint, resume=resume, interrupt=interrupt)
             note = f"healed {summary['steps']} steps ({summary['tokens']} tokens) in {summary['seconds']:.0f}s"
+        except HealInterrupted:
+            raise StopRequested() from None
         except NonFiniteLoss as exc:
             note = f"healing stopped: {exc}; restored the weights from before this iteration's healing"
             self.emit("alert", level="error", message=note, iteration=self.iteration)
@@ -262,8 +281,8 @@ class Runner:
 
     # --- the decision point ---------------------------------------------------------------------
     def decide(self, proposal: int, ranked: list[tuple[int, float]]) -> Decision:
-        """Auto mode takes the proposal. Manual and auto-after block here (the detached-engine issue)."""
-        return Decision(layer=proposal, by="auto")
+        """Auto takes the proposal; manual waits for a person; auto-after waits, then takes it."""
+        return self.control.decide(self.iteration, proposal, layer_map(self.model), [{"layer": l, "score": v} for l, v in ranked])
 
     # --- scoring --------------------------------------------------------------------------------
     def _score(self) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
@@ -416,7 +435,7 @@ class Runner:
             "removed": [r["layer"] for r in self.removed],
             "mapping": layer_map(self.model),
             "last_checkpoint": str(self.iteration),
-            "mode": self.config.mode,
+            "mode": self.control.mode,
             "finished": finished,
         })
 

@@ -108,7 +108,12 @@ def _load_config(run_dir: Path):
 
 
 def run(run_dir: Path) -> int:
+    import signal
+
     from engine.runlog.lock import EngineLock, LockHeld
+
+    # The engine outlives the terminal that started it: a hang-up is not a reason to stop.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     config = _load_config(run_dir)
     _quiet_libraries()

@@ -19,12 +19,6 @@ DEFAULT_RUNS_DIR = "runs"
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
 PLANNED = {
-    "attach": ("open the live dashboard on a run", 6),
-    "approve": ("approve the engine's proposed layer removal", 5),
-    "override": ("remove a different layer than the one proposed", 5),
-    "mode": ("switch a run between manual, auto and auto-after SECONDS", 5),
-    "pause": ("pause a run after its current step", 5),
-    "stop": ("finish the current step, checkpoint and end a run", 5),
     "report": ("write a report of a run (tables and plots)", 6),
 }
 
@@ -68,8 +62,62 @@ def main(ctx: click.Context) -> None:
     Run `ild COMMAND --help` for the options of a command.
     """
     if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            _open_dashboard(os.environ.get("ILD_RUNS_DIR", DEFAULT_RUNS_DIR), None, None)
+        else:
+            click.echo(ctx.get_help())
 
+
+
+def _open_dashboard(runs_dir: str, run_dir, theme: str | None) -> None:
+    """Textual loads here, never at import time (`ild --help` stays light)."""
+    from .app import IldApp
+
+    IldApp(runs_dir, run_dir, theme=theme).run()
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@runs_dir_option
+@click.option("--theme", default=None, help="Dashboard theme: ild-dark, ild-light, ild-colorblind or a Textual theme "
+              "(remembered for next time; `t` cycles it in the app).")
+@click.pass_context
+def attach(ctx, run_ref, runs_dir, theme):
+    """Open the live dashboard on a run (by default the latest live run, else the latest run).
+
+    RUN is a run directory or a run name in the runs directory. Quitting the dashboard leaves the
+    run going; any number of dashboards may watch one run.
+    """
+    from pathlib import Path
+
+    from engine.runlog.layout import list_runs
+    from engine.runlog.lock import is_alive
+
+    from .runs import RunNotFound, find_run
+
+    if run_ref:
+        try:
+            run_dir = find_run(runs_dir, run_ref)
+        except RunNotFound as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        source = ctx.get_parameter_source("runs_dir")
+        if source is not click.core.ParameterSource.COMMANDLINE and run_dir.path.resolve().parent != Path(runs_dir).resolve():
+            runs_dir = str(run_dir.path.parent)  # the runs screen lists the run's neighbours
+    else:
+        runs = list_runs(runs_dir)
+        if not runs:
+            raise Failure(f"no runs in {runs_dir} (start one with `ild run`, or pass --runs-dir)", EXIT_USAGE)
+        live = [r for r in runs if is_alive(r)]
+        run_dir = (live or runs)[-1]
+    if theme is not None:
+        from textual.theme import BUILTIN_THEMES
+
+        from .app import theme_names
+
+        known = theme_names() + sorted(BUILTIN_THEMES)
+        if theme not in known:
+            raise Failure(f"unknown theme '{theme}' (known: {', '.join(known)})", EXIT_USAGE)
+    _open_dashboard(runs_dir, run_dir, theme)
 
 
 def _strategies() -> list[str]:
@@ -87,12 +135,19 @@ def _strategies() -> list[str]:
 @click.option("--name", default=None, help="Run name (default: model-strategy-time).")
 @runs_dir_option
 @click.option("--headless", is_flag=True, help="No dashboard: follow the run in this terminal (plain lines when piped).")
+@click.option("--detach", is_flag=True, help="Start the engine in the background and return at once.")
+@click.option("--mode", "mode", type=click.Choice(["manual", "auto", "auto-after"]), default=None,
+              help="Decision mode (default: manual with the dashboard, auto when headless or detached).")
+@click.option("--auto-after", "auto_after", type=float, default=None, metavar="SECONDS",
+              help="With --mode auto-after: how long to wait for a person before taking the proposal.")
+@click.option("--notify-cmd", default=None, help="Command run (with ILD_EVENT, ILD_RUN, ILD_MESSAGE set) when a decision is awaited, the run finishes, fails or stalls.")
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch (memory vs speed).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best there is).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config value, e.g. --set heal.lr=3e-4 --set heal.hidden=last (repeatable).")
-def run(model, strategy, target_layers, suite, importance, name, runs_dir, headless, batch_tokens, device, seed, overrides=()):
+def run(model, strategy, target_layers, suite, importance, name, runs_dir, headless, batch_tokens, device, seed, overrides=(),
+        detach=False, mode=None, auto_after=None, notify_cmd=None):
     """Start a pruning run.
 
     Example: ild run --model smollm2-135m --strategy iterative-pruning --target-layers 28 --headless
@@ -107,15 +162,21 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
         raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(_strategies())})", EXIT_USAGE)
     if target_layers < 1:
         raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
-    if not headless:
-        raise Failure("only --headless runs are built yet (the detached engine and the dashboard arrive with issues #5 and #6)", EXIT_USAGE)
+    if mode is None:
+        mode = "auto" if (headless or detach) else "manual"
+    if mode == "auto-after" and not auto_after:
+        raise Failure("--mode auto-after needs --auto-after SECONDS", EXIT_USAGE)
     try:
         run_id = new_run_id(name, model, strategy)
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     run_dir = Path(runs_dir) / run_id
     config = {"name": run_id, "model": model, "strategy": strategy, "target_layers": target_layers, "suite": suite,
-              "mode": "auto", "batch_tokens": batch_tokens, "seed": seed}
+              "mode": mode, "batch_tokens": batch_tokens, "seed": seed}
+    if auto_after:
+        config["auto_after_seconds"] = auto_after
+    if notify_cmd:
+        config["notify_cmd"] = notify_cmd
     if importance:
         config["importance"] = importance
     if device:
@@ -128,6 +189,16 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
         create_run(run_dir, config)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
+    if not headless:
+        from .launch import start_detached
+
+        pid = start_detached(run_dir)
+        if detach:
+            click.echo(f"started run {run_id} (engine pid {pid}, mode {mode}) in {run_dir}")
+            click.echo(f"attach with:  ild attach {run_id} --runs-dir {runs_dir}")
+            return
+        _attach_after_start(run_dir)
+        return
     with HeadlessView() as view:
         view.line(f"run directory {run_dir}")
         code = run_foreground(run_dir, view.handle)
@@ -166,7 +237,7 @@ def _console():
 @click.argument("run_ref", metavar="RUN", required=False)
 @runs_dir_option
 def resume(run_ref, runs_dir):
-    """Continue a stopped, failed or dead run from its last checkpoint (mid-healing included)."""
+    """Resume a paused run, or continue a stopped, failed or dead one from its last checkpoint."""
     from engine.runlog.lock import is_alive
 
     from .headless import HeadlessView
@@ -178,7 +249,8 @@ def resume(run_ref, runs_dir):
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     if is_alive(run_dir.path):
-        raise Failure(f"run {run_dir.name} is live: its engine is still running", EXIT_USAGE)
+        _send_and_report(run_dir, "resume", {})
+        return
     summary = summarise(run_dir)
     if summary.status == "finished":
         raise Failure(f"run {run_dir.name} already finished", EXIT_USAGE)
@@ -189,6 +261,100 @@ def resume(run_ref, runs_dir):
         raise Failure(f"interrupted; continue with: ild resume {run_dir.name}", 130)
     if code != 0:
         raise Failure(f"run failed: {(view.failed or {}).get('error') or f'engine exited with code {code}'}", EXIT_FAILED)
+
+
+def _attach_after_start(run_dir) -> None:
+    attach_command = main.commands.get("attach")
+    ctx = click.get_current_context()
+    try:
+        ctx.invoke(attach_command, run_ref=str(run_dir.path if hasattr(run_dir, "path") else run_dir))
+    except TypeError:
+        click.echo(f"engine started in {run_dir}; attach with: ild attach {run_dir}")
+
+
+def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> None:
+    """Write a command to a live engine's inbox and print what the engine did with it."""
+    from engine.runlog.inbox import send_command, validate_command, wait_for_reply
+    from engine.runlog.lock import is_alive
+
+    from .runs import summarise
+
+    if not is_alive(run_dir.path):
+        status = summarise(run_dir).status
+        raise Failure(f"no live engine holds {run_dir.name} (status: {status}); nothing was sent", EXIT_FAILED)
+    problem = validate_command(name, args)
+    if problem:
+        raise Failure(problem, EXIT_USAGE)
+    from engine.runlog.tailer import EventTailer
+
+    offset = EventTailer(run_dir.events_file)
+    offset.poll()
+    command_id = send_command(run_dir.path, name, by="cli", **args)
+    reply = wait_for_reply(run_dir.path, command_id, timeout, offset=offset.offset)
+    if reply is None:
+        raise Failure(f"the engine did not answer within {timeout:.0f}s (command {command_id} stays in its inbox)", EXIT_FAILED)
+    if reply["type"] == "command_rejected":
+        raise Failure(f"rejected: {reply.get('reason')}", EXIT_FAILED)
+    shown = " ".join(f"{k}={v}" for k, v in args.items())
+    click.echo(f"{run_dir.name}: {name}{' ' + shown if shown else ''} applied")
+
+
+def _live_run(runs_dir, run_ref):
+    from .runs import RunNotFound, find_run
+
+    try:
+        return find_run(runs_dir, run_ref)
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--layer", type=int, default=None, help="The layer (original index) being approved; default: the proposal.")
+@runs_dir_option
+def approve(run_ref, layer, runs_dir):
+    """Approve the engine's proposed layer removal."""
+    _send_and_report(_live_run(runs_dir, run_ref), "approve", {} if layer is None else {"layer": layer})
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--layer", type=int, required=True, help="Remove this layer (original index) instead of the proposal.")
+@runs_dir_option
+def override(run_ref, layer, runs_dir):
+    """Remove a different layer than the one proposed."""
+    _send_and_report(_live_run(runs_dir, run_ref), "override", {"layer": layer})
+
+
+@main.command(name="mode")
+@click.argument("run_ref", metavar="RUN")
+@click.argument("new_mode", metavar="MODE", type=click.Choice(["manual", "auto", "auto-after"]))
+@click.argument("seconds", type=float, required=False)
+@runs_dir_option
+def mode_command(run_ref, new_mode, seconds, runs_dir):
+    """Switch a run between manual, auto and auto-after SECONDS."""
+    args = {"mode": new_mode}
+    if new_mode == "auto-after":
+        if seconds is None:
+            raise Failure("auto-after needs SECONDS, e.g.: ild mode RUN auto-after 300", EXIT_USAGE)
+        args["seconds"] = seconds
+    _send_and_report(_live_run(runs_dir, run_ref), "set_mode", args)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@runs_dir_option
+def pause(run_ref, runs_dir):
+    """Pause a run at its next safe point (an evaluation batch or a training step)."""
+    _send_and_report(_live_run(runs_dir, run_ref), "pause", {})
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@runs_dir_option
+def stop(run_ref, runs_dir):
+    """Finish the current step, checkpoint and end the run (continue later with ild resume)."""
+    _send_and_report(_live_run(runs_dir, run_ref), "stop", {})
 
 
 def _fmt(value, digits=4) -> str:

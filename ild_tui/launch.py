@@ -72,6 +72,21 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> int:
         log.close()
 
 
+def _ignore_hangup() -> None:
+    # Runs in the child before exec; an ignored signal stays ignored across exec, so the engine
+    # is immune from its first instruction, not only once its own handler is installed.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def start_detached(run_dir: Path) -> int:
+    """Start the engine in its own session: closing the terminal, SIGHUP or an SSH drop leave it running."""
+    log = open(run_dir / "engine.out", "ab")
+    child = subprocess.Popen([*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             env=_engine_env(), start_new_session=True, close_fds=True, preexec_fn=_ignore_hangup)
+    log.close()
+    return child.pid
+
+
 def export_run(run_dir: Path, out: Path) -> None:
     result = subprocess.run([*ENGINE, str(run_dir), "--export", "--out", str(out)], capture_output=True, text=True, env=_engine_env())
     if result.returncode != 0:

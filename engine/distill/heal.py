@@ -51,6 +51,10 @@ class NonFiniteLoss(Exception):
     pass
 
 
+class HealInterrupted(Exception):
+    """Asked to stop between steps; the state was handed to ``on_checkpoint`` first."""
+
+
 class StudentFromPrefix(nn.Module):
     """Runs the student from a stored layer input upward: the module accelerate prepares (so that
     data-parallel wrappers see the real forward), returning logits and the compared hidden states."""
@@ -185,6 +189,7 @@ class Healer:
         on_checkpoint: Callable[[HealState], None] | None = None,
         resume: HealState | None = None,
         max_steps: int | None = None,
+        interrupt: Callable[[], bool] | None = None,
     ) -> dict:
         """Train the chosen layers; returns a summary. Raises NonFiniteLoss after restoring weights."""
         from accelerate import Accelerator
@@ -273,6 +278,10 @@ class Healer:
                 }
                 if on_step:
                     on_step(last)
+                if interrupt is not None and step < total_steps and interrupt():
+                    if on_checkpoint:
+                        on_checkpoint(HealState(step, optimizer.state_dict(), {names[id(p)]: p.detach().clone() for p in params}))
+                    raise HealInterrupted(f"stopped at step {step}")
                 if on_checkpoint and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps:
                     on_checkpoint(HealState(step, optimizer.state_dict(), {names[id(p)]: p.detach().clone() for p in params}))
                     last_save = time.monotonic()

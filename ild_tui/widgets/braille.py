@@ -166,8 +166,8 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
         y0, y1 = spec.y_range
     else:
         y0, y1 = min(ys), max(ys)
-        if spec.y_floor_zero and not log:
-            y0 = min(y0, 0.0)
+        if spec.y_floor_zero and not log and y0 >= 0:
+            y0 = 0.0
     ty0, ty1 = tf(y0), tf(y1)
     if ty0 is None or ty1 is None:
         ty0, ty1 = 0.0, 1.0

@@ -104,6 +104,9 @@ class RunHeader(Static):
         phase = state.phase or "-"
         if status in ("finished", "stopped"):
             phase = "done"
+        elif state.pending_proposal and status == "running":
+            phase = "awaiting decision"
+            phase_detail = None
         t2.append(phase, strong)
         if phase_detail and status == "running":
             t2.append(f" ({phase_detail})", dim)

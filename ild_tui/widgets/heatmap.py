@@ -22,9 +22,9 @@ from textual.strip import Strip
 from .model import HeatmapData
 from .palette import DEFAULT, SHADES, Palette, contrast, shade
 
-NORMS = ("iteration", "global", "rank")
-NORM_LABEL = {"iteration": "per iteration", "global": "global", "rank": "rank"}
-CELL = 2
+NORMS = ("rank", "iteration", "global")
+NORM_LABEL = {"iteration": "min-max per iteration", "global": "global min-max", "rank": "rank per iteration"}
+MIN_CELL, MAX_CELL = 2, 6
 
 
 class Heatmap(ScrollView, can_focus=True):
@@ -66,10 +66,10 @@ class Heatmap(ScrollView, can_focus=True):
             super().__init__()
             self.norm = norm
 
-    def __init__(self, *, norm: str = "iteration", mode: str = "auto", **kwargs) -> None:
+    def __init__(self, *, norm: str = "rank", mode: str = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
         self.data = HeatmapData()
-        self.norm = norm if norm in NORMS else "iteration"
+        self.norm = norm if norm in NORMS else "rank"
         self.mode = mode  # auto | blocks | shades | mono
         self.force_shades = False
         self.palette: Palette = DEFAULT
@@ -98,10 +98,20 @@ class Heatmap(ScrollView, can_focus=True):
                 self.col = data.iterations.index(data.proposal[0])
         self.row = max(0, min(self.row, len(data.layers) - 1))
         self.col = max(0, min(self.col, ncols - 1)) if ncols else 0
-        self.virtual_size = Size(self._label_width() + CELL * ncols + 1, len(data.layers) + 1)
+        self._update_virtual_size()
         self._scroll_cursor_visible()
         self.refresh()
         self._announce()
+
+    @property
+    def cell(self) -> int:
+        """Cell width: wide while there are few iterations, never below 2 (then it scrolls)."""
+        planned = max(len(self.data.iterations), self.data.planned or 0, 1)
+        avail = max(self.size.width - 1 - self._label_width(), 0)
+        return max(MIN_CELL, min(MAX_CELL, avail // planned))
+
+    def _update_virtual_size(self) -> None:
+        self.virtual_size = Size(self._label_width() + self.cell * len(self.data.iterations) + 1, len(self.data.layers) + 1)
 
     def _default_row(self) -> int:
         d = self.data
@@ -195,8 +205,9 @@ class Heatmap(ScrollView, can_focus=True):
             return Strip.blank(width, base)
         sx, sy = self.scroll_offset
         lw = self._label_width()
-        c0 = max(0, (sx) // CELL)
-        ncols_vis = max(0, (width - lw) // CELL)
+        cw = self.cell
+        c0 = max(0, sx // cw)
+        ncols_vis = max(0, (width - lw) // cw)
         cols = range(c0, min(len(d.iterations), c0 + ncols_vis))
         dim = base + Style(dim=True)
         if y == 0:
@@ -210,11 +221,11 @@ class Heatmap(ScrollView, can_focus=True):
                     continue
                 lab = str(k)
                 if k == 1 or k % 5 == 0 or c == c0 or c == len(d.iterations) - 1:
-                    cell = lab.ljust(CELL)
-                    skip = (len(cell) - 1) // CELL
-                    txt.append(cell[: CELL * (skip + 1)])
+                    cell = lab.ljust(cw)
+                    skip = (len(cell) - 1) // cw
+                    txt.append(cell[: cw * (skip + 1)])
                 else:
-                    txt.append(" " * CELL)
+                    txt.append(" " * cw)
             segs.append(Segment("".join(txt), dim))
             return Strip(segs).crop_extend(0, width, base)
         row = sy + y - 1
@@ -243,25 +254,25 @@ class Heatmap(ScrollView, can_focus=True):
             cursor = row == self.row and c == self.col
             if v is None:
                 if removed_at is not None and removed_at < it:
-                    text, style = "  ", base
+                    text, style = " " * cw, base
                 else:
-                    text, style = "··", dim
+                    text, style = "·".center(cw), dim
                 if cursor:
-                    text, style = "[]", base + Style(reverse=True)
+                    text, style = ("[" + " " * (cw - 2) + "]"), base + Style(reverse=True)
                 segs.append(Segment(text, style))
                 continue
             if mode == "blocks":
                 bg = self.palette.color_at(v)
                 style = Style(bgcolor=bg, color=contrast(bg))
-                text = marker or "  "
+                text = marker.center(cw) if marker else " " * cw
                 if cursor:
-                    text = "[]" if marker is None else marker
-                    style = style + Style(bold=True, underline=marker is not None)
+                    text = ("[" + " " * (cw - 2) + "]") if marker is None else ("[" + marker.center(cw - 2)[: cw - 2] + "]" if cw >= 4 else marker)
+                    style = style + Style(bold=True)
             else:
                 g = shade(v)
                 color = None if mode == "mono" else self.palette.color_at(v)
                 style = base + Style(color=color)
-                text = marker or g * CELL
+                text = marker.center(cw) if marker else g * cw
                 if marker:
                     style = style + Style(bold=True)
                 if cursor:
@@ -277,10 +288,11 @@ class Heatmap(ScrollView, can_focus=True):
         lw = self._label_width()
         width = self.scrollable_content_region.width
         height = self.scrollable_content_region.height
-        vis_cols = max(1, (width - lw) // CELL)
+        cw = self.cell
+        vis_cols = max(1, (width - lw) // cw)
         vis_rows = max(1, height - 1)
         sx, sy = self.scroll_offset
-        c0 = sx // CELL
+        c0 = sx // cw
         if self.col < c0:
             c0 = self.col
         elif self.col >= c0 + vis_cols:
@@ -289,7 +301,7 @@ class Heatmap(ScrollView, can_focus=True):
             sy = self.row
         elif self.row >= sy + vis_rows:
             sy = self.row - vis_rows + 1
-        self.scroll_to(c0 * CELL, sy, animate=False, immediate=True)
+        self.scroll_to(c0 * cw, sy, animate=False, immediate=True)
 
     def _announce(self) -> None:
         self.post_message(self.CursorMoved(self, self.cursor_layer, self.cursor_iteration))
@@ -339,7 +351,8 @@ class Heatmap(ScrollView, can_focus=True):
         if row < len(self.data.layers):
             self.row = row
         if event.x >= lw and self.data.iterations:
-            col = (sx // CELL) + (event.x - lw) // CELL
+            cw = self.cell
+            col = (sx // cw) + (event.x - lw) // cw
             if col < len(self.data.iterations):
                 self.col = col
                 self._follow = col == len(self.data.iterations) - 1
@@ -353,4 +366,5 @@ class Heatmap(ScrollView, can_focus=True):
         self.refresh()
 
     def on_resize(self) -> None:
+        self._update_virtual_size()
         self._scroll_cursor_visible()

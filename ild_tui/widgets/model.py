@@ -401,6 +401,7 @@ class HeatmapData:
     proposal: tuple[int, int] | None = None  # (iteration, layer) of the open proposal
     proposed: dict[int, int] = field(default_factory=dict)  # iteration -> proposed layer (history)
     metric: str | None = None
+    planned: int | None = None  # iterations the run is expected to take (start - target layers)
 
     def normalised(self, mode: str) -> list[dict[int, float]]:
         """Each column mapped to [0, 1]: ``iteration`` (min-max per column), ``global``, ``rank``."""
@@ -464,7 +465,10 @@ def heatmap_view(state: RunState) -> HeatmapData:
     proposal = None
     if pending and isinstance(pending.get("layer"), int):
         proposal = (pending["iteration"], pending["layer"])
-    return HeatmapData(layers, iterations, raw, removed_at, removed_by, proposal, proposed, metric)
+    planned = None
+    if state.start_layers and state.target_layers and state.start_layers > state.target_layers:
+        planned = state.start_layers - state.target_layers
+    return HeatmapData(layers, iterations, raw, removed_at, removed_by, proposal, proposed, metric, planned)
 
 
 def eval_before(state: RunState, iteration: int | None) -> dict | None:
@@ -516,11 +520,18 @@ def decision_view(state: RunState) -> DecisionData | None:
     imp = state.importance.get(it) or {}
     aggregates = imp.get("aggregates") or {}
     per_task = imp.get("per_task") or {}
-    raw = pending.get("candidates")
-    cands: list[dict] = [c for c in raw if isinstance(c, dict)] if isinstance(raw, list) else []
+    # The proposal's candidates carry scores and per-task results; awaiting_decision may repeat
+    # them as bare layer numbers (and wins the merge in pending_proposal), so prefer the former.
+    cands: list[dict] = []
+    for source in ((state.proposals.get(it) or {}).get("candidates"), pending.get("candidates")):
+        if isinstance(source, list) and source and all(isinstance(c, dict) for c in source):
+            cands = list(source)
+            break
     if not cands:  # no ranked list given: rank the importance scores
         scores = state.scores(it)
         cands = [{"layer": k, "score": v} for k, v in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))]
+        if not cands and isinstance(pending.get("candidates"), list):
+            cands = [{"layer": c} for c in pending["candidates"] if isinstance(c, int)]
     tasks: list[str] = list(base_tasks)
     out: list[Candidate] = []
     for i, c in enumerate(cands):

@@ -40,6 +40,16 @@ def interpolate(stops: list[str], steps: int) -> list[str]:
     return out
 
 
+def _norm(color) -> str | None:
+    """``#rgb`` or ``#rrggbb`` as ``#rrggbb``; None for anything else."""
+    if not isinstance(color, str) or not color.startswith("#") or len(color) not in (4, 7):
+        return None
+    try:
+        return _hex(_rgb(color))
+    except ValueError:
+        return None
+
+
 def contrast(hex_color: str) -> str:
     """Black or white, whichever reads better on ``hex_color``."""
     r, g, b = _rgb(hex_color)
@@ -77,19 +87,25 @@ class Palette:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Palette":
+        """Colours from a theme file's [heatmap] and [series] tables; bad values keep the default."""
         p = cls()
         heat = data.get("heatmap")
         if isinstance(heat, dict):
             heat = heat.get("colors")
-        if isinstance(heat, list) and all(isinstance(c, str) for c in heat) and heat:
-            p.heatmap = list(heat)
+        if isinstance(heat, list) and heat:
+            colors = [_norm(c) for c in heat]
+            if all(colors):
+                p.heatmap = colors
         series = data.get("series") if isinstance(data.get("series"), dict) else {}
         for name in ("loss", "kl", "mse", "teacher", "after_removal", "after_healing", "axis", "good", "bad"):
-            if isinstance(series.get(name), str):
-                setattr(p, name, series[name])
+            c = _norm(series.get(name))
+            if c:
+                setattr(p, name, c)
         runs = series.get("runs")
-        if isinstance(runs, list) and runs and all(isinstance(c, str) for c in runs):
-            p.runs = list(runs)
+        if isinstance(runs, list) and runs:
+            colors = [_norm(c) for c in runs]
+            if all(colors):
+                p.runs = colors
         return p
 
 

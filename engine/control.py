@@ -1,0 +1,186 @@
+"""The person in the loop: commands from the inbox, the decision point, pause and stop, notifications.
+
+The runner calls ``checkpoint()`` at safe points (every evaluation batch, every training step,
+between phases): commands are applied there, a pause blocks there, and a stop request unwinds from
+there as ``StopRequested`` so the runner can save and end cleanly. Every command gets a
+``command_applied`` or ``command_rejected`` event with its id, then moves to ``commands/done/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.runlog.inbox import Command, CommandInbox, MalformedCommand
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """A person asked the run to stop: finish the current step, checkpoint, end."""
+
+
+@dataclass
+class Decision:
+    layer: int  # original index
+    by: str  # "auto" | "user" | "timeout"
+    command_id: str | None = None
+
+
+@dataclass
+class Awaiting:
+    iteration: int
+    proposal: int
+    remaining: list[int]
+    decision: Decision | None = None
+
+
+class Controller:
+    def __init__(self, run_dir, emit: Callable, mode: str, auto_after: float | None, notify_cmd: str | None = None,
+                 poll_interval: float = 0.25, stall_seconds: float = 900.0):
+        self.inbox = CommandInbox(run_dir)
+        self.run_dir = run_dir
+        self._emit = emit
+        self.mode = mode
+        self.auto_after = auto_after
+        self.notify_cmd = notify_cmd
+        self.poll_interval = poll_interval
+        self.paused = False
+        self.stop_requested = False
+        self.awaiting: Awaiting | None = None
+        self._last_poll = 0.0
+        self.stall_seconds = stall_seconds
+        self.last_event = time.monotonic()
+        self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def emit(self, type_: str, **fields):
+        self.last_event = time.monotonic()
+        return self._emit(type_, **fields)
+
+    # --- safe points --------------------------------------------------------------------------
+    def checkpoint(self, force: bool = False) -> None:
+        """Apply pending commands; block while paused; raise StopRequested when asked to stop."""
+        now = time.monotonic()
+        if force or now - self._last_poll >= self.poll_interval:
+            self._last_poll = now
+            self.poll()
+        while self.paused and not self.stop_requested:
+            time.sleep(self.poll_interval)
+            self.poll()
+        if self.stop_requested:
+            raise StopRequested()
+
+    def poll(self) -> None:
+        for command in self.inbox.pending():
+            reason = self.inbox.validate(command)
+            if reason is None and isinstance(command, Command):
+                reason = self._apply(command)
+            cid = getattr(command, "id", None)
+            name = getattr(command, "name", None)
+            if reason is None:
+                self.emit("command_applied", command_id=cid, name=name, args=command.args, by=command.by)
+            else:
+                self.emit("command_rejected", command_id=cid, name=name, reason=reason)
+            self.inbox.done(command)
+
+    def _apply(self, command: Command) -> str | None:
+        name, args = command.name, command.args
+        if name == "set_mode":
+            self.mode = args["mode"]
+            self.auto_after = args.get("seconds")
+            if self.awaiting is not None:
+                self._announce_wait()
+            return None
+        if name == "pause":
+            if self.paused:
+                return "already paused"
+            self.paused = True
+            return None
+        if name == "resume":
+            if not self.paused:
+                return "not paused"
+            self.paused = False
+            return None
+        if name == "stop":
+            self.stop_requested = True
+            return None
+        # approve / override
+        if self.awaiting is None or self.awaiting.decision is not None:
+            return "no decision is awaited"
+        layer = args.get("layer")
+        if name == "approve" and layer is None:
+            layer = self.awaiting.proposal
+        if layer not in self.awaiting.remaining:
+            return f"layer {layer} is not a remaining layer (remaining: {self.awaiting.remaining})"
+        by = "user"
+        self.awaiting.decision = Decision(layer=layer, by=by, command_id=command.id)
+        return None
+
+    # --- the decision point -------------------------------------------------------------------
+    def decide(self, iteration: int, proposal: int, remaining: list[int], candidates: list[dict]) -> Decision:
+        """Auto: the proposal. Manual: wait for approve/override. auto-after: wait, then the proposal."""
+        self.poll()  # a mode switch sent during scoring counts
+        if self.mode == "auto":
+            return Decision(proposal, "auto")
+        self.awaiting = Awaiting(iteration, proposal, list(remaining))
+        self._candidates = candidates
+        self._announce_wait()
+        try:
+            while True:
+                self.checkpoint(force=True)
+                if self.awaiting.decision is not None:
+                    return self.awaiting.decision
+                if self.mode == "auto":
+                    return Decision(proposal, "auto")
+                if self.mode == "auto-after" and self._deadline is not None and time.time() >= self._deadline:
+                    return Decision(proposal, "timeout")
+                time.sleep(self.poll_interval)
+        finally:
+            self.awaiting = None
+
+    def _announce_wait(self) -> None:
+        a = self.awaiting
+        self._deadline = time.time() + float(self.auto_after) if self.mode == "auto-after" and self.auto_after else None
+        self.emit("awaiting_decision", iteration=a.iteration, layer=a.proposal, mode=self.mode, deadline=self._deadline,
+                  remaining=a.remaining, candidates=[c["layer"] for c in self._candidates[:10]])
+        if self.mode != "auto":
+            self.notify("awaiting_decision", f"iteration {a.iteration}: remove layer {a.proposal}? (ild approve / ild override)")
+
+    # --- notifications and the stall watchdog ---------------------------------------------------
+    def notify(self, event: str, message: str) -> None:
+        """Run the user's --notify-cmd with ILD_EVENT / ILD_RUN / ILD_MESSAGE set; never block the run."""
+        if not self.notify_cmd:
+            return
+        env = dict(os.environ, ILD_EVENT=event, ILD_RUN=str(self.run_dir), ILD_MESSAGE=message)
+        try:
+            subprocess.Popen(shlex.split(self.notify_cmd), env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            log.warning("notify command failed: %s", exc)
+
+    def start_watchdog(self) -> None:
+        """A stuck main thread (hung kernel, dead data loader) emits nothing: say so once per stall."""
+        def watch():
+            reported = False
+            while not self._closed.wait(min(30.0, self.stall_seconds / 4)):
+                silent = time.monotonic() - self.last_event
+                if silent > self.stall_seconds and not reported and not self.paused and self.awaiting is None:
+                    reported = True
+                    message = f"no progress for {silent / 60:.0f} minutes"
+                    self._emit("alert", level="warning", message=message, kind="stall")
+                    self.notify("stalled", message)
+                elif silent <= self.stall_seconds:
+                    reported = False
+
+        self._watchdog = threading.Thread(target=watch, name="ild-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def close(self) -> None:
+        self._closed.set()

@@ -1,0 +1,579 @@
+"""The live run screen: header, importance heatmap, scores, loss curves, decisions, event log.
+
+Data flow (the only one): a thread worker tails ``events.jsonl``; the first poll (the replay,
+possibly 100,000 events) is folded in that thread into a fresh ``LiveModel``, which is then
+handed to the UI thread in one ``Loaded`` message and never touched by the thread again. Every
+later poll posts one ``EventsBatch``, folded on the UI thread. A 4 Hz timer redraws only the
+panels whose data changed. Liveness (the engine's flock) is checked in the thread each second.
+
+Nothing here decides anything: the decision panel shows what the folded log says is open, and
+the keys drop commands into the inbox; the engine's ``command_applied``/``command_rejected``
+reply is what the screen then shows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, RichLog, Static
+from textual.worker import get_current_worker
+
+from engine.runlog.fold import TERMINAL_STATUSES
+from engine.runlog.inbox import send_command
+from engine.runlog.layout import RunDir
+from engine.runlog.tailer import EventTailer
+
+from ..widgets.braille import ChartSpec, HLine, Series, VLine
+from ..widgets.charts import BrailleChart
+from ..widgets.decision import DecisionPanel
+from ..widgets.header import RunHeader, fmt_clock
+from ..widgets.heatmap import Heatmap
+from ..widgets.inspector import Inspector
+from ..widgets.model import (
+    ASPECTS,
+    LOSS_NAMES,
+    LiveModel,
+    Smoother,
+    decision_view,
+    heatmap_view,
+    scores_view,
+    status_of,
+)
+from ..widgets.palette import Palette
+
+SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
+HEALING_STRATEGIES = ("iterative-distill", "iterative-bi-distill")
+LEVEL_STYLE = {"debug": Style(dim=True), "warning": Style(color="yellow"), "error": Style(color="red", bold=True),
+               "notice": Style(bold=True)}
+
+
+class Loaded(Message):
+    """The replayed log, folded in the tail thread; the model now belongs to the UI thread."""
+
+    def __init__(self, model: LiveModel, alive: bool, seconds: float) -> None:
+        super().__init__()
+        self.model = model
+        self.alive = alive
+        self.seconds = seconds
+
+
+class EventsBatch(Message):
+    """Everything one poll of the log found (never one message per event)."""
+
+    def __init__(self, events: list[dict]) -> None:
+        super().__init__()
+        self.events = events
+
+
+class EngineStatus(Message):
+    def __init__(self, alive: bool) -> None:
+        super().__init__()
+        self.alive = alive
+
+
+class LiveScreen(Screen):
+    """One run, live or finished."""
+
+    BINDINGS = [
+        Binding("a", "approve", "approve"),
+        Binding("o", "override", "override"),
+        Binding("m", "mode", "mode"),
+        Binding("p", "pause", "pause/resume"),
+        Binding("X", "stop", "stop run"),
+        Binding("s", "smoothing", "smooth"),
+        Binding("y", "log_scale", "log y"),
+        Binding("r", "runs", "runs"),
+        Binding("escape", "runs", "runs", show=False),
+        Binding("f", "focus_next_panel", "focus", show=False),
+    ]
+
+    def __init__(self, run_dir: RunDir | str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.model: LiveModel | None = None
+        self.alive: bool | None = None
+        self.load_seconds: float | None = None
+        self.painted = False  # True after the first full paint of the replayed state
+        self._dirty: set[str] = set()
+        self._stop = threading.Event()
+        self._smoother = Smoother()
+        self._log_written = 0
+        self._last_pending: int | None = None
+        self._last_second = -1
+        self._heat_version = -1
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        settings = self.app.settings
+        yield RunHeader(id="run-header")
+        with Horizontal(id="main"):
+            with Vertical(id="heat-panel", classes="panel"):
+                with Horizontal(id="heat-body"):
+                    yield Heatmap(id="heatmap", norm=settings.heatmap_norm, mode=self.app.heatmap_mode)
+                    yield Inspector(id="inspector")
+                yield Static(id="heat-legend")
+            with Vertical(id="right"):
+                with Vertical(id="scores-panel", classes="panel"):
+                    yield BrailleChart(id="score-chart")
+                    yield DataTable(id="task-table", show_cursor=False, zebra_stripes=True)
+                with Vertical(id="loss-panel", classes="panel"):
+                    yield BrailleChart(id="loss-chart")
+                    yield Static(id="loss-status")
+        with Horizontal(id="bottom"):
+            yield DecisionPanel(id="decision")
+            yield RichLog(id="event-log", max_lines=1000, wrap=False, markup=False, highlight=False, min_width=40)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#heat-panel").border_title = "Importance"
+        self.query_one("#scores-panel").border_title = "Scores"
+        self.query_one("#loss-panel").border_title = "Loss"
+        self.query_one("#event-log").border_title = "Events"
+        self.query_one(DecisionPanel).display = False
+        self.query_one(RunHeader).update(Text(f" loading {self.run_dir.path} …", style=Style(italic=True)))
+        self.query_one(Heatmap).focus()
+        self.app.theme_changed_signal.subscribe(self, self._on_theme)
+        self.set_interval(self.app.redraw_interval, self._tick)
+        self._tail()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    @property
+    def palette(self) -> Palette:
+        return self.app.palette
+
+    def _on_theme(self, _theme) -> None:
+        self._dirty.update(ASPECTS)
+        self._heat_version = -1
+        self._decision_key_reset()
+
+    def _decision_key_reset(self) -> None:
+        self.query_one(DecisionPanel)._key = None
+
+    # -- the tail thread -------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="tail", exit_on_error=False)
+    def _tail(self) -> None:
+        worker = get_current_worker()
+        started = time.perf_counter()
+        liveness = self.app.liveness
+        tailer = EventTailer(self.run_dir.events_file)
+        model = LiveModel()
+        model.apply(tailer.poll())
+        alive = liveness(self.run_dir)
+        self.post_message(Loaded(model, alive, time.perf_counter() - started))
+        del model  # the UI thread owns it from here on
+        last_check = time.monotonic()
+        poll = self.app.poll_interval
+        while not worker.is_cancelled and not self._stop.wait(poll):
+            events = tailer.poll()
+            if events:
+                self.post_message(EventsBatch(events))
+            if time.monotonic() - last_check >= 1.0:
+                last_check = time.monotonic()
+                now_alive = liveness(self.run_dir)
+                if now_alive != alive:
+                    alive = now_alive
+                    self.post_message(EngineStatus(alive))
+
+    def on_loaded(self, message: Loaded) -> None:
+        self.model = message.model
+        self.alive = message.alive
+        self.load_seconds = message.seconds
+        pending = self.model.state.pending_proposal
+        self._last_pending = pending.get("iteration") if pending else None
+        self._dirty.update(ASPECTS)
+        self._draw()
+        self.painted = True
+
+    def on_events_batch(self, message: EventsBatch) -> None:
+        if self.model is None:
+            return
+        self._dirty |= self.model.apply(message.events)
+        pending = self.model.state.pending_proposal
+        it = pending.get("iteration") if pending else None
+        if it is not None and it != self._last_pending:
+            self.app.bell()
+            if self.app.screen is not self:
+                self.app.notify(f"{self.model.state.name or self.run_dir.name}: the engine awaits a decision "
+                                f"(iteration {it}, layer {pending.get('layer')})", title="Decision needed", timeout=10)
+        self._last_pending = it
+        for reply in self.model.take_replies():
+            name = reply.get("name")
+            if reply.get("type") == "command_applied":
+                self.notify(f"engine applied {name}", timeout=4)
+            else:
+                self.notify(f"engine rejected {name}: {reply.get('reason')}", severity="error", timeout=8)
+
+    def on_engine_status(self, message: EngineStatus) -> None:
+        self.alive = message.alive
+        self._dirty.update(("header", "decision"))
+
+    # -- drawing ---------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.model is None:
+            return
+        now = self.app.clock()
+        second = int(now)
+        if second != self._last_second:
+            self._last_second = second
+            self._dirty.add("header")
+            if self.model.state.pending_proposal:
+                self._dirty.add("decision")
+        if self._dirty:
+            self._draw()
+
+    def _draw(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        model = self.model
+        if model is None:
+            return
+        with self.app.batch_update():
+            if "header" in dirty:
+                self._draw_header()
+            if "heatmap" in dirty:
+                self._draw_heatmap()
+            if "decision" in dirty:
+                self._draw_decision()
+            if "scores" in dirty:
+                self._draw_scores()
+            if "loss" in dirty:
+                self._draw_loss()
+            if "log" in dirty:
+                self._draw_log()
+
+    @property
+    def status(self) -> str:
+        return status_of(self.model.state, self.alive) if self.model else "unknown"
+
+    def _draw_header(self) -> None:
+        self.query_one(RunHeader).show(self.model.state, self.status, self.app.clock(), self.run_dir.name,
+                                       self.model.phase_detail())
+        self.refresh_bindings()
+
+    def _draw_heatmap(self) -> None:
+        hm = self.query_one(Heatmap)
+        hm.palette = self.palette
+        hm.set_data(heatmap_view(self.model.state))
+        self._draw_legend()
+        self._draw_inspector()
+
+    def _draw_legend(self) -> None:
+        hm = self.query_one(Heatmap)
+        self.query_one("#heat-legend", Static).update(hm.legend())
+        panel = self.query_one("#heat-panel")
+        metric = hm.data.metric
+        panel.border_title = "Importance" + (f" · {metric}" if metric else "")
+        panel.border_subtitle = "n normalise · g glyphs · ↑↓←→ inspect"
+
+    def _draw_inspector(self) -> None:
+        hm = self.query_one(Heatmap)
+        self.query_one(Inspector).show(self.model.state, hm.cursor_layer, hm.cursor_iteration, self.palette)
+
+    def _draw_decision(self) -> None:
+        panel = self.query_one(DecisionPanel)
+        data = decision_view(self.model.state)
+        if data is None:
+            if panel.display:
+                panel.display = False
+                self.remove_class("-deciding")
+                if panel.has_focus_within:
+                    self.query_one(Heatmap).focus()
+            self.refresh_bindings()
+            return
+        first = not panel.display
+        panel.display = True
+        self.add_class("-deciding")
+        panel.show(data, self.palette)
+        self._decision_status()
+        if first:
+            hm = self.query_one(Heatmap)
+            if hm.cursor_layer is not None:
+                panel.select_layer(hm.cursor_layer)
+            self.refresh_bindings()
+
+    def _draw_scores(self) -> None:
+        pal = self.palette
+        state = self.model.state
+        sd = scores_view(state)
+        expected = None
+        if state.start_layers and state.target_layers and state.start_layers > state.target_layers:
+            expected = state.start_layers - state.target_layers
+        its = [p[0] for p in sd.best_path]
+        x_max = max([expected or 0, *its, 1])
+        healed = bool(sd.healing)
+        series = [
+            Series("path", pal.after_healing if healed else pal.after_removal, points=sd.best_path, kind="line", legend=False),
+            Series("after removal", pal.after_removal, points=sd.removal, kind="points", marker="●"),
+        ]
+        if healed:
+            series.append(Series("after healing", pal.after_healing, points=sd.healing, kind="points", marker="◆"))
+        hlines = [HLine(sd.teacher, pal.teacher, "teacher")] if sd.teacher is not None else []
+        spec = ChartSpec(series=series, hlines=hlines, x_range=(0, x_max), integer_x=True, axis_color=pal.axis,
+                         empty="no evaluations yet")
+        self.query_one("#score-chart", BrailleChart).set_spec(spec)
+        panel = self.query_one("#scores-panel")
+        title = "Scores"
+        latest = sd.latest or {}
+        agg = latest.get("aggregate")
+        if sd.teacher is not None:
+            title += f" · teacher {sd.teacher:.3f}"
+        if isinstance(agg, (int, float)) and sd.latest_label != "teacher":
+            title += f" · now {agg:.3f}"
+            if sd.teacher:
+                title += f" ({(agg / sd.teacher - 1) * 100:+.1f}%)"
+        panel.border_title = title
+        panel.border_subtitle = sd.latest_label
+        table = self.query_one("#task-table", DataTable)
+        table.clear(columns=True)
+        for col, key in (("task", "task"), ("teacher", "teacher"), ("now", "now"), ("Δ", "d"), ("Δ%", "dp")):
+            table.add_column(col, key=key)
+        rows = [("aggregate", sd.teacher, agg if isinstance(agg, (int, float)) else None)]
+        latest_tasks = latest.get("tasks") or {}
+        for t in sd.tasks:
+            rows.append((t, sd.teacher_tasks.get(t), latest_tasks.get(t)))
+        for name, base, now in rows:
+            d = now - base if isinstance(now, (int, float)) and isinstance(base, (int, float)) else None
+            style = Style() if d is None or abs(d) < 5e-4 else Style(color=pal.good if d > 0 else pal.bad)
+            table.add_row(
+                Text(name, style=Style(bold=name == "aggregate")),
+                Text("-" if base is None else f"{base:.3f}", justify="right"),
+                Text("-" if now is None else f"{now:.3f}", justify="right"),
+                Text("-" if d is None else f"{d:+.3f}", style=style, justify="right"),
+                Text("-" if d is None or not base else f"{d / base * 100:+.1f}%", style=style, justify="right"),
+            )
+
+    def _draw_loss(self) -> None:
+        pal = self.palette
+        state = self.model.state
+        loss = self.model.loss
+        loss.ensure_sorted()
+        settings = self.app.settings
+        alpha = settings.smoothing
+        colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse}
+        names = {"loss": "total", "kl": "kl", "mse": "mse"}
+        series = [Series(names[n], colors[n], dense=self._smoother.get(loss, n, alpha)) for n in LOSS_NAMES if loss.present[n]]
+        bounds = loss.boundaries()
+        vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
+        if state.strategy and state.strategy not in HEALING_STRATEGIES:
+            empty = f"no loss curves: {state.strategy} does not heal (no training steps)"
+        else:
+            empty = "no training steps yet"
+        spec = ChartSpec(series=series, vlines=vlines, log_y=settings.log_y, integer_x=True, axis_color=pal.axis,
+                         y_floor_zero=True,
+                         empty=empty, legend_extra="┊ iteration start" if vlines else "")
+        self.query_one("#loss-chart", BrailleChart).set_spec(spec)
+        bits = []
+        if alpha:
+            bits.append(f"EMA {alpha:g}")
+        if settings.log_y:
+            bits.append("log y")
+        if len(loss):
+            bits.append(f"{len(loss):,} steps")
+        self.query_one("#loss-panel").border_title = "Loss" + "".join(f" · {b}" for b in bits)
+        last = loss.last or {}
+        st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
+        if last:
+            st.append(f"it {last.get('iteration', '-')} step {last.get('step', '-')}")
+            for n in LOSS_NAMES:
+                v = last.get(n)
+                if isinstance(v, (int, float)):
+                    st.append(f" · {names[n]} {v:.3g}")
+            if isinstance(last.get("lr"), (int, float)):
+                st.append(f" · lr {last['lr']:.0e}")
+            if isinstance(last.get("tokens_per_s"), (int, float)):
+                st.append(f" · {last['tokens_per_s'] / 1000:.1f}k tok/s")
+        self.query_one("#loss-status", Static).update(st)
+
+    def _draw_log(self) -> None:
+        log = self.query_one("#event-log", RichLog)
+        model = self.model
+        new = model.lines_added - self._log_written
+        if new <= 0:
+            return
+        lines = list(model.lines)[-min(new, len(model.lines)):]
+        for line in lines:
+            t = Text(no_wrap=True)
+            t.append(fmt_clock(line.t) + " ", Style(dim=True))
+            t.append(line.text, LEVEL_STYLE.get(line.level, Style()))
+            log.write(t, scroll_end=True)
+        self._log_written = model.lines_added
+
+    # -- decisions and commands -----------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Hide the steering keys where they cannot apply (no open decision; an ended run)."""
+        if action in ("approve", "override"):
+            return bool(self.model and self.model.state.pending_proposal)
+        if action in ("pause", "stop", "mode"):
+            return bool(self.model and self.model.state.status not in TERMINAL_STATUSES)
+        return True
+
+    def _send(self, name: str, **args) -> str | None:
+        state = self.model.state if self.model else None
+        if state is None:
+            return None
+        if state.status in TERMINAL_STATUSES:
+            self.notify(f"the run has {state.status}: nothing to send", severity="warning")
+            return None
+        try:
+            cid = send_command(self.run_dir, name, by="dashboard", **args)
+        except (ValueError, OSError) as exc:
+            self.notify(f"could not send {name}: {exc}", severity="error")
+            return None
+        self.model.note_sent(cid, name, args, self.app.clock())
+        where = "" if self.alive else " (the engine is not running: it applies it when resumed)"
+        self.notify(f"sent {name}{' ' + str(args['layer']) if 'layer' in args else ''}{where}", timeout=3)
+        self._dirty.add("decision")
+        self._draw()
+        return cid
+
+    def action_approve(self) -> None:
+        pending = self.model.state.pending_proposal if self.model else None
+        if not pending:
+            self.notify("nothing awaits a decision", severity="warning")
+            return
+        if self.model.awaiting_reply():
+            self.notify("a decision was already sent; waiting for the engine", severity="warning")
+            return
+        layer = pending.get("layer")
+        self._send("approve", **({"layer": layer} if isinstance(layer, int) else {}))
+
+    def action_override(self, layer: int | None = None) -> None:
+        pending = self.model.state.pending_proposal if self.model else None
+        if not pending:
+            self.notify("nothing awaits a decision", severity="warning")
+            return
+        if self.model.awaiting_reply():
+            self.notify("a decision was already sent; waiting for the engine", severity="warning")
+            return
+        panel = self.query_one(DecisionPanel)
+        if layer is None:
+            layer = self._override_target()
+        if layer is None:
+            self.notify("pick a layer in the list or on the heatmap first", severity="warning")
+            return
+        proposed = pending.get("layer")
+        if layer == proposed:
+            self.action_approve()
+            return
+        data = panel.data
+        if data and data.candidates and layer not in {c.layer for c in data.candidates}:
+            gone = self.model.state.removals and layer in self.model.state.removed_layers
+            why = "it was removed already" if gone else "it is not a candidate"
+            self.notify(f"cannot remove layer {layer} in iteration {pending.get('iteration')}: {why}", severity="warning")
+            return
+        from .dialogs import ConfirmScreen
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self._send("override", layer=layer)
+
+        self.app.push_screen(ConfirmScreen(f"Remove layer {layer} instead of the proposed layer {proposed}?",
+                                           yes="override", no="cancel"), done)
+
+    def _override_target(self) -> int | None:
+        """The layer `o` would remove: the list's row when the list has focus, else the heatmap cursor's."""
+        panel = self.query_one(DecisionPanel)
+        if panel.has_focus_within:
+            return panel.selected_layer
+        return self.query_one(Heatmap).cursor_layer
+
+    def _decision_status(self) -> None:
+        panel = self.query_one(DecisionPanel)
+        if panel.display and panel.data and self.model:
+            panel.show_status(panel.data, self.app.clock(), self.model.awaiting_reply(), self.alive,
+                              paused=self.model.state.paused, target=self._override_target())
+
+    def on_descendant_focus(self, event) -> None:
+        self._decision_status()
+
+    def on_heatmap_picked(self, message: Heatmap.Picked) -> None:
+        if self.model and self.model.state.pending_proposal:
+            self.action_override(message.layer)
+
+    def on_heatmap_cursor_moved(self, message: Heatmap.CursorMoved) -> None:
+        if self.model is None:
+            return
+        self._draw_inspector()
+        panel = self.query_one(DecisionPanel)
+        if panel.display and message.layer is not None:
+            panel.select_layer(message.layer)
+            self._decision_status()
+
+    def on_heatmap_norm_changed(self, message: Heatmap.NormChanged) -> None:
+        self._draw_legend()
+        self.app.settings.heatmap_norm = message.norm
+        self.app.save_settings()
+
+    def on_decision_panel_selected(self, message: DecisionPanel.Selected) -> None:
+        hm = self.query_one(Heatmap)
+        pending = self.model.state.pending_proposal if self.model else None
+        hm.move_to_layer(message.layer, pending.get("iteration") if pending else None)
+        self._draw_inspector()
+        self._decision_status()
+
+    def action_mode(self) -> None:
+        from .dialogs import ModeScreen
+
+        state = self.model.state if self.model else None
+        if state is None:
+            return
+
+        def done(result: tuple[str, float | None] | None) -> None:
+            if result:
+                mode, seconds = result
+                self._send("set_mode", mode=mode, **({"seconds": seconds} if mode == "auto-after" else {}))
+
+        self.app.push_screen(ModeScreen(state.mode or "auto", state.mode_seconds), done)
+
+    def action_pause(self) -> None:
+        if self.model is None:
+            return
+        self._send("resume" if self.model.state.paused else "pause")
+
+    def action_stop(self) -> None:
+        from .dialogs import ConfirmScreen
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self._send("stop")
+
+        self.app.push_screen(ConfirmScreen("Stop the run? The engine finishes its current step, checkpoints and exits.",
+                                           yes="stop", no="cancel"), done)
+
+    def action_smoothing(self) -> None:
+        s = self.app.settings
+        try:
+            i = SMOOTHING_STEPS.index(s.smoothing)
+        except ValueError:
+            i = 0
+        s.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
+        self.app.save_settings()
+        self._dirty.add("loss")
+        self._draw()
+
+    def action_log_scale(self) -> None:
+        s = self.app.settings
+        s.log_y = not s.log_y
+        self.app.save_settings()
+        self._dirty.add("loss")
+        self._draw()
+
+    def action_runs(self) -> None:
+        self.app.show_runs()
+
+    def action_focus_next_panel(self) -> None:
+        self.focus_next()

@@ -1,0 +1,446 @@
+"""The runs screen: every run in the runs directory, sortable and filterable.
+
+A thread worker rescans every 2 s. Each run keeps its own ``EventTailer`` and ``RunState``, so a
+rescan reads only what was appended since the last one (a run with 100,000 events is read once),
+and the UI thread only receives finished rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from engine.runlog.fold import RunState
+from engine.runlog.layout import RunDir, is_run_dir, list_runs
+from engine.runlog.tailer import EventTailer
+
+from ..widgets.header import STATUS_LOOK, fmt_clock, fmt_duration, theme_color
+from ..widgets.model import _num, status_of
+
+SORTS = ("started", "name", "status", "model", "strategy", "layers", "last", "best", "duration")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    path: str
+    name: str
+    status: str
+    model: str
+    strategy: str
+    layers_now: int | None
+    start_layers: int | None
+    target_layers: int | None
+    teacher: float | None
+    last: float | None
+    best: float | None
+    started: float | None
+    duration: float | None
+    events: int
+    removed: tuple = ()
+    mode: str | None = None
+    note: str = ""
+    last_event_t: float | None = None
+    pending: str = ""
+
+    def matches(self, text: str) -> bool:
+        text = text.lower().strip()
+        if not text:
+            return True
+        hay = " ".join((self.name, self.status, self.model, self.strategy, Path(self.path).name)).lower()
+        return all(word in hay for word in text.split())
+
+    def sort_key(self, key: str):
+        v = {
+            "started": self.started,
+            "name": self.name.lower(),
+            "status": self.status,
+            "model": self.model.lower(),
+            "strategy": self.strategy,
+            "layers": self.layers_now,
+            "last": self.last,
+            "best": self.best,
+            "duration": self.duration,
+        }[key]
+        return (v is None, v if v is not None else 0)
+
+
+def summarise_state(path: Path, state: RunState, alive: bool, now: float) -> RunRow:
+    status = status_of(state, alive)
+    layers_now = len(state.layers) if (state.removals or state.initial_layers) else state.start_layers
+    finals: dict[int, tuple[int, float]] = {}
+    for (it, stage), rec in state.evals.items():
+        agg = _num(rec.get("aggregate"))
+        if agg is None or not isinstance(it, int) or stage == "teacher":
+            continue
+        rank = 2 if stage == "after_healing" else 1
+        if it not in finals or rank > finals[it][0]:
+            finals[it] = (rank, agg)
+    values = [v for _, v in finals.values()]
+    last = finals[max(finals)][1] if finals else None
+    teacher = _num((state.teacher_eval or {}).get("aggregate"))
+    start = state.run_info.get("t") if state.run_info else None
+    end = None
+    if status == "running":
+        end = now
+    elif state.finished and isinstance(state.finished.get("t"), (int, float)):
+        end = state.finished["t"]
+    elif state.failure and isinstance(state.failure.get("t"), (int, float)):
+        end = state.failure["t"]
+    else:
+        end = state.last_event_t
+    return RunRow(
+        path=str(path), name=state.name or path.name, status=status, model=state.model or "-",
+        strategy=state.strategy or "-", layers_now=layers_now, start_layers=state.start_layers,
+        target_layers=state.target_layers, teacher=teacher, last=last, best=max(values) if values else None,
+        started=start if isinstance(start, (int, float)) else None,
+        duration=(end - start) if isinstance(start, (int, float)) and end else None, events=state.events_seen,
+        removed=tuple(state.removed_layers), mode=state.mode, note=_note(state, status), last_event_t=state.last_event_t,
+        pending=_pending(state),
+    )
+
+
+def _note(state: RunState, status: str) -> str:
+    if state.failure:
+        hint = state.failure.get("hint")
+        return f"failed: {state.failure.get('error')}" + (f" ({hint})" if hint else "")
+    if state.finished:
+        return f"finished: {state.finished.get('reason')}"
+    if status == "died":
+        return "the engine died without a final event; `ild resume` continues from the last checkpoint"
+    return ""
+
+
+def _pending(state: RunState) -> str:
+    p = state.pending_proposal
+    if not p:
+        return ""
+    return f"awaiting a decision: iteration {p.get('iteration')}, proposed layer {p.get('layer')}"
+
+
+class RunsScanned(Message):
+    def __init__(self, rows: list[RunRow]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
+class RunsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open", "open", show=False),
+        Binding("o", "open", "open"),
+        Binding("space", "mark", "mark"),
+        Binding("c", "compare", "compare"),
+        Binding("slash", "filter", "filter"),
+        Binding("s", "sort", "sort"),
+        Binding("S", "reverse", "reverse", show=False),
+        Binding("d", "delete", "delete"),
+        Binding("escape", "clear_filter", "clear filter", show=False),
+    ]
+
+    def __init__(self, runs_dir: str | Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(runs_dir)
+        self.rows: list[RunRow] = []
+        self.shown: list[RunRow] = []
+        self.marked: list[str] = []
+        self.sort_key = "started"
+        self.reverse = True
+        self.filter_text = ""
+        self.scanned = False
+        self._cache: dict[str, tuple[EventTailer, RunState]] = {}
+        self._scan_lock = threading.Lock()
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="runs-title")
+        yield Input(placeholder="filter: words in name, model, strategy, status", id="runs-filter")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="runs-empty")
+        yield Static(id="runs-detail", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-filter", Input).display = False
+        self.query_one("#runs-empty").display = False
+        table = self.query_one("#runs-table", DataTable)
+        for label, key in (("", "mark"), ("status", "status"), ("run", "name"), ("model", "model"),
+                           ("strategy", "strategy"), ("layers", "layers"), ("teacher", "teacher"), ("last", "last"),
+                           ("best", "best"), ("started", "started"), ("duration", "duration")):
+            table.add_column(label, key=key)
+        table.focus()
+        self._title()
+        self.rescan()
+        self.set_interval(2.0, self.rescan)
+
+    def on_screen_resume(self) -> None:
+        self.rescan()
+
+    # -- scanning --------------------------------------------------------------------------------
+
+    def rescan(self) -> None:
+        self._scan()
+
+    @work(thread=True, group="runs-scan", exit_on_error=False)
+    def _scan(self) -> None:
+        if not self._scan_lock.acquire(blocking=False):
+            return
+        try:
+            now = self.app.clock()
+            liveness = self.app.liveness
+            rows = []
+            seen = set()
+            for rd in list_runs(self.root):
+                key = str(rd.path)
+                seen.add(key)
+                tailer, state = self._cache.get(key) or (EventTailer(rd.events_file), RunState())
+                for ev in tailer.poll():
+                    state.apply(ev)
+                self._cache[key] = (tailer, state)
+                rows.append(summarise_state(rd.path, state, liveness(rd), now))
+            for key in list(self._cache):
+                if key not in seen:
+                    del self._cache[key]
+            self.post_message(RunsScanned(rows))
+        finally:
+            self._scan_lock.release()
+
+    def on_runs_scanned(self, message: RunsScanned) -> None:
+        self.rows = message.rows
+        self.scanned = True
+        known = {r.path for r in self.rows}
+        self.marked = [p for p in self.marked if p in known]
+        self._fill()
+
+    # -- table -----------------------------------------------------------------------------------
+
+    def _title(self) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(" Runs ", Style(bold=True, reverse=True))
+        t.append(f"  {self.root}", Style(bold=True))
+        t.append(f"   {len(self.shown)} shown of {len(self.rows)}", Style(dim=True))
+        t.append(f"   sorted by {self.sort_key} {'↓' if self.reverse else '↑'}", Style(dim=True))
+        if self.filter_text:
+            t.append(f"   filter: {self.filter_text!r}", Style(italic=True))
+        if self.marked:
+            t.append(f"   {len(self.marked)} marked for compare", Style(bold=True))
+        self.query_one("#runs-title", Static).update(t)
+
+    def _fill(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        cursor_path = self.current_path()
+        rows = [r for r in self.rows if r.matches(self.filter_text)]
+        rows.sort(key=lambda r: r.sort_key(self.sort_key), reverse=self.reverse)
+        if self.reverse:  # keep "no value" rows last either way
+            rows.sort(key=lambda r: r.sort_key(self.sort_key)[0])
+        self.shown = rows
+        table.clear()
+        for r in rows:
+            glyph, label, var = STATUS_LOOK.get(r.status, ("?", r.status, "foreground"))
+            color = theme_color(self.app, var)
+            mark = "✓" if r.path in self.marked else " "
+            layers = "-"
+            if r.start_layers:
+                layers = f"{r.layers_now if r.layers_now is not None else '-'}/{r.start_layers}"
+                if r.target_layers:
+                    layers += f"→{r.target_layers}"
+            table.add_row(
+                Text(mark, style=Style(bold=True)),
+                Text(f"{glyph} {label}", style=Style(color=color)),
+                Text(r.name, style=Style(bold=True)),
+                r.model,
+                r.strategy,
+                Text(layers, justify="right"),
+                Text("-" if r.teacher is None else f"{r.teacher:.3f}", justify="right"),
+                Text("-" if r.last is None else f"{r.last:.3f}", justify="right"),
+                Text("-" if r.best is None else f"{r.best:.3f}", justify="right"),
+                fmt_clock(r.started, True),
+                Text(fmt_duration(r.duration), justify="right"),
+                key=r.path,
+            )
+        empty = self.query_one("#runs-empty", Static)
+        if not self.rows:
+            empty.update(Text(f"\n  No runs in {self.root}.\n\n  Start one with:  ild run --model smollm2-135m "
+                              f"--strategy iterative-pruning --target-layers 28 --runs-dir {self.root}",
+                              style=Style(italic=True)))
+        elif not rows:
+            empty.update(Text(f"\n  No run matches {self.filter_text!r} (escape clears the filter).", style=Style(italic=True)))
+        empty.display = not rows
+        self.query_one("#runs-detail").display = bool(rows)
+        if cursor_path is not None:
+            for i, r in enumerate(rows):
+                if r.path == cursor_path:
+                    table.move_cursor(row=i, animate=False)
+                    break
+        self._title()
+        self._detail()
+
+    def _detail(self) -> None:
+        path = self.current_path()
+        box = self.query_one("#runs-detail", Static)
+        row = next((r for r in self.shown if r.path == path), None)
+        if row is None:
+            box.update("")
+            return
+        box.border_title = row.name
+        dim = Style(dim=True)
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append("path ", dim)
+        t.append(row.path)
+        t.append("   events ", dim)
+        t.append(f"{row.events:,}")
+        t.append("   mode ", dim)
+        t.append(row.mode or "-")
+        t.append("   last event ", dim)
+        t.append(fmt_clock(row.last_event_t, True))
+        t.append("\nremoved (in order) ", dim)
+        t.append(" ".join(str(x) for x in row.removed) or "none yet")
+        if row.teacher is not None and row.last is not None:
+            t.append("   aggregate ", dim)
+            t.append(f"{row.teacher:.3f} → {row.last:.3f} ({(row.last / row.teacher - 1) * 100:+.1f}%)" if row.teacher else "")
+        if row.pending:
+            t.append("\n" + row.pending, Style(bold=True))
+        if row.note:
+            t.append("\n" + row.note, Style(italic=True))
+        box.update(t)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._detail()
+
+    def current_path(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not self.shown or table.cursor_row is None:
+            return None
+        row = table.cursor_row
+        return self.shown[row].path if 0 <= row < len(self.shown) else None
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        key = event.column_key.value
+        if key in SORTS:
+            if key == self.sort_key:
+                self.reverse = not self.reverse
+            else:
+                self.sort_key = key
+            self._fill()
+
+    def action_open(self) -> None:
+        path = self.current_path()
+        if path:
+            self.app.open_run(path)
+
+    def action_mark(self) -> None:
+        path = self.current_path()
+        if not path:
+            return
+        if path in self.marked:
+            self.marked.remove(path)
+        else:
+            self.marked.append(path)
+        table = self.query_one("#runs-table", DataTable)
+        row = table.cursor_row
+        self._fill()
+        if row + 1 < len(self.shown):
+            table.move_cursor(row=row + 1, animate=False)
+
+    def action_compare(self) -> None:
+        paths = list(self.marked)
+        if not paths:
+            paths = [r.path for r in self.shown]
+        if len(paths) < 2:
+            self.notify("mark two or more runs with space to compare them", severity="warning")
+            return
+        self.app.open_compare(paths)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "runs-filter":
+            self.filter_text = event.value
+            self._fill()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "runs-filter":
+            self.query_one("#runs-table", DataTable).focus()
+            if not event.value:
+                event.input.display = False
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        if box.display or self.filter_text:
+            box.value = ""
+            box.display = False
+            self.filter_text = ""
+            self._fill()
+            self.query_one("#runs-table", DataTable).focus()
+
+    def action_sort(self) -> None:
+        self.sort_key = SORTS[(SORTS.index(self.sort_key) + 1) % len(SORTS)]
+        self._fill()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self._fill()
+
+    def action_delete(self) -> None:
+        path = self.current_path()
+        if not path:
+            return
+        row = next(r for r in self.shown if r.path == path)
+        if self.app.liveness(RunDir(path)):
+            self.notify(f"{row.name} is running: stop it first (X on its live screen)", severity="error")
+            return
+        from .dialogs import ConfirmScreen
+
+        size = _dir_size(Path(path))
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self._delete(path, row.name)
+
+        self.app.push_screen(ConfirmScreen(f"Delete run {row.name} ({size / 1e6:.1f} MB: events, checkpoints, export)? "
+                                           "This cannot be undone.", yes="delete", no="keep"), done)
+
+    def _delete(self, path: str, name: str) -> None:
+        p = Path(path)
+        if not is_run_dir(p) or p.resolve().parent != self.root.resolve():
+            self.notify(f"refusing to delete {p}: not a run directly under {self.root}", severity="error")
+            return
+        if self.app.liveness(RunDir(p)):
+            self.notify(f"{name} started running: not deleted", severity="error")
+            return
+        shutil.rmtree(p, ignore_errors=True)
+        if path in self.marked:
+            self.marked.remove(path)
+        self.notify(f"deleted {name}")
+        self.rescan()
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
