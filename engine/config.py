@@ -49,6 +49,7 @@ class HealSettings(_Strict):
     temperature: float = Field(default=1.0, gt=0)
     reduction: Literal["token_mean", "sum"] = "token_mean"
     hidden: Literal["last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none"] = "last_trainable+last"
+    final_norm: bool = True
     cached: bool = True
     cache_limit_mb: int = Field(default=1024, ge=1)
     checkpoint_every_s: float = Field(default=120.0, gt=0)

@@ -219,7 +219,7 @@ class Runner:
         h = self.config.heal
         self.heal_config = HealConfig(
             loss=LossConfig(kl_scale=h.kl_scale, mse_scale=h.mse_scale, kl_input=h.kl_input, direction=h.direction,
-                            temperature=h.temperature, reduction=h.reduction, hidden=h.hidden),
+                            temperature=h.temperature, reduction=h.reduction, hidden=h.hidden, final_norm=h.final_norm),
             trainable=TrainableConfig(choice=h.trainable, k=h.trainable_k, train_norm=h.train_norm, train_head=h.train_head),
             data=DataConfig(source=h.data, text_field=h.text_field, seq_len=h.seq_len, train_tokens=h.train_tokens, heldout_tokens=h.heldout_tokens),
             lr=h.lr, warmup_steps=h.warmup_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, clip=h.clip,

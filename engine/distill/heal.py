@@ -59,11 +59,12 @@ class StudentFromPrefix(nn.Module):
     """Runs the student from a stored layer input upward: the module accelerate prepares (so that
     data-parallel wrappers see the real forward), returning logits and the compared hidden states."""
 
-    def __init__(self, model: nn.Module, start: int, pairs: list[int]):
+    def __init__(self, model: nn.Module, start: int, pairs: list[int], final_norm: bool = False):
         super().__init__()
         self.model = model
         self.start = start
         self.pairs = pairs
+        self.final_norm = final_norm
 
     def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor):
         adapter = adapter_for(self.model)
@@ -71,10 +72,11 @@ class StudentFromPrefix(nn.Module):
         if self.start == 0:
             hidden = inputs.hidden
         captured = {}
+        last = adapter.num_layers - 1
         for j in range(self.start, adapter.num_layers):
             hidden = adapter.run_layer(j, hidden, inputs)
             if j in self.pairs:
-                captured[j] = hidden
+                captured[j] = adapter.norm(hidden) if (self.final_norm and j == last) else hidden
         return adapter.head(hidden), captured
 
 
@@ -156,19 +158,31 @@ class Healer:
         self.cache = cache
         self.config = config
 
-    def _teacher_targets(self, split: str, index: slice, pairs: list[int], layer_map: list[int], device):
-        teacher_logits = self.cache.logits(split, index, device)
-        teacher_hidden = {j: self.cache.hidden(split, layer_map[j], index, device) for j in pairs}
+    def _teacher_targets(self, split: str, index, pairs: list[int], layer_map: list[int], device):
+        with torch.no_grad():
+            teacher_logits = self.cache.logits(split, index, device)
+            teacher_hidden = {j: self._teacher_hidden(split, j, index, layer_map, device) for j in pairs}
         return teacher_logits, teacher_hidden
+
+    def _teacher_hidden(self, split: str, j: int, index, layer_map: list[int], device) -> torch.Tensor:
+        """The student's last layer is compared with the teacher's output (the model output); any
+        other layer with the teacher's output of the same original layer."""
+        if j == len(layer_map) - 1:
+            final = self.cache.final[split][index].to(device)
+            return self.cache.adapter.norm(final) if self.config.loss.final_norm else final
+        return self.cache.hidden(split, layer_map[j], index, device)
+
+    def _needed(self, pairs: list[int], layer_map: list[int]) -> set[int]:
+        return {layer_map[j] for j in pairs if j != len(layer_map) - 1}
 
     @torch.no_grad()
     def heldout_loss(self, pairs: list[int]) -> dict[str, float]:
         adapter = adapter_for(self.student)
         layer_map = adapter.layer_map()
-        self.cache.ensure({layer_map[j] for j in pairs}, "heldout")
+        self.cache.ensure(self._needed(pairs, layer_map), "heldout")
         blocks = self.cache.blocks["heldout"]
         device = next(self.student.parameters()).device
-        runner = StudentFromPrefix(self.student, 0, pairs)
+        runner = StudentFromPrefix(self.student, 0, pairs, self.config.loss.final_norm)
         totals = {"loss": 0.0, "kl": 0.0, "mse": 0.0}
         for b in range(0, len(blocks), self.config.batch_size):
             index = slice(b, b + self.config.batch_size)
@@ -215,7 +229,7 @@ class Healer:
             total_steps = min(total_steps, max_steps)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + iteration))
 
-        self.cache.ensure({layer_map[j] for j in pairs}, "train")
+        self.cache.ensure(self._needed(pairs, layer_map), "train")
         start = min(trainable) if config.cached else 0
         prefix = None
         if config.cached and start > 0:
@@ -228,7 +242,7 @@ class Healer:
                     inputs = adapter.prepare(ids, None)
                     prefix[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, start).float()
 
-        runner = StudentFromPrefix(self.student, start, pairs)
+        runner = StudentFromPrefix(self.student, start, pairs, self.config.loss.final_norm)
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         step = 0
         if resume is not None:
@@ -255,9 +269,7 @@ class Healer:
                 mask = torch.ones_like(ids)
                 hidden = prefix[picked].to(device) if prefix is not None else None
                 if config.cached:
-                    with torch.no_grad():
-                        teacher_logits = self.cache.adapter.head(self.cache.final["train"][picked].to(device))
-                    teacher_hidden = {j: self.cache.layers[("train", layer_map[j])][picked].to(device) for j in pairs}
+                    teacher_logits, teacher_hidden = self._teacher_targets("train", picked, pairs, layer_map, device)
                 else:
                     teacher_logits, teacher_hidden = self._plain_teacher(ids, pairs, layer_map)
                 with accelerator.accumulate(runner), accelerator.autocast():
@@ -302,10 +314,13 @@ class Healer:
         adapter = self.cache.adapter
         inputs = adapter.prepare(ids, None)
         hidden = inputs.hidden
-        wanted = {layer_map[j]: j for j in pairs}
+        last = len(layer_map) - 1
+        wanted = {layer_map[j]: j for j in pairs if j != last}
         out = {}
         for o in range(adapter.num_layers):
             hidden = adapter.run_layer(o, hidden, inputs)
             if o in wanted:
                 out[wanted[o]] = hidden
+        if last in pairs:
+            out[last] = adapter.norm(hidden) if self.config.loss.final_norm else hidden
         return adapter.head(hidden), out

@@ -11,7 +11,9 @@ Every Table 1 variant of the paper is a value of ``LossConfig``, not a code chan
     sequence and vocabulary);
   * ``hidden``: which hidden states the MSE compares: the last trainable layer's output against the
     teacher's output of the same original layer plus the last layer (``last_trainable+last``,
-    the paper's best), ``last_trainable``, ``last``, ``all_trainable``, ``all`` or ``none``.
+    the paper's best), ``last_trainable``, ``last``, ``all_trainable``, ``all`` or ``none``; "the last
+    layer" is the model's output, compared after the final norm when ``final_norm`` (the paper's code
+    uses ``hidden_states[-1]``, which is post-norm).
 Padding is masked everywhere.
 """
 
@@ -34,6 +36,7 @@ class LossConfig:
     temperature: float = 1.0
     reduction: str = "token_mean"  # "token_mean" | "sum"
     hidden: str = "last_trainable+last"
+    final_norm: bool = True  # "last" compares the final hidden state after the final norm (the paper's code)
 
     def __post_init__(self):
         checks = {
