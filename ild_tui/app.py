@@ -20,6 +20,7 @@ from typing import Callable
 
 from textual.app import App
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.theme import Theme
 
 from engine.runlog.layout import RunDir, is_run_dir, list_runs
@@ -148,16 +149,26 @@ class IldApp(App):
         if self._save:
             self.settings.save()
 
-    def get_default_screen(self) -> RunsScreen:
-        return RunsScreen(self.runs_dir)
+    def get_default_screen(self) -> Screen:
+        # A blank base: the runs screen is built only when shown, so attaching to a run does not
+        # also compose (and scan) every run in the directory.
+        return Screen(id="base")
 
     def on_mount(self) -> None:
         if self.initial_run is not None:
             self.push_screen(LiveScreen(self.initial_run))
         elif self.initial_compare:
             self.push_screen(CompareScreen(self.initial_compare))
+        else:
+            self.show_runs()
 
     # -- navigation ------------------------------------------------------------------------------
+    # The stack is [base, runs?, live | compare, modals...]: one level below the runs screen.
+
+    def _runs_screen(self) -> RunsScreen:
+        if not self.is_screen_installed("runs"):
+            self.install_screen(RunsScreen(self.runs_dir), name="runs")
+        return self.get_screen("runs")
 
     def open_run(self, path: str | os.PathLike) -> None:
         self.push_screen(LiveScreen(RunDir(path)))
@@ -166,10 +177,16 @@ class IldApp(App):
         self.push_screen(CompareScreen(paths))
 
     def show_runs(self) -> None:
-        while len(self.screen_stack) > 2 and not isinstance(self.screen, RunsScreen):
+        runs = self._runs_screen()
+        if self.screen is runs:
+            return
+        if runs in self.screen_stack:
+            while self.screen is not runs:
+                self.pop_screen()
+            return
+        while len(self.screen_stack) > 1:
             self.pop_screen()
-        if not isinstance(self.screen, RunsScreen):
-            self.pop_screen()
+        self.push_screen(runs)
 
     # -- actions ---------------------------------------------------------------------------------
 

@@ -47,3 +47,10 @@ def test_cli_answers_through_the_console_script():
     ild = Path(sys.executable).with_name("ild")
     result = subprocess.run([str(ild), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "Iterative Layer-wise Distillation" in result.stdout
+
+
+def test_cli_strategy_list_matches_the_engine():
+    from engine.strategies import STRATEGIES
+    from ild_tui.cli import _strategies
+
+    assert _strategies() == list(STRATEGIES)

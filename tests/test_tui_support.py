@@ -18,6 +18,8 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from engine.runlog.events import EventWriter
 from engine.runlog.layout import create
 
@@ -321,6 +323,48 @@ async def wait_for(pilot, predicate, timeout: float = 10.0) -> None:
     await asyncio.sleep(0)
 
 
+@pytest.fixture
+def tui_env(tmp_path):
+    """UTC clock formatting, a private config directory, colours on."""
+    import time
+
+    saved = {k: os.environ.get(k) for k in ("TZ", "ILD_CONFIG_DIR", "NO_COLOR")}
+    os.environ["TZ"] = "UTC"
+    os.environ["ILD_CONFIG_DIR"] = str(tmp_path / "ild-config")
+    os.environ.pop("NO_COLOR", None)
+    time.tzset()
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    time.tzset()
+
+
+def append_events(run_dir: Path, *events: dict) -> None:
+    """Append events as the engine would (one writer at a time; fine while no engine runs)."""
+    with EventWriter(Path(run_dir) / "events.jsonl", fsync_interval=1e9) as w:
+        for ev in events:
+            ev = dict(ev)
+            kind = ev.pop("type")
+            w.emit(kind, **ev)
+
+
+def commands(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "commands").glob("*.json"))]
+
+
+async def open_live(app, pilot):
+    from ild_tui.screens.live import LiveScreen
+
+    await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen) and app.screen.painted)
+    await pilot.pause()
+    return app.screen
+
+
 def test_fixtures_are_reproducible(tmp_path):
     build_fixtures(tmp_path)
     for name in (FINISHED, LIVE, DEAD, SHORTGPT):
@@ -328,6 +372,94 @@ def test_fixtures_are_reproducible(tmp_path):
             f"tests/fixtures/runs/{name} is stale: regenerate with `python -m tests.test_tui_support`")
 
 
+def write_screenshots(dest: Path) -> list[Path]:
+    """The README's SVGs: a live run healing, a decision, and the compare screen."""
+    import asyncio
+    import random
+    import tempfile
+
+    from ild_tui.screens.compare import CompareScreen
+    from ild_tui.screens.live import LiveScreen
+
+    os.environ.setdefault("TZ", "UTC")
+    os.environ.setdefault("ILD_CONFIG_DIR", tempfile.mkdtemp(prefix="ild-shots-"))
+    import time as _time
+
+    _time.tzset()
+    dest.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ild-shots-runs-"))
+    copy_all(root)
+    # "live": the live fixture after a person approved iteration 5, healing half way through
+    live = root / LIVE
+    events = [e for e in read_events(live) if e["type"] == "awaiting_decision"]
+    t = events[-1]["t"] + 40
+    rng = random.Random(5)
+    remaining = [x for x in range(30) if x not in (21, 18, 25, 22, 23)]
+    with EventWriter(live / "events.jsonl", clock=lambda: t, fsync_interval=1e9) as w:
+        w.emit("command_applied", command_id="shot-1", name="approve", args={"layer": 23}, by="dashboard")
+        w.emit("decision", iteration=5, layer=23, by="user", proposed=23, command_id="shot-1")
+        w.emit("layer_removed", iteration=5, layer=23, remaining=remaining, layers=25, params=PARAMS - 5 * PER_LAYER)
+        w.emit("eval", iteration=5, stage="after_removal", aggregate=0.4562,
+               tasks={"lm": 0.395, "ppl": 0.529, "mc": 0.455, "mc_letter": 0.284, "copy": 0.864, "translate": 0.207},
+               layers=25, params=PARAMS - 5 * PER_LAYER)
+        w.emit("phase", iteration=5, phase="healing", detail="layers 22..24")
+        for step in range(36):
+            t += 2.0
+            decay = 0.45 + 0.55 * (1 - step / 60) ** 2
+            kl = 2.85 * decay * rng.uniform(0.88, 1.12)
+            mse = 0.35 * 2.85 * decay * rng.uniform(0.85, 1.15)
+            w.emit("train_step", iteration=5, step=step, loss=round(kl / 100 + mse, 6), kl=round(kl, 6), mse=round(mse, 6),
+                   lr=1e-4, tokens_per_s=round(rng.uniform(11000, 13000), 1))
+        w.emit("phase", iteration=5, phase="healing", detail="step", done=36, total=60)
+    now = t + 3
+
+    async def shoot(app, ready, name: str, size=(160, 48)) -> Path:
+        async with app.run_test(size=size) as pilot:
+            deadline = _time.monotonic() + 20
+            while not ready(app):
+                assert _time.monotonic() < deadline
+                await pilot.pause(0.05)
+            await pilot.pause(0.3)
+            out = dest / name
+            out.write_text(app.export_screenshot(title="ild"))
+            return out
+
+    def painted(app):
+        return isinstance(app.screen, LiveScreen) and app.screen.painted
+
+    def compared(app):
+        return isinstance(app.screen, CompareScreen) and app.screen.loaded
+
+    alive = lambda rd: rd.name == LIVE  # noqa: E731
+    out = [
+        asyncio.run(shoot(make_app(root, live, now=now, liveness=alive), painted, "screenshot-live.svg")),
+        asyncio.run(shoot(make_app(root, copy_fixture_as(LIVE, root, "decision"), liveness=lambda rd: True),
+                          painted, "screenshot-decision.svg")),
+        asyncio.run(shoot(make_app(root, compare=[str(root / n) for n in (FINISHED, SHORTGPT, DEAD, LIVE)],
+                                   liveness=alive), compared, "screenshot-compare.svg")),
+    ]
+    return out
+
+
+def copy_fixture_as(name: str, dest_root: Path, new: str) -> Path:
+    dest = dest_root / new
+    shutil.copytree(FIXTURES / name, dest)
+    (dest / "commands" / "done").mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    from engine.runlog.tailer import read_all
+
+    return read_all(Path(run_dir) / "events.jsonl")
+
+
 if __name__ == "__main__":
-    for name, f in build_fixtures().items():
-        print(name, {k: v for k, v in f.items() if k != "candidates"})
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--screenshots":
+        for p in write_screenshots(Path(sys.argv[2])):
+            print("wrote", p)
+    else:
+        for name, f in build_fixtures().items():
+            print(name, {k: v for k, v in f.items() if k != "candidates"})

@@ -13,8 +13,11 @@ reply is what the screen then shows.
 
 from __future__ import annotations
 
+import gc
+import json
 import threading
 import time
+from pathlib import Path
 
 from rich.style import Style
 from rich.text import Text
@@ -24,8 +27,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, RichLog, Static
-from textual.worker import get_current_worker
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.runlog.fold import TERMINAL_STATUSES
 from engine.runlog.inbox import send_command
@@ -35,7 +38,8 @@ from engine.runlog.tailer import EventTailer
 from ..widgets.braille import ChartSpec, HLine, Series, VLine
 from ..widgets.charts import BrailleChart
 from ..widgets.decision import DecisionPanel
-from ..widgets.header import RunHeader, fmt_clock
+from ..widgets.eventlog import EventLog
+from ..widgets.header import RunHeader, theme_color
 from ..widgets.heatmap import Heatmap
 from ..widgets.inspector import Inspector
 from ..widgets.model import (
@@ -52,8 +56,30 @@ from ..widgets.palette import Palette
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
 HEALING_STRATEGIES = ("iterative-distill", "iterative-bi-distill")
-LEVEL_STYLE = {"debug": Style(dim=True), "warning": Style(color="yellow"), "error": Style(color="red", bold=True),
-               "notice": Style(bold=True)}
+
+
+def replay(path: Path) -> tuple[list[dict], EventTailer]:
+    """Every event in the log so far, and a tailer that follows on from there.
+
+    Attaching to a long run is dominated by JSON parsing, and one ``json.loads`` over all
+    complete lines is about twice as fast as one per line. Anything unusual (a line that is not
+    one JSON object) falls back to ``EventTailer``, which owns the rules for torn and bad lines.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], EventTailer(path)
+    end = data.rfind(b"\n") + 1
+    lines = [line for line in data[:end].split(b"\n") if line.strip()]
+    try:
+        events = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        events = None
+    if events is None or len(events) != len(lines) or not all(type(e) is dict for e in events):
+        tailer = EventTailer(path)
+        return tailer.poll(), tailer
+    return events, EventTailer(path, offset=end)
 
 
 class Loaded(Message):
@@ -89,8 +115,8 @@ class LiveScreen(Screen):
         Binding("m", "mode", "mode"),
         Binding("p", "pause", "pause/resume"),
         Binding("X", "stop", "stop run"),
-        Binding("s", "smoothing", "smooth"),
-        Binding("y", "log_scale", "log y"),
+        Binding("s", "smoothing", "smooth", show=False),
+        Binding("y", "log_scale", "log y", show=False),
         Binding("r", "runs", "runs"),
         Binding("escape", "runs", "runs", show=False),
         Binding("f", "focus_next_panel", "focus", show=False),
@@ -109,7 +135,8 @@ class LiveScreen(Screen):
         self._log_written = 0
         self._last_pending: int | None = None
         self._last_second = -1
-        self._heat_version = -1
+        self._bindings_key: tuple | None = None
+        self._frozen_at = 0
 
     # -- layout ----------------------------------------------------------------------------------
 
@@ -131,10 +158,13 @@ class LiveScreen(Screen):
                     yield Static(id="loss-status")
         with Horizontal(id="bottom"):
             yield DecisionPanel(id="decision")
-            yield RichLog(id="event-log", max_lines=1000, wrap=False, markup=False, highlight=False, min_width=40)
+            yield EventLog(id="event-log")
         yield Footer()
 
     def on_mount(self) -> None:
+        # Panels stay hidden while the log replays: nothing to draw yet, and the replay thread
+        # should not share the interpreter with a full-screen layout pass it does not need.
+        self.add_class("-loading")
         self.query_one("#heat-panel").border_title = "Importance"
         self.query_one("#scores-panel").border_title = "Scores"
         self.query_one("#loss-panel").border_title = "Loss"
@@ -148,6 +178,14 @@ class LiveScreen(Screen):
 
     def on_unmount(self) -> None:
         self._stop.set()
+        gc.unfreeze()  # let the collector see this run's objects again once they are dropped
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group == "tail" and event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.query_one(RunHeader).update(Text(f" cannot follow {self.run_dir.path}: {error}",
+                                                  style=Style(bold=True, color=theme_color(self.app, "error"))))
+            self.painted = True  # nothing more will come
 
     @property
     def palette(self) -> Palette:
@@ -155,7 +193,6 @@ class LiveScreen(Screen):
 
     def _on_theme(self, _theme) -> None:
         self._dirty.update(ASPECTS)
-        self._heat_version = -1
         self._decision_key_reset()
 
     def _decision_key_reset(self) -> None:
@@ -168,9 +205,10 @@ class LiveScreen(Screen):
         worker = get_current_worker()
         started = time.perf_counter()
         liveness = self.app.liveness
-        tailer = EventTailer(self.run_dir.events_file)
+        events, tailer = replay(self.run_dir.events_file)
         model = LiveModel()
-        model.apply(tailer.poll())
+        model.apply(events)
+        del events
         alive = liveness(self.run_dir)
         self.post_message(Loaded(model, alive, time.perf_counter() - started))
         del model  # the UI thread owns it from here on
@@ -188,19 +226,30 @@ class LiveScreen(Screen):
                     self.post_message(EngineStatus(alive))
 
     def on_loaded(self, message: Loaded) -> None:
+        # The replayed log is long-lived: move it out of the collector's sight, so that full
+        # collections (200 ms over 100,000 events) do not stall the UI later.
+        gc.freeze()
+        self._frozen_at = message.model.state.events_seen
         self.model = message.model
         self.alive = message.alive
         self.load_seconds = message.seconds
         pending = self.model.state.pending_proposal
         self._last_pending = pending.get("iteration") if pending else None
+        self.remove_class("-loading")
         self._dirty.update(ASPECTS)
         self._draw()
+        self.call_after_refresh(self._painted)
+
+    def _painted(self) -> None:
         self.painted = True
 
     def on_events_batch(self, message: EventsBatch) -> None:
         if self.model is None:
             return
         self._dirty |= self.model.apply(message.events)
+        if self.model.state.events_seen - self._frozen_at > 20_000:
+            gc.freeze()
+            self._frozen_at = self.model.state.events_seen
         pending = self.model.state.pending_proposal
         it = pending.get("iteration") if pending else None
         if it is not None and it != self._last_pending:
@@ -256,12 +305,28 @@ class LiveScreen(Screen):
 
     @property
     def status(self) -> str:
-        return status_of(self.model.state, self.alive) if self.model else "unknown"
+        if not self.model:
+            return "unknown"
+        young = False
+        if self.model.state.events_seen == 0:
+            try:
+                young = time.time() - self.run_dir.path.stat().st_mtime < 30
+            except OSError:
+                pass
+        return status_of(self.model.state, self.alive, young)
 
     def _draw_header(self) -> None:
         self.query_one(RunHeader).show(self.model.state, self.status, self.app.clock(), self.run_dir.name,
                                        self.model.phase_detail())
-        self.refresh_bindings()
+        self._sync_bindings()
+
+    def _sync_bindings(self) -> None:
+        """Re-render the footer only when the set of usable keys changes (it is not cheap)."""
+        state = self.model.state
+        key = (state.pending_proposal is not None, state.status in TERMINAL_STATUSES)
+        if key != self._bindings_key:
+            self._bindings_key = key
+            self.refresh_bindings()
 
     def _draw_heatmap(self) -> None:
         hm = self.query_one(Heatmap)
@@ -291,7 +356,7 @@ class LiveScreen(Screen):
                 self.remove_class("-deciding")
                 if panel.has_focus_within:
                     self.query_one(Heatmap).focus()
-            self.refresh_bindings()
+            self._sync_bindings()
             return
         first = not panel.display
         panel.display = True
@@ -302,7 +367,7 @@ class LiveScreen(Screen):
             hm = self.query_one(Heatmap)
             if hm.cursor_layer is not None:
                 panel.select_layer(hm.cursor_layer)
-            self.refresh_bindings()
+        self._sync_bindings()
 
     def _draw_scores(self) -> None:
         pal = self.palette
@@ -364,11 +429,12 @@ class LiveScreen(Screen):
         alpha = settings.smoothing
         colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse}
         names = {"loss": "total", "kl": "kl", "mse": "mse"}
-        series = [Series(names[n], colors[n], dense=self._smoother.get(loss, n, alpha)) for n in LOSS_NAMES if loss.present[n]]
+        series = [Series(names[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
+                  for n in LOSS_NAMES if loss.present[n]]
         bounds = loss.boundaries()
         vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
         if state.strategy and state.strategy not in HEALING_STRATEGIES:
-            empty = f"no loss curves: {state.strategy} does not heal (no training steps)"
+            empty = f"no loss curves: {state.strategy} does not heal"
         else:
             empty = "no training steps yet"
         spec = ChartSpec(series=series, vlines=vlines, log_y=settings.log_y, integer_x=True, axis_color=pal.axis,
@@ -382,7 +448,9 @@ class LiveScreen(Screen):
             bits.append("log y")
         if len(loss):
             bits.append(f"{len(loss):,} steps")
-        self.query_one("#loss-panel").border_title = "Loss" + "".join(f" · {b}" for b in bits)
+        panel = self.query_one("#loss-panel")
+        panel.border_title = "Loss" + "".join(f" · {b}" for b in bits)
+        panel.border_subtitle = "s smooth · y log" if len(loss) else ""
         last = loss.last or {}
         st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
         if last:
@@ -398,17 +466,12 @@ class LiveScreen(Screen):
         self.query_one("#loss-status", Static).update(st)
 
     def _draw_log(self) -> None:
-        log = self.query_one("#event-log", RichLog)
         model = self.model
         new = model.lines_added - self._log_written
         if new <= 0:
             return
         lines = list(model.lines)[-min(new, len(model.lines)):]
-        for line in lines:
-            t = Text(no_wrap=True)
-            t.append(fmt_clock(line.t) + " ", Style(dim=True))
-            t.append(line.text, LEVEL_STYLE.get(line.level, Style()))
-            log.write(t, scroll_end=True)
+        self.query_one(EventLog).add(lines, bad=self.palette.bad, warn=theme_color(self.app, "warning"))
         self._log_written = model.lines_added
 
     # -- decisions and commands -----------------------------------------------------------------
@@ -537,7 +600,13 @@ class LiveScreen(Screen):
                 mode, seconds = result
                 self._send("set_mode", mode=mode, **({"seconds": seconds} if mode == "auto-after" else {}))
 
-        self.app.push_screen(ModeScreen(state.mode or "auto", state.mode_seconds), done)
+        seconds = state.mode_seconds
+        pending = state.pending_proposal or {}
+        if seconds is None and isinstance(pending.get("deadline"), (int, float)) and isinstance(pending.get("t"), (int, float)):
+            seconds = round(pending["deadline"] - pending["t"])  # the wait the engine announced
+        if seconds is None and isinstance(state.run_info.get("mode_seconds"), (int, float)):
+            seconds = state.run_info["mode_seconds"]
+        self.app.push_screen(ModeScreen(state.mode or "auto", seconds), done)
 
     def action_pause(self) -> None:
         if self.model is None:

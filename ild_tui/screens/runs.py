@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,13 @@ class RunRow:
 
 
 def summarise_state(path: Path, state: RunState, alive: bool, now: float) -> RunRow:
-    status = status_of(state, alive)
+    young = False
+    if state.events_seen == 0:
+        try:
+            young = time.time() - path.stat().st_mtime < 30
+        except OSError:
+            pass
+    status = status_of(state, alive, young)
     layers_now = len(state.layers) if (state.removals or state.initial_layers) else state.start_layers
     finals: dict[int, tuple[int, float]] = {}
     for (it, stage), rec in state.evals.items():
@@ -178,7 +185,7 @@ class RunsScreen(Screen):
             table.add_column(label, key=key)
         table.focus()
         self._title()
-        self.rescan()
+        self.call_after_refresh(self.rescan)
         self.set_interval(2.0, self.rescan)
 
     def on_screen_resume(self) -> None:
@@ -187,7 +194,10 @@ class RunsScreen(Screen):
     # -- scanning --------------------------------------------------------------------------------
 
     def rescan(self) -> None:
-        self._scan()
+        """Scan in the background, only while this screen is shown (under a live screen it would
+        fold every run again for nobody)."""
+        if self.is_current:
+            self._scan()
 
     @work(thread=True, group="runs-scan", exit_on_error=False)
     def _scan(self) -> None:

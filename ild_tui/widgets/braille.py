@@ -29,6 +29,7 @@ class Series:
     kind: str = "line"  # line | points | linepoints
     marker: str = "●"
     legend: bool = True
+    z: int = 0  # drawing order: higher is drawn later, on top (the legend keeps list order)
 
 
 @dataclass
@@ -72,6 +73,38 @@ def _fmt_y(v: float) -> str:
     if a >= 10:
         return f"{v:.1f}"
     return f"{v:.3f}".rstrip("0").rstrip(".") if a < 1 else f"{v:.2f}"
+
+
+def _nice_step(raw: float) -> float:
+    if raw <= 0:
+        return 1.0
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * mag >= raw:
+            return m * mag
+    return 10 * mag
+
+
+def _y_ticks(t0: float, t1: float, n: int, log: bool) -> list[float]:
+    """Tick positions (in transformed units): powers of ten on a log axis, round numbers otherwise."""
+    if log and t1 - t0 >= 1:
+        ks = list(range(math.ceil(t0), math.floor(t1) + 1))
+        if len(ks) > n:
+            stride = math.ceil(len(ks) / n)
+            ks = ks[::stride]
+        return [float(k) for k in ks]
+    if log:
+        return [t0 + (t1 - t0) * i / (n - 1) for i in range(n)]
+    step = _nice_step((t1 - t0) / max(n, 1))
+    while step > 0 and math.floor(t1 / step) - math.ceil(t0 / step) + 1 < min(3, n):
+        step /= 2
+    first = math.ceil(t0 / step) * step
+    out = []
+    v = first
+    while v <= t1 + 1e-12 and len(out) < 2 * n:
+        out.append(0.0 if abs(v) < step * 1e-9 else v)
+        v += step
+    return out or [t0, t1]
 
 
 class _Canvas:
@@ -122,8 +155,18 @@ class _Canvas:
 
 
 def _dense_range(values: Sequence[float], log: bool) -> tuple[float, float] | None:
-    finite = [v for v in values if v == v and (not log or v > 0)]
-    return (min(finite), max(finite)) if finite else None
+    """(min, max) ignoring NaN (and, on a log axis, values <= 0), from bucket extremes: a few C-level
+    passes instead of a Python loop over every point."""
+    if not isinstance(values, list):
+        values = list(values)
+    bks = [b for b in bucket(values, min(256, len(values))) if b is not None]
+    if not bks:
+        return None
+    if not log:
+        return min(b[0] for b in bks), max(b[1] for b in bks)
+    lows = [v for b in bks for v in b if v > 0]
+    highs = [b[1] for b in bks if b[1] > 0]
+    return (min(lows), max(highs)) if lows and highs else None
 
 
 def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) -> list[Text]:
@@ -184,9 +227,21 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
     ph = height - 1 - legend_rows  # plot rows (one row of x labels)
     if ph < 1:
         return blank
-    label_vals = [ty1 - (ty1 - ty0) * i / (n_label_rows - 1) for i in range(n_label_rows)]
-    label_txt = [_fmt_y(10 ** v if log else v) for v in label_vals]
-    gutter = max(len(t) for t in label_txt) + 1
+    ticks_t = _y_ticks(ty0, ty1, n_label_rows, log)
+    fmt_tick = _fmt_y
+    if not log and len(ticks_t) > 1:
+        step = abs(ticks_t[1] - ticks_t[0])
+        decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 2
+        if step > 0 and abs(round(step * 10 ** decimals) - step * 10 ** decimals) > 1e-6:
+            decimals += 1  # 2.5, 0.25, ...
+        if max(abs(ticks_t[0]), abs(ticks_t[-1])) < 1e4 and decimals <= 5:
+            fmt_tick = lambda v, d=decimals: f"{v:.{d}f}"  # noqa: E731
+    label_at: dict[int, str] = {}
+    for tv in ticks_t:
+        row = int(round((ty1 - tv) / (ty1 - ty0) * (ph - 1)))
+        if 0 <= row < ph and row not in label_at and (row - 1) not in label_at and (row + 1) not in label_at:
+            label_at[row] = fmt_tick(10 ** tv if log else tv)
+    gutter = max([len(t) for t in label_at.values()] + [1]) + 1
     pw = width - gutter - 1
     if pw < 4:
         return blank
@@ -203,14 +258,16 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
         return int(round((ty1 - t) / (ty1 - ty0) * (H - 1)))
 
     # background: vertical markers, horizontal baselines ---------------------------------------
+    label_end = -1
     for v in spec.vlines:
         if x0 <= v.x <= x1:
             cx = mx(v.x) >> 1
             for cy in range(ph):
                 cv.put_back(cx, cy, "┊", spec.axis_color)
-            if v.label:
-                for i, ch in enumerate(v.label):
-                    cv.put_back(cx + 1 + i, 0, ch, spec.axis_color)
+            if v.label and cx + 1 > label_end and cx + 1 + len(v.label) <= pw:
+                for i, ch in enumerate(v.label):  # on top of the data: the top row is mostly padding
+                    cv.put(cx + 1 + i, 0, ch, spec.axis_color)
+                label_end = cx + 1 + len(v.label)
     for h in spec.hlines:
         yy = my(h.y)
         if yy is None or not (0 <= yy < H):
@@ -220,7 +277,7 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
                 cv.dot(x, yy, h.color)
 
     # series ------------------------------------------------------------------------------------
-    for s in spec.series:
+    for s in sorted(spec.series, key=lambda s: s.z):
         color = s.color
         if s.dense is not None and len(s.dense):
             n = len(s.dense)
@@ -255,10 +312,6 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
 
     # assemble ----------------------------------------------------------------------------------
     axis = Style(color=spec.axis_color)
-    label_at = {}
-    for i, txt in enumerate(label_txt):
-        row = int(round(i * (ph - 1) / (n_label_rows - 1))) if n_label_rows > 1 else 0
-        label_at[row] = txt
     lines: list[Text] = []
     for cy in range(ph):
         t = Text(no_wrap=True, overflow="crop")
@@ -295,7 +348,8 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
             if nice >= step:
                 step = nice
                 break
-        ticks = [v for v in range(int(math.ceil(x0)), int(math.floor(x1)) + 1) if v % step == 0]
+        first = int(math.ceil(x0 / step)) * step
+        ticks = list(range(first, int(math.floor(x1)) + 1, step))
     else:
         n_ticks = max(2, pw // 12)
         ticks = [x0 + (x1 - x0) * i / (n_ticks - 1) for i in range(n_ticks)]

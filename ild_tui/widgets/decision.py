@@ -45,7 +45,7 @@ class DecisionPanel(Vertical):
         self.data: DecisionData | None = None
         self._key: tuple | None = None
         self._expect: int | None = None
-        self.border_title = "Decision"
+        self.border_title = "Decision needed"
 
     def compose(self):
         yield Static(id="decision-title")
@@ -124,13 +124,13 @@ class DecisionPanel(Vertical):
         title.append(str(data.layer if data.layer is not None else "?"), Style(bold=True, reverse=True))
         title.append("?", Style(bold=True))
         mode = data.mode or "manual"
-        title.append(f"   mode {mode}", Style(dim=True))
         if waiting is not None:
             args = f" {waiting.args.get('layer')}" if waiting.args.get("layer") is not None else ""
             title.append(f"   {waiting.name}{args} sent {fmt_duration(now - waiting.t)} ago, waiting for the engine…",
                          Style(italic=True))
         elif mode == "auto-after" and (cd := countdown(data.deadline, now)):
             title.append(f"   {cd}", Style(bold=True))
+        title.append(f"   mode {mode}", Style(dim=True))
         if alive is False:
             title.append("   engine not running: commands wait in the inbox", Style(italic=True))
         if paused:

@@ -19,6 +19,7 @@ STATUS_LOOK = {
     "failed": ("✖", "failed", "error"),
     "died": ("✖", "engine dead", "error"),
     "unknown": ("○", "checking", "foreground"),
+    "starting": ("○", "starting", "warning"),
 }
 
 
@@ -67,7 +68,7 @@ def theme_color(app, name: str) -> str | None:
 
 class RunHeader(Static):
     DEFAULT_CSS = """
-    RunHeader { height: 2; padding: 0 1; background: $panel; }
+    RunHeader { height: 2; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def show(self, state: RunState, status: str, now: float, run_name: str, phase_detail: str | None = None) -> None:
@@ -94,7 +95,7 @@ class RunHeader(Static):
         t.append("mode ", dim)
         t.append(mode)
         if status == "died" and state.last_event_t:
-            t.append(f"   last event {fmt_duration(now - state.last_event_t)} ago, no run_finished: resume with `ild resume`",
+            t.append(f"   last event {fmt_duration(now - state.last_event_t)} ago, no run_finished (`ild resume` continues it)",
                      Style(color=color))
         if status == "failed" and state.failure:
             t.append(f"   {state.failure.get('error', '')}", Style(color=color))
@@ -125,4 +126,6 @@ class RunHeader(Static):
         t2.append(fmt_duration(elapsed), strong)
         if start:
             t2.append(f" (since {fmt_clock(start, True)})", dim)
-        self.update(Text("\n").join([t, t2]))
+        both = Text("\n", no_wrap=True, overflow="ellipsis").join([t, t2])
+        both.no_wrap = True
+        self.update(both)

@@ -39,8 +39,8 @@ class Heatmap(ScrollView, can_focus=True):
         Binding("pagedown", "move(10, 0)", show=False),
         Binding("home", "jump('first')", show=False),
         Binding("end", "jump('last')", show=False),
-        Binding("n", "cycle_norm", "normalise"),
-        Binding("g", "toggle_glyphs", "glyphs"),
+        Binding("n", "cycle_norm", "normalise", show=False),
+        Binding("g", "toggle_glyphs", "glyphs", show=False),
         Binding("enter", "pick", "pick layer", show=False),
     ]
 

@@ -97,7 +97,7 @@ def delta_styler(palette: Palette):
 
 class Inspector(Static):
     DEFAULT_CSS = """
-    Inspector { width: 36; padding: 0 1; height: 1fr; border-left: vkey $panel; }
+    Inspector { width: 34; padding: 0 1; height: 1fr; border-left: vkey $panel; }
     """
 
     def show(self, state: RunState, layer: int | None, iteration: int | None, palette: Palette = DEFAULT) -> None:

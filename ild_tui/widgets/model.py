@@ -77,23 +77,34 @@ class LossSeries:
         self.generation = 0  # bumps when points are replaced or re-sorted (caches restart)
         self._index: dict[tuple, int] = {}
         self._sorted = True
+        self._bounds: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def add(self, event: dict, n: int) -> None:
-        it = _int(event.get("iteration"))
+        it = event.get("iteration")
+        if type(it) is not int:
+            it = None
         step = event.get("step")
-        key = (it, step if isinstance(step, (int, float)) and not isinstance(step, bool) else f"#{n}")
-        vals = {name: _num(event.get(name)) for name in LOSS_NAMES}
-        if vals["loss"] is None and vals["kl"] is not None and vals["mse"] is not None:
-            vals["loss"] = vals["kl"] + vals["mse"]
+        key = (it, step if type(step) in (int, float) else f"#{n}")
+        loss, kl, mse = event.get("loss"), event.get("kl"), event.get("mse")
+        # fast path: plain floats, as the engine writes them
+        if type(loss) is not float or not math.isfinite(loss):
+            loss = _num(loss)
+        if type(kl) is not float or not math.isfinite(kl):
+            kl = _num(kl)
+        if type(mse) is not float or not math.isfinite(mse):
+            mse = _num(mse)
+        if loss is None and kl is not None and mse is not None:
+            loss = kl + mse
         self.last = event
+        values, present = self.values, self.present
         i = self._index.get(key)
         if i is not None:
-            for name, v in vals.items():
-                self.values[name][i] = math.nan if v is None else v
-                self.present[name] |= v is not None
+            for name, v in (("loss", loss), ("kl", kl), ("mse", mse)):
+                values[name][i] = math.nan if v is None else v
+                present[name] |= v is not None
             self.generation += 1
             return
         if self.keys and _key_order(key) < _key_order(self.keys[-1]):
@@ -101,9 +112,16 @@ class LossSeries:
         self._index[key] = len(self.keys)
         self.keys.append(key)
         self.iterations.append(it)
-        for name, v in vals.items():
-            self.values[name].append(math.nan if v is None else v)
-            self.present[name] |= v is not None
+        nan = math.nan
+        values["loss"].append(nan if loss is None else loss)
+        values["kl"].append(nan if kl is None else kl)
+        values["mse"].append(nan if mse is None else mse)
+        if loss is not None:
+            present["loss"] = True
+        if kl is not None:
+            present["kl"] = True
+        if mse is not None:
+            present["mse"] = True
 
     def ensure_sorted(self) -> None:
         if self._sorted:
@@ -119,15 +137,21 @@ class LossSeries:
         self.generation += 1
 
     def boundaries(self) -> list[tuple[int, int | None]]:
-        """``(x, iteration)`` where each iteration's steps start."""
+        """``(x, iteration)`` where each iteration's steps start (extended as points arrive)."""
         self.ensure_sorted()
-        out: list[tuple[int, int | None]] = []
-        prev: object = object()
-        for x, it in enumerate(self.iterations):
+        cache = self._bounds
+        if cache is None or cache[0] != self.generation or cache[1] > len(self.iterations):
+            cache = (self.generation, 0, [])
+        _, done, out = cache
+        prev: object = self.iterations[done - 1] if done else object()
+        iterations = self.iterations
+        for x in range(done, len(iterations)):
+            it = iterations[x]
             if it != prev:
                 out.append((x, it))
                 prev = it
-        return out
+        self._bounds = (self.generation, len(iterations), out)
+        return list(out)
 
 
 def ema(values: list[float], alpha: float, start: int = 0, prev: tuple[float, float] | None = None,
@@ -318,19 +342,21 @@ class LiveModel:
 
     def apply(self, events: Iterable[dict]) -> set[str]:
         """Fold events in; return the aspects that changed."""
-        changed: set[str] = set()
+        kinds: set[str] = set()
         state = self.state
-        loss = self.loss
+        state_apply = state.apply
+        loss_add = self.loss.add
+        lines = self.lines
         for ev in events:
-            state.apply(ev)
+            state_apply(ev)
             kind = ev.get("type") if isinstance(ev, dict) else None
-            aspects = _ASPECTS_OF.get(kind)
-            if aspects is None:
+            if kind == "train_step":  # nine events in ten on a healing run: keep this path short
+                loss_add(ev, state.events_seen)
+                kinds.add(kind)
                 continue
-            changed.update(aspects)
-            if kind == "train_step":
-                loss.add(ev, state.events_seen)
+            if kind not in _ASPECTS_OF:
                 continue
+            kinds.add(kind)
             if kind == "phase":
                 self.phase_event = ev
                 key = (ev.get("iteration"), ev.get("phase"), ev.get("detail"))
@@ -339,12 +365,15 @@ class LiveModel:
                 self._last_phase = key
             line = describe(ev)
             if line is not None:
-                self.lines.append(line)
+                lines.append(line)
                 self.lines_added += 1
             if kind in ("command_applied", "command_rejected"):
                 cid = ev.get("command_id")
                 if isinstance(cid, str) and cid in self.sent:
                     self.replies.append(ev)
+        changed: set[str] = set()
+        for kind in kinds:
+            changed.update(_ASPECTS_OF[kind])
         for a in changed:
             self.versions[a] += 1
         return changed
@@ -384,11 +413,18 @@ class LiveModel:
 
 # -- views ------------------------------------------------------------------------------------
 
-def status_of(state: RunState, alive: bool | None) -> str:
-    """running | finished | failed | stopped | died | unknown (liveness not checked yet)."""
+def status_of(state: RunState, alive: bool | None, young: bool = False) -> str:
+    """running | finished | failed | stopped | died | starting | unknown (liveness not checked yet).
+
+    ``young``: the run directory was made moments ago, so a free lock and an empty log mean an
+    engine that has not taken its lock yet, not a dead one.
+    """
     if alive is None and state.status not in ("finished", "failed", "stopped"):
         return "unknown"
-    return derive_status(state, bool(alive))
+    status = derive_status(state, bool(alive))
+    if status == "died" and young and state.events_seen == 0:
+        return "starting"
+    return status
 
 
 @dataclass

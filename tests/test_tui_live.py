@@ -1,0 +1,247 @@
+"""The live run screen driven with Pilot on canned run directories."""
+
+import pytest
+
+from engine.runlog.tailer import read_all
+from ild_tui.screens.dialogs import ConfirmScreen, HelpScreen, ModeScreen
+from ild_tui.screens.live import EventsBatch
+from ild_tui.widgets.charts import BrailleChart
+from ild_tui.widgets.decision import DecisionPanel
+from ild_tui.widgets.heatmap import Heatmap
+from tests.test_tui_support import (  # noqa: F401  (tui_env is a fixture)
+    DEAD,
+    FINISHED,
+    LIVE,
+    SHORTGPT,
+    append_events,
+    commands,
+    copy_all,
+    hold_lock,
+    make_app,
+    open_live,
+    tui_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("tui_env")
+SIZE = (160, 48)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return copy_all(tmp_path / "runs")
+
+
+def _title(panel: DecisionPanel) -> str:
+    return str(panel.query_one("#decision-title").render())
+
+
+async def _move_heatmap_to(pilot, hm: Heatmap, layer: int) -> None:
+    hm.focus()
+    for _ in range(40):
+        if hm.cursor_layer == layer:
+            return
+        await pilot.press("down" if hm.cursor_layer < layer else "up")
+    raise AssertionError(f"cursor never reached layer {layer}")
+
+
+def _engine_decides(run, cmd: dict, layer: int, proposed: int = 23) -> None:
+    remaining = [x for x in range(30) if x not in (21, 18, 25, 22, layer)]
+    append_events(
+        run,
+        {"type": "command_applied", "command_id": cmd["id"], "name": cmd["name"], "args": cmd["args"], "by": cmd["by"]},
+        {"type": "decision", "iteration": 5, "layer": layer, "by": "user", "proposed": proposed, "command_id": cmd["id"]},
+        {"type": "layer_removed", "iteration": 5, "layer": layer, "remaining": remaining, "layers": 25, "params": 116_000_000},
+    )
+
+
+async def test_live_decision_approve_round_trip(runs):
+    run = runs / LIVE
+    with hold_lock(run):
+        app = make_app(runs, run, poll_interval=0.05)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_live(app, pilot)
+            await wait_for(pilot, lambda: screen.alive is True)
+            assert screen.status == "running"
+            panel = screen.query_one(DecisionPanel)
+            assert panel.display and panel.data.iteration == 5 and panel.data.layer == 23
+            assert "auto-approve in 1:23" in _title(panel)
+            assert screen.query_one(Heatmap).cursor_layer == 23  # the cursor starts on the proposal
+
+            await pilot.press("a")
+            sent = commands(run)
+            assert [(c["name"], c["args"], c["by"]) for c in sent] == [("approve", {"layer": 23}, "dashboard")]
+            assert "waiting for the engine" in _title(panel)
+            await pilot.press("a")  # already sent: not sent twice
+            assert len(commands(run)) == 1
+
+            _engine_decides(run, sent[0], 23)
+            await wait_for(pilot, lambda: not panel.display)
+            hm = screen.query_one(Heatmap)
+            assert hm.data.removed_at[23] == 5 and hm.data.proposal is None
+            assert screen.check_action("approve", ()) is False  # the key leaves the footer
+            lines = [line.text for line in screen.model.lines]
+            assert any("decision: remove layer 23 (by user)" in t for t in lines)
+
+
+async def test_override_from_the_heatmap_cursor_asks_first(runs):
+    run = runs / LIVE
+    with hold_lock(run):
+        app = make_app(runs, run)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_live(app, pilot)
+            hm = screen.query_one(Heatmap)
+            panel = screen.query_one(DecisionPanel)
+            await _move_heatmap_to(pilot, hm, 24)
+            assert panel.selected_layer == 24  # the list follows the heatmap cursor
+            await pilot.press("o")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert commands(run) == []
+            await pilot.press("o")
+            await pilot.press("y")
+            await pilot.pause()
+            assert [(c["name"], c["args"]) for c in commands(run)] == [("override", {"layer": 24})]
+
+
+async def test_override_from_the_candidate_list_and_refusals(runs):
+    run = runs / LIVE
+    with hold_lock(run):
+        app = make_app(runs, run)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_live(app, pilot)
+            hm = screen.query_one(Heatmap)
+            # a layer removed in an earlier iteration cannot be chosen
+            await _move_heatmap_to(pilot, hm, 21)
+            await pilot.press("o")
+            assert not isinstance(app.screen, ConfirmScreen) and commands(run) == []
+            # pick the second candidate in the list: the heatmap cursor follows
+            panel = screen.query_one(DecisionPanel)
+            panel.table.focus()
+            await pilot.press("home", "down")
+            await pilot.pause()
+            second = panel.data.candidates[1].layer
+            assert panel.selected_layer == second
+            await wait_for(pilot, lambda: hm.cursor_layer == second)
+            await pilot.press("o", "y")
+            await pilot.pause()
+            assert [(c["name"], c["args"]) for c in commands(run)] == [("override", {"layer": second})]
+
+
+async def test_mode_pause_and_stop_commands(runs):
+    run = runs / LIVE
+    with hold_lock(run):
+        app = make_app(runs, run)
+        async with app.run_test(size=SIZE) as pilot:
+            await open_live(app, pilot)
+            await pilot.press("m")
+            assert isinstance(app.screen, ModeScreen)
+            await pilot.press("1")
+            await pilot.press("m", "3")
+            await pilot.press("p")
+            await pilot.press("X")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await pilot.pause()
+            got = [(c["name"], c["args"]) for c in commands(run)]
+            assert got == [("set_mode", {"mode": "manual"}), ("set_mode", {"mode": "auto-after", "seconds": 300.0}),
+                           ("pause", {}), ("stop", {})]
+
+
+async def test_second_dashboard_agrees_and_does_not_ask_again(runs):
+    run = runs / LIVE
+    app = make_app(runs, run)
+    async with app.run_test(size=SIZE) as pilot:
+        first = await open_live(app, pilot)
+        await pilot.press("a")
+        cmd = commands(run)[0]
+        _engine_decides(run, cmd, 23)
+        await wait_for(pilot, lambda: not first.query_one(DecisionPanel).display, timeout=5)
+        state_a = first.model.state
+    app2 = make_app(runs, run)
+    async with app2.run_test(size=SIZE) as pilot:
+        second = await open_live(app2, pilot)
+        assert not second.query_one(DecisionPanel).display
+        assert second.model.state == state_a
+        assert second.status == "died"  # nobody holds the lock in this test
+
+
+async def test_events_arriving_are_batched_and_drawn(runs):
+    run = runs / LIVE
+    batches = []
+    with hold_lock(run):
+        app = make_app(runs, run, poll_interval=0.05)
+        async with app.run_test(size=SIZE, message_hook=lambda m: batches.append(m) if isinstance(m, EventsBatch) else None) as pilot:
+            screen = await open_live(app, pilot)
+            before = len(screen.model.loss)
+            append_events(run, *[{"type": "train_step", "iteration": 5, "step": i, "loss": 1.0 / (i + 1), "kl": 0.5,
+                                  "mse": 0.5, "lr": 1e-4, "tokens_per_s": 1000.0} for i in range(300)],
+                          {"type": "log", "level": "warning", "message": "hello from the engine"})
+            await wait_for(pilot, lambda: len(screen.model.loss) == before + 300)
+            assert len({id(m) for m in batches}) <= 3  # one message per poll, not one per event
+            await wait_for(pilot, lambda: "540 steps" in str(screen.query_one("#loss-panel").border_title))
+            assert screen.model.lines[-1].text.endswith("hello from the engine")
+
+
+async def test_finished_run_and_toggles(runs):
+    app = make_app(runs, runs / FINISHED)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        assert screen.status == "finished" and not screen.query_one(DecisionPanel).display
+        for action in ("approve", "override", "pause", "stop", "mode"):
+            assert screen.check_action(action, ()) is False
+        await pilot.press("a")
+        assert commands(runs / FINISHED) == []
+        hm = screen.query_one(Heatmap)
+        assert hm.norm == "rank"
+        await pilot.press("n")
+        assert hm.norm == "iteration" and app.settings.heatmap_norm == "iteration"
+        assert "min-max per iteration" in hm.legend().plain
+        assert hm.effective_mode() == "blocks"
+        await pilot.press("g")
+        assert hm.effective_mode() == "shades"
+        row = hm.render_line(1)  # layer 0, the most important: full blocks
+        assert "█████" in "".join(seg.text for seg in row) and len({seg.style.bgcolor for seg in row}) == 1
+        await pilot.press("s")
+        assert app.settings.smoothing == 0.6
+        await pilot.press("y")
+        await pilot.pause(0.3)
+        assert app.settings.log_y and "EMA 0.6 · log y" in str(screen.query_one("#loss-panel").border_title)
+        await pilot.press("t")
+        assert app.theme == "ild-light"
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert app.screen is screen
+        # the inspector follows the cursor and shows the per-task breakdown
+        await pilot.press("left")
+        text = str(screen.query_one("#inspector").render())
+        assert "iteration 9" in text and "translate" in text and "rank" in text
+
+
+async def test_dead_run_and_no_healing_run(runs):
+    app = make_app(runs, runs / DEAD)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        assert screen.status == "died"
+        assert "engine dead" in str(screen.query_one("#run-header").render())
+        assert screen.check_action("stop", ()) is True  # a dead run can be told to stop when resumed
+    app = make_app(runs, runs / SHORTGPT)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        chart = screen.query_one("#loss-chart", BrailleChart)
+        assert "shortgpt does not heal" in str(chart.render())
+        assert screen.query_one(Heatmap).data.metric == "bi"
+
+
+async def test_escape_goes_to_the_runs_screen_and_back(runs):
+    from ild_tui.screens.runs import RunsScreen
+
+    app = make_app(runs, runs / FINISHED)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_live(app, pilot)
+        await pilot.press("r")
+        assert isinstance(app.screen, RunsScreen)
+        await wait_for(pilot, lambda: app.screen.scanned)
+        assert len(app.screen.rows) == 4
+        assert len(read_all(runs / FINISHED / "events.jsonl")) == 752

@@ -1,0 +1,140 @@
+"""The runs screen and the compare screen, driven with Pilot."""
+
+import pytest
+
+from ild_tui.screens.compare import CompareScreen, ComparedRun, removal_bars
+from ild_tui.screens.dialogs import ConfirmScreen
+from ild_tui.screens.runs import RunsScreen
+from ild_tui.widgets.palette import Palette
+from tests.test_tui_support import (  # noqa: F401  (tui_env is a fixture)
+    DEAD,
+    FINISHED,
+    LIVE,
+    SHORTGPT,
+    copy_all,
+    copy_fixture,
+    hold_lock,
+    make_app,
+    open_live,
+    tui_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("tui_env")
+SIZE = (160, 48)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return copy_all(tmp_path / "runs")
+
+
+async def _runs_screen(app, pilot) -> RunsScreen:
+    await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.scanned)
+    await pilot.pause()
+    return app.screen
+
+
+def _names(screen: RunsScreen) -> list[str]:
+    return [r.name for r in screen.shown]
+
+
+async def test_runs_list_sort_filter_open(runs):
+    with hold_lock(runs / LIVE):
+        app = make_app(runs)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await _runs_screen(app, pilot)
+            assert _names(screen) == [LIVE, DEAD, FINISHED, SHORTGPT]  # newest start first
+            by_name = {r.name: r for r in screen.rows}
+            assert by_name[LIVE].status == "running" and by_name[DEAD].status == "died"
+            assert by_name[FINISHED].status == "finished" and by_name[FINISHED].layers_now == 20
+            assert by_name[FINISHED].best is not None and by_name[FINISHED].duration > 0
+            assert "awaiting a decision" in by_name[LIVE].pending
+
+            await pilot.press("s")  # sort by name
+            assert screen.sort_key == "name" and _names(screen) == sorted(_names(screen), reverse=True)
+            await pilot.press("S")
+            assert _names(screen) == sorted(_names(screen))
+
+            await pilot.press("slash")
+            await pilot.press(*"distill")
+            assert _names(screen) == [FINISHED, LIVE]
+            await pilot.press("enter")  # back to the table, filter kept
+            assert _names(screen) == [FINISHED, LIVE]
+            await pilot.press("escape")
+            assert len(_names(screen)) == 4
+
+            # open the highlighted run, come back
+            screen.query_one("#runs-table").move_cursor(row=_names(screen).index(DEAD))
+            await pilot.press("enter")
+            live = await open_live(app, pilot)
+            assert live.run_dir.name == DEAD
+            await pilot.press("escape")
+            assert app.screen is screen
+
+
+async def test_runs_screen_sees_new_runs_and_shows_an_empty_state(tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    app = make_app(empty)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _runs_screen(app, pilot)
+        assert screen.rows == [] and "No runs in" in str(screen.query_one("#runs-empty").render())
+        copy_fixture(FINISHED, empty)
+        screen.rescan()
+        await wait_for(pilot, lambda: len(screen.rows) == 1)
+        assert screen.rows[0].name == FINISHED
+
+
+async def test_delete_asks_and_never_deletes_a_live_run(runs):
+    with hold_lock(runs / LIVE):
+        app = make_app(runs)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await _runs_screen(app, pilot)
+            table = screen.query_one("#runs-table")
+            table.move_cursor(row=_names(screen).index(LIVE))
+            await pilot.press("d")
+            assert not isinstance(app.screen, ConfirmScreen)  # refused outright
+            assert (runs / LIVE).is_dir()
+            table.move_cursor(row=_names(screen).index(DEAD))
+            await pilot.press("d")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert (runs / DEAD).is_dir()
+            await pilot.press("d", "y")
+            await wait_for(pilot, lambda: not (runs / DEAD).exists() and len(screen.rows) == 3)
+
+
+async def test_mark_and_compare(runs):
+    app = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _runs_screen(app, pilot)
+        table = screen.query_one("#runs-table")
+        table.move_cursor(row=_names(screen).index(FINISHED))
+        await pilot.press("space")
+        table.move_cursor(row=_names(screen).index(SHORTGPT))
+        await pilot.press("space")
+        assert len(screen.marked) == 2
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded)
+        cmp = app.screen
+        assert [r.name for r in cmp.runs] == [FINISHED, SHORTGPT]
+        assert cmp.query_one("#compare-table").row_count == 2
+        assert "Fig. 9" in str(cmp.query_one("#fig9").border_title)
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
+def test_compare_figures_data():
+    from engine.runlog.fold import fold
+    from engine.runlog.tailer import read_all
+    from tests.test_tui_support import FIXTURES
+
+    runs = [ComparedRun(str(FIXTURES / n), n, fold(read_all(FIXTURES / n / "events.jsonl")), "finished")
+            for n in (FINISHED, SHORTGPT, DEAD)]
+    curve = runs[0].curve()
+    assert [x for x, _ in curve] == list(range(11))  # teacher, then one point per layer removed
+    assert curve[0][1] == pytest.approx(0.4708, abs=1e-3)
+    assert [x for x, _ in runs[2].curve()] == [0, 1, 2, 3]
+    text = removal_bars(runs, Palette(), 100, 12).plain
+    assert "original layer index" in text and "3 ┤" in text  # layer 21 went in all three runs
