@@ -34,7 +34,7 @@ class HealSettings(_Strict):
     grad_accum: int = Field(default=1, ge=1)
     clip: float = Field(default=1.0, ge=0)
     seq_len: int = Field(default=256, ge=8)
-    train_tokens: int = Field(default=16384, ge=8)
+    train_tokens: int = Field(default=32768, ge=8)
     heldout_tokens: int = Field(default=2048, ge=8)
     data: str = "embedded"
     text_field: str = "text"

@@ -475,15 +475,15 @@ def export(run_ref, out, runs_dir):
 @click.option("--target-layers", type=int, default=28, show_default=True)
 @click.pass_context
 def demo(ctx, runs_dir, target_layers):
-    """Prune the embedded SmolLM2-135M offline, then print the run's table.
+    """Prune the embedded SmolLM2-135M offline with the paper's method, then print the run's table.
 
-    Until healing lands (issue #4) the demo runs `iterative-pruning` (task-drop importance,
-    re-scored every iteration, no distillation).
+    `iterative-distill`: task-drop importance re-scored every iteration, each removal healed by
+    distillation against the teacher; no network, no GPU.
     """
     import time as _time
 
     name = f"demo-{_time.strftime('%Y%m%d-%H%M%S')}"
-    ctx.invoke(run, model="smollm2-135m", strategy="iterative-pruning", target_layers=target_layers, suite="default",
+    ctx.invoke(run, model="smollm2-135m", strategy="iterative-distill", target_layers=target_layers, suite="default",
                importance=None, name=name, runs_dir=runs_dir, headless=True, batch_tokens=4096, device=None, seed=0)
     ctx.invoke(show, run_ref=name, runs_dir=runs_dir)
     click.echo(f"\nexported model: {runs_dir}/{name}/export  (reload with AutoModelForCausalLM.from_pretrained)")
