@@ -229,7 +229,8 @@ class Healer:
             total_steps = min(total_steps, max_steps)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + iteration))
 
-        self.cache.ensure(self._needed(pairs, layer_map), "train")
+        if config.cached:
+            self.cache.ensure(self._needed(pairs, layer_map), "train")
         start = min(trainable) if config.cached else 0
         prefix = None
         if config.cached and start > 0:
