@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from engine.models.adapters import adapter_for
 from engine.models.export import export_model
 from engine.models.loading import load_model, model_version
 from engine.models.surgery import layer_map, parameter_count, remove_layers
-from engine.runlog.atomic import read_json, write_json_atomic
+from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
 from engine.runlog.events import EventWriter
 from engine.runlog.layout import RunDir
 from engine.runlog.state import write_state
@@ -142,7 +143,7 @@ class Runner:
             self.teacher = load_model(config.model, device=config.device).model
         self.healer = self._make_healer() if self.strategy.heal else None
 
-        if self.iteration == 0 and not self._has_eval(0, "teacher"):
+        if self.iteration == 0 and not self._has_event("eval", iteration=0, stage="teacher"):
             self._phase("evaluating", "teacher")
             scores = self.evaluator.evaluate([None], progress=self.progress)[None]
             self._eval_event(0, "teacher", scores)
@@ -393,13 +394,9 @@ class Runner:
             "decision": {"layer": decision.layer, "by": decision.by, "proposed": self.removed[-1]["proposed"] if self.removed else None},
         })
         os.replace(tmp, target)
-        from engine.runlog.atomic import write_text_atomic
-
         write_text_atomic(root / "PARTIAL", target.name)
         for old in root.glob("partial-*"):
             if old.name != target.name:
-                import shutil
-
                 shutil.rmtree(old, ignore_errors=True)
         self.emit("checkpoint", iteration=self.iteration, name=target.name, path=str(target), partial=True, step=state.step)
 
@@ -422,8 +419,6 @@ class Runner:
         return decision
 
     def _drop_partials(self) -> None:
-        import shutil
-
         root = self.rundir.checkpoints_dir
         (root / "PARTIAL").unlink(missing_ok=True)
         for old in root.glob("partial-*"):
@@ -472,16 +467,13 @@ class Runner:
         self.progress.phase = phase
         self.emit("phase", iteration=self.iteration, phase=phase, detail=detail)
 
-    def _has_event(self, type_: str) -> bool:
-        from engine.runlog.tailer import read_all
+    def _has_event(self, type_: str, **fields) -> bool:
+        """Whether the log (as it was when this engine started) already holds such an event."""
+        if not hasattr(self, "_logged"):
+            from engine.runlog.tailer import read_all
 
-        return any(e.get("type") == type_ for e in read_all(self.rundir.events_file))
-
-    def _has_eval(self, iteration: int, stage: str) -> bool:
-        from engine.runlog.tailer import read_all
-
-        return any(e.get("type") == "eval" and e.get("iteration") == iteration and e.get("stage") == stage
-                   for e in read_all(self.rundir.events_file))
+            self._logged = read_all(self.rundir.events_file)
+        return any(e.get("type") == type_ and all(e.get(k) == v for k, v in fields.items()) for e in self._logged)
 
 
 def load_layer_tensors(model, path: Path) -> None:

@@ -35,10 +35,15 @@ def create_run(run_dir: Path, config: dict) -> Path:
         [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True, env=_engine_env()
     )
     if result.returncode != 0:
-        lines = [l for l in result.stderr.strip().splitlines() if l.startswith("ild: ")]
-        message = lines[-1].removeprefix("ild: ") if lines else (result.stderr.strip().splitlines() or ["engine failed"])[-1]
-        raise LaunchError(message, 2 if result.returncode == 2 else 1)
+        raise LaunchError(_engine_message(result.stderr, "engine failed"), 2 if result.returncode == 2 else 1)
     return run_dir
+
+
+def _engine_message(stderr: str, fallback: str) -> str:
+    """The engine's own one-line error (``ild: ...``), else its last line."""
+    lines = stderr.strip().splitlines()
+    mine = [line for line in lines if line.startswith("ild: ")]
+    return mine[-1].removeprefix("ild: ") if mine else (lines or [fallback])[-1]
 
 
 def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> int:
@@ -90,5 +95,4 @@ def start_detached(run_dir: Path) -> int:
 def export_run(run_dir: Path, out: Path) -> None:
     result = subprocess.run([*ENGINE, str(run_dir), "--export", "--out", str(out)], capture_output=True, text=True, env=_engine_env())
     if result.returncode != 0:
-        lines = [l for l in result.stderr.strip().splitlines() if l.startswith("ild: ")]
-        raise LaunchError(lines[-1].removeprefix("ild: ") if lines else "export failed", result.returncode)
+        raise LaunchError(_engine_message(result.stderr, "export failed"), result.returncode)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.runlog.atomic import temp_name
+from engine.runlog.atomic import write_bytes_atomic
 from engine.runlog.layout import RunDir
 from engine.runlog.tailer import EventTailer
 
@@ -157,20 +157,7 @@ def send_command(
     command_id = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     payload = {"id": command_id, "name": name, "args": args, "t": time.time(), "by": by or _default_sender()}
     data = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    final = rd.commands_dir / f"{command_id}.json"
-    tmp = rd.commands_dir / temp_name(final.name)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_bytes_atomic(rd.commands_dir / f"{command_id}.json", data)
     return command_id
 
 
