@@ -205,16 +205,15 @@ def test_thread_safety(tmp_path):
     assert seqs(read_all(p)) == list(range(800))
 
 
-def test_parse_100k_events_fast(tmp_path):
+def test_parse_100k_events(tmp_path):
+    """Correctness at scale; the speed is measured by bench/tui.py (paint of a 100k-event run)."""
     p = tmp_path / "events.jsonl"
     line = {"t": 1.0, "type": "train_step", "iteration": 3, "step": 0, "loss": 1.2345, "kl": 0.1, "lr": 1e-4}
     with open(p, "wb") as f:
         f.write(b"".join(json.dumps({"seq": i, **line}).encode() + b"\n" for i in range(100_000)))
-    t0 = time.perf_counter()
     events = read_all(p)
-    elapsed = time.perf_counter() - t0
     assert len(events) == 100_000 and events[-1]["seq"] == 99_999
-    assert elapsed < 1.0, elapsed
+    assert [e["seq"] for e in events[:3]] == [0, 1, 2]
 
 
 REPO = Path(__file__).resolve().parents[1]
