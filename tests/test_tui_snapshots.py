@@ -44,6 +44,10 @@ async def _until(pilot, predicate, timeout=10.0):
 
 async def _live_painted(pilot):
     await _until(pilot, lambda: isinstance(pilot.app.screen, LiveScreen) and pilot.app.screen.painted)
+    # Let the 4 Hz redraw pass that follows the replay land even on a loaded machine (a snapshot
+    # taken between the two flaked once in CI-like conditions).
+    await pilot.pause(0.6)
+    await pilot.wait_for_scheduled_animations()
 
 
 async def _runs_scanned(pilot):
