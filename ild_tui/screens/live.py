@@ -503,24 +503,27 @@ class LiveScreen(Screen):
         self._draw()
         return cid
 
-    def action_approve(self) -> None:
+    def _open_proposal(self) -> dict | None:
+        """The proposal a person may still decide, or None (with the reason shown)."""
         pending = self.model.state.pending_proposal if self.model else None
         if not pending:
             self.notify("nothing awaits a decision", severity="warning")
-            return
+            return None
         if self.model.awaiting_reply():
             self.notify("a decision was already sent; waiting for the engine", severity="warning")
+            return None
+        return pending
+
+    def action_approve(self) -> None:
+        pending = self._open_proposal()
+        if pending is None:
             return
         layer = pending.get("layer")
         self._send("approve", **({"layer": layer} if isinstance(layer, int) else {}))
 
     def action_override(self, layer: int | None = None) -> None:
-        pending = self.model.state.pending_proposal if self.model else None
-        if not pending:
-            self.notify("nothing awaits a decision", severity="warning")
-            return
-        if self.model.awaiting_reply():
-            self.notify("a decision was already sent; waiting for the engine", severity="warning")
+        pending = self._open_proposal()
+        if pending is None:
             return
         panel = self.query_one(DecisionPanel)
         if layer is None:
