@@ -100,5 +100,14 @@ class Inspector(Static):
     Inspector { width: 34; padding: 0 1; height: 1fr; border-left: vkey $panel; }
     """
 
+    _shown: tuple | None = None
+
     def show(self, state: RunState, layer: int | None, iteration: int | None, palette: Palette = DEFAULT) -> None:
+        self._shown = (state, layer, iteration, palette)
         self.update(inspect_text(state, layer, iteration, max(self.size.width - 2, 20), palette))
+
+    def on_resize(self) -> None:
+        # The first show() can run before layout gives the widget its width (task names would stay
+        # cut to the fallback width until the cursor moved).
+        if self._shown is not None:
+            self.show(*self._shown)
