@@ -77,6 +77,22 @@ def _answer_index(row: dict, n: int, task: TaskSpec, index: int) -> int:
     raise TaskFileError(f"task '{task.name}': row {index}: answer {answer!r} is not a choice index, letter or choice text")
 
 
+def _lm_sequence(task: TaskSpec, row: dict, tokenizer) -> ScoredSequence | None:
+    """Score the tokens of the text; with a ``prompt``, the prompt is context that is not scored
+    (teacher-forced copying: the prompt holds the passage, the text is scored as its copy)."""
+    text = _format("{text}", row, task)
+    if not task.prompt:
+        ids = _encode(tokenizer, text, special=True)[: task.max_tokens]
+        return ScoredSequence(ids, list(range(len(ids) - 1)), ids[1:], item=0) if len(ids) >= 2 else None
+    context = _encode(tokenizer, _format(task.prompt, row, task), special=True)
+    scored = _encode(tokenizer, text, special=False)[: task.max_tokens]
+    if not context or not scored:
+        return None
+    ids = context + scored
+    start = len(context) - 1
+    return ScoredSequence(ids, list(range(start, len(ids) - 1)), scored, item=0, chars=len(text))
+
+
 def _mc_context(task: TaskSpec, row: dict) -> str:
     lettered = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(row["choices"]))
     return _format(task.prompt, {**row, "choices_lettered": lettered, "letters": ", ".join(LETTERS[: len(row["choices"])])}, task)
@@ -89,10 +105,10 @@ def prepare_task(task: TaskSpec, tokenizer) -> PreparedTask:
         _prepare_mc(prepared, rows, shots, tokenizer)
     elif task.kind == "language_modeling":
         for i, row in enumerate(rows):
-            ids = _encode(tokenizer, _format("{text}", row, task), special=True)[: task.max_tokens]
-            if len(ids) < 2:
-                continue
-            prepared.sequences.append(ScoredSequence(ids, list(range(len(ids) - 1)), ids[1:], item=i))
+            sequence = _lm_sequence(task, row, tokenizer)
+            if sequence is not None:
+                sequence.item = i
+                prepared.sequences.append(sequence)
     else:
         prefix = "".join(_format(task.prompt, s, task) + _format(task.target, s, task) + "\n\n" for s in shots)
         for i, row in enumerate(rows):
