@@ -51,6 +51,9 @@ class HealSettings(_Strict):
     hidden: Literal["last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none"] = "last_trainable+last"
     final_norm: bool = True
     cached: bool = True
+    fused_head: bool = True
+    head_matmul: Literal["auto", "bf16", "fp32"] = "auto"
+    teacher_topk: int = Field(default=0, ge=0)
     cache_limit_mb: int = Field(default=1024, ge=1)
     checkpoint_every_s: float = Field(default=120.0, gt=0)
 

@@ -224,7 +224,7 @@ class Runner:
             trainable=TrainableConfig(choice=h.trainable, k=h.trainable_k, train_norm=h.train_norm, train_head=h.train_head),
             data=DataConfig(source=h.data, text_field=h.text_field, seq_len=h.seq_len, train_tokens=h.train_tokens, heldout_tokens=h.heldout_tokens),
             lr=h.lr, warmup_steps=h.warmup_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, clip=h.clip,
-            cached=h.cached, cache_limit_mb=h.cache_limit_mb, checkpoint_every_s=h.checkpoint_every_s,
+            cached=h.cached, fused_head=h.fused_head, head_matmul=h.head_matmul, teacher_topk=h.teacher_topk, cache_limit_mb=h.cache_limit_mb, checkpoint_every_s=h.checkpoint_every_s,
         )
         self._phase("preparing", "distillation data")
         try:

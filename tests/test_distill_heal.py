@@ -9,7 +9,7 @@ from engine.distill.trainable import TrainableConfig, choose_trainable
 from engine.models.surgery import layer_map, remove_layers
 
 
-def _setup(cached=True, lr=1e-3, seed=0):
+def _setup(cached=True, lr=1e-3, seed=0, **heal):
     from transformers import AutoModelForCausalLM
 
     from tests.tiny_models import tiny_config
@@ -23,7 +23,8 @@ def _setup(cached=True, lr=1e-3, seed=0):
     g = torch.Generator().manual_seed(5)
     train = torch.randint(3, 256, (16, 24), generator=g)
     heldout = torch.randint(3, 256, (4, 24), generator=g)
-    config = HealConfig(lr=lr, batch_size=4, cached=cached, data=DataConfig(seq_len=24))
+    heal.setdefault("head_matmul", "fp32")  # exact comparisons; bf16 has its own test
+    config = HealConfig(lr=lr, batch_size=4, cached=cached, data=DataConfig(seq_len=24), **heal)
     cache = TeacherCache(teacher, train, heldout, None, 1 << 30, 4)
     return teacher, student, Healer(student, teacher, cache, config)
 
@@ -46,6 +47,49 @@ def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
         assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-5)
     assert [s["step"] for s in runs[True][0]] == [1, 2, 3, 4]
     assert {"loss", "kl", "mse", "lr", "grad_norm", "tokens_per_s"} <= set(runs[True][0][0])
+
+
+@pytest.mark.parametrize("heal", [{"fused_head": False}, {"teacher_topk": 256}], ids=["dense-head", "topk-whole-vocab"])
+def test_cached_variants_equal_the_plain_loop(heal):
+    """The fused head is on by default; without it, or with a top-k cache as large as the vocabulary
+    (an empty tail: the bucketed KL is then exact), the cached loop still trains as the plain loop."""
+    runs = {}
+    for cached in (True, False):
+        teacher, student, healer = _setup(cached=cached, **heal)
+        assert healer._fused() == heal.get("fused_head", True)
+        steps = []
+        healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
+        runs[cached] = (steps, student.state_dict())
+    for a, b in zip(runs[True][0], runs[False][0]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    for key in runs[True][1]:
+        assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-5)
+
+
+def test_bf16_head_matmul_trains_like_fp32():
+    """The fused head in bfloat16 (auto on CUDA and AVX512-BF16 CPUs): same steps within bf16 noise."""
+    runs = {}
+    for head in ("fp32", "bf16"):
+        _, student, healer = _setup(head_matmul=head)
+        steps = []
+        healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
+        runs[head] = (steps, student.state_dict())
+    for a, b in zip(runs["fp32"][0], runs["bf16"][0]):
+        assert b["kl"] == pytest.approx(a["kl"], rel=0.02, abs=1e-4)
+    for key, value in runs["fp32"][1].items():
+        assert torch.allclose(value, runs["bf16"][1][key], atol=2e-3), key
+
+
+def test_topk_teacher_cache_heals_with_a_lower_bound_of_the_kl():
+    _, _, exact = _setup()
+    _, student, healer = _setup(teacher_topk=8)
+    steps, exact_steps = [], []
+    healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
+    exact.heal([2, 3], iteration=1, seed=0, on_step=exact_steps.append)
+    # Step 1 sees the same weights: the bucketed KL is at most the exact one.
+    assert steps[0]["kl"] <= exact_steps[0]["kl"] + 1e-6
+    logp, ids, tail = healer.cache.topk["train"]
+    assert logp[:].shape[-1] == 8 and torch.all(tail[:] <= 0)
 
 
 def test_healing_lowers_the_heldout_distillation_loss():

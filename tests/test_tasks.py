@@ -33,7 +33,7 @@ name: tiny
 tasks:
   - {name: lm, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: next_token_accuracy, samples: 8}
   - {name: ppl, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: perplexity_score, samples: 6}
-  - {name: copy_tf, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, prompt: "{text} :", metric: next_token_accuracy, samples: 6}
+  - {name: copy_tf, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, prompt: "{text} :", metric: next_token_probability, samples: 6}
   - name: mc
     kind: multiple_choice
     source: {type: jsonl, path: mc.jsonl}
@@ -95,14 +95,15 @@ def test_shared_prefix_equals_naive_and_plain_removal(tmp_path):
 
 
 def test_language_modeling_prompt_is_context_not_scored(tmp_path):
-    """Teacher-forced copying: only the text after the prompt is scored, by the model's argmax."""
+    """Teacher-forced copying: only the text after the prompt is scored, by the probability the model
+    gives each right token."""
     from engine.tasks.requests import prepare_task
 
     suite, tok = _suite(tmp_path)
     task = next(t for t in suite.tasks if t.name == "copy_tf")
     prepared = prepare_task(task, tok)
     model = tiny_model("llama")
-    correct = total = 0
+    probability = total = 0.0
     for seq in prepared.sequences:
         context = tok(seq_text := _row_text(tmp_path, seq.item) + " :")["input_ids"]
         scored = tok(_row_text(tmp_path, seq.item), add_special_tokens=False)["input_ids"]
@@ -110,11 +111,11 @@ def test_language_modeling_prompt_is_context_not_scored(tmp_path):
         assert seq.positions == list(range(len(context) - 1, len(seq.ids) - 1))
         with torch.no_grad():
             logits = model(torch.tensor([seq.ids])).logits[0]
-        predicted = logits[len(context) - 1 : -1].argmax(-1)
-        correct += int((predicted == torch.tensor(scored)).sum())
+        probs = logits[len(context) - 1 : -1].softmax(-1)
+        probability += float(probs[torch.arange(len(scored)), torch.tensor(scored)].sum())
         total += len(scored)
     score = SuiteEvaluator(model, tok, suite).evaluate([None])[None]["copy_tf"]
-    assert score == pytest.approx(correct / total)
+    assert score == pytest.approx(probability / total, rel=1e-4)
 
 
 def _row_text(tmp_path, index):

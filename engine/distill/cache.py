@@ -25,7 +25,7 @@ class BlockStore:
         if nbytes > limit_bytes and spill_dir is not None:
             spill_dir.mkdir(parents=True, exist_ok=True)
             self.path = spill_dir / f"{uuid.uuid4().hex}.bin"
-            np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32}[dtype]
+            np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32, torch.int32: np.int32}[dtype]
             self._array = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=(n, *shape))
             self._tensor = None
         else:
@@ -40,7 +40,7 @@ class BlockStore:
         if self._tensor is not None:
             self._tensor[index] = value.to(self.dtype)
         else:
-            self._array[index] = value.float().numpy() if self._array.dtype == np.float32 else value.half().numpy()
+            self._array[index] = value.to({np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32}[self._array.dtype.type]).numpy()
 
     def __getitem__(self, index) -> torch.Tensor:
         if self._tensor is not None:

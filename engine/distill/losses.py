@@ -101,10 +101,13 @@ def total_loss(
     teacher_hidden: dict[int, torch.Tensor],
     mask: torch.Tensor,
     config: LossConfig,
+    kl: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, kl, mse); the MSE is summed over the compared layers, as in the paper."""
-    kl = kl_loss(student_logits, teacher_logits, mask, config)
-    mse = student_logits.new_zeros((), dtype=torch.float32)
+    """(total, kl, mse); the MSE is summed over the compared layers, as in the paper. ``kl`` given
+    (the fused head + KL of ``fused_kl``) replaces the KL of the two logits, which are then unused."""
+    if kl is None:
+        kl = kl_loss(student_logits, teacher_logits, mask, config)
+    mse = kl.new_zeros((), dtype=torch.float32)
     for key, value in student_hidden.items():
         mse = mse + mse_loss(value, teacher_hidden[key], mask)
     return kl * config.kl_scale + mse * config.mse_scale, kl.detach(), mse.detach()

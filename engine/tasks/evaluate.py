@@ -283,6 +283,8 @@ def _forward_score(task: PreparedTask, results: list[SequenceResult]) -> float:
         if spec.metric == "next_token_accuracy":
             correct = sum(int((r.argmax == torch.tensor(s.targets)).sum()) for r, s in zip(results, task.sequences))
             return correct / max(1, total)
+        if spec.metric == "next_token_probability":
+            return sum(float(r.logprobs.exp().sum()) for r in results) / max(1, total)
         nll = -sum(float(r.logprobs.sum()) for r in results) / max(1, total)
         return perplexity_score(nll)
     # multiple choice

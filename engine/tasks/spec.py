@@ -27,7 +27,7 @@ KIND_FIELDS = {
 METRICS = {
     "multiple_choice": {"accuracy"},
     "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu"},
-    "language_modeling": {"next_token_accuracy", "perplexity_score"},
+    "language_modeling": {"next_token_accuracy", "next_token_probability", "perplexity_score"},
 }
 
 
