@@ -67,17 +67,28 @@ def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     assert json.loads((out / "config.json").read_text())["ild_layer_map"] == export["ild_layer_map"]
 
 
-@pytest.mark.parametrize("strategy", ["shortgpt", "iterative-bi"])
-def test_bi_strategies_finish(tiny, tmp_path, strategy):
+@pytest.mark.parametrize("strategy", ["shortgpt", "iterative-bi", "iterative-bi-distill", "iterative-distill"])
+def test_strategies_finish(tiny, tmp_path, strategy):
     runs = tmp_path / "runs"
     result = ild("run", "--model", str(tiny / "model"), "--strategy", strategy, "--target-layers", "4",
-                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "r", "--headless")
+                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "r", "--headless",
+                 "--set", "heal.train_tokens=192", "--set", "heal.seq_len=24", "--set", "heal.heldout_tokens=48")
     assert result.returncode == 0, result.stderr + result.stdout
     events = read_all(runs / "r" / "events.jsonl")
     importance = [e for e in events if e["type"] == "importance"]
-    assert [e["metric"] for e in importance] == ["bi", "bi"]
+    metric = "task_drop" if strategy == "iterative-distill" else "bi"
+    assert [e["metric"] for e in importance] == [metric, metric]
     assert importance[1].get("reused", False) is (strategy == "shortgpt")
-    assert len([e for e in events if e["type"] == "eval" and e["stage"] == "after_removal"]) == 2
+    stages = [e["stage"] for e in events if e["type"] == "eval"]
+    assert stages.count("after_removal") == 2
+    heals = strategy.endswith("distill")
+    assert stages.count("after_healing") == (2 if heals else 0)
+    steps = [e for e in events if e["type"] == "train_step"]
+    assert bool(steps) is heals
+    if heals:
+        assert {"loss", "kl", "mse", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
+        shown = ild("show", "r", "--runs-dir", str(runs))
+        assert shown.stdout.count("after_healing") == 2, shown.stdout
 
 
 @pytest.mark.parametrize(
