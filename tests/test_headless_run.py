@@ -45,7 +45,7 @@ def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     assert len(removed) == 2 and len(set(removed)) == 2
     importance = [e for e in events if e["type"] == "importance"]
     assert importance[0]["metric"] == "task_drop" and len(importance[0]["scores"]) == 6 and len(importance[1]["scores"]) == 5
-    assert set(importance[0]["per_task"]) == {"lm", "ppl", "copy_tf", "mc", "mc_letter", "copy", "translate"}
+    assert set(importance[0]["per_task"]) == {"lm", "ppl", "lm_ctx", "copy_tf", "mc", "mc_letter", "copy", "translate"}
     proposal = [e for e in events if e["type"] == "proposal"][0]
     assert proposal["layer"] == min(proposal["candidates"], key=lambda c: (c["score"], c["layer"]))["layer"]
 

@@ -33,6 +33,7 @@ name: tiny
 tasks:
   - {name: lm, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: next_token_accuracy, samples: 8}
   - {name: ppl, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: perplexity_score, samples: 6}
+  - {name: lm_ctx, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, context_tokens: 3, metric: next_token_probability, samples: 6}
   - {name: copy_tf, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, prompt: "{text} :", metric: next_token_probability, samples: 6}
   - name: mc
     kind: multiple_choice
@@ -90,7 +91,7 @@ def test_shared_prefix_equals_naive_and_plain_removal(tmp_path):
         for task, value in plain.items():
             assert shared[c][task] == pytest.approx(value, abs=1e-4), (c, task)
     for scores in shared.values():
-        assert set(scores) == {"lm", "ppl", "copy_tf", "mc", "mc_letter", "copy", "translate"}
+        assert set(scores) == {"lm", "ppl", "lm_ctx", "copy_tf", "mc", "mc_letter", "copy", "translate"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
@@ -116,6 +117,15 @@ def test_language_modeling_prompt_is_context_not_scored(tmp_path):
         total += len(scored)
     score = SuiteEvaluator(model, tok, suite).evaluate([None])[None]["copy_tf"]
     assert score == pytest.approx(probability / total, rel=1e-4)
+
+
+def test_language_modeling_context_tokens_are_read_not_scored(tmp_path):
+    from engine.tasks.requests import prepare_task
+
+    suite, tok = _suite(tmp_path)
+    task = next(t for t in suite.tasks if t.name == "lm_ctx")
+    for seq in prepare_task(task, tok).sequences:
+        assert seq.targets == seq.ids[3:] and seq.positions == list(range(2, len(seq.ids) - 1))
 
 
 def _row_text(tmp_path, index):

@@ -79,11 +79,15 @@ def _answer_index(row: dict, n: int, task: TaskSpec, index: int) -> int:
 
 def _lm_sequence(task: TaskSpec, row: dict, tokenizer) -> ScoredSequence | None:
     """Score the tokens of the text; with a ``prompt``, the prompt is context that is not scored
-    (teacher-forced copying: the prompt holds the passage, the text is scored as its copy)."""
+    (teacher-forced copying: the prompt holds the passage, the text is scored as its copy). The first
+    ``context_tokens`` of the text are read but not scored (the next token given some context)."""
     text = _format("{text}", row, task)
     if not task.prompt:
         ids = _encode(tokenizer, text, special=True)[: task.max_tokens]
-        return ScoredSequence(ids, list(range(len(ids) - 1)), ids[1:], item=0) if len(ids) >= 2 else None
+        first = max(task.context_tokens, 1)
+        if len(ids) <= first:
+            return None
+        return ScoredSequence(ids, list(range(first - 1, len(ids) - 1)), ids[first:], item=0)
     context = _encode(tokenizer, _format(task.prompt, row, task), special=True)
     scored = _encode(tokenizer, text, special=False)[: task.max_tokens]
     if not context or not scored:

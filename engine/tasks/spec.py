@@ -81,6 +81,7 @@ class TaskSpec(_Strict):
     stop: list[str] = Field(default_factory=lambda: ["\n\n"])
     # language modelling
     max_tokens: int = Field(default=256, ge=8)
+    context_tokens: int = Field(default=0, ge=0)  # leading tokens of the text that are read, not scored
     description: str = ""
 
     @field_validator("fields")
@@ -107,6 +108,8 @@ class TaskSpec(_Strict):
             for name in _placeholders(getattr(self, template_name)):
                 if name not in allowed and name not in ("choices_lettered", "letters"):
                     raise ValueError(f"{template_name} template uses unknown field '{{{name}}}'")
+        if self.context_tokens and (self.kind != "language_modeling" or self.context_tokens >= self.max_tokens):
+            raise ValueError("context_tokens is for language_modeling tasks and must be below max_tokens")
         if self.kind == "generation" and not self.prompt:
             raise ValueError("a generation task needs a prompt template")
         return self
