@@ -393,6 +393,10 @@ class Runner:
             "iteration": self.iteration, "step": state.step, "trainable": trainable,
             "decision": {"layer": decision.layer, "by": decision.by, "proposed": self.removed[-1]["proposed"] if self.removed else None},
         })
+        if target.exists():
+            # Left by an engine killed after renaming it but before PARTIAL pointed at it: resumed from
+            # the earlier partial, this run reached the same step again; renaming onto it would fail.
+            shutil.rmtree(target)
         os.replace(tmp, target)
         write_text_atomic(root / "PARTIAL", target.name)
         for old in root.glob("partial-*"):

@@ -52,6 +52,14 @@ def test_kill_during_healing_then_resume_matches_uninterrupted(tiny, tmp_path):
     os.kill(engine.pid, signal.SIGKILL)
     engine.wait()
     assert (killed / "checkpoints" / "PARTIAL").is_file()
+    # What a kill between renaming a partial checkpoint and pointing PARTIAL at it leaves behind: the
+    # resumed run reaches those steps again and must write over them.
+    pointed = (killed / "checkpoints" / "PARTIAL").read_text().strip()
+    steps = HEAL["train_tokens"] // (HEAL["batch_size"] * HEAL["seq_len"])
+    for step in range(int(pointed.rsplit("-", 1)[1]) + 1, steps):
+        orphan = killed / "checkpoints" / f"partial-2-{step}"
+        orphan.mkdir(exist_ok=True)
+        (orphan / "partial.json").write_text("{}")
 
     resumed = ild("resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
