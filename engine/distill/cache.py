@@ -14,6 +14,11 @@ import numpy as np
 import torch
 
 
+# numpy has no bfloat16: such a store is kept as float32 on disk.
+_ON_DISK = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32, torch.int32: np.int32}
+_AS_TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32}
+
+
 class BlockStore:
     """``n`` blocks of shape ``shape``; RAM up to ``limit_bytes``, else a memory-mapped file."""
 
@@ -25,7 +30,7 @@ class BlockStore:
         if nbytes > limit_bytes and spill_dir is not None:
             spill_dir.mkdir(parents=True, exist_ok=True)
             self.path = spill_dir / f"{uuid.uuid4().hex}.bin"
-            np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32, torch.int32: np.int32}[dtype]
+            np_dtype = _ON_DISK[dtype]
             self._array = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=(n, *shape))
             self._tensor = None
         else:
@@ -40,7 +45,7 @@ class BlockStore:
         if self._tensor is not None:
             self._tensor[index] = value.to(self.dtype)
         else:
-            self._array[index] = value.to({np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32}[self._array.dtype.type]).numpy()
+            self._array[index] = value.to(_AS_TORCH[self._array.dtype.type]).numpy()
 
     def __getitem__(self, index) -> torch.Tensor:
         if self._tensor is not None:

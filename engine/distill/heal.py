@@ -17,6 +17,7 @@ benchmark and as the reference the tests compare against.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -159,6 +160,11 @@ class TeacherCache:
         with torch.no_grad():
             return self.adapter.head(self.final[split][index].to(device, self.adapter.lm_head.weight.dtype))
 
+    @torch.no_grad()
+    def normed_final(self, split: str, index, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The teacher's final hidden state after the final norm (what its LM head reads)."""
+        return self.adapter.norm(self.final[split][index].to(device, dtype))
+
     def hidden(self, split: str, original: int, index: slice, device) -> torch.Tensor:
         return self.layers[(split, original)][index].to(device)
 
@@ -184,6 +190,7 @@ class HealState:
     trainable: dict[str, torch.Tensor] | None = None
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bfloat16 matmuls run about 4x faster than float32 there (0.08 s against
     0.32 s for SmolLM2's head on 1,024 tokens, 2-core EPYC); elsewhere they are emulated, and slower."""
@@ -212,18 +219,22 @@ class Healer:
         self._head_cast: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _teacher_targets(self, split: str, index, pairs: list[int], layer_map: list[int], device):
-        with torch.no_grad():
-            teacher_logits = self.cache.logits(split, index, device)
-            teacher_hidden = {j: self._teacher_hidden(split, j, index, layer_map, device) for j in pairs}
-        return teacher_logits, teacher_hidden
+        return self.cache.logits(split, index, device), self._teacher_hiddens(split, index, pairs, layer_map, device)
 
-    def _teacher_hidden(self, split: str, j: int, index, layer_map: list[int], device) -> torch.Tensor:
-        """The student's last layer is compared with the teacher's output (the model output); any
-        other layer with the teacher's output of the same original layer."""
-        if j == len(layer_map) - 1:
-            final = self.cache.final[split][index].to(device)
-            return self.cache.adapter.norm(final) if self.config.loss.final_norm else final
-        return self.cache.hidden(split, layer_map[j], index, device)
+    @torch.no_grad()
+    def _teacher_hiddens(self, split: str, index, pairs: list[int], layer_map: list[int], device) -> dict[int, torch.Tensor]:
+        """What each compared student layer is compared with: the student's last layer with the
+        teacher's output (the model output), any other with the teacher's output of the same original layer."""
+        last = len(layer_map) - 1
+        out = {}
+        for j in pairs:
+            if j != last:
+                out[j] = self.cache.hidden(split, layer_map[j], index, device)
+            elif self.config.loss.final_norm:
+                out[j] = self.cache.normed_final(split, index, device)
+            else:
+                out[j] = self.cache.final[split][index].to(device)
+        return out
 
     def _fused(self) -> bool:
         """Whether the loss is one the fused head + KL computes: forward KL of log-probabilities
@@ -249,10 +260,8 @@ class Healer:
         return fused_head_kl(student_normed, weight, target, mask, loss.temperature, loss.reduction, matmul_dtype=matmul_dtype)
 
     def _exact_target(self, split: str, index, device) -> torch.Tensor:
-        """The teacher's normed final hidden state: the fused loss recomputes its logits chunk by chunk."""
-        final = self.cache.final[split][index].to(device, self.cache.adapter.lm_head.weight.dtype)
-        with torch.no_grad():
-            return self.cache.adapter.norm(final)
+        """The exact KL's target: the fused loss recomputes the teacher's logits from it chunk by chunk."""
+        return self.cache.normed_final(split, index, device, self.cache.adapter.lm_head.weight.dtype)
 
     def _needed(self, pairs: list[int], layer_map: list[int]) -> set[int]:
         return {layer_map[j] for j in pairs if j != len(layer_map) - 1}
@@ -274,7 +283,7 @@ class Healer:
             out, hidden = runner(None, ids)
             if fused:
                 # Always the exact KL here, whatever the training target: the figure users compare.
-                t_hidden = {j: self._teacher_hidden("heldout", j, index, layer_map, device) for j in pairs}
+                t_hidden = self._teacher_hiddens("heldout", index, pairs, layer_map, device)
                 kl = self._fused_kl(out, self._exact_target("heldout", index, device), mask, device, exact=True)
                 loss, kl, mse = total_loss(None, None, hidden, t_hidden, mask, self.config.loss, kl=kl)
             else:
@@ -363,8 +372,7 @@ class Healer:
                 mask = torch.ones_like(ids)
                 hidden = prefix[picked].to(device) if prefix is not None else None
                 if fused:
-                    with torch.no_grad():
-                        teacher_hidden = {j: self._teacher_hidden("train", j, picked, layer_map, device) for j in pairs}
+                    teacher_hidden = self._teacher_hiddens("train", picked, pairs, layer_map, device)
                     target = (self.cache.topk_target("train", picked, device) if config.teacher_topk
                               else self._exact_target("train", picked, device))
                 elif config.cached:
