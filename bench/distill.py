@@ -51,12 +51,13 @@ def main() -> int:
         for remove in [int(x) for x in args.remove.split(",")]:
             speeds = {}
             for mode in MODES:
-                argv = [a for a in sys.argv[1:]]
-                out = subprocess.run([sys.executable, __file__, *argv, "--remove-one", str(remove), "--mode", mode], capture_output=True, text=True)
+                out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--remove-one", str(remove), "--mode", mode],
+                                     capture_output=True, text=True)
+                first = not ratios and not speeds  # the machine and model lines, once
                 for line in out.stdout.splitlines():
                     if line.startswith("RESULT"):
                         speeds[mode] = float(line.split()[1])
-                    elif not ratios and mode == "plain" or not line.startswith(("machine", "model")):
+                    elif first or not line.startswith(("machine", "model")):
                         print(line)
                 if out.returncode:
                     print(out.stderr[-2000:])

@@ -8,14 +8,14 @@ from ild_tui.screens.live import EventsBatch
 from ild_tui.widgets.charts import BrailleChart
 from ild_tui.widgets.decision import DecisionPanel
 from ild_tui.widgets.heatmap import Heatmap
-from tests.test_tui_support import (  # noqa: F401  (tui_env is a fixture)
+from tests.test_tui_support import (  # noqa: F401  (tui_env and canned_runs are fixtures)
     DEAD,
     FINISHED,
     LIVE,
     SHORTGPT,
     append_events,
+    canned_runs,
     commands,
-    copy_all,
     hold_lock,
     make_app,
     open_live,
@@ -25,11 +25,6 @@ from tests.test_tui_support import (  # noqa: F401  (tui_env is a fixture)
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 SIZE = (160, 48)
-
-
-@pytest.fixture
-def runs(tmp_path):
-    return copy_all(tmp_path / "runs")
 
 
 def _title(panel: DecisionPanel) -> str:

@@ -6,12 +6,12 @@ from ild_tui.screens.compare import CompareScreen, ComparedRun, removal_bars
 from ild_tui.screens.dialogs import ConfirmScreen
 from ild_tui.screens.runs import RunsScreen
 from ild_tui.widgets.palette import Palette
-from tests.test_tui_support import (  # noqa: F401  (tui_env is a fixture)
+from tests.test_tui_support import (  # noqa: F401  (tui_env and canned_runs are fixtures)
     DEAD,
     FINISHED,
     LIVE,
     SHORTGPT,
-    copy_all,
+    canned_runs,
     copy_fixture,
     hold_lock,
     make_app,
@@ -22,11 +22,6 @@ from tests.test_tui_support import (  # noqa: F401  (tui_env is a fixture)
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 SIZE = (160, 48)
-
-
-@pytest.fixture
-def runs(tmp_path):
-    return copy_all(tmp_path / "runs")
 
 
 async def _runs_screen(app, pilot) -> RunsScreen:

@@ -323,6 +323,12 @@ async def wait_for(pilot, predicate, timeout: float = 10.0) -> None:
     await asyncio.sleep(0)
 
 
+@pytest.fixture(name="runs")
+def canned_runs(tmp_path) -> Path:
+    """A private copy of every canned run (tests may append events, lock or delete them)."""
+    return copy_all(tmp_path / "runs")
+
+
 @pytest.fixture
 def tui_env(tmp_path):
     """UTC clock formatting, a private config directory, colours on."""

@@ -77,7 +77,7 @@ def _answer_index(row: dict, n: int, task: TaskSpec, index: int) -> int:
     raise TaskFileError(f"task '{task.name}': row {index}: answer {answer!r} is not a choice index, letter or choice text")
 
 
-def _lm_sequence(task: TaskSpec, row: dict, tokenizer) -> ScoredSequence | None:
+def _lm_sequence(task: TaskSpec, row: dict, tokenizer, item: int) -> ScoredSequence | None:
     """Score the tokens of the text; with a ``prompt``, the prompt is context that is not scored
     (teacher-forced copying: the prompt holds the passage, the text is scored as its copy). The first
     ``context_tokens`` of the text are read but not scored (the next token given some context)."""
@@ -87,14 +87,14 @@ def _lm_sequence(task: TaskSpec, row: dict, tokenizer) -> ScoredSequence | None:
         first = max(task.context_tokens, 1)
         if len(ids) <= first:
             return None
-        return ScoredSequence(ids, list(range(first - 1, len(ids) - 1)), ids[first:], item=0)
+        return ScoredSequence(ids, list(range(first - 1, len(ids) - 1)), ids[first:], item=item)
     context = _encode(tokenizer, _format(task.prompt, row, task), special=True)
     scored = _encode(tokenizer, text, special=False)[: task.max_tokens]
     if not context or not scored:
         return None
     ids = context + scored
     start = len(context) - 1
-    return ScoredSequence(ids, list(range(start, len(ids) - 1)), scored, item=0, chars=len(text))
+    return ScoredSequence(ids, list(range(start, len(ids) - 1)), scored, item=item, chars=len(text))
 
 
 def _mc_context(task: TaskSpec, row: dict) -> str:
@@ -109,9 +109,8 @@ def prepare_task(task: TaskSpec, tokenizer) -> PreparedTask:
         _prepare_mc(prepared, rows, shots, tokenizer)
     elif task.kind == "language_modeling":
         for i, row in enumerate(rows):
-            sequence = _lm_sequence(task, row, tokenizer)
+            sequence = _lm_sequence(task, row, tokenizer, item=i)
             if sequence is not None:
-                sequence.item = i
                 prepared.sequences.append(sequence)
     else:
         prefix = "".join(_format(task.prompt, s, task) + _format(task.target, s, task) + "\n\n" for s in shots)
