@@ -57,6 +57,7 @@ def test_embedded_gguf_is_found_without_network():
 def test_embedded_smollm2_loads_removes_exports_and_generates(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from engine.models.cpu_linear import use_onednn_linears
     from engine.models.export import export_model
     from engine.models.surgery import layer_map, remove_layers
 
@@ -68,6 +69,10 @@ def test_embedded_smollm2_loads_removes_exports_and_generates(tmp_path, monkeypa
     assert layer_map(model) == [i for i in range(30) if i != 15]
     out = export_model(model, tok, tmp_path / "export", {"teacher": "smollm2-135m"})
     reloaded = AutoModelForCausalLM.from_pretrained(out)
+    theirs = reloaded.state_dict()
+    assert all(torch.equal(tensor, theirs[name]) for name, tensor in model.state_dict().items())
+    # load_model runs CPU linears through oneDNN; the same kernels give the same logits bit for bit.
+    use_onednn_linears(reloaded)
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**ids).logits, reloaded(**ids).logits)

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 
 from .device import best_device, default_dtype
+from .cpu_linear import use_onednn_linears
 from .errors import ModelSpecError
+from .host_memory import keep_freed_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,9 @@ def load_model(spec: str, device: torch.device | str | None = None, dtype: torch
         raise ModelSpecError(f"cannot load model '{spec}' from {where}: {_first_line(exc)}") from exc
     model.to(device)
     model.eval()
+    if device.type == "cpu":
+        keep_freed_host_memory()
+        use_onednn_linears(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     adapter_for(model)  # fail early, with the supported list, on an unknown architecture
