@@ -28,6 +28,28 @@ def test_layerwise_forward_matches_model(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_reading_some_positions_matches_the_whole_layer(family):
+    from engine.models.adapters import PLAIN_RESIDUAL_LAYERS
+
+    model = tiny_model(family)
+    ids, mask = batch()
+    adapter = adapter_for(model)
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    cols = torch.tensor([2, 5, 0, 3, 7])
+    trims = type(adapter.layers[0]).__name__ in PLAIN_RESIDUAL_LAYERS
+    assert trims == (family not in ("gemma2", "gemma3_text"))
+    with torch.no_grad():
+        inputs = adapter.prepare(ids, mask)
+        for skip in (None, 2, adapter.num_layers - 1):
+            full = adapter.run_layers(inputs.hidden, inputs, skip=skip)
+            read = adapter.run_layers(inputs.hidden, inputs, skip=skip, rows=rows, cols=cols)
+            assert read.shape == (5, full.shape[-1])
+            assert torch.allclose(read, full[rows, cols], atol=1e-5)
+        # Nothing left to run: the given state, read at the positions.
+        assert torch.equal(adapter.run_layers(inputs.hidden, inputs, start=adapter.num_layers, rows=rows, cols=cols), inputs.hidden[rows, cols])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_remove_layers_keeps_map_and_matches_skipping(family):
     model = tiny_model(family)
     ids, mask = batch()

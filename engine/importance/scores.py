@@ -95,10 +95,10 @@ def loss_drop_scores(
         teacher_logp = None
         if kind == "kl":
             t_adapter = adapter_for(teacher)
-            t_hidden = candidate_hidden(t_adapter, ids, mask, [None], shared=False)[None]
-            teacher_logp = torch.log_softmax(t_adapter.head(t_hidden[rows, cols]).float(), -1)
-        for c, hidden in candidate_hidden(adapter, ids, mask, candidates, shared).items():
-            logp = torch.log_softmax(adapter.head(hidden[rows, cols]).float(), -1)
+            t_hidden = candidate_hidden(t_adapter, ids, mask, [None], False, rows, cols)[None]
+            teacher_logp = torch.log_softmax(t_adapter.head(t_hidden).float(), -1)
+        for c, hidden in candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols).items():
+            logp = torch.log_softmax(adapter.head(hidden).float(), -1)
             if kind == "nll":
                 totals[c] += float(-logp.gather(1, targets[:, None]).sum())
             else:

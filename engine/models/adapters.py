@@ -29,6 +29,10 @@ SUPPORTED = {
     "gemma3_text": "layer_types",
 }
 
+# Decoder layers computed as h = x + attn(norm(x)); out = h + mlp(norm(h)) (Phi-3's residual dropouts
+# are the identity in eval mode), so the MLP can run at a subset of positions.
+PLAIN_RESIDUAL_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "Phi3DecoderLayer"}
+
 
 @dataclass
 class StackInputs:
@@ -135,13 +139,40 @@ class DecoderAdapter:
         )
         return out[0] if isinstance(out, tuple) else out
 
-    def run_layers(self, hidden: torch.Tensor, inputs: StackInputs, start: int = 0, stop: int | None = None, skip: int | None = None) -> torch.Tensor:
-        """Run layers [start, stop), leaving out ``skip`` (a current index) if given."""
+    def run_layer_at(self, index: int, hidden: torch.Tensor, inputs: StackInputs, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Layer ``index`` when only its output at positions (rows, cols) is read: [len(rows), hidden].
+
+        Attention still runs at every position (the read positions attend to all earlier ones), but
+        the MLP, three quarters of a Llama layer's work, runs only at the read positions. Families
+        whose layer is not ``x + attn(norm(x))`` then ``h + mlp(norm(h))`` run the whole layer.
+        """
+        layer = self.layers[index]
+        if type(layer).__name__ not in PLAIN_RESIDUAL_LAYERS or layer.training:
+            return self.run_layer(index, hidden, inputs)[rows, cols]
+        kind = self.layer_type(index)
+        attended = layer.self_attn(
+            hidden_states=layer.input_layernorm(hidden),
+            attention_mask=inputs.masks[kind],
+            position_ids=inputs.position_ids,
+            past_key_values=None,
+            use_cache=False,
+            position_embeddings=inputs.rotary[kind],
+        )[0]
+        read = (hidden + attended)[rows, cols]
+        return read + layer.mlp(layer.post_attention_layernorm(read))
+
+    def run_layers(self, hidden: torch.Tensor, inputs: StackInputs, start: int = 0, stop: int | None = None, skip: int | None = None,
+                   rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Run layers [start, stop), leaving out ``skip`` (a current index) if given; with ``rows``
+        and ``cols``, return only those positions (the last layer run by ``run_layer_at``)."""
         stop = self.num_layers if stop is None else stop
-        for index in range(start, stop):
-            if index != skip:
-                hidden = self.run_layer(index, hidden, inputs)
-        return hidden
+        indices = [index for index in range(start, stop) if index != skip]
+        last = indices.pop() if rows is not None and indices else None
+        for index in indices:
+            hidden = self.run_layer(index, hidden, inputs)
+        if rows is None:
+            return hidden
+        return hidden[rows, cols] if last is None else self.run_layer_at(last, hidden, inputs, rows, cols)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head (+ Gemma's logit soft-capping): the logits."""

@@ -5,7 +5,8 @@ What is shared (``shared=True``):
     generation tasks: for one batch, the input of every layer is computed once by the full pass;
     candidate *i* continues from layer *i*'s stored input through layers i+1.. and the head.
     Roughly L²/2 layer forwards per batch instead of L².
-  * The LM head runs only at the positions a task reads, not at every token.
+  * The LM head runs only at the positions a task reads, not at every token, a chunk of positions
+    at a time (``score_positions``). Not shared, but not repeated either: each candidate's head.
   * Generation: the current model's greedy output is the *draft*. Candidate *i* checks the whole
     draft in one teacher-forced pass (from the shared prefix); up to its first disagreement its
     greedy output is the draft's. Only from there does it decode on its own.
@@ -99,18 +100,20 @@ class SuiteEvaluator:
         for number, batch in enumerate(batches):
             seqs = [sequences[i] for i in batch]
             ids, mask, rows, cols, targets = pack_right(seqs, self.pad_id, device)
-            finals = candidate_hidden(adapter, ids, mask, candidates, shared)
-            for c, hidden in finals.items():
-                logits = adapter.head(hidden[rows, cols]).float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                chosen = logprobs.gather(1, targets[:, None])[:, 0].cpu()
-                argmax = logits.argmax(-1).cpu()
+            finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols)
+            letter_at = {}  # letter scoring: the row of the last target -> the letters' token ids
+            start = 0
+            for s in seqs:
+                start += len(s.positions)
+                if s.letter_ids:
+                    letter_at[start - 1] = s.letter_ids
+            for c in candidates:
+                # Popped so each candidate's final hidden state is freed once it is scored.
+                chosen, argmax, letters = score_positions(adapter, finals.pop(c), targets, letter_at)
                 start = 0
                 for row, s in enumerate(seqs):
                     n = len(s.positions)
-                    letter = -1
-                    if s.letter_ids:
-                        letter = int(logits[start + n - 1, s.letter_ids].argmax())
+                    letter = letters.get(start + n - 1, -1)
                     out[c][batch[row]] = SequenceResult(chosen[start : start + n], argmax[start : start + n], letter)
                     start += n
             progress(number + 1, len(batches))
@@ -247,8 +250,37 @@ def pack_right(seqs: list[ScoredSequence], pad_id: int, device) -> tuple[torch.T
     return ids.to(device), mask.to(device), rows.to(device), cols.to(device), targets.to(device)
 
 
-def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bool) -> dict[Candidate, torch.Tensor]:
-    """The last hidden state (before the final norm) of each candidate on one batch.
+HEAD_CHUNK = 256  # rows of logits at a time: 256 x 49k vocabulary is 50 MB, near the L3 cache
+
+
+def score_positions(adapter, hidden: torch.Tensor, targets: torch.Tensor, letter_at: dict[int, list[int]] | None = None, chunk: int = HEAD_CHUNK):
+    """The LM head at the scored positions, a chunk of rows at a time: the log-probability of each
+    target, the greedy token, and for the rows in ``letter_at`` the best of the given letter tokens.
+
+    The full logits (positions x vocabulary: 290 MB for 1,500 positions of SmolLM2) never exist at
+    once; a chunk is read back by the softmax while it is still in cache, which makes the head 1.5x
+    faster on the CPU than one big matmul followed by ``log_softmax``. Each row's values are the
+    same either way: rows are independent.
+    """
+    letter_at = letter_at or {}
+    n = hidden.shape[0]
+    chosen = torch.empty(n)
+    argmax = torch.empty(n, dtype=torch.long)
+    letters: dict[int, int] = {}
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        logits = adapter.head(hidden[start:stop]).float()
+        chosen[start:stop] = torch.log_softmax(logits, dim=-1).gather(1, targets[start:stop, None])[:, 0].cpu()
+        argmax[start:stop] = logits.argmax(-1).cpu()
+        for row, ids in letter_at.items():
+            if start <= row < stop:
+                letters[row] = int(logits[row - start, ids].argmax())
+    return chosen, argmax, letters
+
+
+def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bool, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> dict[Candidate, torch.Tensor]:
+    """The last hidden state (before the final norm) of each candidate on one batch; with ``rows``
+    and ``cols`` only at those positions (each candidate's last layer then runs its MLP only there).
 
     With ``shared`` the full pass stores every layer's input once, and candidate *i* runs only
     layers i+1.. from there; without it every candidate starts from the embeddings.
@@ -257,14 +289,23 @@ def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bo
     finals: dict[Candidate, torch.Tensor] = {}
     if not shared:
         for c in candidates:
-            finals[c] = adapter.run_layers(inputs.hidden, inputs, skip=c)
+            finals[c] = adapter.run_layers(inputs.hidden, inputs, skip=c, rows=rows, cols=cols)
         return finals
+    last = adapter.num_layers - 1
     layer_inputs, hidden = [], inputs.hidden
     for index in range(adapter.num_layers):
         layer_inputs.append(hidden)
-        hidden = adapter.run_layer(index, hidden, inputs)
+        if index < last:
+            hidden = adapter.run_layer(index, hidden, inputs)
     for c in candidates:
-        finals[c] = hidden if c is None else adapter.run_layers(layer_inputs[c], inputs, start=c + 1)
+        if c is None:
+            finals[c] = adapter.run_layers(layer_inputs[last], inputs, start=last, rows=rows, cols=cols)
+        elif c == last and rows is not None and last > 0:
+            # Without the last layer, layer last-1 is the one read at the rows: run it as the
+            # naive path does, so the two give the same numbers to the bit.
+            finals[c] = adapter.run_layers(layer_inputs[last - 1], inputs, start=last - 1, skip=last, rows=rows, cols=cols)
+        else:
+            finals[c] = adapter.run_layers(layer_inputs[c], inputs, start=c + 1, rows=rows, cols=cols)
     return finals
 
 
