@@ -186,3 +186,24 @@ def test_missing_column_is_clear(tmp_path):
 
     with pytest.raises(TaskFileError, match="no column 'body'"):
         task_rows(suite.tasks[0])
+
+
+def test_no_evaluation_text_is_in_the_distillation_data():
+    """Healing trains on distill_en.jsonl: any evaluation text in it (a passage, a paragraph to copy,
+    a question or any of its choices, distractors included) would score healing on its own data."""
+    import json
+
+    from engine.tasks.spec import DATA_DIR as EMBEDDED_DATA
+
+    def words(text):
+        return " ".join(text.split())
+
+    training = " ".join(words(json.loads(line)["text"]) for line in (EMBEDDED_DATA / "distill_en.jsonl").open())
+    snippets = []
+    for name in ("lm_heldout_en.jsonl", "copy_para_en.jsonl", "mc_en.jsonl"):
+        for line in (EMBEDDED_DATA / name).open():
+            row = json.loads(line)
+            for text in [row.get("text") or row["question"], *row.get("choices", [])]:
+                snippets.append(words(text)[:60])
+    assert len(snippets) == 40 + 40 + 120 * 5
+    assert [s for s in snippets if s in training] == []
