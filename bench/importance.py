@@ -1,17 +1,22 @@
-"""Task-drop scoring of every layer: naive per-candidate evaluation vs the shared prefix.
+"""Task-drop scoring of every layer: per-candidate evaluation vs the shared prefix.
 
-Both run in this process on the same model, suite and batches. "Naive" recomputes every
-candidate from the embeddings; "shared" computes each layer's input once per batch and continues
-candidate i from layer i's input (generation tasks also verify the current model's greedy output
-from the shared prefix). Prints the time of each, the ratio, and whether the scores (to 1e-4) and
-the rankings agree.
+All run in this process on the same model, suite and batches, in alternating rounds:
+- "shared" computes each layer's input once per batch and continues candidate i from layer i's
+  input (generation tasks also verify the current model's greedy output from the shared prefix);
+- "naive" is the same evaluator with the sharing off: every candidate from the embeddings, with
+  the same chunked LM head and last layer read at the scored positions only. Its ratio is what the
+  prefix sharing alone buys;
+- "plain" is the way an evaluation harness scores a candidate: the model's own forward with the
+  layer left out, logits and log-softmax at every position (forward-scored suites only).
+Prints the time of each, the ratios, and whether the scores (to 1e-4) and the rankings agree.
 
-    .venv/bin/python bench/importance.py [--model smollm2-135m] [--suite default] [--repeat 2]
+    .venv/bin/python bench/importance.py [--model smollm2-135m] [--suite default] [--repeat 2] [--skip-plain]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -28,6 +33,8 @@ def main() -> int:
     parser.add_argument("--suite", default="default")
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeat", type=int, default=2, help="rounds of (shared, naive); the best time of each is compared")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="leave out the plain way: each candidate as an evaluation harness runs it (the model's own forward, logits at every position)")
     args = parser.parse_args()
 
     import torch
@@ -48,26 +55,74 @@ def main() -> int:
     print(f"model {args.model} ({n} layers), suite {args.suite}: {', '.join(evaluator.task_names)}")
 
     # Alternating rounds, the best time of each mode: a shared VM's noise only ever adds time.
-    times, results = {"shared": [], "naive": []}, {}
+    generation = [t.spec.name for t in evaluator.tasks if t.spec.kind == "generation"]
+    if generation and not args.skip_plain:
+        print(f"plain way left out: it covers forward-scored tasks only, and {', '.join(generation)} generate")
+    modes = ("shared", "naive") if args.skip_plain or generation else ("shared", "naive", "plain")
+    times, results = {mode: [] for mode in modes}, {}
     for round_ in range(args.repeat):
-        for mode in ("shared", "naive"):
+        for mode in modes:
             start = time.perf_counter()
-            results[mode] = evaluator.evaluate(candidates, shared=(mode == "shared"))
+            if mode == "plain":
+                results[mode] = harness_scores(evaluator, candidates)
+            else:
+                results[mode] = evaluator.evaluate(candidates, shared=(mode == "shared"))
             times[mode].append(time.perf_counter() - start)
             print(f"round {round_ + 1} {mode:>6}: {times[mode][-1]:7.1f} s for {len(candidates)} variants (the model and {n} skip-one candidates)", flush=True)
     timings = {mode: min(values) for mode, values in times.items()}
-    print(f"best of {args.repeat}: shared {timings['shared']:.1f} s, naive {timings['naive']:.1f} s")
+    print(f"best of {args.repeat}: " + ", ".join(f"{mode} {timings[mode]:.1f} s" for mode in modes))
 
-    worst = max(abs(results["shared"][c][t] - results["naive"][c][t]) for c in candidates for t in evaluator.task_names)
     rank = {m: sorted(range(n), key=lambda i: (aggregate(results[m][None]) - aggregate(results[m][i]), i)) for m in results}
-    print(f"ratio naive/shared: {timings['naive'] / timings['shared']:.2f}x")
-    print(f"largest score difference: {worst:.2e} ({'equal to 1e-4' if worst <= 1e-4 else 'DIFFERENT'})")
-    print(f"rankings identical: {rank['shared'] == rank['naive']}")
+    agree = True
+    for mode, what in (("naive", "the same evaluator, every candidate from the embeddings"),
+                       ("plain", "the model's own forward per candidate, logits at every position")):
+        if mode not in results:
+            continue
+        worst = max(abs(results["shared"][c][t] - results[mode][c][t]) for c in candidates for t in evaluator.task_names)
+        same = worst <= 1e-4 and rank["shared"] == rank[mode]
+        agree &= same
+        print(f"ratio {mode}/shared: {timings[mode] / timings['shared']:.2f}x ({what}); "
+              f"largest score difference {worst:.2e} ({'equal to 1e-4' if worst <= 1e-4 else 'DIFFERENT'}), "
+              f"rankings identical: {rank['shared'] == rank[mode]}")
     print(f"ranking (least important first): {rank['shared']}")
     per_task = {t: [round(results['shared'][i][t], 3) for i in range(n)] for t in evaluator.task_names}
     for task, values in per_task.items():
         print(f"  {task:>14} per skipped layer: {values}")
-    return 0 if worst <= 1e-4 and rank["shared"] == rank["naive"] else 1
+    return 0 if agree else 1
+
+
+def harness_scores(evaluator, candidates):
+    """Each candidate as an evaluation harness scores it: the model's own forward with the layer
+    left out, logits and log-softmax at every position, then the scored positions read. Forward-
+    scored tasks only (the default suite)."""
+    import torch
+
+    from engine.models.surgery import skipping
+    from engine.tasks.evaluate import SequenceResult, _forward_score, pack_right
+
+    model = evaluator.model
+    device = next(model.parameters()).device
+    results = {}
+    for c in candidates:
+        scores = {}
+        with torch.no_grad(), (skipping(model, c) if c is not None else contextlib.nullcontext()):
+            for task in evaluator.tasks:
+                per_seq = [None] * len(task.sequences)
+                for batch in evaluator._batches(task.sequences):
+                    seqs = [task.sequences[i] for i in batch]
+                    ids, mask, rows, cols, targets = pack_right(seqs, evaluator.pad_id, device)
+                    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)[rows, cols]
+                    chosen = logprobs.gather(1, targets[:, None])[:, 0]
+                    argmax = logprobs.argmax(-1)
+                    start = 0
+                    for i, seq in zip(batch, seqs):
+                        n = len(seq.positions)
+                        letter = int(logprobs[start + n - 1, seq.letter_ids].argmax()) if seq.letter_ids else -1
+                        per_seq[i] = SequenceResult(chosen[start : start + n], argmax[start : start + n], letter)
+                        start += n
+                scores[task.spec.name] = _forward_score(task, per_seq)
+        results[c] = scores
+    return results
 
 
 if __name__ == "__main__":
