@@ -142,6 +142,48 @@ def test_scores_do_not_depend_on_batching(tmp_path):
             assert small[c][task] == pytest.approx(large[c][task], abs=1e-4)
 
 
+def test_head_chunks_cover_the_positions_in_equal_pieces():
+    from engine.tasks.evaluate import head_chunks
+
+    for n in (1, 15, 127, 128, 129, 300, 1457):
+        chunks = head_chunks(n, 49152, "cpu")
+        assert chunks[0][0] == 0 and chunks[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        sizes = [stop - start for start, stop in chunks]
+        assert max(sizes) <= 256 and max(sizes) - min(sizes) < len(chunks)
+    assert [stop - start for start, stop in head_chunks(600, 49152, "cpu")] == [200, 200, 200]
+    assert len(head_chunks(1457, 49152, "cuda")) == 1
+
+
+def test_scores_do_not_depend_on_the_head_chunks(tmp_path, monkeypatch):
+    """Task scores and loss drop read the LM head a chunk of positions at a time; chunks of 16 rows
+    give what one chunk of every position gives."""
+    from engine.importance.scores import loss_drop_scores
+    from engine.tasks import evaluate
+    from engine.tasks.requests import prepare_task
+
+    suite, tok = _suite(tmp_path)
+    model, teacher = tiny_model("llama"), tiny_model("llama", seed=1)
+    sequences = prepare_task(next(t for t in suite.tasks if t.name == "lm"), tok).sequences
+    vocab = model.config.vocab_size
+    results = []
+    for budget in (1 << 30, 4 * vocab * 16):
+        monkeypatch.setattr(evaluate, "HEAD_CHUNK_BYTES", {"cpu": budget})
+        assert (len(evaluate.head_chunks(50, vocab, "cpu")) == 1) == (budget == 1 << 30)
+        scores = SuiteEvaluator(model, tok, suite, batch_tokens=256).evaluate([None, 1, 3])
+        nll = loss_drop_scores(model, sequences, tok.pad_token_id, "nll", batch_tokens=256)
+        kl = loss_drop_scores(model, sequences, tok.pad_token_id, "kl", teacher=teacher, batch_tokens=256)
+        results.append((scores, nll, kl))
+    (scores_one, nll_one, kl_one), (scores_many, nll_many, kl_many) = results
+    for c in scores_one:
+        for task in scores_one[c]:
+            assert scores_many[c][task] == pytest.approx(scores_one[c][task], abs=1e-6), (c, task)
+    for one, many in ((nll_one, nll_many), (kl_one, kl_many)):
+        assert set(one) == set(range(model.config.num_hidden_layers))
+        assert all(many[i] == pytest.approx(one[i], rel=1e-3, abs=1e-7) for i in one)
+    assert any(abs(v) > 1e-2 for v in nll_one.values()) and any(abs(v) > 1e-4 for v in kl_one.values())
+
+
 def test_metrics_against_known_values():
     assert lcs_ratio(["a b c d"], ["a b c d"]) == 1.0
     assert lcs_ratio(["a b x d"], ["a b c d"]) == 0.75

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from engine.models.adapters import adapter_for
-from engine.tasks.evaluate import SuiteEvaluator, aggregate, candidate_hidden, pack_right
+from engine.tasks.evaluate import SuiteEvaluator, aggregate, candidate_hidden, head_chunks, pack_right
 from engine.tasks.requests import ScoredSequence
 
 Progress = Callable[[str, int, int], None]
@@ -92,17 +92,22 @@ def loss_drop_scores(
     batches = _batches(sequences, batch_tokens)
     for number, batch in enumerate(batches):
         ids, mask, rows, cols, targets = pack_right(batch, pad_id, device)
-        teacher_logp = None
+        finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols)
+        t_adapter = t_hidden = None
         if kind == "kl":
             t_adapter = adapter_for(teacher)
             t_hidden = candidate_hidden(t_adapter, ids, mask, [None], False, rows, cols)[None]
-            teacher_logp = torch.log_softmax(t_adapter.head(t_hidden).float(), -1)
-        for c, hidden in candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols).items():
-            logp = torch.log_softmax(adapter.head(hidden).float(), -1)
-            if kind == "nll":
-                totals[c] += float(-logp.gather(1, targets[:, None]).sum())
-            else:
-                totals[c] += float((teacher_logp.exp() * (teacher_logp - logp)).sum())
+        # Chunks of positions outside, candidates inside: the teacher's chunk of log-probabilities
+        # is computed once, and no positions x vocabulary tensor exists (see head_chunks).
+        for start, stop in head_chunks(len(targets), adapter.vocab_size, device):
+            if kind == "kl":
+                teacher_logp = torch.log_softmax(t_adapter.head(t_hidden[start:stop]).float(), -1)
+            for c, hidden in finals.items():
+                logp = torch.log_softmax(adapter.head(hidden[start:stop]).float(), -1)
+                if kind == "nll":
+                    totals[c] += float(-logp.gather(1, targets[start:stop, None]).sum())
+                else:
+                    totals[c] += float((teacher_logp.exp() * (teacher_logp - logp)).sum())
         count += len(targets)
         if progress:
             progress(f"loss drop ({kind})", number + 1, len(batches))

@@ -81,6 +81,10 @@ class DecoderAdapter:
         return self.model.lm_head
 
     @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 
