@@ -55,7 +55,14 @@ class HeadlessView:
             detail = event.get("detail") or ""
             if self.progress is not None:
                 total, done = event.get("total"), event.get("done")
-                self.progress.update(self.task_id, description=f"[{it}] {phase}: {detail}", total=total, completed=done or 0)
+                description = f"[{it}] {phase}: {detail}"
+                if done is None:
+                    # A phase begins: its own count and clock. A new bar, since Rich's update()
+                    # and reset() cannot take a total back to unknown.
+                    self.progress.remove_task(self.task_id)
+                    self.task_id = self.progress.add_task(description, total=None)
+                else:
+                    self.progress.update(self.task_id, description=description, total=total, completed=done)
             elif (phase, detail) != self.last_phase and event.get("done") is None:
                 self.line(f"[{it}] {phase} {detail}".rstrip())
             self.last_phase = (phase, detail)

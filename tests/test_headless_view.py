@@ -1,0 +1,23 @@
+"""The Rich progress of a headless run in a terminal: each phase starts its own count."""
+
+from rich.console import Console
+
+from ild_tui.headless import HeadlessView
+
+
+def _bar(view: HeadlessView):
+    return view.progress.tasks[0]
+
+
+def test_a_new_phase_does_not_keep_the_last_phase_count(tmp_path):
+    console = Console(file=open(tmp_path / "out", "w"), force_terminal=True, width=100)
+    with HeadlessView(console) as view:
+        view.handle({"type": "phase", "iteration": 1, "phase": "importance", "detail": "bi"})
+        view.handle({"type": "phase", "iteration": 1, "phase": "importance", "detail": "calibration", "done": 1, "total": 1})
+        assert (_bar(view).completed, _bar(view).total) == (1, 1)
+        view.handle({"type": "phase", "iteration": 1, "phase": "evaluating", "detail": "after removal"})
+        bar = _bar(view)
+        assert bar.description == "[1] evaluating: after removal"
+        assert bar.total is None and bar.completed == 0  # not "0/1", the count of the phase before
+        view.handle({"type": "phase", "iteration": 1, "phase": "evaluating", "detail": "lm_en (1/2)", "done": 1, "total": 2})
+        assert (_bar(view).completed, _bar(view).total, _bar(view).description) == (1, 2, "[1] evaluating: lm_en (1/2)")
