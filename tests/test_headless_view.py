@@ -10,8 +10,7 @@ def _bar(view: HeadlessView):
 
 
 def test_a_new_phase_does_not_keep_the_last_phase_count(tmp_path):
-    console = Console(file=open(tmp_path / "out", "w"), force_terminal=True, width=100)
-    with HeadlessView(console) as view:
+    with open(tmp_path / "out", "w") as out, HeadlessView(Console(file=out, force_terminal=True, width=100)) as view:
         view.handle({"type": "phase", "iteration": 1, "phase": "importance", "detail": "bi"})
         view.handle({"type": "phase", "iteration": 1, "phase": "importance", "detail": "calibration", "done": 1, "total": 1})
         assert (_bar(view).completed, _bar(view).total) == (1, 1)

@@ -153,6 +153,7 @@ def test_head_chunks_cover_the_positions_in_equal_pieces():
         assert max(sizes) <= 256 and max(sizes) - min(sizes) < len(chunks)
     assert [stop - start for start, stop in head_chunks(600, 49152, "cpu")] == [200, 200, 200]
     assert len(head_chunks(1457, 49152, "cuda")) == 1
+    assert head_chunks(0, 49152, "cpu") == []
 
 
 def test_scores_do_not_depend_on_the_head_chunks(tmp_path, monkeypatch):

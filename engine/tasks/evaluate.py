@@ -261,6 +261,8 @@ HEAD_CHUNK_BYTES_OTHER = 1 << 30
 def head_chunks(n: int, vocab: int, device: torch.device | str) -> list[tuple[int, int]]:
     """Row ranges [start, stop) covering n positions, each at most the device's chunk of logits and
     of equal size (a small last chunk would run the GEMM at a fraction of its speed)."""
+    if n <= 0:
+        return []
     budget = HEAD_CHUNK_BYTES.get(torch.device(device).type, HEAD_CHUNK_BYTES_OTHER)
     rows = max(16, budget // (4 * vocab))
     count = max(1, -(-n // rows))
