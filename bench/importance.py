@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--suite", default="default")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of (shared, naive); the best time of each is compared")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of (shared, naive, plain); the best time of each is compared")
     parser.add_argument("--skip-plain", action="store_true",
                         help="leave out the plain way: each candidate as an evaluation harness runs it (the model's own forward, logits at every position)")
     args = parser.parse_args()
@@ -98,7 +98,7 @@ def harness_scores(evaluator, candidates):
     import torch
 
     from engine.models.surgery import skipping
-    from engine.tasks.evaluate import SequenceResult, _forward_score, pack_right
+    from engine.tasks.evaluate import _forward_score, letter_rows, pack_right, per_sequence
 
     model = evaluator.model
     device = next(model.parameters()).device
@@ -113,13 +113,9 @@ def harness_scores(evaluator, candidates):
                     ids, mask, rows, cols, targets = pack_right(seqs, evaluator.pad_id, device)
                     logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)[rows, cols]
                     chosen = logprobs.gather(1, targets[:, None])[:, 0]
-                    argmax = logprobs.argmax(-1)
-                    start = 0
-                    for i, seq in zip(batch, seqs):
-                        n = len(seq.positions)
-                        letter = int(logprobs[start + n - 1, seq.letter_ids].argmax()) if seq.letter_ids else -1
-                        per_seq[i] = SequenceResult(chosen[start : start + n], argmax[start : start + n], letter)
-                        start += n
+                    letters = {row: int(logprobs[row, letter_ids].argmax()) for row, letter_ids in letter_rows(seqs).items()}
+                    for i, result in zip(batch, per_sequence(seqs, chosen, logprobs.argmax(-1), letters)):
+                        per_seq[i] = result
                 scores[task.spec.name] = _forward_score(task, per_seq)
         results[c] = scores
     return results

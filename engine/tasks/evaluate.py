@@ -101,21 +101,12 @@ class SuiteEvaluator:
             seqs = [sequences[i] for i in batch]
             ids, mask, rows, cols, targets = pack_right(seqs, self.pad_id, device)
             finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols)
-            letter_at = {}  # letter scoring: the row of the last target -> the letters' token ids
-            start = 0
-            for s in seqs:
-                start += len(s.positions)
-                if s.letter_ids:
-                    letter_at[start - 1] = s.letter_ids
+            letter_at = letter_rows(seqs)
             for c in candidates:
                 # Popped so each candidate's final hidden state is freed once it is scored.
                 chosen, argmax, letters = score_positions(adapter, finals.pop(c), targets, letter_at)
-                start = 0
-                for row, s in enumerate(seqs):
-                    n = len(s.positions)
-                    letter = letters.get(start + n - 1, -1)
-                    out[c][batch[row]] = SequenceResult(chosen[start : start + n], argmax[start : start + n], letter)
-                    start += n
+                for i, result in zip(batch, per_sequence(seqs, chosen, argmax, letters)):
+                    out[c][i] = result
             progress(number + 1, len(batches))
         return out
 
@@ -250,6 +241,26 @@ def pack_right(seqs: list[ScoredSequence], pad_id: int, device) -> tuple[torch.T
     return ids.to(device), mask.to(device), rows.to(device), cols.to(device), targets.to(device)
 
 
+def letter_rows(seqs: list[ScoredSequence]) -> dict[int, list[int]]:
+    """Letter scoring: the packed row of each such sequence's last target -> the letters' token ids."""
+    rows, end = {}, 0
+    for s in seqs:
+        end += len(s.positions)
+        if s.letter_ids:
+            rows[end - 1] = s.letter_ids
+    return rows
+
+
+def per_sequence(seqs: list[ScoredSequence], chosen: torch.Tensor, argmax: torch.Tensor, letters: dict[int, int]) -> list[SequenceResult]:
+    """Split the packed rows of one batch (``pack_right`` order) back into one result per sequence."""
+    results, start = [], 0
+    for s in seqs:
+        stop = start + len(s.positions)
+        results.append(SequenceResult(chosen[start:stop], argmax[start:stop], letters.get(stop - 1, -1)))
+        start = stop
+    return results
+
+
 # Logits per chunk of the LM head: 48 MiB is 256 rows of SmolLM2's 49k vocabulary. On the 2-core
 # EPYC (32 MiB L3) chunks of 16 to 64 MiB ran SmolLM2's head within 10% of each other (48-50 MiB
 # the fastest: 357-372 GFLOPS); the chunk is there to bound memory (1,500 positions would be 290 MB
@@ -265,7 +276,7 @@ def head_chunks(n: int, vocab: int, device: torch.device | str) -> list[tuple[in
         return []
     budget = HEAD_CHUNK_BYTES.get(torch.device(device).type, HEAD_CHUNK_BYTES_OTHER)
     rows = max(16, budget // (4 * vocab))
-    count = max(1, -(-n // rows))
+    count = -(-n // rows)
     step = -(-n // count)
     return [(start, min(n, start + step)) for start in range(0, n, step)]
 
