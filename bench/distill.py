@@ -97,7 +97,7 @@ def main() -> int:
         config = HealConfig(batch_size=args.batch_size, cached=(mode != "plain"), data=data, warmup_steps=1,
                             head_matmul="fp32" if mode == "cached-fp32" else "auto")
         cache = TeacherCache(teacher, train, heldout, None, 1 << 34, args.batch_size)
-        healer = Healer(student, teacher, cache, config)
+        healer = Healer(student, cache, config)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()

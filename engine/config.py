@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .control import check_notify_cmd
 from .strategies import IMPORTANCE_METRICS, get_strategy
 
 
@@ -20,13 +21,23 @@ class _Strict(BaseModel):
 class CalibrationConfig(_Strict):
     """Text for Block Influence / loss drop: an embedded or local JSONL with a "text" column."""
 
-    path: str = "lm_heldout_en.jsonl"
+    path: str = "distill_en.jsonl"  # never evaluation text: similarity, loss drop and bridges must not see it
     samples: int = Field(default=32, ge=1)
     max_tokens: int = Field(default=256, ge=8)
 
 
+class ScoringSettings(_Strict):
+    """How task drop scores the candidates."""
+
+    racing: bool = True  # stop scoring candidates that can no longer be the least important
+
+
 class HealSettings(_Strict):
-    """Healing by distillation; every Table 1 variant of the paper is a value here."""
+    """Healing by distillation; every Table 1 variant of the paper is a value here.
+
+    These are the only defaults of healing: the dataclasses in ``engine.distill`` read theirs from
+    here (``heal_default``), and ``HealConfig.from_settings`` is the one conversion.
+    """
 
     lr: float = Field(default=1e-4, gt=0)
     warmup_steps: int = Field(default=2, ge=0)
@@ -42,8 +53,10 @@ class HealSettings(_Strict):
     trainable_k: int = Field(default=1, ge=1)
     train_norm: bool = False
     train_head: bool = False
-    kl_scale: float = 0.01
-    mse_scale: float = 1.0
+    untie_head: bool = False  # give the student its own LM head (needed to train a head tied to the embedding)
+    kl_scale: float = Field(default=0.01, ge=0)
+    kl_reference_tokens: int = Field(default=4096, ge=1)
+    mse_scale: float = Field(default=1.0, ge=0)
     kl_input: Literal["log_probs", "logits"] = "log_probs"
     direction: Literal["forward", "reverse"] = "forward"
     temperature: float = Field(default=1.0, gt=0)
@@ -56,16 +69,30 @@ class HealSettings(_Strict):
     teacher_topk: int = Field(default=0, ge=0)
     cache_limit_mb: int = Field(default=1024, ge=1)
     checkpoint_every_s: float = Field(default=120.0, gt=0)
+    early_stop: bool = True  # train_tokens is then a cap: stop when the held-out loss stops improving
+    eval_every: int = Field(default=0, ge=0)  # steps between held-out checks; 0: about eight an iteration
+    patience: int = Field(default=2, ge=1)
+    min_delta: float = Field(default=0.002, ge=0)
+
+
+def heal_default(name: str):
+    """The default of one healing setting, for the dataclasses that mirror parts of it."""
+    return HealSettings.model_fields[name].default
 
 
 class RunConfig(_Strict):
-    name: str
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str
     strategy: str
-    target_layers: int = Field(ge=1)
+    target_layers: int | None = Field(default=None, ge=1)  # with `removals`: the start depth minus their count
     start_layers: int = Field(ge=1)
+    removals: list[int] | None = None  # fixed-removal mode: remove these original layers, no scoring, heal once
+    report_suite: str | None = None  # evaluated after every iteration, never used to choose
+    min_retention: float | None = Field(default=None, gt=0, le=1)  # stop before the report aggregate falls below
     suite: str = "default"
-    importance: Literal["task_drop", "bi", "angular", "loss_nll", "loss_kl"] | None = None
+    importance: Literal["task_drop", "bi", "angular", "loss_nll", "loss_kl", "position", "block_distance"] | None = None
+    split_seed: int = 0  # which items of each task are the selection part and which the report part
+    scoring: ScoringSettings = Field(default_factory=lambda: ScoringSettings())
     mode: Literal["auto", "manual", "auto-after"] = "auto"
     auto_after_seconds: float | None = None
     seed: int = 0
@@ -94,6 +121,15 @@ def validate_config(data: dict) -> RunConfig:
         get_strategy(config.strategy)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if config.removals is not None:
+        _check_removals(config)
+    if config.target_layers is None:
+        raise ConfigError("--target-layers is needed (or --removals)")
+    if config.notify_cmd is not None:
+        try:
+            check_notify_cmd(config.notify_cmd)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.importance is not None and config.importance not in IMPORTANCE_METRICS:
         raise ConfigError(f"unknown importance metric '{config.importance}'")
     if config.target_layers >= config.start_layers:
@@ -103,3 +139,20 @@ def validate_config(data: dict) -> RunConfig:
     if config.mode == "auto-after" and not config.auto_after_seconds:
         raise ConfigError("mode auto-after needs a number of seconds")
     return config
+
+
+def _check_removals(config: RunConfig) -> None:
+    removals = config.removals
+    if not removals:
+        raise ConfigError("--removals needs at least one layer")
+    if len(set(removals)) != len(removals):
+        raise ConfigError(f"--removals names a layer twice: {removals}")
+    bad = [o for o in removals if not 0 <= o < config.start_layers]
+    if bad:
+        raise ConfigError(f"--removals: layer {bad[0]} does not exist (the model has layers 0-{config.start_layers - 1})")
+    target = config.start_layers - len(removals)
+    if target < 1:
+        raise ConfigError("--removals would remove every layer")
+    if config.target_layers is not None and config.target_layers != target:
+        raise ConfigError(f"--target-layers {config.target_layers} disagrees with --removals ({len(removals)} of {config.start_layers} layers leave {target})")
+    config.target_layers = target

@@ -1,9 +1,11 @@
-"""The person in the loop: commands from the inbox, the decision point, pause and stop, notifications.
+"""The engine's voice and ears: the one event writer, commands, the decision point, pause and stop.
 
-The runner calls ``checkpoint()`` at safe points (every evaluation batch, every training step,
-between phases): commands are applied there, a pause blocks there, and a stop request unwinds from
-there as ``StopRequested`` so the runner can save and end cleanly. Every command gets a
-``command_applied`` or ``command_rejected`` event with its id, then moves to ``commands/done/``.
+Every event of a run goes out through ``Controller.emit`` (the stall watchdog's clock is that one
+path's clock). The runner calls ``safe_point()`` where stopping is harmless (every evaluation
+batch, every training step, between phases): commands are applied there, a pause blocks there, and
+a stop (a ``stop`` command, SIGTERM or SIGINT) unwinds from there as ``StopRequested`` so the runner
+can save and end cleanly. Every command gets a ``command_applied`` or ``command_rejected`` event with
+its id, then moves to ``commands/done/``.
 """
 
 from __future__ import annotations
@@ -11,25 +13,27 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
 
-from engine.runlog.inbox import Command, CommandInbox, MalformedCommand
+from engine.runlog.events import EventWriter
+from engine.runlog.inbox import Command, CommandInbox
+from engine.runlog.layout import RunDir
 
 log = logging.getLogger(__name__)
 
 
 class StopRequested(Exception):
-    """A person asked the run to stop: finish the current step, checkpoint, end."""
+    """A person or the system asked the run to stop: finish the current step, checkpoint, end."""
 
 
 @dataclass
 class Decision:
     layer: int  # original index
-    by: str  # "auto" | "user" | "timeout"
+    by: str  # "auto" | "user" | "timeout" | "fixed"
     command_id: str | None = None
 
 
@@ -41,31 +45,73 @@ class Awaiting:
     decision: Decision | None = None
 
 
+def check_notify_cmd(command: str) -> None:
+    """Raise ValueError (one line) for a notify command the shell could not even split."""
+    try:
+        if not shlex.split(command):
+            raise ValueError("notify command is empty")
+    except ValueError as exc:
+        raise ValueError(f"notify command {command!r}: {exc}") from None
+
+
 class Controller:
-    def __init__(self, run_dir, emit: Callable, mode: str, auto_after: float | None, notify_cmd: str | None = None,
-                 poll_interval: float = 0.25, stall_seconds: float = 900.0):
+    def __init__(self, run_dir, mode: str, auto_after: float | None, notify_cmd: str | None = None,
+                 poll_interval: float = 0.25, stall_seconds: float = 900.0, writer: EventWriter | None = None):
+        self.rundir = RunDir(run_dir)
         self.inbox = CommandInbox(run_dir)
-        self.run_dir = run_dir
-        self._emit = emit
+        self.writer = writer if writer is not None else EventWriter(self.rundir.events_file)
         self.mode = mode
         self.auto_after = auto_after
         self.notify_cmd = notify_cmd
         self.poll_interval = poll_interval
         self.paused = False
         self.stop_requested = False
+        self.stop_signal: str | None = None
         self.awaiting: Awaiting | None = None
+        self._candidates: list[dict] = []
+        self._deadline: float | None = None
         self._last_poll = 0.0
         self.stall_seconds = stall_seconds
         self.last_event = time.monotonic()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
+        self._previous_handlers: dict[int, object] = {}
 
-    def emit(self, type_: str, **fields):
+    # --- the one way out ----------------------------------------------------------------------
+    def emit(self, type_: str, **fields) -> dict:
         self.last_event = time.monotonic()
-        return self._emit(type_, **fields)
+        return self.writer.emit(type_, **fields)
+
+    # --- signals --------------------------------------------------------------------------------
+    def handle_signals(self) -> None:
+        """SIGTERM (timeout, systemd, SLURM preemption, kill) and SIGINT stop the run like ``stop``.
+
+        The handler only sets a flag: writing an event from inside a signal handler could deadlock
+        on the writer's lock. A second signal ends the process at once, as it would have without us.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_requested and self.stop_signal:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.stop_requested = True
+        self.stop_signal = signal.Signals(signum).name
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            try:
+                signal.signal(signum, handler)
+            except (ValueError, TypeError):
+                pass
+        self._previous_handlers.clear()
 
     # --- safe points --------------------------------------------------------------------------
-    def checkpoint(self, force: bool = False) -> None:
+    def safe_point(self, force: bool = False) -> None:
         """Apply pending commands; block while paused; raise StopRequested when asked to stop."""
         now = time.monotonic()
         if force or now - self._last_poll >= self.poll_interval:
@@ -75,6 +121,9 @@ class Controller:
             time.sleep(self.poll_interval)
             self.poll()
         if self.stop_requested:
+            if self.stop_signal:
+                self.emit("log", level="warning", message=f"received {self.stop_signal}: stopping at this safe point")
+                self.stop_signal = "reported"
             raise StopRequested()
 
     def poll(self) -> None:
@@ -119,8 +168,7 @@ class Controller:
             layer = self.awaiting.proposal
         if layer not in self.awaiting.remaining:
             return f"layer {layer} is not a remaining layer (remaining: {self.awaiting.remaining})"
-        by = "user"
-        self.awaiting.decision = Decision(layer=layer, by=by, command_id=command.id)
+        self.awaiting.decision = Decision(layer=layer, by="user", command_id=command.id)
         return None
 
     # --- the decision point -------------------------------------------------------------------
@@ -134,7 +182,7 @@ class Controller:
         self._announce_wait()
         try:
             while True:
-                self.checkpoint(force=True)
+                self.safe_point(force=True)
                 if self.awaiting.decision is not None:
                     return self.awaiting.decision
                 if self.mode == "auto":
@@ -155,17 +203,25 @@ class Controller:
 
     # --- notifications and the stall watchdog ---------------------------------------------------
     def notify(self, event: str, message: str) -> None:
-        """Run the user's --notify-cmd with ILD_EVENT / ILD_RUN / ILD_MESSAGE set; never block the run."""
+        """Run the user's --notify-cmd through the shell with ILD_EVENT / ILD_RUN / ILD_MESSAGE set.
+
+        Called after the event it reports is written. It never blocks the run and never stops it:
+        a notifier that cannot start is a warning in the log.
+        """
         if not self.notify_cmd:
             return
-        env = dict(os.environ, ILD_EVENT=event, ILD_RUN=str(self.run_dir), ILD_MESSAGE=message)
+        env = dict(os.environ, ILD_EVENT=event, ILD_RUN=str(self.rundir.path), ILD_MESSAGE=message)
         try:
-            subprocess.Popen(shlex.split(self.notify_cmd), env=env, stdin=subprocess.DEVNULL,
+            subprocess.Popen(["/bin/sh", "-c", self.notify_cmd], env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the notifier does, the run goes on
             log.warning("notify command failed: %s", exc)
 
-    def start_watchdog(self) -> None:
+    def start(self) -> None:
+        self.handle_signals()
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
         """A stuck main thread (hung kernel, dead data loader) emits nothing: say so once per stall."""
         def watch():
             reported = False
@@ -173,8 +229,11 @@ class Controller:
                 silent = time.monotonic() - self.last_event
                 if silent > self.stall_seconds and not reported and not self.paused and self.awaiting is None:
                     reported = True
-                    message = f"no progress for {silent / 60:.0f} minutes"
-                    self._emit("alert", level="warning", message=message, kind="stall")
+                    message = f"no progress for {silent / 60:.1f} minutes"
+                    try:
+                        self.writer.emit("alert", level="warning", message=message, kind="stall")
+                    except ValueError:
+                        return  # the writer closed under us: the run is over
                     self.notify("stalled", message)
                 elif silent <= self.stall_seconds:
                     reported = False
@@ -184,3 +243,12 @@ class Controller:
 
     def close(self) -> None:
         self._closed.set()
+        self._restore_signals()
+        self.writer.close()
+
+    def __enter__(self) -> "Controller":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,8 +1,10 @@
-"""score -> propose -> decide -> remove -> (heal) -> evaluate -> checkpoint, until the target depth.
+"""The method as a recipe: score -> propose -> decide -> remove -> heal -> evaluate -> checkpoint.
 
-The runner is the only writer of a run directory. Everything it learns goes out as events
-(layers always named by their original teacher index); ``state.json`` and ``checkpoints/<k>/``
-let a new engine continue where a dead one stopped.
+Each step is one method below, in the order the method runs them; the parts they use live in
+their own modules (``scoring``, ``evaluation``, ``distill``, ``checkpoints``, ``control``).
+Everything the run learns goes out as events through the controller (layers always named by
+their original teacher index); ``checkpoints/<k>/`` lets a new engine continue where a dead one
+stopped, and a run with nothing left to do ends with its export.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -18,48 +19,42 @@ from pathlib import Path
 
 import torch
 
+from engine import faults
+from engine.checkpoints import Checkpoint, CheckpointStore, layer_group
 from engine.config import RunConfig
 from engine.control import Controller, Decision, StopRequested
+from engine.evaluation import Evaluation, summary
 from engine.models.adapters import adapter_for
 from engine.models.export import export_model
 from engine.models.loading import load_model, model_version
 from engine.models.surgery import layer_map, parameter_count, remove_layers
-from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
-from engine.runlog.events import EventWriter
 from engine.runlog.layout import RunDir
 from engine.runlog.state import write_state
+from engine.runlog.tailer import read_all
+from engine.scoring import Ranking, Scorer, reuse
 from engine.strategies import get_strategy
-from engine.tasks.evaluate import SuiteEvaluator, aggregate
-from engine.tasks.requests import ScoredSequence
-from engine.tasks.sources import read_rows
-from engine.tasks.spec import EmbeddedSource, FileSource, TaskSpec, load_suite
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.json"
 
 
 @dataclass
 class Progress:
-    """Throttled progress as `phase` events: at most a few a second, never one per batch."""
+    """Throttled progress as `phase` events (a few a second at most), and a safe point per call."""
 
-    emit: callable
+    control: Controller
     iteration: int = 0
     phase: str = ""
     last: float = 0.0
     interval: float = 0.5
     extra: dict = field(default_factory=dict)
 
-    control: object = None
-
     def __call__(self, what: str, done: int, total: int) -> None:
-        if self.control is not None:
-            self.control.checkpoint()
+        self.control.safe_point()
         now = time.monotonic()
         if done < total and now - self.last < self.interval:
             return
         self.last = now
-        self.emit("phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra)
+        self.control.emit("phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra)
 
 
 class Runner:
@@ -68,263 +63,365 @@ class Runner:
         self.config = config
         self.strategy = get_strategy(config.strategy)
         self.metric = config.importance_metric()
-        self.writer: EventWriter | None = None
+        self.store = CheckpointStore(self.rundir)
         self.iteration = 0
-        self.removed: list[dict] = []  # {"iteration", "layer", "by", "proposed"} in order
-        self.one_shot_scores: dict[int, float] | None = None  # original index -> score
+        self.removed: list[dict] = []  # {"iteration", "layer", "by", "proposed"} in removal order
+        self.modified: set[str] = set()  # tensor groups that differ from the teacher's (see checkpoints)
+        self.one_shot: dict[int, float] | None = None  # a one-shot strategy's scores of the teacher
+        self.model = None
+        self.teacher_report: float | None = None
 
     # --- events ---------------------------------------------------------------------------------
     def emit(self, type_: str, **fields):
-        return self.writer.emit(type_, **fields)
+        return self.control.emit(type_, **fields)
 
     def say(self, message: str, level: str = "info") -> None:
         log.info(message)
         self.emit("log", level=level, message=message, iteration=self.iteration)
 
-    # --- main loop ------------------------------------------------------------------------------
+    # --- the run --------------------------------------------------------------------------------
     def run(self) -> str:
         """Run to the end; returns the reason the run finished."""
-        self.writer = EventWriter(self.rundir.events_file)
-        self.control = Controller(self.rundir.path, self.emit, self.config.mode, self.config.auto_after_seconds,
-                                  notify_cmd=self.config.notify_cmd, stall_seconds=self.config.stall_seconds)
-        self.control.start_watchdog()
-        try:
-            return self._run()
-        except StopRequested:
-            self.emit("run_finished", reason="stopped", iteration=self.iteration, layers=adapter_for(self.model).num_layers,
-                      removed=[r["layer"] for r in self.removed], params=parameter_count(self.model))
-            self.control.notify("stopped", f"stopped at iteration {self.iteration}; continue with ild resume")
-            return "stopped"
-        except Exception as exc:
-            self.control.notify("failed", f"{type(exc).__name__}: {exc}")
-            self.emit("run_failed", error=f"{type(exc).__name__}: {exc}", hint=_hint(exc), iteration=self.iteration)
-            raise
-        finally:
-            self.control.close()
-            self.writer.close()
+        config = self.config
+        self.control = Controller(self.rundir, config.mode, config.auto_after_seconds, notify_cmd=config.notify_cmd,
+                                  stall_seconds=config.stall_seconds)
+        with self.control:
+            try:
+                return self._run()
+            except StopRequested:
+                self._finish("stopped", f"stopped at iteration {self.iteration}; continue with ild resume")
+                return "stopped"
+            except Exception as exc:
+                self.emit("run_failed", error=f"{type(exc).__name__}: {exc}", hint=_hint(exc), iteration=self.iteration)
+                self.control.notify("failed", f"{type(exc).__name__}: {exc}")
+                raise
 
     def _run(self) -> str:
+        self.start()
+        self.evaluate_teacher()
+        while self.depth > self.config.target_layers:
+            self.iteration += 1
+            self.progress.iteration = self.iteration
+            partial = self.store.partial(self.iteration)
+            if partial is not None:
+                decision = self.redo_removal(partial.decision)
+                self.say(f"resuming iteration {self.iteration} at healing step {partial.step} (layer {decision.layer} already removed)")
+            else:
+                ranking = self.score()
+                decision = self.decide(ranking)
+                self.remove(decision)
+                self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
+            if self.heals_now():
+                self.heal(decision, partial)
+                self.evaluate("after_healing", heldout=self._heldout)
+            if self.below_floor():
+                return self.stop_at_floor()
+            self.checkpoint()
+        self.export()
+        self._finish("target", f"finished: {self.depth} layers, removed {self.removed_layers}",
+                     export=str(self.rundir.export_dir))
+        return "target"
+
+    # --- start: load, restore, prepare ----------------------------------------------------------
+    def start(self) -> None:
         config = self.config
         random.seed(config.seed)
         torch.manual_seed(config.seed)
-        checkpoint = self._latest_checkpoint()
-        self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint["name"] if checkpoint else None)
-        self.progress = Progress(self.emit, control=self.control)
-        self.control.checkpoint(force=True)
+        self.progress = Progress(self.control)
+        self._logged = read_all(self.rundir.events_file)
+        for name in self.store.clean_leftovers():
+            log.info("removed %s, left half-written by an engine that was killed", name)
+        checkpoint = self.store.latest()
+        self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint.name if checkpoint else None)
+        if checkpoint is not None and checkpoint.note:
+            self.say(checkpoint.note, level="warning")
+        self.control.safe_point(force=True)
 
         self._phase("loading", f"loading {config.model}")
         loaded = load_model(config.model, device=config.device)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.teacher_params = parameter_count(self.model)
-        fresh = checkpoint is None and not self._has_event("run_started")
-        if fresh:
-            self.emit(
-                "run_started",
-                name=config.name,
-                model=config.model,
-                model_version=model_version(config.model),
-                strategy=config.strategy,
-                importance=self.metric,
-                start_layers=config.start_layers,
-                target_layers=config.target_layers,
-                mode=config.mode,
-                params=self.teacher_params,
-                config=config.model_dump(),
-            )
-        if checkpoint:
-            self._restore(checkpoint)
+        if checkpoint is None and not self._logged_event("run_started"):
+            self.emit("run_started", name=config.name, model=config.model, model_version=model_version(config.model),
+                      strategy=config.strategy, importance=self.metric, start_layers=config.start_layers,
+                      target_layers=config.target_layers, mode=config.mode, params=parameter_count(self.model),
+                      config=config.model_dump())
+        if checkpoint is not None:
+            self.restore(checkpoint)
 
-        suite = load_suite(config.suite)
-        self._phase("preparing", f"tokenising suite '{suite.name}'")
-        self.evaluator = SuiteEvaluator(self.model, self.tokenizer, suite, batch_tokens=config.batch_tokens)
-        self.calibration = self._calibration_sequences() if self.metric in ("bi", "angular", "loss_nll", "loss_kl") else []
+        self._phase("preparing", f"tokenising suite '{config.suite}'")
+        self.evaluation = Evaluation(self.model, self.tokenizer, config.suite, config.report_suite, config.batch_tokens,
+                                     config.split_seed)
         self.teacher = None
         if self.metric == "loss_kl" or self.strategy.heal:
             self.teacher = load_model(config.model, device=config.device).model
-        self.healer = self._make_healer() if self.strategy.heal else None
+        self.calibration = self._calibration() if self._needs_calibration() else []
+        self.healer = self._healer() if self.strategy.heal else None
+        self.scorer = Scorer(self.metric, self.model, self.evaluation.select, self.calibration, self.evaluation.pad_id,
+                             config.batch_tokens, teacher=self.teacher, racing=config.scoring,
+                             block=config.start_layers - config.target_layers, progress=self.progress)
 
-        if self.iteration == 0 and not self._has_event("eval", iteration=0, stage="teacher"):
-            self._phase("evaluating", "teacher")
-            scores = self.evaluator.evaluate([None], progress=self.progress)[None]
-            self._eval_event(0, "teacher", scores)
-            self._checkpoint()
+    def restore(self, checkpoint: Checkpoint) -> None:
+        self.store.restore(self.model, checkpoint)
+        self.iteration = checkpoint.iteration
+        self.removed = list(checkpoint.removed)
+        self.modified = set(checkpoint.modified)
+        scores = checkpoint.extra.get("one_shot")
+        self.one_shot = {int(k): v for k, v in scores.items()} if scores else None
+        self.say(f"resumed from checkpoint {checkpoint.name} (iteration {self.iteration}, removed {self.removed_layers})")
 
-        while adapter_for(self.model).num_layers > config.target_layers:
-            partial = self._partial_checkpoint(self.iteration + 1)
-            self.iteration += 1
-            self.progress.iteration = self.iteration
-            if partial is not None:
-                decision = self._resume_partial(partial)
-            else:
-                decision = self._remove_one()
-            if self.healer is not None:
-                self._heal(decision, partial)
-            self._checkpoint()
+    # --- 5. evaluate (the teacher first) --------------------------------------------------------
+    def evaluate_teacher(self) -> None:
+        logged = self._logged_event("eval", iteration=0, stage="teacher", part="report")
+        if logged is not None:
+            self.teacher_report = logged.get("aggregate")
+        if self.iteration == 0 and logged is None:
+            self.evaluate("teacher")
+            self.checkpoint()
 
-        self._phase("exporting", str(self.rundir.export_dir))
-        self._export()
-        self.emit(
-            "run_finished",
-            reason="target",
-            layers=adapter_for(self.model).num_layers,
-            params=parameter_count(self.model),
-            removed=[r["layer"] for r in self.removed],
-            export=str(self.rundir.export_dir),
-            iteration=self.iteration,
-        )
-        self._write_state(finished=True)
-        self.control.notify("finished", f"finished: {adapter_for(self.model).num_layers} layers, removed {[r['layer'] for r in self.removed]}")
-        return "target"
+    def evaluate(self, stage: str, free_select: dict[str, float] | None = None, **extra) -> None:
+        """Both parts of the model as it is now; the selection part may be known already (task drop
+        scored exactly this model: the shared prefix is exact)."""
+        self._phase("evaluating", stage.replace("_", " "))
+        select = free_select if free_select is not None else self.evaluation.scores("select", self.progress)
+        report = self.evaluation.scores("report", self.progress)
+        common = {"iteration": self.iteration, "stage": stage, "layers": self.depth, "params": parameter_count(self.model)}
+        self.emit("eval", part="select", aggregate=summary(select), tasks=select, **common)
+        self.emit("eval", part="report", aggregate=summary(report), tasks=report, **common, **extra)
+        if stage == "teacher":
+            self.teacher_report = summary(report)
+        self.last_report = summary(report)
 
-    def _remove_one(self) -> Decision:
-        ranked, per_task = self._score()
-        proposal = ranked[0][0]
-        self.emit(
-            "proposal",
-            iteration=self.iteration,
-            layer=proposal,
-            metric=self.metric,
-            candidates=[
-                {"layer": layer, "score": score, **({"tasks": per_task[layer]} if per_task else {})}
-                for layer, score in ranked
-            ],
-        )
-        decision = self.decide(proposal, ranked)
-        self.emit("decision", iteration=self.iteration, layer=decision.layer, by=decision.by, proposed=proposal, command_id=decision.command_id)
-        remove_layers(self.model, decision.layer)
-        self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by, "proposed": proposal})
-        self.emit(
-            "layer_removed",
-            iteration=self.iteration,
-            layer=decision.layer,
-            remaining=layer_map(self.model),
-            layers=len(layer_map(self.model)),
-            params=parameter_count(self.model),
-        )
-        if per_task and decision.layer in per_task:
-            # Task drop already evaluated exactly this model (the shared prefix is exact).
-            scores = per_task[decision.layer]
+    # --- 1. score, 2. propose -------------------------------------------------------------------
+    def score(self) -> Ranking:
+        if self.config.removals is not None:
+            layer = self.config.removals[self.iteration - 1]
+            return Ranking([(layer, 0.0)], {}, {})
+        if not self.strategy.rescore and self.one_shot is not None:
+            ranking = reuse(self.one_shot, layer_map(self.model), self.metric)
         else:
-            self._phase("evaluating", "after removal")
-            scores = self.evaluator.evaluate([None], progress=self.progress)[None]
-        self._eval_event(self.iteration, "after_removal", scores)
+            self._phase("scoring", self.metric)
+            ranking = self.scorer.score()
+            if not self.strategy.rescore:
+                self.one_shot = {int(k): v for k, v in ranking.event["scores"].items()}
+        self.emit("importance", iteration=self.iteration, **ranking.event)
+        candidates = [{"layer": layer, "score": score, **({"tasks": ranking.per_task[layer]} if layer in ranking.per_task else {})}
+                      for layer, score in ranking.ranked]
+        self.emit("proposal", iteration=self.iteration, layer=ranking.proposal, metric=self.metric, candidates=candidates)
+        return ranking
+
+    # --- 3. decide ------------------------------------------------------------------------------
+    def decide(self, ranking: Ranking) -> Decision:
+        """Fixed removals need nobody; auto takes the proposal; manual waits for a person; auto-after
+        waits, then takes it."""
+        if self.config.removals is not None:
+            decision = Decision(ranking.proposal, "fixed")
+        else:
+            decision = self.control.decide(self.iteration, ranking.proposal, layer_map(self.model),
+                                           [{"layer": layer, "score": score} for layer, score in ranking.ranked])
+        self.emit("decision", iteration=self.iteration, layer=decision.layer, by=decision.by, proposed=ranking.proposal,
+                  command_id=decision.command_id)
+        self._proposed = ranking.proposal
         return decision
 
-    # --- healing --------------------------------------------------------------------------------
-    def _make_healer(self):
-        from engine.distill.data import DataConfig, distill_blocks
-        from engine.distill.heal import Healer, HealConfig, TeacherCache
-        from engine.distill.losses import LossConfig
-        from engine.distill.trainable import TrainableConfig
+    # --- 4. remove ------------------------------------------------------------------------------
+    def remove(self, decision: Decision) -> None:
+        if self.strategy.bridge:
+            self._remove_with_bridge(decision.layer)
+        else:
+            remove_layers(self.model, decision.layer)
+        self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by,
+                             "proposed": getattr(self, "_proposed", decision.layer)})
+        mapping = layer_map(self.model)
+        self.emit("layer_removed", iteration=self.iteration, layer=decision.layer, remaining=mapping, layers=len(mapping),
+                  params=parameter_count(self.model))
 
-        h = self.config.heal
-        self.heal_config = HealConfig(
-            loss=LossConfig(kl_scale=h.kl_scale, mse_scale=h.mse_scale, kl_input=h.kl_input, direction=h.direction,
-                            temperature=h.temperature, reduction=h.reduction, hidden=h.hidden, final_norm=h.final_norm),
-            trainable=TrainableConfig(choice=h.trainable, k=h.trainable_k, train_norm=h.train_norm, train_head=h.train_head),
-            data=DataConfig(source=h.data, text_field=h.text_field, seq_len=h.seq_len, train_tokens=h.train_tokens, heldout_tokens=h.heldout_tokens),
-            lr=h.lr, warmup_steps=h.warmup_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, clip=h.clip,
-            cached=h.cached, fused_head=h.fused_head, head_matmul=h.head_matmul, teacher_topk=h.teacher_topk, cache_limit_mb=h.cache_limit_mb, checkpoint_every_s=h.checkpoint_every_s,
-        )
+    def redo_removal(self, decision: dict) -> Decision:
+        """Iteration k's removal again, as it was decided before the engine died (bridges are
+        deterministic: the same data gives the same map)."""
+        redone = Decision(layer=int(decision["layer"]), by=decision["by"])
+        self._proposed = decision.get("proposed", redone.layer)
+        if self.strategy.bridge:
+            self._remove_with_bridge(redone.layer)
+        else:
+            remove_layers(self.model, redone.layer)
+        self.removed.append({"iteration": self.iteration, "layer": redone.layer, "by": redone.by, "proposed": self._proposed})
+        return redone
+
+    def _remove_with_bridge(self, layer: int) -> None:
+        from engine.models.bridge import BridgeUnavailable, remove_with_bridge
+
+        try:
+            fit = remove_with_bridge(self.model, [layer], self.calibration, self.evaluation.pad_id, self.config.batch_tokens)
+        except BridgeUnavailable as exc:
+            remove_layers(self.model, layer)
+            self.say(f"layer {layer} removed without a bridge: {exc}")
+            return
+        self.modified.add(layer_group(fit.fused_into))
+        self.say(f"layer {layer} replaced by a linear map fused into layer {fit.fused_into} "
+                 f"(relative residual {fit.relative_residual:.3f}, cosine {fit.cosine:.4f})")
+
+    # --- healing --------------------------------------------------------------------------------
+    def heals_now(self) -> bool:
+        """Healing strategies heal every iteration; a fixed-removal run heals once, after its last removal."""
+        if self.healer is None:
+            return False
+        return self.config.removals is None or self.depth == self.config.target_layers
+
+    def _healer(self):
+        from engine.distill.data import distill_blocks
+        from engine.distill.heal import Healer, HealConfig, TeacherCache
+
+        self.heal_config = HealConfig.from_settings(self.config.heal)
         self._phase("preparing", "distillation data")
         try:
             train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
         except (ValueError, OSError) as exc:
             raise RuntimeError(f"distillation data: {exc}") from exc
-        cache = TeacherCache(self.teacher, train, heldout, self.rundir.path / "cache", h.cache_limit_mb << 20, h.batch_size)
-        self.trained: set[int] = getattr(self, "trained", set())
-        return Healer(self.model, self.teacher, cache, self.heal_config)
+        cache = TeacherCache(self.teacher, train, heldout, self.rundir.path / "cache", self.config.heal.cache_limit_mb << 20,
+                             self.heal_config.batch_size)
+        if self.config.heal.untie_head:
+            from engine.models.surgery import untie_head
 
-    def _heal(self, decision: Decision, partial: dict | None) -> None:
+            untie_head(self.model)
+            self.modified.add("head")
+        return Healer(self.model, cache, self.heal_config)
+
+    def heal(self, decision: Decision, partial) -> None:
         from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
         from engine.distill.losses import hidden_pairs
         from engine.distill.trainable import choose_trainable
 
         mapping = layer_map(self.model)
-        trainable = choose_trainable(mapping, self.config.start_layers, decision.layer, self.heal_config.trainable)
+        gaps = self._gaps_this_heal()
+        trainable = choose_trainable(mapping, self.config.start_layers, gaps, self.heal_config.trainable)
         pairs = hidden_pairs(self.heal_config.loss, trainable, len(mapping))
         self._phase("healing", f"layers {[mapping[j] for j in trainable]} (original)")
         self.progress("teacher cache", 0, 1)
         before = self.healer.heldout_loss(pairs)
-        resume = None
-        if partial is not None:
-            state = torch.load(Path(partial["dir"]) / "heal_state.pt", weights_only=False)
-            resume = HealState(step=partial["step"], optimizer=state["optimizer"], trainable=state["trainable"])
+        resume = HealState.from_saved(partial.state) if partial is not None else None
+        chosen = {"layer": decision.layer, "by": decision.by, "proposed": getattr(self, "_proposed", decision.layer)}
 
-        def on_step(record: dict) -> None:
-            self.emit("train_step", **record)
-
-        def on_checkpoint(state) -> None:
-            self._save_partial(decision, state, trainable)
+        def save_partial(state: HealState) -> None:
+            faults.point("partial_checkpoint")
+            self.store.save_partial(self.iteration, state.step, chosen, trainable, state.to_saved())
+            self.emit("checkpoint", iteration=self.iteration, name=f"partial-{self.iteration}-{state.step}", partial=True,
+                      step=state.step)
 
         def interrupt() -> bool:
             try:
-                self.control.checkpoint()
+                self.control.safe_point()
             except StopRequested:
                 return True
             return False
 
         try:
-            summary = self.healer.heal(trainable, self.iteration, self.config.seed, on_step=on_step,
-                                       on_checkpoint=on_checkpoint, resume=resume, interrupt=interrupt)
-            note = f"healed {summary['steps']} steps ({summary['tokens']} tokens) in {summary['seconds']:.0f}s"
+            summary_ = self.healer.heal(trainable, self.iteration, self.config.seed, on_step=lambda r: self.emit("train_step", **r),
+                                        on_checkpoint=save_partial, resume=resume, interrupt=interrupt, baseline=before["loss"])
+            note = f"healed {summary_['steps']} steps ({summary_['tokens']} tokens) in {summary_['seconds']:.0f}s"
+            if summary_["stopped_early"]:
+                note += f", stopped early (no held-out gain in {self.heal_config.patience} checks)"
+            if summary_["kept_step"] != summary_["steps"]:
+                note += f"; kept the weights of step {summary_['kept_step']}, the best held-out check"
         except HealInterrupted:
             raise StopRequested() from None
         except NonFiniteLoss as exc:
             note = f"healing stopped: {exc}; restored the weights from before this iteration's healing"
             self.emit("alert", level="error", message=note, iteration=self.iteration)
-        self.trained.update(mapping[j] for j in trainable)
+        self.modified.update(layer_group(mapping[j]) for j in trainable)
+        if self.heal_config.trainable.train_norm:
+            self.modified.add("norm")
+        if self.heal_config.trainable.train_head:
+            self.modified.add("head")
         after = self.healer.heldout_loss(pairs)
         self.say(f"{note}; held-out distillation loss {before['loss']:.4f} -> {after['loss']:.4f}")
-        self._phase("evaluating", "after healing")
-        scores = self.evaluator.evaluate([None], progress=self.progress)[None]
-        self._eval_event(self.iteration, "after_healing", scores, heldout={"before": before, "after": after})
+        self._heldout = {"before": before, "after": after}
 
-    # --- the decision point ---------------------------------------------------------------------
-    def decide(self, proposal: int, ranked: list[tuple[int, float]]) -> Decision:
-        """Auto takes the proposal; manual waits for a person; auto-after waits, then takes it."""
-        return self.control.decide(self.iteration, proposal, layer_map(self.model), [{"layer": l, "score": v} for l, v in ranked])
+    def _gaps_this_heal(self) -> list[int]:
+        """The layers whose removal this healing repairs: this iteration's, or in a fixed-removal
+        run (which heals once) all of them."""
+        if self.config.removals is not None:
+            return list(self.config.removals)
+        return [self.removed[-1]["layer"]]
 
-    # --- scoring --------------------------------------------------------------------------------
-    def _score(self) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
-        mapping = layer_map(self.model)
-        per_task_orig: dict[int, dict[str, float]] = {}
-        if not self.strategy.rescore and self.one_shot_scores is not None:
-            scores = {o: self.one_shot_scores[o] for o in mapping}
-            self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores), reused=True)
-        else:
-            self._phase("scoring", self.metric)
-            if self.metric == "task_drop":
-                from engine.importance.scores import task_drop_scores
+    # --- the quality floor ----------------------------------------------------------------------
+    def below_floor(self) -> bool:
+        floor = self.config.min_retention
+        return floor is not None and self.teacher_report is not None and self.last_report < floor * self.teacher_report
 
-                drops, per_task, _current = task_drop_scores(self.evaluator, progress=self.progress)
-                scores = {mapping[i]: v for i, v in drops.items()}
-                per_task_orig = {mapping[i]: per_task[i] for i in per_task}
-                by_task = {task: {str(mapping[i]): per_task[i][task] for i in per_task} for task in self.evaluator.task_names}
-                self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores), per_task=by_task,
-                          aggregates={str(mapping[i]): aggregate(per_task[i]) for i in per_task})
-            elif self.metric in ("bi", "angular"):
-                from engine.importance.scores import similarity_scores
+    def stop_at_floor(self) -> str:
+        """The student of this iteration fell below the floor: the last checkpoint is the answer."""
+        layer = self.removed[-1]["layer"]
+        rejected = {"iteration": self.iteration, "layer": layer, "aggregate": self.last_report}
+        self.say(f"removing layer {layer} left the report aggregate at {self.last_report:.4f}, below "
+                 f"{self.config.min_retention:.0%} of the teacher's {self.teacher_report:.4f}: keeping the student of "
+                 f"iteration {self.iteration - 1}")
+        checkpoint = self.store.latest()
+        self.model = load_model(self.config.model, device=self.config.device).model
+        self.removed, self.iteration = list(checkpoint.removed), checkpoint.iteration
+        self.store.restore(self.model, checkpoint)
+        self.export()
+        self._finish("floor", f"stopped at the quality floor with {self.depth} layers", export=str(self.rundir.export_dir),
+                     rejected=rejected)
+        return "floor"
 
-                both = similarity_scores(self.model, self.calibration, self.evaluator.pad_id, self.config.batch_tokens, self.progress)
-                scores = {mapping[i]: v for i, v in both[self.metric].items()}
-                other = "angular" if self.metric == "bi" else "bi"
-                self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores),
-                          also={other: _keyed({mapping[i]: v for i, v in both[other].items()})})
-            else:
-                from engine.importance.scores import loss_drop_scores
+    # --- 6. checkpoint, export, finish ----------------------------------------------------------
+    def checkpoint(self) -> None:
+        faults.point("checkpoint")
+        extra = {"one_shot": {str(k): v for k, v in self.one_shot.items()}} if self.one_shot else {}
+        path = self.store.save(self.iteration, self.removed, self.model, sorted(self.modified), extra)
+        self.emit("checkpoint", iteration=self.iteration, name=str(self.iteration), path=str(path))
+        self._write_state()
 
-                kind = self.metric.removeprefix("loss_")
-                drops = loss_drop_scores(self.model, self.calibration, self.evaluator.pad_id, kind=kind, teacher=self.teacher,
-                                         batch_tokens=self.config.batch_tokens, progress=self.progress)
-                scores = {mapping[i]: v for i, v in drops.items()}
-                self.emit("importance", iteration=self.iteration, metric=self.metric, scores=_keyed(scores))
-            if not self.strategy.rescore:
-                self.one_shot_scores = dict(scores)
-        ranked = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))
-        return ranked, per_task_orig
+    def export(self) -> None:
+        self._phase("exporting", str(self.rundir.export_dir))
+        faults.point("export")
+        export_model(self.model, self.tokenizer, self.rundir.export_dir, {
+            "teacher": self.config.model, "strategy": self.config.strategy, "run": self.config.name,
+            "removal_order": self.removed_layers,
+        })
 
-    def _calibration_sequences(self) -> list[ScoredSequence]:
+    def _finish(self, reason: str, message: str, **extra) -> None:
+        fields = {"reason": reason, "iteration": self.iteration, "removed": self.removed_layers}
+        if self.model is not None:
+            fields.update(layers=self.depth, params=parameter_count(self.model))
+        self.emit("run_finished", **fields, **extra)
+        if self.model is not None:
+            self._write_state(finished=reason != "stopped")
+        self.control.notify("stopped" if reason == "stopped" else "finished", message)
+
+    def _write_state(self, finished: bool = False) -> None:
+        write_state(self.rundir, {"iteration": self.iteration, "removed": self.removed_layers, "mapping": layer_map(self.model),
+                                  "last_checkpoint": str(self.iteration), "mode": self.control.mode, "finished": finished})
+
+    # --- helpers --------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return adapter_for(self.model).num_layers
+
+    @property
+    def removed_layers(self) -> list[int]:
+        return [r["layer"] for r in self.removed]
+
+    def _phase(self, phase: str, detail: str = "") -> None:
+        self.progress.phase = phase
+        self.emit("phase", iteration=self.iteration, phase=phase, detail=detail)
+
+    def _logged_event(self, type_: str, **fields) -> dict | None:
+        """The last such event in the log as it was when this engine started."""
+        for e in reversed(self._logged):
+            if e.get("type") == type_ and all(e.get(k) == v for k, v in fields.items()):
+                return e
+        return None
+
+    def _needs_calibration(self) -> bool:
+        return self.metric in ("bi", "angular", "loss_nll", "loss_kl", "block_distance") or self.strategy.bridge
+
+    def _calibration(self):
+        """Text for similarity, loss drop and bridges: never the evaluation items."""
+        from engine.tasks.requests import ScoredSequence
+        from engine.tasks.sources import read_rows
+        from engine.tasks.spec import EmbeddedSource, FileSource, TaskSpec
+
         cal = self.config.calibration
         path = Path(cal.path)
         source = FileSource(type="jsonl", path=str(path)) if path.is_file() else EmbeddedSource(type="embedded", path=cal.path)
@@ -336,169 +433,9 @@ class Runner:
                 sequences.append(ScoredSequence(ids, list(range(len(ids) - 1)), ids[1:], item=i))
         return sequences
 
-    # --- evaluation, checkpoints, export --------------------------------------------------------
-    def _eval_event(self, iteration: int, stage: str, scores: dict[str, float], **extra) -> None:
-        self.emit("eval", iteration=iteration, stage=stage, aggregate=aggregate(scores), tasks=scores,
-                  layers=adapter_for(self.model).num_layers, params=parameter_count(self.model), **extra)
-
-    def _checkpoint(self) -> None:
-        """The removals, plus the weights of every layer healing has changed (by original index).
-
-        A removal-only student is fully described by its removals, so it saves no weights.
-        """
-        from safetensors.torch import save_file
-
-        name = str(self.iteration)
-        target = self.rundir.checkpoint_dir(name)
-        target.mkdir(parents=True, exist_ok=True)
-        trained = sorted(getattr(self, "trained", set()))
-        if trained:
-            save_file(self._layer_tensors(trained), str(target / "layers.safetensors"))
-        record = {
-            "name": name,
-            "iteration": self.iteration,
-            "removed": self.removed,
-            "layer_map": layer_map(self.model),
-            "trained": trained,
-            "one_shot_scores": _keyed(self.one_shot_scores) if self.one_shot_scores else None,
-        }
-        write_json_atomic(target / CHECKPOINT_FILE, record)
-        self.rundir.set_latest(name)
-        self._drop_partials()
-        self.emit("checkpoint", iteration=self.iteration, name=name, path=str(target))
-        self._write_state()
-
-    def _layer_tensors(self, originals: list[int]) -> dict[str, torch.Tensor]:
-        mapping = layer_map(self.model)
-        adapter = adapter_for(self.model)
-        out = {}
-        for o in originals:
-            if o in mapping:
-                for pname, p in adapter.layers[mapping.index(o)].named_parameters():
-                    out[f"{o}.{pname}"] = p.detach().to("cpu").contiguous()
-        return out
-
-    def _load_layer_tensors(self, path: Path) -> None:
-        load_layer_tensors(self.model, path)
-
-    # --- mid-iteration checkpoints ----------------------------------------------------------------
-    def _save_partial(self, decision: Decision, state, trainable: list[int]) -> None:
-        """Healing state every few minutes: a kill loses at most that much work."""
-        root = self.rundir.checkpoints_dir
-        target = root / f"partial-{self.iteration}-{state.step}"
-        tmp = root / f".{target.name}.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        torch.save({"optimizer": state.optimizer, "trainable": state.trainable}, tmp / "heal_state.pt")
-        write_json_atomic(tmp / "partial.json", {
-            "iteration": self.iteration, "step": state.step, "trainable": trainable,
-            "decision": {"layer": decision.layer, "by": decision.by, "proposed": self.removed[-1]["proposed"] if self.removed else None},
-        })
-        if target.exists():
-            # Left by an engine killed after renaming it but before PARTIAL pointed at it: resumed from
-            # the earlier partial, this run reached the same step again; renaming onto it would fail.
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        write_text_atomic(root / "PARTIAL", target.name)
-        for old in root.glob("partial-*"):
-            if old.name != target.name:
-                shutil.rmtree(old, ignore_errors=True)
-        self.emit("checkpoint", iteration=self.iteration, name=target.name, path=str(target), partial=True, step=state.step)
-
-    def _partial_checkpoint(self, iteration: int) -> dict | None:
-        pointer = self.rundir.checkpoints_dir / "PARTIAL"
-        if not pointer.is_file():
-            return None
-        directory = self.rundir.checkpoints_dir / pointer.read_text().strip()
-        record = read_json(directory / "partial.json")
-        if not record or record.get("iteration") != iteration:
-            return None
-        return {**record, "dir": str(directory)}
-
-    def _resume_partial(self, partial: dict) -> Decision:
-        d = partial["decision"]
-        decision = Decision(layer=d["layer"], by=d["by"])
-        remove_layers(self.model, decision.layer)
-        self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by, "proposed": d.get("proposed")})
-        self.say(f"resuming iteration {self.iteration} at healing step {partial['step']} (layer {decision.layer} already removed)")
-        return decision
-
-    def _drop_partials(self) -> None:
-        root = self.rundir.checkpoints_dir
-        (root / "PARTIAL").unlink(missing_ok=True)
-        for old in root.glob("partial-*"):
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _write_state(self, finished: bool = False) -> None:
-        write_state(self.rundir, {
-            "iteration": self.iteration,
-            "removed": [r["layer"] for r in self.removed],
-            "mapping": layer_map(self.model),
-            "last_checkpoint": str(self.iteration),
-            "mode": self.control.mode,
-            "finished": finished,
-        })
-
-    def _latest_checkpoint(self) -> dict | None:
-        path = self.rundir.latest_checkpoint()
-        if path is None:
-            return None
-        record = read_json(Path(path) / CHECKPOINT_FILE)
-        return record
-
-    def _restore(self, checkpoint: dict) -> None:
-        self.iteration = checkpoint["iteration"]
-        self.removed = list(checkpoint["removed"])
-        if self.removed:
-            remove_layers(self.model, [r["layer"] for r in self.removed])
-        self.trained = set(checkpoint.get("trained") or [])
-        weights = Path(self.rundir.checkpoint_dir(checkpoint["name"])) / "layers.safetensors"
-        if weights.is_file():
-            self._load_layer_tensors(weights)
-        if checkpoint.get("one_shot_scores"):
-            self.one_shot_scores = {int(k): v for k, v in checkpoint["one_shot_scores"].items()}
-        self.say(f"resumed from checkpoint {checkpoint['name']} (iteration {self.iteration}, removed {[r['layer'] for r in self.removed]})")
-
-    def _export(self) -> None:
-        export_model(self.model, self.tokenizer, self.rundir.export_dir, {
-            "teacher": self.config.model,
-            "strategy": self.config.strategy,
-            "run": self.config.name,
-            "removal_order": [r["layer"] for r in self.removed],
-        })
-
-    # --- helpers --------------------------------------------------------------------------------
-    def _phase(self, phase: str, detail: str = "") -> None:
-        self.progress.phase = phase
-        self.emit("phase", iteration=self.iteration, phase=phase, detail=detail)
-
-    def _has_event(self, type_: str, **fields) -> bool:
-        """Whether the log (as it was when this engine started) already holds such an event."""
-        if not hasattr(self, "_logged"):
-            from engine.runlog.tailer import read_all
-
-            self._logged = read_all(self.rundir.events_file)
-        return any(e.get("type") == type_ and all(e.get(k) == v for k, v in fields.items()) for e in self._logged)
-
-
-def load_layer_tensors(model, path: Path) -> None:
-    """Put healed layers (keys ``<original index>.<parameter>``) back into a student."""
-    from safetensors.torch import load_file
-
-    mapping = layer_map(model)
-    adapter = adapter_for(model)
-    with torch.no_grad():
-        for key, value in load_file(str(path)).items():
-            original, name = key.split(".", 1)
-            layer = adapter.layers[mapping.index(int(original))]
-            dict(layer.named_parameters())[name].copy_(value)
-
-
-def _keyed(scores: dict[int, float] | None) -> dict[str, float]:
-    return {str(k): v for k, v in sorted((scores or {}).items())}
-
 
 def _hint(exc: BaseException) -> str:
-    if isinstance(exc, torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError):
+    if isinstance(exc, getattr(torch.cuda, "OutOfMemoryError", MemoryError)):
         return "out of GPU memory: lower --batch-tokens"
     if isinstance(exc, MemoryError):
         return "out of memory: lower --batch-tokens"

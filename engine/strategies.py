@@ -1,17 +1,22 @@
-"""The paper's five strategies, as presets over importance metric, re-scoring and healing."""
+"""The strategies, as presets over importance metric, re-scoring, bridging and healing.
+
+Standard library only: the dashboard reads this table too.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    importance: str  # "bi" | "angular" | "task_drop" | "loss_nll" | "loss_kl"
+    importance: str  # "bi" | "angular" | "task_drop" | "loss_nll" | "loss_kl" | "position" | "block_distance"
     rescore: bool  # re-score the student every iteration (False: one shot on the teacher)
     heal: bool  # distil the student against the teacher after each removal
     summary: str
+    bridge: bool = False  # replace each removed layer by a least-squares linear map fused into the layer before
+    heal_settings: dict = field(default_factory=dict)  # the strategy's own healing defaults (``--set heal.*`` wins)
 
 
 STRATEGIES = {
@@ -22,10 +27,18 @@ STRATEGIES = {
         Strategy("iterative-bi-distill", "bi", True, True, "iterative Block Influence, healed by distillation"),
         Strategy("iterative-pruning", "task_drop", True, False, "task-score drop re-scored after every removal"),
         Strategy("iterative-distill", "task_drop", True, True, "the paper's method: task drop + distillation"),
+        Strategy("reverse-order", "position", False, True,
+                 "remove the last layers before the final one; heal the LM head and the last three layers (Lu et al., ICLR 2026)",
+                 heal_settings={"trainable": "last", "trainable_k": 3, "train_head": True, "untie_head": True}),
+        Strategy("replaceme", "block_distance", False, False,
+                 "training-free: the most redundant block, each layer replaced by a least-squares linear map (ReplaceMe)",
+                 bridge=True),
+        Strategy("iterative-distill-bridge", "task_drop", True, True,
+                 "the paper's method, healing from a least-squares linear bridge fused at each removal", bridge=True),
     )
 }
 DEFAULT_STRATEGY = "iterative-distill"
-IMPORTANCE_METRICS = ("task_drop", "bi", "angular", "loss_nll", "loss_kl")
+IMPORTANCE_METRICS = ("task_drop", "bi", "angular", "loss_nll", "loss_kl", "position", "block_distance")
 
 
 class UnknownStrategy(ValueError):

@@ -31,23 +31,47 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _resolve(data: dict):
-    """Validate everything a run needs before anything is written."""
+    """Validate everything a run needs before anything is written: the config, the model's depth,
+    the suites' data files and templates, the distillation data."""
     import yaml  # noqa: F401  (fail here, not later, on a broken install)
 
     from engine.config import ConfigError, validate_config
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
     from engine.models.loading import model_depth
     from engine.strategies import get_strategy
-    from engine.tasks.spec import TaskFileError, load_suite
+    from engine.tasks.spec import TaskFileError, check_suite_data, load_suite
 
     try:
-        get_strategy(data.get("strategy", ""))
-        load_suite(data.get("suite", "default"))
+        strategy = get_strategy(data.get("strategy", ""))
+        # The strategy's own healing choices first; what the user set explicitly wins.
+        data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
+        for name in (data.get("suite", "default"), data.get("report_suite")):
+            if name:
+                check_suite_data(load_suite(name))
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
-        return validate_config(data)
+        config = validate_config(data)
+        if strategy.heal:
+            _check_distill_data(config)
+        return config
     except (ConfigError, ModelSpecError, UnsupportedArchitecture, TaskFileError, ValueError) as exc:
         raise SystemExit(_fail(str(exc)))
+
+
+def _check_distill_data(config) -> None:
+    """The healing text must exist and hold the text field, before a model is loaded."""
+    from engine.distill.data import DataConfig, load_texts
+
+    source = config.heal.data
+    if source.startswith("hf:"):
+        return  # the Hub is read when the run starts; offline here it cannot be checked
+    try:
+        texts = load_texts(DataConfig(source=source, text_field=config.heal.text_field, max_documents=10**9))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        detail = f"no '{config.heal.text_field}' field in a row" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise ValueError(f"heal.data {source}: {detail}") from None
+    if not texts:
+        raise ValueError(f"heal.data {source}: no text")
 
 
 def create(run_dir: Path, data: dict) -> int:
@@ -58,7 +82,8 @@ def create(run_dir: Path, data: dict) -> int:
     if run_dir.exists():
         return _fail(f"run directory {run_dir} already exists")
     config = _resolve(data)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # a run directory is the user's alone: models, prompts and commands inside
+    run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Build it beside its final place and rename: a run directory is whole or absent.
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
@@ -114,6 +139,9 @@ def run(run_dir: Path) -> int:
 
     # The engine outlives the terminal that started it: a hang-up is not a reason to stop.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A file-size limit then fails the write (EFBIG) instead of killing the engine mid-checkpoint.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    os.umask(0o077)
 
     config = _load_config(run_dir)
     _quiet_libraries()
@@ -137,27 +165,29 @@ def run(run_dir: Path) -> int:
         lock.release()
 
 
-def export(run_dir: Path, out: Path) -> int:
-    from engine.runlog.layout import RunDir
+def export(run_dir: Path, out: Path, force: bool = False) -> int:
+    from engine.checkpoints import CheckpointError, CheckpointStore
+    from engine.models.export import ExportRefused, check_export_target
 
     config = _load_config(run_dir)
+    try:
+        check_export_target(out, force, protect=[run_dir])
+        checkpoint = CheckpointStore(run_dir).latest()
+    except (ExportRefused, CheckpointError) as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    if checkpoint is None:
+        return _fail(f"{run_dir} has no checkpoint yet: nothing to export", EXIT_FAILED)
+    if checkpoint.note:
+        print(f"ild: {checkpoint.note}", file=sys.stderr)
     _quiet_libraries()
     from engine.models.export import export_model
     from engine.models.loading import load_model
-    from engine.models.surgery import remove_layers
-    from engine.runlog.atomic import read_json
 
-    latest = RunDir(run_dir).latest_checkpoint()
-    record = read_json(Path(latest) / "checkpoint.json") if latest else {"removed": []}
     loaded = load_model(config.model, device="cpu")
-    removed = [r["layer"] for r in record.get("removed", [])]
-    if removed:
-        remove_layers(loaded.model, removed)
-    if latest and (Path(latest) / "layers.safetensors").is_file():
-        from engine.runner import load_layer_tensors
-
-        load_layer_tensors(loaded.model, Path(latest) / "layers.safetensors")
-    export_model(loaded.model, loaded.tokenizer, out, {"teacher": config.model, "strategy": config.strategy, "run": config.name, "removal_order": removed})
+    CheckpointStore(run_dir).restore(loaded.model, checkpoint)
+    export_model(loaded.model, loaded.tokenizer, out, {"teacher": config.model, "strategy": config.strategy, "run": config.name,
+                                                       "removal_order": checkpoint.removed_layers,
+                                                       "checkpoint": checkpoint.name}, force=force)
     print(out)
     return 0
 
@@ -168,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--create", action="store_true", help="validate a JSON config from stdin and create the run directory")
     parser.add_argument("--export", action="store_true", help="export the student of the last checkpoint")
     parser.add_argument("--out", type=Path, help="where --export writes")
+    parser.add_argument("--force", action="store_true", help="--export may replace a non-empty directory that is not an ild export")
     args = parser.parse_args(argv)
     if args.create:
         try:
@@ -178,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         if args.out is None:
             return _fail("--export needs --out DIR")
-        return export(args.run_dir, args.out)
+        return export(args.run_dir, args.out, args.force)
     return run(args.run_dir)
 
 

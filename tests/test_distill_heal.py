@@ -24,9 +24,10 @@ def _setup(cached=True, lr=1e-3, seed=0, **heal):
     train = torch.randint(3, 256, (16, 24), generator=g)
     heldout = torch.randint(3, 256, (4, 24), generator=g)
     heal.setdefault("head_matmul", "fp32")  # exact comparisons; bf16 has its own test
+    heal.setdefault("early_stop", False)  # every step runs; early stopping has its own tests
     config = HealConfig(lr=lr, batch_size=4, cached=cached, data=DataConfig(seq_len=24), **heal)
     cache = TeacherCache(teacher, train, heldout, None, 1 << 30, 4)
-    return teacher, student, Healer(student, teacher, cache, config)
+    return teacher, student, Healer(student, cache, config)
 
 
 def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
@@ -43,8 +44,10 @@ def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
         runs[cached] = (steps, after)
     for a, b in zip(runs[True][0], runs[False][0]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    # Adam turns float32 rounding of the (now weighty) KL gradient into weight noise of up to 5e-5 after
+    # four steps of 1e-3: 1% of the distance the weights moved.
     for key in runs[True][1]:
-        assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-5)
+        assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-4)
     assert [s["step"] for s in runs[True][0]] == [1, 2, 3, 4]
     assert {"loss", "kl", "mse", "lr", "grad_norm", "tokens_per_s"} <= set(runs[True][0][0])
 
@@ -63,7 +66,7 @@ def test_cached_variants_equal_the_plain_loop(heal):
     for a, b in zip(runs[True][0], runs[False][0]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
     for key in runs[True][1]:
-        assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-5)
+        assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-4)
 
 
 def test_bf16_head_matmul_trains_like_fp32():

@@ -74,10 +74,27 @@ def test_total_combines_scales(batch):
     s, t, mask = batch
     h_s = {3: torch.zeros(2, 5, 4)}
     h_t = {3: torch.ones(2, 5, 4)}
-    config = LossConfig(kl_scale=0.5, mse_scale=2.0)
+    config = LossConfig(kl_scale=0.5, mse_scale=2.0, kl_reference_tokens=10)
     total, kl, mse = total_loss(s, t, h_s, h_t, mask, config)
     assert float(mse) == pytest.approx(1.0)
+    assert float(total) == pytest.approx(0.5 * 10 * float(kl) + 2.0)
+    # The paper's summed form carries its own token count: no reference tokens.
+    summed = LossConfig(kl_scale=0.5, mse_scale=2.0, reduction="sum", kl_reference_tokens=10)
+    total, kl, mse = total_loss(s, t, h_s, h_t, mask, summed)
     assert float(total) == pytest.approx(0.5 * float(kl) + 2.0)
+
+
+def test_default_keeps_the_papers_balance_whatever_the_batch_shape():
+    """The paper: KL summed over 2 x 2,048 tokens per device, / 100. Token-mean KL weighted
+    kl_scale * kl_reference_tokens is the same loss for that batch and the same balance for any other."""
+    torch.manual_seed(0)
+    for batch, seq in ((2, 2048), (4, 256), (1, 64)):
+        s, t = torch.randn(batch, seq, 11), torch.randn(batch, seq, 11)
+        mask = torch.ones(batch, seq)
+        mean = LossConfig()
+        ours = float(kl_loss(s, t, mask, mean)) * mean.kl_weight
+        per_token_paper = float(kl_loss(s, t, mask, LossConfig(reduction="sum"))) / 100 / (batch * seq) * 4096
+        assert ours == pytest.approx(per_token_paper, rel=1e-4)
 
 
 def test_hidden_choices():

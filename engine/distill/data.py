@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from engine.config import heal_default
 from engine.tasks.spec import DATA_DIR
 
 EMBEDDED_DISTILL_FILE = "distill_en.jsonl"
@@ -21,11 +22,11 @@ EMBEDDED_DISTILL_FILE = "distill_en.jsonl"
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "embedded"  # "embedded" | a .jsonl/.txt path | "hf:NAME[:CONFIG[:SPLIT]]"
-    text_field: str = "text"
-    seq_len: int = 256
-    train_tokens: int = 65536  # per iteration
-    heldout_tokens: int = 4096
+    source: str = heal_default("data")  # "embedded" | a .jsonl/.txt path | "hf:NAME[:CONFIG[:SPLIT]]"
+    text_field: str = heal_default("text_field")
+    seq_len: int = heal_default("seq_len")
+    train_tokens: int = heal_default("train_tokens")  # per iteration
+    heldout_tokens: int = heal_default("heldout_tokens")
     max_documents: int = 20000
 
 

@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from engine.models.adapters import adapter_for
+from engine.config import heal_default
 
 from .cache import BlockStore
 from .data import DataConfig
 from .fused_kl import TopK, fused_head_kl, teacher_topk
-from .losses import LossConfig, hidden_pairs, total_loss
+from .losses import LossConfig, hidden_pairs, total_loss, weighted_terms
 from .trainable import TrainableConfig, freeze_except
 
 
@@ -41,19 +42,43 @@ class HealConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    lr: float = 1e-4
-    warmup_steps: int = 2
+    lr: float = heal_default("lr")
+    warmup_steps: int = heal_default("warmup_steps")
     min_lr_ratio: float = 0.1
-    batch_size: int = 4
-    grad_accum: int = 1
-    clip: float = 1.0
+    batch_size: int = heal_default("batch_size")
+    grad_accum: int = heal_default("grad_accum")
+    clip: float = heal_default("clip")
     weight_decay: float = 0.0
-    cached: bool = True
-    fused_head: bool = True  # the cached loop's head + KL fused and chunked (where the loss allows it)
-    head_matmul: str = "auto"  # the fused head's matmuls: "bf16", "fp32" or "auto" (bf16 on CUDA and on CPUs with native bf16)
-    teacher_topk: int = 0  # > 0: store the teacher's top-k tokens instead of recomputing its logits
-    cache_limit_mb: int = 1024
-    checkpoint_every_s: float = 120.0
+    cached: bool = heal_default("cached")
+    fused_head: bool = heal_default("fused_head")  # the cached loop's head + KL fused and chunked (where the loss allows it)
+    head_matmul: str = heal_default("head_matmul")  # the fused head's matmuls: "bf16", "fp32" or "auto" (bf16 on CUDA and on CPUs with native bf16)
+    teacher_topk: int = heal_default("teacher_topk")  # > 0: store the teacher's top-k tokens instead of recomputing its logits
+    cache_limit_mb: int = heal_default("cache_limit_mb")
+    checkpoint_every_s: float = heal_default("checkpoint_every_s")
+    # Early stopping: the held-out distillation loss every ``eval_every`` steps (0: about eight checks
+    # an iteration); stop after ``patience`` checks without a relative gain of ``min_delta``, and keep
+    # the best weights seen (the weights from before healing when it never helped).
+    early_stop: bool = heal_default("early_stop")
+    eval_every: int = heal_default("eval_every")
+    patience: int = heal_default("patience")
+    min_delta: float = heal_default("min_delta")
+
+    @classmethod
+    def from_settings(cls, h) -> "HealConfig":
+        """The one conversion from the validated run config's ``heal`` section to the healing parts."""
+        return cls(
+            loss=LossConfig(kl_scale=h.kl_scale, mse_scale=h.mse_scale, kl_input=h.kl_input, direction=h.direction,
+                            temperature=h.temperature, reduction=h.reduction, hidden=h.hidden, final_norm=h.final_norm,
+                            kl_reference_tokens=h.kl_reference_tokens),
+            trainable=TrainableConfig(choice=h.trainable, k=h.trainable_k, train_norm=h.train_norm, train_head=h.train_head,
+                                      allow_tied=h.untie_head),
+            data=DataConfig(source=h.data, text_field=h.text_field, seq_len=h.seq_len, train_tokens=h.train_tokens,
+                            heldout_tokens=h.heldout_tokens),
+            lr=h.lr, warmup_steps=h.warmup_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, clip=h.clip,
+            cached=h.cached, fused_head=h.fused_head, head_matmul=h.head_matmul, teacher_topk=h.teacher_topk,
+            cache_limit_mb=h.cache_limit_mb, checkpoint_every_s=h.checkpoint_every_s, early_stop=h.early_stop,
+            eval_every=h.eval_every, patience=h.patience, min_delta=h.min_delta,
+        )
 
 
 class NonFiniteLoss(Exception):
@@ -188,6 +213,47 @@ class HealState:
     step: int = 0
     optimizer: dict | None = None
     trainable: dict[str, torch.Tensor] | None = None
+    early: "EarlyStop | None" = None
+
+    def to_saved(self) -> dict:
+        """Tensors, numbers and lists only: loadable with ``torch.load(weights_only=True)``."""
+        return {"step": self.step, "optimizer": self.optimizer, "trainable": self.trainable,
+                "early": self.early.to_saved() if self.early is not None else None}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "HealState":
+        early = saved.get("early")
+        return cls(step=int(saved["step"]), optimizer=saved.get("optimizer"), trainable=saved.get("trainable"),
+                   early=EarlyStop.from_saved(early) if early else None)
+
+
+@dataclass
+class EarlyStop:
+    """The held-out checks of one iteration's healing: the best loss, its weights, the misses since."""
+
+    best_loss: float
+    best_step: int = 0
+    misses: int = 0
+    best: dict[str, torch.Tensor] | None = None  # trainable weights at the best check (None: from before healing)
+    checks: list[tuple[int, float]] = field(default_factory=list)
+
+    def update(self, step: int, loss: float, weights: Callable[[], dict[str, torch.Tensor]], min_delta: float) -> bool:
+        """Record a check; True when it improved on the best by at least ``min_delta`` (relative)."""
+        self.checks.append((step, loss))
+        if loss < self.best_loss * (1 - min_delta):
+            self.best_loss, self.best_step, self.misses, self.best = loss, step, 0, weights()
+            return True
+        self.misses += 1
+        return False
+
+    def to_saved(self) -> dict:
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "misses": self.misses, "best": self.best,
+                "checks": [[s, v] for s, v in self.checks]}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "EarlyStop":
+        return cls(best_loss=float(saved["best_loss"]), best_step=int(saved["best_step"]), misses=int(saved["misses"]),
+                   best=saved.get("best"), checks=[(int(s), float(v)) for s, v in saved.get("checks", [])])
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,16 +277,13 @@ def _bf16_head(choice: str, device: torch.device) -> bool:
 
 
 class Healer:
-    def __init__(self, student: nn.Module, teacher: nn.Module, cache: TeacherCache, config: HealConfig):
+    def __init__(self, student: nn.Module, cache: TeacherCache, config: HealConfig):
         self.student = student
-        self.teacher = teacher
         self.cache = cache
         self.config = config
         self._head_cast: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _teacher_targets(self, split: str, index, pairs: list[int], layer_map: list[int], device):
-        return self.cache.logits(split, index, device), self._teacher_hiddens(split, index, pairs, layer_map, device)
-
+    # --- what the student is compared with ------------------------------------------------------
     @torch.no_grad()
     def _teacher_hiddens(self, split: str, index, pairs: list[int], layer_map: list[int], device) -> dict[int, torch.Tensor]:
         """What each compared student layer is compared with: the student's last layer with the
@@ -247,6 +310,8 @@ class Healer:
             and not self.config.trainable.train_head
             and getattr(adapter.lm_head, "bias", None) is None
             and not getattr(adapter.config, "final_logit_softcapping", None)
+            # One head serves both sides of the fused KL: not after an earlier iteration trained the student's.
+            and torch.equal(adapter_for(self.student).lm_head.weight, adapter.lm_head.weight)
         )
 
     def _fused_kl(self, student_normed: torch.Tensor, target, mask: torch.Tensor, device, exact: bool = False) -> torch.Tensor:
@@ -268,6 +333,7 @@ class Healer:
 
     @torch.no_grad()
     def heldout_loss(self, pairs: list[int]) -> dict[str, float]:
+        """The distillation loss on held-out text (the exact KL, whatever the training target)."""
         adapter = adapter_for(self.student)
         layer_map = adapter.layer_map()
         self.cache.ensure(self._needed(pairs, layer_map), "heldout")
@@ -281,18 +347,18 @@ class Healer:
             ids = blocks[index].to(device)
             mask = torch.ones_like(ids)
             out, hidden = runner(None, ids)
+            t_hidden = self._teacher_hiddens("heldout", index, pairs, layer_map, device)
             if fused:
-                # Always the exact KL here, whatever the training target: the figure users compare.
-                t_hidden = self._teacher_hiddens("heldout", index, pairs, layer_map, device)
                 kl = self._fused_kl(out, self._exact_target("heldout", index, device), mask, device, exact=True)
                 loss, kl, mse = total_loss(None, None, hidden, t_hidden, mask, self.config.loss, kl=kl)
             else:
-                t_logits, t_hidden = self._teacher_targets("heldout", index, pairs, layer_map, device)
-                loss, kl, mse = total_loss(out, t_logits, hidden, t_hidden, mask, self.config.loss)
+                loss, kl, mse = total_loss(out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss)
             for key, value in (("loss", loss), ("kl", kl), ("mse", mse)):
                 totals[key] += float(value) * len(ids)
-        return {k: v / len(blocks) for k, v in totals.items()}
+        result = {k: v / len(blocks) for k, v in totals.items()}
+        return {**result, **weighted_terms(result["kl"], result["mse"], self.config.loss)}
 
+    # --- one iteration of healing ---------------------------------------------------------------
     def heal(
         self,
         trainable: list[int],
@@ -301,10 +367,14 @@ class Healer:
         on_step: Callable[[dict], None] | None = None,
         on_checkpoint: Callable[[HealState], None] | None = None,
         resume: HealState | None = None,
-        max_steps: int | None = None,
         interrupt: Callable[[], bool] | None = None,
+        baseline: float | None = None,
     ) -> dict:
-        """Train the chosen layers; returns a summary. Raises NonFiniteLoss after restoring weights."""
+        """Train the chosen layers; returns a summary. Raises NonFiniteLoss after restoring weights.
+
+        ``baseline``: the held-out loss before healing, the first mark early stopping must beat
+        (computed here when not given).
+        """
         from accelerate import Accelerator
 
         config = self.config
@@ -313,7 +383,8 @@ class Healer:
         pairs = hidden_pairs(config.loss, trainable, adapter.num_layers)
         params = freeze_except(self.student, trainable, config.trainable)
         names = {id(p): n for n, p in self.student.named_parameters()}
-        snapshot = {names[id(p)]: p.detach().clone() for p in params}
+        weights = lambda: {names[id(p)]: p.detach().clone() for p in params}  # noqa: E731
+        snapshot = weights()
         device = next(self.student.parameters()).device
         accelerator = Accelerator(
             cpu=device.type == "cpu",
@@ -322,46 +393,33 @@ class Healer:
         )
         blocks = self.cache.blocks["train"]
         n = len(blocks)
-        steps_per_epoch = max(1, n // config.batch_size)
-        total_steps = steps_per_epoch
-        if max_steps is not None:
-            total_steps = min(total_steps, max_steps)
+        total_steps = max(1, n // config.batch_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + iteration))
-
-        fused = config.cached and self._fused()
-        if config.cached:
-            self.cache.ensure(self._needed(pairs, layer_map), "train")
-            if fused and config.teacher_topk:
-                self.cache.ensure_topk("train", config.teacher_topk, config.loss.temperature)
-        start = min(trainable) if config.cached else 0
-        prefix = None
-        if config.cached and start > 0:
-            # The frozen layers below the lowest trainable one: once per iteration.
-            prefix = BlockStore(n, (blocks.shape[1], self.student.config.hidden_size), torch.float32,
-                                self.cache.spill_dir, self.cache.limit)
-            with torch.no_grad():
-                for b in range(0, n, config.batch_size):
-                    ids = blocks[b : b + config.batch_size].to(device)
-                    inputs = adapter.prepare(ids, None)
-                    prefix[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, start).float()
-
-        runner = StudentFromPrefix(self.student, start, pairs, self.config.loss.final_norm, fused=fused)
+        loop = _loop_for(self, pairs, layer_map, trainable, device)
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        step = 0
+
+        step, early = 0, None
         if resume is not None:
-            step = resume.step
+            step, early = resume.step, resume.early
             if resume.trainable:
                 with torch.no_grad():
                     for p in params:
                         p.copy_(resume.trainable[names[id(p)]])
             if resume.optimizer:
                 optimizer.load_state_dict(resume.optimizer)
-        runner, optimizer = accelerator.prepare(runner, optimizer)
+        if config.early_stop and early is None:
+            early = EarlyStop(best_loss=baseline if baseline is not None else self.heldout_loss(pairs)["loss"])
+        every = config.eval_every or max(1, total_steps // 8)
+        runner, optimizer = accelerator.prepare(loop.runner, optimizer)
+
+        def state() -> HealState:
+            return HealState(step, optimizer.state_dict(), weights(), early)
 
         last_save = time.monotonic()
         tokens = 0
         started = time.perf_counter()
-        last = {}
+        last: dict = {}
+        stopped_early = False
         try:
             while step < total_steps:
                 lr = lr_at(step, total_steps, config)
@@ -370,22 +428,10 @@ class Healer:
                 picked = order[step * config.batch_size : (step + 1) * config.batch_size]
                 ids = blocks[picked].to(device)
                 mask = torch.ones_like(ids)
-                hidden = prefix[picked].to(device) if prefix is not None else None
-                if fused:
-                    teacher_hidden = self._teacher_hiddens("train", picked, pairs, layer_map, device)
-                    target = (self.cache.topk_target("train", picked, device) if config.teacher_topk
-                              else self._exact_target("train", picked, device))
-                elif config.cached:
-                    teacher_logits, teacher_hidden = self._teacher_targets("train", picked, pairs, layer_map, device)
-                else:
-                    teacher_logits, teacher_hidden = self._plain_teacher(ids, pairs, layer_map)
+                hidden, target = loop.inputs(picked, ids)
                 with accelerator.accumulate(runner), accelerator.autocast():
                     out, student_hidden = runner(hidden, ids)
-                    if fused:
-                        kl_value = self._fused_kl(out, target, mask, device)
-                        loss, kl, mse = total_loss(None, None, student_hidden, teacher_hidden, mask, config.loss, kl=kl_value)
-                    else:
-                        loss, kl, mse = total_loss(out, teacher_logits, student_hidden, teacher_hidden, mask, config.loss)
+                    loss, kl, mse = loop.loss(out, student_hidden, target, mask)
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss(f"loss became {float(loss.detach())} at step {step + 1}")
                     accelerator.backward(loss)
@@ -397,41 +443,153 @@ class Healer:
                 elapsed = time.perf_counter() - started
                 last = {
                     "iteration": iteration, "step": step, "steps": total_steps, "loss": float(loss.detach()), "kl": float(kl),
-                    "mse": float(mse), "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / max(elapsed, 1e-9),
+                    "mse": float(mse), **weighted_terms(kl, mse, config.loss), "lr": lr, "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens / max(elapsed, 1e-9),
                 }
+                if early is not None and (step % every == 0 or step == total_steps):
+                    held = self.heldout_loss(pairs)["loss"]
+                    last["heldout_loss"] = held
+                    early.update(step, held, weights, config.min_delta)
+                    stopped_early = early.misses >= config.patience and step < total_steps
                 if on_step:
                     on_step(last)
+                if stopped_early:
+                    break
                 if interrupt is not None and step < total_steps and interrupt():
                     if on_checkpoint:
-                        on_checkpoint(HealState(step, optimizer.state_dict(), {names[id(p)]: p.detach().clone() for p in params}))
+                        on_checkpoint(state())
                     raise HealInterrupted(f"stopped at step {step}")
                 if on_checkpoint and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps:
-                    on_checkpoint(HealState(step, optimizer.state_dict(), {names[id(p)]: p.detach().clone() for p in params}))
+                    on_checkpoint(state())
                     last_save = time.monotonic()
         except NonFiniteLoss:
-            with torch.no_grad():
-                for p in params:
-                    p.copy_(snapshot[names[id(p)]])
+            _put(params, names, snapshot)
             raise
         finally:
-            if prefix is not None:
-                prefix.close()
+            loop.close()
             for p in self.student.parameters():
                 p.requires_grad_(False)
-        return {"steps": step, "tokens": tokens, "seconds": time.perf_counter() - started, "last": last, "pairs": pairs}
+        kept = step
+        if early is not None and early.checks and early.checks[-1][1] > early.best_loss:
+            # The last check is not the best one: keep the best weights (those from before healing
+            # when no check beat them), so healing never leaves the held-out loss worse.
+            _put(params, names, early.best if early.best is not None else snapshot)
+            kept = early.best_step
+        return {"steps": step, "tokens": tokens, "seconds": time.perf_counter() - started, "last": last, "pairs": pairs,
+                "stopped_early": stopped_early, "kept_step": kept,
+                "checks": list(early.checks) if early is not None else []}
+
+
+def _put(params: list[nn.Parameter], names: dict[int, str], values: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p in params:
+            p.copy_(values[names[id(p)]])
+
+
+# --- the three loops: what each step starts from and what it is compared with ---------------------
+class _PlainLoop:
+    """Teacher and the whole student every step, dense head and KL: the reference the others must equal."""
+
+    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], device):
+        self.healer, self.pairs, self.layer_map = healer, pairs, layer_map
+        config = healer.config
+        self.runner = StudentFromPrefix(healer.student, 0, pairs, config.loss.final_norm)
+
+    def inputs(self, picked, ids):
+        return None, self._teacher(ids)
 
     @torch.no_grad()
-    def _plain_teacher(self, ids, pairs, layer_map):
-        adapter = self.cache.adapter
+    def _teacher(self, ids):
+        adapter = self.healer.cache.adapter
         inputs = adapter.prepare(ids, None)
         hidden = inputs.hidden
-        last = len(layer_map) - 1
-        wanted = {layer_map[j]: j for j in pairs if j != last}
+        last = len(self.layer_map) - 1
+        wanted = {self.layer_map[j]: j for j in self.pairs if j != last}
         out = {}
         for o in range(adapter.num_layers):
             hidden = adapter.run_layer(o, hidden, inputs)
             if o in wanted:
                 out[wanted[o]] = hidden
-        if last in pairs:
-            out[last] = adapter.norm(hidden) if self.config.loss.final_norm else hidden
+        if last in self.pairs:
+            out[last] = adapter.norm(hidden) if self.healer.config.loss.final_norm else hidden
         return adapter.head(hidden), out
+
+    def loss(self, out, student_hidden, target, mask):
+        teacher_logits, teacher_hidden = target
+        return total_loss(out, teacher_logits, student_hidden, teacher_hidden, mask, self.healer.config.loss)
+
+    def close(self) -> None:
+        pass
+
+
+class _CachedLoop(_PlainLoop):
+    """The teacher's outputs from the cache, each step from the cached output of the frozen layers
+    below the lowest trainable one; dense head and KL."""
+
+    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device):
+        self.healer, self.pairs, self.layer_map, self.device = healer, pairs, layer_map, device
+        config = healer.config
+        cache = healer.cache
+        cache.ensure(healer._needed(pairs, layer_map), "train")
+        self.start = min(trainable)
+        self.prefix = self._prefix(device) if self.start > 0 else None
+        self.runner = StudentFromPrefix(healer.student, self.start, pairs, config.loss.final_norm, fused=self.fused)
+
+    fused = False
+
+    @torch.no_grad()
+    def _prefix(self, device) -> BlockStore:
+        """The frozen layers below the lowest trainable one: once per iteration."""
+        healer, adapter = self.healer, adapter_for(self.healer.student)
+        blocks, batch = healer.cache.blocks["train"], healer.config.batch_size
+        store = BlockStore(len(blocks), (blocks.shape[1], healer.student.config.hidden_size), torch.float32,
+                           healer.cache.spill_dir, healer.cache.limit)
+        for b in range(0, len(blocks), batch):
+            ids = blocks[b : b + batch].to(device)
+            inputs = adapter.prepare(ids, None)
+            store[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()
+        return store
+
+    def inputs(self, picked, ids):
+        hidden = self.prefix[picked].to(self.device) if self.prefix is not None else None
+        teacher_hidden = self.healer._teacher_hiddens("train", picked, self.pairs, self.layer_map, self.device)
+        return hidden, (self._target(picked), teacher_hidden)
+
+    def _target(self, picked):
+        return self.healer.cache.logits("train", picked, self.device)
+
+    def close(self) -> None:
+        if self.prefix is not None:
+            self.prefix.close()
+
+
+class _FusedLoop(_CachedLoop):
+    """As the cached loop, with the head and the KL fused and chunked against the teacher's cached
+    final hidden state (exact) or its top-k tokens (a lower bound of the KL)."""
+
+    fused = True
+
+    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device):
+        super().__init__(healer, pairs, layer_map, trainable, device)
+        config = healer.config
+        if config.teacher_topk:
+            healer.cache.ensure_topk("train", config.teacher_topk, config.loss.temperature)
+
+    def _target(self, picked):
+        cache = self.healer.cache
+        if self.healer.config.teacher_topk:
+            return cache.topk_target("train", picked, self.device)
+        return self.healer._exact_target("train", picked, self.device)
+
+    def loss(self, out, student_hidden, target, mask):
+        kl_target, teacher_hidden = target
+        kl = self.healer._fused_kl(out, kl_target, mask, self.device)
+        return total_loss(None, None, student_hidden, teacher_hidden, mask, self.healer.config.loss, kl=kl)
+
+
+def _loop_for(healer: Healer, pairs, layer_map, trainable, device):
+    if not healer.config.cached:
+        return _PlainLoop(healer, pairs, layer_map, device)
+    if healer._fused():
+        return _FusedLoop(healer, pairs, layer_map, trainable, device)
+    return _CachedLoop(healer, pairs, layer_map, trainable, device)

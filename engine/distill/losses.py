@@ -8,7 +8,12 @@ Every Table 1 variant of the paper is a value of ``LossConfig``, not a code chan
   * ``kl_scale`` (paper 1/100) and ``mse_scale``;
   * ``reduction``: ``token_mean`` (default: summed over the vocabulary, averaged over real tokens,
     so the scale does not depend on batch shape) or ``sum`` (the paper's code: summed over batch,
-    sequence and vocabulary);
+    sequence and vocabulary, so its weight grows with the batch);
+  * ``kl_reference_tokens``: with ``token_mean``, the KL term is weighted ``kl_scale *
+    kl_reference_tokens``. The paper's ``/100`` was meant for a KL summed over 2 x 2,048 tokens per
+    device; with the token mean and a bare 1/100, the KL term was 0.04 % of the loss (KL 0.127 x
+    0.01 against an MSE of 3.08) and healing was in effect the paper's "MSE only" row. The default
+    4,096 keeps the paper's balance whatever the batch shape;
   * ``hidden``: which hidden states the MSE compares: the last trainable layer's output against the
     teacher's output of the same original layer plus the last layer (``last_trainable+last``,
     the paper's best), ``last_trainable``, ``last``, ``all_trainable``, ``all`` or ``none``; "the last
@@ -24,19 +29,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.config import heal_default
+
 HIDDEN_CHOICES = ("last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    kl_scale: float = 0.01
-    mse_scale: float = 1.0
-    kl_input: str = "log_probs"  # "log_probs" | "logits"
-    direction: str = "forward"  # "forward" | "reverse"
-    temperature: float = 1.0
-    reduction: str = "token_mean"  # "token_mean" | "sum"
-    hidden: str = "last_trainable+last"
-    final_norm: bool = True  # "last" compares the final hidden state after the final norm (the paper's code)
+    kl_scale: float = heal_default("kl_scale")
+    mse_scale: float = heal_default("mse_scale")
+    kl_input: str = heal_default("kl_input")  # "log_probs" | "logits"
+    direction: str = heal_default("direction")  # "forward" | "reverse"
+    temperature: float = heal_default("temperature")
+    reduction: str = heal_default("reduction")  # "token_mean" | "sum"
+    hidden: str = heal_default("hidden")
+    final_norm: bool = heal_default("final_norm")  # "last" compares the final hidden state after the final norm (the paper's code)
+    kl_reference_tokens: int = heal_default("kl_reference_tokens")  # token_mean: the KL term weighs kl_scale * this (the paper's tokens per device)
+
+    @property
+    def kl_weight(self) -> float:
+        """What the reduced KL is multiplied by in the loss."""
+        return self.kl_scale * (self.kl_reference_tokens if self.reduction == "token_mean" else 1)
 
     def __post_init__(self):
         checks = {
@@ -50,6 +63,8 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
         if self.temperature <= 0:
             raise ValueError("loss.temperature must be positive")
+        if self.kl_reference_tokens < 1:
+            raise ValueError("loss.kl_reference_tokens must be at least 1")
 
 
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -110,4 +125,9 @@ def total_loss(
     mse = kl.new_zeros((), dtype=torch.float32)
     for key, value in student_hidden.items():
         mse = mse + mse_loss(value, teacher_hidden[key], mask)
-    return kl * config.kl_scale + mse * config.mse_scale, kl.detach(), mse.detach()
+    return kl * config.kl_weight + mse * config.mse_scale, kl.detach(), mse.detach()
+
+
+def weighted_terms(kl: float, mse: float, config: LossConfig) -> dict[str, float]:
+    """The two terms as they enter the loss: the balance a person needs to see."""
+    return {"kl_term": float(kl) * config.kl_weight, "mse_term": float(mse) * config.mse_scale}

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from engine.models.adapters import adapter_for
+from engine.config import heal_default
 
 
 @dataclass(frozen=True)
 class TrainableConfig:
-    choice: str = "adjacent"  # "adjacent" | "radius" | "last" | "all"
-    k: int = 1  # radius around every gap, or how many last layers
-    train_norm: bool = False
-    train_head: bool = False
+    choice: str = heal_default("trainable")  # "adjacent" | "radius" | "last" | "all"
+    k: int = heal_default("trainable_k")  # radius around every gap, or how many last layers
+    train_norm: bool = heal_default("train_norm")
+    train_head: bool = heal_default("train_head")
     allow_tied: bool = False
 
     def __post_init__(self):
@@ -47,14 +48,16 @@ def newest_gap(layer_map: list[int], removed_original: int) -> int:
     return sum(1 for o in layer_map if o < removed_original)
 
 
-def choose_trainable(layer_map: list[int], teacher_layers: int, removed_original: int, config: TrainableConfig) -> list[int]:
-    """Current indices of the layers to train."""
+def choose_trainable(layer_map: list[int], teacher_layers: int, removed_original: int | list[int], config: TrainableConfig) -> list[int]:
+    """Current indices of the layers to train; ``removed_original``: the layer(s) this healing
+    repairs (adjacent trains the two neighbours of each of their gaps)."""
     n = len(layer_map)
     if config.choice == "all":
         return list(range(n))
     if config.choice == "last":
         return list(range(max(0, n - config.k), n))
-    centres = [newest_gap(layer_map, removed_original)] if config.choice == "adjacent" else gaps(layer_map, teacher_layers)
+    removed = [removed_original] if isinstance(removed_original, int) else list(removed_original)
+    centres = [newest_gap(layer_map, o) for o in removed] if config.choice == "adjacent" else gaps(layer_map, teacher_layers)
     radius = 1 if config.choice == "adjacent" else config.k
     chosen = set()
     for g in centres:

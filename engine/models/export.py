@@ -6,21 +6,52 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from torch import nn
 
+from engine import faults
+
 from .adapters import adapter_for
 from .surgery import parameter_count
 
+EXPORT_RECORD = "ild_export.json"
 
-def export_model(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None) -> Path:
+
+class ExportRefused(Exception):
+    """The output directory holds something ``ild`` did not write; the message is one line."""
+
+
+def check_export_target(out_dir: str | Path, force: bool = False, protect: list[Path] = ()) -> Path:
+    """Refuse to replace what an export must never replace; return the resolved target.
+
+    Never a protected directory (the run directory) or a parent of one; never a non-empty directory
+    that is not an earlier ``ild`` export (it has ``ild_export.json``) unless ``force``; never a file.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    for guarded in protect:
+        guarded = Path(guarded).resolve()
+        if out == guarded or out in guarded.parents:
+            raise ExportRefused(f"--out {out_dir} is {'the run directory' if out == guarded else 'a parent of the run directory'}; choose another directory")
+    if out == Path.home().resolve() or out == Path(out.anchor):
+        raise ExportRefused(f"--out {out_dir} is {'your home directory' if out != Path(out.anchor) else 'the filesystem root'}")
+    if out.exists() and not out.is_dir():
+        raise ExportRefused(f"--out {out_dir} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_RECORD).is_file() and not force:
+        raise ExportRefused(f"--out {out_dir} is not empty and is not an earlier ild export (no {EXPORT_RECORD}); "
+                            "use --force to replace it")
+    return out
+
+
+def export_model(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
     """Save safetensors + config (with the original-layer map) + tokenizer, atomically.
 
     The directory appears only once it is whole: it is written next to its final place and renamed.
-    An existing directory at ``out_dir`` is replaced.
+    An earlier export at ``out_dir`` is replaced only after the new one is complete; anything else
+    there is refused (``ExportRefused``) unless ``force``.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_export_target(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     adapter = adapter_for(model)
     model.config.ild_layer_map = adapter.layer_map()
@@ -29,17 +60,27 @@ def export_model(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dic
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        teacher_layers = getattr(model.config, "ild_teacher_layers", adapter.num_layers)
         record = {
             "layer_map": adapter.layer_map(),
-            "teacher_layers": getattr(model.config, "ild_teacher_layers", adapter.num_layers),
-            "removed": sorted(set(range(getattr(model.config, "ild_teacher_layers", adapter.num_layers))) - set(adapter.layer_map())),
+            "teacher_layers": teacher_layers,
+            "removed": sorted(set(range(teacher_layers)) - set(adapter.layer_map())),
             "parameters": parameter_count(model),
             **(metadata or {}),
         }
-        (tmp / "ild_export.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        faults.point("export_write")
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+            aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out_dir, aside)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(aside, out_dir)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

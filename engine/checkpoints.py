@@ -1,0 +1,369 @@
+"""What a run has saved, and the one way to read it back: used by the runner, resume and export.
+
+A checkpoint ``checkpoints/<k>/`` is the student after iteration ``k``: the removal order plus the
+tensors of every module that differs from the teacher's (healed or bridged layers, an untied head),
+named by original layer index. A partial checkpoint ``checkpoints/partial-<k>-<step>/`` is the
+healing state in the middle of iteration ``k``.
+
+Durability (what survives a kill or a power cut at any instruction):
+  * a checkpoint directory is built under a dot-name, every file and the directory fsynced, then
+    renamed into place and the parent fsynced; only then does ``LATEST`` (or ``PARTIAL``) point at it;
+  * every file's size and sha256 are recorded in its manifest, so a truncated or altered file is
+    found on reading, and reading falls back to the newest checkpoint that verifies, saying so;
+  * nothing here unpickles code: tensors are safetensors, the optimiser state loads with
+    ``torch.load(weights_only=True)``, pointers are plain names inside ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine import faults
+from engine.models.adapters import adapter_for
+from engine.models.surgery import layer_map, remove_layers
+from engine.runlog._fileio import fsync_dir
+from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
+from engine.runlog.layout import RunDir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "checkpoint.json"
+PARTIAL_MANIFEST = "partial.json"
+TENSORS = "layers.safetensors"
+HEAL_STATE = "heal_state.pt"
+PARTIAL_POINTER = "PARTIAL"
+PARTIAL_PREFIX = "partial-"
+FORMAT = 2
+
+
+class CheckpointError(Exception):
+    """No usable checkpoint where one was promised; the message is one line."""
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint: what the student is after ``iteration``."""
+
+    name: str
+    iteration: int
+    removed: list[dict]  # {"iteration", "layer", "by", "proposed"} in removal order
+    modified: list[str] = field(default_factory=list)  # tensor groups that differ from the teacher
+    extra: dict = field(default_factory=dict)  # anything else the recipe keeps (one-shot scores, ...)
+    path: Path | None = None
+    note: str | None = None  # set when this is a fallback for an unreadable LATEST
+
+    @property
+    def removed_layers(self) -> list[int]:
+        return [r["layer"] for r in self.removed]
+
+
+@dataclass
+class Partial:
+    """Healing state saved in the middle of an iteration."""
+
+    iteration: int
+    step: int
+    decision: dict
+    trainable: list[int]
+    state: dict  # tensors and optimiser state (torch.load with weights_only=True)
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+# --- module tensors ---------------------------------------------------------------------------------
+def module_tensors(model, groups: list[str]) -> dict[str, torch.Tensor]:
+    """Tensors of the named groups: ``layer.<original>`` (a decoder layer) or ``head``, ``norm``."""
+    adapter = adapter_for(model)
+    mapping = adapter.layer_map()
+    out = {}
+    for group in groups:
+        module = _module(adapter, mapping, group)
+        if module is None:
+            continue
+        for pname, p in module.named_parameters():
+            out[f"{group}.{pname}"] = p.detach().to("cpu").contiguous()
+    return out
+
+
+def load_module_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved tensors into a student whose layers were already removed."""
+    adapter = adapter_for(model)
+    mapping = adapter.layer_map()
+    if any(key.startswith("head.") for key in tensors) and adapter.lm_head.weight is adapter.embed_tokens.weight:
+        from engine.models.surgery import untie_head
+
+        untie_head(model)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            group, name = _split_key(key)
+            module = _module(adapter, mapping, group)
+            if module is None:
+                raise CheckpointError(f"checkpoint tensor {key} names a layer the student does not have")
+            params = dict(module.named_parameters())
+            if name not in params or params[name].shape != value.shape:
+                raise CheckpointError(f"checkpoint tensor {key} does not fit the student")
+            params[name].copy_(value)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    head, _, rest = key.partition(".")
+    if head == "layer":
+        index, _, name = rest.partition(".")
+        return f"layer.{index}", name
+    if head in ("head", "norm"):
+        return head, rest
+    # Format 1 wrote "<original>.<parameter>" for layers.
+    return f"layer.{head}", rest
+
+
+def _module(adapter, mapping: list[int], group: str):
+    if group == "head":
+        return adapter.lm_head
+    if group == "norm":
+        return adapter.norm
+    original = int(group.split(".", 1)[1])
+    return adapter.layers[mapping.index(original)] if original in mapping else None
+
+
+def layer_group(original: int) -> str:
+    return f"layer.{original}"
+
+
+# --- the store --------------------------------------------------------------------------------------
+class CheckpointStore:
+    def __init__(self, run_dir: str | os.PathLike):
+        self.rundir = RunDir(run_dir)
+        self.root = self.rundir.checkpoints_dir
+
+    # writing ------------------------------------------------------------------------------------
+    def save(self, iteration: int, removed: list[dict], model, modified: list[str], extra: dict | None = None) -> Path:
+        """Write checkpoint ``iteration`` whole, then point ``LATEST`` at it."""
+        from safetensors.torch import save_file
+
+        tensors = module_tensors(model, modified)
+        manifest = {"format": FORMAT, "name": str(iteration), "iteration": iteration, "removed": removed,
+                    "layer_map": layer_map(model), "modified": modified, "extra": extra or {}}
+
+        def write(tmp: Path) -> dict:
+            files = {}
+            if tensors:
+                save_file(tensors, str(tmp / TENSORS))
+                files[TENSORS] = _describe(tmp / TENSORS)
+            return files
+
+        path = self._write_dir(str(iteration), MANIFEST, manifest, write)
+        self.rundir.set_latest(str(iteration))
+        self.drop_partials()
+        return path
+
+    def save_partial(self, iteration: int, step: int, decision: dict, trainable: list[int], state: dict,
+                     extra: dict | None = None) -> Path:
+        """Write the healing state of iteration ``iteration`` at ``step``, then point ``PARTIAL`` at it."""
+        name = f"{PARTIAL_PREFIX}{iteration}-{step}"
+        manifest = {"format": FORMAT, "iteration": iteration, "step": step, "decision": decision,
+                    "trainable": trainable, "extra": extra or {}}
+
+        def write(tmp: Path) -> dict:
+            torch.save(state, tmp / HEAL_STATE)
+            return {HEAL_STATE: _describe(tmp / HEAL_STATE)}
+
+        path = self._write_dir(name, PARTIAL_MANIFEST, manifest, write)
+        write_text_atomic(self.root / PARTIAL_POINTER, name + "\n")
+        for old in self.root.glob(f"{PARTIAL_PREFIX}*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _write_dir(self, name: str, manifest_name: str, manifest: dict, write: Callable[[Path], dict]) -> Path:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self.root / name
+        tmp = self.root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(mode=0o700)
+        try:
+            files = write(tmp)
+            write_json_atomic(tmp / manifest_name, {**manifest, "files": files})
+            for f in tmp.iterdir():
+                _fsync_file(f)
+            fsync_dir(tmp)
+            faults.point("checkpoint_write")
+            if target.exists():
+                # Not what LATEST/PARTIAL promise (those are never rewritten in place): a directory
+                # left by a kill after its rename but before its pointer moved, or a redone iteration.
+                aside = self.root / f".old-{name}-{uuid.uuid4().hex[:8]}"
+                os.replace(target, aside)
+                os.replace(tmp, target)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def drop_partials(self) -> None:
+        (self.root / PARTIAL_POINTER).unlink(missing_ok=True)
+        for old in self.root.glob(f"{PARTIAL_PREFIX}*"):
+            shutil.rmtree(old, ignore_errors=True)
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove half-written directories a killed engine left behind; return their names."""
+        gone = []
+        for pattern in (".tmp-*", ".old-*"):
+            for path in self.root.glob(pattern):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                gone.append(path.name)
+        return gone
+
+    # reading ------------------------------------------------------------------------------------
+    def latest(self) -> Checkpoint | None:
+        """The checkpoint ``LATEST`` names, verified; else the newest one that verifies (with a note).
+
+        None for a fresh run (no LATEST and no checkpoint). Raises CheckpointError when ``LATEST``
+        promises a checkpoint and none can be read: resuming from scratch would silently redo the
+        run, and exporting the teacher as the student would be a wrong model.
+        """
+        try:
+            named = self.rundir.latest_file.read_text(encoding="utf-8").strip()
+            problem = None if named else "LATEST is empty"
+        except (FileNotFoundError, NotADirectoryError):
+            named, problem = None, "LATEST is missing"
+        except (OSError, UnicodeDecodeError) as exc:
+            named, problem = None, f"LATEST is unreadable ({type(exc).__name__})"
+        if named:
+            try:
+                return self.load(named)
+            except CheckpointError as exc:
+                problem = str(exc)
+        # A directory only gets its final name once it is whole, so any that verifies is a safe start.
+        for name in sorted((c for c in self._checkpoint_names() if c != named), key=int, reverse=True):
+            try:
+                checkpoint = self.load(name)
+            except CheckpointError:
+                continue
+            checkpoint.note = f"{problem}; using checkpoint {name}, the newest that verifies"
+            return checkpoint
+        if named:
+            raise CheckpointError(f"{problem}, and no other checkpoint verifies")
+        return None
+
+    def _checkpoint_names(self) -> list[str]:
+        try:
+            return [p.name for p in self.root.iterdir() if p.is_dir() and p.name.isdigit()]
+        except FileNotFoundError:
+            return []
+
+    def load(self, name: str) -> Checkpoint:
+        try:
+            path = self.rundir.checkpoint_dir(name)
+        except ValueError:
+            raise CheckpointError(f"LATEST names {name!r}, which is not a checkpoint name") from None
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint {name} is missing")
+        manifest = read_json(path / MANIFEST)
+        if not isinstance(manifest, dict):
+            raise CheckpointError(f"checkpoint {name} has no readable {MANIFEST}")
+        try:
+            iteration = int(manifest["iteration"])
+            removed = [dict(r) for r in manifest["removed"]]
+            for r in removed:
+                int(r["layer"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"checkpoint {name}: {MANIFEST} is malformed") from None
+        _verify_files(path, manifest, f"checkpoint {name}")
+        if manifest.get("format", 1) == 1:
+            modified = [layer_group(o) for o in manifest.get("trained") or []]
+            extra = {"one_shot_scores": manifest.get("one_shot_scores")} if manifest.get("one_shot_scores") else {}
+        else:
+            modified, extra = list(manifest.get("modified") or []), dict(manifest.get("extra") or {})
+        return Checkpoint(name=name, iteration=iteration, removed=removed, modified=modified, extra=extra, path=path)
+
+    def partial(self, iteration: int) -> Partial | None:
+        """The partial checkpoint of ``iteration``, if ``PARTIAL`` names one that verifies."""
+        pointer = self.root / PARTIAL_POINTER
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, OSError, UnicodeDecodeError):
+            return None
+        if not name.startswith(PARTIAL_PREFIX) or not _plain_name(name):
+            log.warning("ignoring PARTIAL: %r is not a partial checkpoint name", name[:80])
+            return None
+        path = self.root / name
+        manifest = read_json(path / PARTIAL_MANIFEST)
+        if not isinstance(manifest, dict) or manifest.get("iteration") != iteration:
+            return None
+        try:
+            _verify_files(path, manifest, f"partial checkpoint {name}")
+            state = torch.load(path / HEAL_STATE, weights_only=True, map_location="cpu")
+            return Partial(iteration=iteration, step=int(manifest["step"]), decision=dict(manifest["decision"]),
+                           trainable=[int(j) for j in manifest["trainable"]], state=state,
+                           extra=dict(manifest.get("extra") or {}), path=path)
+        except Exception as exc:  # noqa: BLE001 - unreadable for whatever reason: redo the iteration
+            # The iteration is redone from its start: slower, never wrong.
+            log.warning("ignoring partial checkpoint %s: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return None
+
+    # rebuilding a student -----------------------------------------------------------------------
+    def restore(self, model, checkpoint: Checkpoint) -> None:
+        """Make a freshly loaded teacher into the student of ``checkpoint``."""
+        if checkpoint.removed:
+            remove_layers(model, checkpoint.removed_layers)
+        if checkpoint.path is not None and (checkpoint.path / TENSORS).is_file():
+            from safetensors.torch import load_file
+
+            load_module_tensors(model, load_file(str(checkpoint.path / TENSORS)))
+
+
+def _plain_name(name: str) -> bool:
+    """A file name inside its directory: no path separators, not hidden, not '.' or '..'."""
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
+
+
+def _describe(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_files(path: Path, manifest: dict, what: str) -> None:
+    files = manifest.get("files")
+    if files is None:
+        return  # format 1 recorded no digests: nothing more to check
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{what}: its manifest's file list is malformed")
+    for name, expected in files.items():
+        if not _plain_name(name) or not isinstance(expected, dict):
+            raise CheckpointError(f"{what}: its manifest names an invalid file")
+        f = path / name
+        try:
+            size = f.stat().st_size
+        except OSError:
+            raise CheckpointError(f"{what}: {name} is missing") from None
+        if size != expected.get("bytes"):
+            raise CheckpointError(f"{what}: {name} is truncated ({size} of {expected.get('bytes')} bytes)")
+        if _sha256(f) != expected.get("sha256"):
+            raise CheckpointError(f"{what}: {name} does not match its checksum")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,44 @@
+"""Step 5 of the method, kept honest: the selection part chooses, the report part is reported.
+
+Every task's items are split (seeded, by content) into a selection part, the only one task drop
+sees, and a report part. The report part of the run's suite and every task of the report suite
+(evaluated after every iteration, never used to choose) make the report evaluation: the numbers
+``ild show``, ``ild ls``, the dashboard and ``ild report`` lead with.
+"""
+
+from __future__ import annotations
+
+from engine.tasks.evaluate import SuiteEvaluator, aggregate
+from engine.tasks.spec import TaskFileError, load_suite
+
+PARTS = ("select", "report")
+
+
+class Evaluation:
+    def __init__(self, model, tokenizer, suite: str, report_suite: str | None, batch_tokens: int, split_seed: int):
+        main = load_suite(suite)
+        self.select = SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="select", split_seed=split_seed)
+        self.report = [SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="report", split_seed=split_seed)]
+        if report_suite:
+            extra = load_suite(report_suite)
+            clash = sorted(set(t.name for t in extra.tasks) & set(t.name for t in main.tasks))
+            if clash:
+                raise TaskFileError(f"report suite '{extra.name}' repeats task '{clash[0]}' of suite '{main.name}'")
+            self.report.append(SuiteEvaluator(model, tokenizer, extra, batch_tokens=batch_tokens, part=None))
+
+    @property
+    def pad_id(self) -> int:
+        return self.select.pad_id
+
+    def scores(self, part: str, progress=None) -> dict[str, float]:
+        """Task scores of the model as it is, on one part."""
+        if part == "select":
+            return self.select.evaluate([None], progress=progress)[None]
+        out: dict[str, float] = {}
+        for evaluator in self.report:
+            out.update(evaluator.evaluate([None], progress=progress)[None])
+        return out
+
+
+def summary(scores: dict[str, float]) -> float:
+    return aggregate(scores)
