@@ -98,7 +98,7 @@ def harness_scores(evaluator, candidates):
     import torch
 
     from engine.models.surgery import skipping
-    from engine.tasks.evaluate import _forward_score, letter_rows, pack_right, per_sequence
+    from engine.tasks.evaluate import _forward_items, letter_rows, pack_right, per_sequence, task_score
 
     model = evaluator.model
     device = next(model.parameters()).device
@@ -116,7 +116,7 @@ def harness_scores(evaluator, candidates):
                     letters = {row: int(logprobs[row, letter_ids].argmax()) for row, letter_ids in letter_rows(seqs).items()}
                     for i, result in zip(batch, per_sequence(seqs, chosen, logprobs.argmax(-1), letters)):
                         per_seq[i] = result
-                scores[task.spec.name] = _forward_score(task, per_seq)
+                scores[task.spec.name] = task_score(task.spec, _forward_items(task, task.sequences, per_seq))
         results[c] = scores
     return results
 

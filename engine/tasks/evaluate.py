@@ -19,20 +19,93 @@ the baseline of ``bench/importance.py`` and gives bit-identical scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
 
 import torch
 
 from engine.models.adapters import adapter_for
 from engine.models.surgery import skipping
 
-from .metrics import GENERATION_METRICS, perplexity_score
+from .metrics import CORPUS_METRICS, GENERATION_METRICS, SENTENCE_METRICS
 from .requests import GenerationRequest, PreparedTask, ScoredSequence, prepare_task
-from .spec import SuiteSpec
+from .sources import Part
+from .spec import SuiteSpec, TaskSpec
 
 Candidate = int | None  # a current layer index to skip, or None for the model as it is
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+ItemSelection = Mapping[str, Iterable[int]]  # task name -> item indices to score
+
+
+@dataclass
+class ForwardCount:
+    """Decoder-layer work done by an evaluator, counted where it happens.
+
+    ``layer_forwards``: one decoder layer applied to one sequence (a layer run on a batch of 8
+    rows counts 8). ``layer_tokens``: the same weighted by the sequence's real (unpadded) tokens;
+    KV-cached decoding counts each new token once per layer. Both include every path: the shared
+    prefix, each candidate's own layers, the verification pass and the decoding of generation tasks.
+    """
+
+    layer_forwards: int = 0
+    layer_tokens: int = 0
+
+    def add(self, layers: int, sequences: int, tokens: int) -> None:
+        self.layer_forwards += layers * sequences
+        self.layer_tokens += layers * tokens
+
+    def copy(self) -> "ForwardCount":
+        return ForwardCount(self.layer_forwards, self.layer_tokens)
+
+    def __sub__(self, other: "ForwardCount") -> "ForwardCount":
+        return ForwardCount(self.layer_forwards - other.layer_forwards, self.layer_tokens - other.layer_tokens)
+
+
+@dataclass
+class ItemScores:
+    """One task's results for one candidate, item by item, in the order they were scored.
+
+    ``values`` is each item's own score in [0, 1] and ``weights`` its weight in the task score
+    (scored tokens for language modelling, 1 otherwise); generation tasks also keep the texts, for
+    the corpus-level metrics. ``task_score`` turns them into the task's score.
+    """
+
+    items: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # per item, for metrics that average by group
+
+    def extend(self, other: "ItemScores") -> None:
+        for name in ("items", "values", "weights", "predictions", "references", "groups"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def subset(self, items: Iterable[int]) -> "ItemScores":
+        keep = set(items)
+        out = ItemScores()
+        for k, item in enumerate(self.items):
+            if item in keep:
+                for name in ("items", "values", "weights", "predictions", "references", "groups"):
+                    column = getattr(self, name)
+                    if column:
+                        getattr(out, name).append(column[k])
+        return out
+
+
+def task_score(spec: TaskSpec, scores: ItemScores) -> float:
+    """The task's score from its per-item results: the corpus metric over the texts (chrF, BLEU),
+    the geometric mean of the per-item values weighted by tokens (1/perplexity), or the weighted
+    mean of the values (everything else); 0 for no items."""
+    if not scores.items:
+        return 0.0
+    if spec.metric in CORPUS_METRICS:
+        return CORPUS_METRICS[spec.metric](scores.predictions, scores.references)
+    total = sum(scores.weights)
+    if spec.metric == "perplexity_score":
+        return math.exp(sum(w * math.log(max(v, 1e-300)) for v, w in zip(scores.values, scores.weights)) / total)
+    return sum(v * w for v, w in zip(scores.values, scores.weights)) / total
 
 
 @dataclass
@@ -43,36 +116,70 @@ class SequenceResult:
 
 
 class SuiteEvaluator:
-    def __init__(self, model, tokenizer, suite: SuiteSpec, batch_tokens: int = 4096, max_batch: int = 16):
+    """Evaluates one suite (or one part of its split) on ``model`` and on "skip layer i" candidates.
+
+    ``part``: None evaluates every task's first ``samples`` items (the whole suite); "select" only
+    the items of the selection part (task drop and proposals), "report" only those of the report
+    part (headline numbers). The split is per row (``sources.in_selection_part``) with each task's
+    ``select_fraction`` (default the suite's, 0.5) and ``split_seed``; ``samples`` counts items of
+    the part, so both parts get up to ``samples`` items each.
+
+    The items are tokenised once here; ``model`` is read at each call, so the evaluator follows
+    layer removals done in place. ``forwards`` counts the decoder-layer work of every call.
+    """
+
+    def __init__(self, model, tokenizer, suite: SuiteSpec, batch_tokens: int = 4096, max_batch: int = 16,
+                 part: Part = None, split_seed: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.suite = suite
+        self.part = part
+        self.split_seed = split_seed
         self.batch_tokens = batch_tokens
         self.max_batch = max_batch
-        self.tasks: list[PreparedTask] = [prepare_task(t, tokenizer) for t in suite.tasks]
+        self.tasks: list[PreparedTask] = [
+            prepare_task(t, tokenizer, part, suite.fraction_for(t), split_seed) for t in suite.tasks
+        ]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
+        self.forwards = ForwardCount()
 
     @property
     def task_names(self) -> list[str]:
         return [t.spec.name for t in self.tasks]
 
+    def items(self) -> dict[str, list[int]]:
+        """Every task's item indices (the items ``evaluate`` scores)."""
+        return {t.spec.name: _task_items(t) for t in self.tasks}
+
     # --- public -------------------------------------------------------------------------------
+    def evaluate(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None,
+                 items: ItemSelection | None = None) -> dict[Candidate, dict[str, float]]:
+        """Scores per candidate and task, each in [0, 1] (on the given items only, if ``items``)."""
+        per_item = self.evaluate_items(candidates, shared=shared, progress=progress, items=items)
+        specs = {t.spec.name: t.spec for t in self.tasks}
+        return {c: {name: task_score(specs[name], scores) for name, scores in tasks.items()} for c, tasks in per_item.items()}
+
     @torch.no_grad()
-    def evaluate(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None) -> dict[Candidate, dict[str, float]]:
-        """Scores per candidate and task, each in [0, 1]."""
+    def evaluate_items(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None,
+                       items: ItemSelection | None = None) -> dict[Candidate, dict[str, ItemScores]]:
+        """Per-item results per candidate and task. ``items`` (task name -> item indices) limits
+        the work to those items; a task it does not name is not evaluated. None: every item."""
         candidates = list(dict.fromkeys(candidates))
-        results: dict[Candidate, dict[str, float]] = {c: {} for c in candidates}
-        for number, task in enumerate(self.tasks):
+        results: dict[Candidate, dict[str, ItemScores]] = {c: {} for c in candidates}
+        tasks = [t for t in self.tasks if items is None or t.spec.name in items]
+        for number, task in enumerate(tasks):
             def step(done, total, _name=task.spec.name, _n=number):
                 if progress:
-                    progress(f"{_name} ({_n + 1}/{len(self.tasks)})", done, total)
+                    progress(f"{_name} ({_n + 1}/{len(tasks)})", done, total)
 
+            wanted = None if items is None else set(items[task.spec.name])
             if task.spec.kind == "generation":
-                scores = self._generation_scores(task, candidates, shared, step)
+                scores = self._generation_scores(task, candidates, shared, step, wanted)
             else:
-                per_seq = self._forward(task.sequences, candidates, shared, step)
-                scores = {c: _forward_score(task, per_seq[c]) for c in candidates}
+                sequences = [s for s in task.sequences if wanted is None or s.item in wanted]
+                per_seq = self._forward(sequences, candidates, shared, step) if sequences else {c: [] for c in candidates}
+                scores = {c: _forward_items(task, sequences, per_seq[c]) for c in candidates}
             for c in candidates:
                 results[c][task.spec.name] = scores[c]
         return results
@@ -100,7 +207,7 @@ class SuiteEvaluator:
         for number, batch in enumerate(batches):
             seqs = [sequences[i] for i in batch]
             ids, mask, rows, cols, targets = pack_right(seqs, self.pad_id, device)
-            finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols)
+            finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols, counter=self.forwards)
             letter_at = letter_rows(seqs)
             for c in candidates:
                 # Popped so each candidate's final hidden state is freed once it is scored.
@@ -118,7 +225,7 @@ class SuiteEvaluator:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         step = max(1, min(self.max_batch, self.batch_tokens // max(1, max(len(p) for p in prompts) + max_new_tokens)))
         context = skipping(self.model, skip) if skip is not None else _nothing()
-        with context:
+        with context, _counting_layers(self.model, self.forwards):
             for start in range(0, len(order), step):
                 chunk = order[start : start + step]
                 width = max(len(prompts[i]) for i in chunk)
@@ -157,9 +264,12 @@ class SuiteEvaluator:
     def _finished(self, tokens: list[int], max_new_tokens: int, stop: list[str]) -> bool:
         return (tokens and tokens[-1] == self.eos_id) or len(tokens) >= max_new_tokens or (bool(stop) and self._stopped(tokens, stop))
 
-    def _generation_scores(self, task: PreparedTask, candidates: list[Candidate], shared: bool, progress) -> dict[Candidate, float]:
+    def _generation_scores(self, task: PreparedTask, candidates: list[Candidate], shared: bool, progress,
+                           wanted: set[int] | None = None) -> dict[Candidate, ItemScores]:
         spec = task.spec
-        requests: list[GenerationRequest] = task.generations
+        requests: list[GenerationRequest] = [r for r in task.generations if wanted is None or r.item in wanted]
+        if not requests:
+            return {c: ItemScores() for c in candidates}
         prompts = [r.prompt_ids for r in requests]
         draft = self._generate(prompts, spec.max_new_tokens, spec.stop)
         outputs: dict[Candidate, list[list[int]]] = {None: draft}
@@ -196,9 +306,18 @@ class SuiteEvaluator:
                         accepted[i] = (accepted[i] + extra)[: spec.max_new_tokens]
                 outputs[c] = accepted
                 progress(len(checks) + number + 1, len(checks) + len(others))
-        metric = GENERATION_METRICS[spec.metric]
-        references = [r.reference for r in requests]
-        return {c: metric([self._text(t, spec.stop) for t in outputs[c]], references) for c in candidates}
+        sentence = SENTENCE_METRICS[spec.metric]
+        out = {}
+        for c in candidates:
+            texts = [self._text(t, spec.stop) for t in outputs[c]]
+            out[c] = ItemScores(
+                items=[r.item for r in requests],
+                values=[sentence(p, r.reference) for p, r in zip(texts, requests)],
+                weights=[1.0] * len(requests),
+                predictions=texts,
+                references=[r.reference for r in requests],
+            )
+        return out
 
     def _text(self, tokens: list[int], stop: list[str]) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -305,35 +424,80 @@ def score_positions(adapter, hidden: torch.Tensor, targets: torch.Tensor, letter
     return chosen, argmax, letters
 
 
-def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bool, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> dict[Candidate, torch.Tensor]:
+def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bool, rows: torch.Tensor | None = None,
+                     cols: torch.Tensor | None = None, counter: ForwardCount | None = None) -> dict[Candidate, torch.Tensor]:
     """The last hidden state (before the final norm) of each candidate on one batch; with ``rows``
     and ``cols`` only at those positions (each candidate's last layer then runs its MLP only there).
 
-    With ``shared`` the full pass stores every layer's input once, and candidate *i* runs only
-    layers i+1.. from there; without it every candidate starts from the embeddings.
+    With ``shared`` the full pass stores the inputs of the layers the candidates start from, and
+    candidate *i* runs only layers i+1.. from there (the pass stops at the deepest input needed);
+    without it every candidate starts from the embeddings. ``counter`` counts the layers run.
     """
     inputs = adapter.prepare(ids, mask)
+    n, last = adapter.num_layers, adapter.num_layers - 1
+    sequences, tokens = ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
+
+    def run(start: int, skip: Candidate = None):
+        if counter is not None:
+            counter.add(sum(1 for i in range(start, n) if i != skip), sequences, tokens)
+
     finals: dict[Candidate, torch.Tensor] = {}
     if not shared:
         for c in candidates:
+            run(0, c)
             finals[c] = adapter.run_layers(inputs.hidden, inputs, skip=c, rows=rows, cols=cols)
         return finals
-    last = adapter.num_layers - 1
-    layer_inputs, hidden = [], inputs.hidden
-    for index in range(adapter.num_layers):
-        layer_inputs.append(hidden)
-        if index < last:
-            hidden = adapter.run_layer(index, hidden, inputs)
-    for c in candidates:
+
+    def start_of(c: Candidate) -> int:
         if c is None:
-            finals[c] = adapter.run_layers(layer_inputs[last], inputs, start=last, rows=rows, cols=cols)
-        elif c == last and rows is not None and last > 0:
-            # Without the last layer, layer last-1 is the one read at the rows: run it as the
-            # naive path does, so the two give the same numbers to the bit.
-            finals[c] = adapter.run_layers(layer_inputs[last - 1], inputs, start=last - 1, skip=last, rows=rows, cols=cols)
+            return last
+        # Without the last layer, layer last-1 is the one read at the rows: run it as the naive
+        # path does, so the two give the same numbers to the bit.
+        return last - 1 if c == last and rows is not None and last > 0 else c
+
+    deepest = max(start_of(c) for c in candidates)
+    layer_inputs, hidden = [], inputs.hidden
+    for index in range(deepest + 1):
+        layer_inputs.append(hidden)
+        if index < deepest:
+            hidden = adapter.run_layer(index, hidden, inputs)
+    if counter is not None:
+        counter.add(deepest, sequences, tokens)
+    for c in candidates:
+        start = start_of(c)
+        if c is None:
+            run(start)
+            finals[c] = adapter.run_layers(layer_inputs[start], inputs, start=start, rows=rows, cols=cols)
+        elif start != c:
+            run(start, skip=c)
+            finals[c] = adapter.run_layers(layer_inputs[start], inputs, start=start, skip=c, rows=rows, cols=cols)
         else:
+            run(c + 1)
             finals[c] = adapter.run_layers(layer_inputs[c], inputs, start=c + 1, rows=rows, cols=cols)
     return finals
+
+
+class _counting_layers:
+    """Counts the decoder layers ``generate`` runs (forward pre-hooks on the layer modules)."""
+
+    def __init__(self, model, counter: ForwardCount):
+        self.layers = adapter_for(model).layers
+        self.counter = counter
+        self.handles = []
+
+    def _hook(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if hidden is not None:
+            self.counter.add(1, hidden.shape[0], hidden.shape[0] * hidden.shape[1])
+
+    def __enter__(self):
+        self.handles = [layer.register_forward_pre_hook(self._hook, with_kwargs=True) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        return None
 
 
 class _nothing:
@@ -344,31 +508,51 @@ class _nothing:
         return None
 
 
-def _forward_score(task: PreparedTask, results: list[SequenceResult]) -> float:
+def _task_items(task: PreparedTask) -> list[int]:
+    if task.spec.kind == "generation":
+        return [r.item for r in task.generations]
+    return list(dict.fromkeys(s.item for s in task.sequences))
+
+
+def _forward_items(task: PreparedTask, sequences: list[ScoredSequence], results: list[SequenceResult]) -> ItemScores:
+    """Per-item values of a forward-scored task (see ItemScores)."""
     spec = task.spec
+    out = ItemScores()
     if spec.kind == "language_modeling":
-        total = sum(len(r.logprobs) for r in results)
-        if spec.metric == "next_token_accuracy":
-            correct = sum(int((r.argmax == torch.tensor(s.targets)).sum()) for r, s in zip(results, task.sequences))
-            return correct / max(1, total)
-        if spec.metric == "next_token_probability":
-            return sum(float(r.logprobs.exp().sum()) for r in results) / max(1, total)
-        nll = -sum(float(r.logprobs.sum()) for r in results) / max(1, total)
-        return perplexity_score(nll)
-    # multiple choice
-    n_items = len(task.answers)
-    if spec.scoring == "letter":
-        chosen = {s.item: r.letter for s, r in zip(task.sequences, results)}
-    else:
-        best: dict[int, tuple[float, int]] = {}
-        for s, r in zip(task.sequences, results):
-            value = float(r.logprobs.sum())
-            if spec.normalize == "length":
-                value /= max(1, s.chars)
-            if s.item not in best or value > best[s.item][0]:
-                best[s.item] = (value, s.choice)
-        chosen = {item: choice for item, (_, choice) in best.items()}
-    return sum(1 for item in range(n_items) if chosen.get(item) == task.answers[item]) / max(1, n_items)
+        for s, r in zip(sequences, results):
+            n = len(r.logprobs)
+            if spec.metric == "next_token_accuracy":
+                value = int((r.argmax == torch.tensor(s.targets)).sum()) / n
+            elif spec.metric == "next_token_probability":
+                value = float(r.logprobs.exp().sum()) / n
+            else:  # perplexity_score: the item's geometric-mean token probability
+                value = math.exp(float(r.logprobs.sum()) / n)
+            out.items.append(s.item)
+            out.values.append(value)
+            out.weights.append(float(n))
+        return out
+    # multiple choice: one value per item, from its sequences (one per choice, or one for letters)
+    by_item: dict[int, list[tuple[ScoredSequence, SequenceResult]]] = {}
+    for s, r in zip(sequences, results):
+        by_item.setdefault(s.item, []).append((s, r))
+    for item, pairs in by_item.items():
+        answer = task.answers[item]
+        if spec.scoring == "letter":
+            value = float(pairs[0][1].letter == answer)
+        else:
+            totals = {s.choice: float(r.logprobs.sum()) for s, r in pairs}
+            if spec.metric == "choice_probability":
+                # The model's probability of the right choice among the offered ones.
+                value = float(torch.softmax(torch.tensor([totals[k] for k in sorted(totals)]), 0)[sorted(totals).index(answer)])
+            else:
+                ranked = {s.choice: totals[s.choice] / (max(1, s.chars) if spec.normalize == "length" else 1) for s, _ in pairs}
+                value = float(max(ranked, key=lambda k: (ranked[k], -k)) == answer)
+        out.items.append(item)
+        out.values.append(value)
+        out.weights.append(1.0)
+        if task.groups:
+            out.groups.append(task.groups[item])
+    return out
 
 
 def aggregate(scores: dict[str, float]) -> float:

@@ -74,6 +74,32 @@ def bleu(predictions: list[str], references: list[str]) -> float:
 
 GENERATION_METRICS = {"rouge_l": rouge_l, "lcs_ratio": lcs_ratio, "chrf": chrf, "bleu": bleu}
 
+# Metrics defined on the whole corpus (not a mean over items): the task score is computed from all
+# the texts at once; their per-item values (SENTENCE_METRICS) only serve confidence bounds.
+CORPUS_METRICS = {"chrf": chrf, "bleu": bleu}
+
+
+def _sentence_chrf(prediction: str, reference: str) -> float:
+    import sacrebleu
+
+    return sacrebleu.sentence_chrf(prediction, [reference]).score / 100.0
+
+
+def _sentence_bleu(prediction: str, reference: str) -> float:
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(prediction, [reference]).score / 100.0
+
+
+# Each generation metric on one (prediction, reference) pair; for the per-sample metrics the task
+# score is exactly the mean of these.
+SENTENCE_METRICS = {
+    "rouge_l": lambda p, r: rouge_l([p], [r]),
+    "lcs_ratio": lambda p, r: lcs_ratio([p], [r]),
+    "chrf": _sentence_chrf,
+    "bleu": _sentence_bleu,
+}
+
 
 def perplexity_score(mean_nll: float) -> float:
     """1 / perplexity = the geometric-mean probability of the text's tokens, in (0, 1]."""

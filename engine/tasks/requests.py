@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .sources import task_rows
+from .sources import Part, task_rows
 from .spec import TaskFileError, TaskSpec
 
 LETTERS = "ABCDEFGHIJ"
@@ -42,6 +42,7 @@ class PreparedTask:
     generations: list[GenerationRequest] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)  # multiple choice: the right choice per item
     n_choices: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # per item, for metrics averaged by group (may be empty)
 
 
 def _format(template: str, row: dict, task: TaskSpec) -> str:
@@ -102,8 +103,9 @@ def _mc_context(task: TaskSpec, row: dict) -> str:
     return _format(task.prompt, {**row, "choices_lettered": lettered, "letters": ", ".join(LETTERS[: len(row["choices"])])}, task)
 
 
-def prepare_task(task: TaskSpec, tokenizer) -> PreparedTask:
-    rows, shots = task_rows(task)
+def prepare_task(task: TaskSpec, tokenizer, part: Part = None, fraction: float = 0.5, seed: int = 0) -> PreparedTask:
+    """Tokenised requests for the task's rows (of one part of the split, see ``task_rows``)."""
+    rows, shots = task_rows(task, part, fraction, seed)
     prepared = PreparedTask(task)
     if task.kind == "multiple_choice":
         _prepare_mc(prepared, rows, shots, tokenizer)

@@ -1,19 +1,30 @@
-"""Reading a task's rows from embedded data, local JSONL/CSV/JSON, or Hugging Face datasets."""
+"""Reading a task's rows from embedded data, local JSONL/CSV/JSON, or Hugging Face datasets, and
+splitting each task's items into a selection part and a report part.
+
+The split (``in_selection_part``) is decided per row from a stable hash of the split seed, the
+task's name and the row's own content: it does not depend on row order, on how many rows are
+read, or on rows added to the source later, and identical rows always land in the same part.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
-from .spec import DATA_DIR, EmbeddedSource, FileSource, HubSource, TaskFileError, TaskSpec
+from .spec import EmbeddedSource, FileSource, HubSource, TaskFileError, TaskSpec, embedded_path
+
+Part = Literal["select", "report"] | None
+PARTS = ("select", "report")
 
 
 def read_rows(task: TaskSpec, limit: int | None = None) -> list[dict]:
     """The raw source rows (at most ``limit``), in file order."""
     source = task.source
     if isinstance(source, EmbeddedSource):
-        return _read_file(DATA_DIR / source.path, "jsonl" if source.path.endswith(".jsonl") else None, task, limit)
+        return _read_file(embedded_path(source.path), "jsonl" if source.path.endswith(".jsonl") else None, task, limit)
     if isinstance(source, FileSource):
         return _read_file(Path(source.path), source.type, task, limit)
     if isinstance(source, HubSource):
@@ -63,18 +74,39 @@ def _read_hub(source: HubSource, task: TaskSpec, limit: int | None) -> list[dict
     return [dict(row) for row in data]
 
 
-def task_rows(task: TaskSpec) -> tuple[list[dict], list[dict]]:
+def in_selection_part(task_name: str, row: dict, fraction: float, seed: int = 0) -> bool:
+    """Whether a source row belongs to the selection part of its task (else the report part).
+
+    A stable hash (BLAKE2b of seed, task name and the row's canonical JSON) mapped to [0, 1) and
+    compared with ``fraction``: the same row always goes to the same part, whatever else the
+    source holds and in whatever order.
+    """
+    content = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+    digest = hashlib.blake2b(f"{seed}\x1f{task_name}\x1f{content}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def task_rows(task: TaskSpec, part: Part = None, fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(evaluation rows, few-shot rows), each mapped to the task's field names.
 
-    Few-shot examples come first in the source; evaluation rows follow ``offset`` and them.
+    Few-shot examples come first in the source; evaluation rows follow ``offset`` and them. With
+    ``part`` ("select" or "report") only the rows of that part (``in_selection_part``) are
+    evaluated, and ``samples`` counts rows *of that part*: each part gets up to ``samples`` items,
+    the first ones in source order, so a split suite reads about twice the rows of an unsplit one.
+    ``part=None`` is the whole source as before (the first ``samples`` rows).
     """
-    need = task.offset + task.few_shot + task.samples
-    raw = read_rows(task, limit=need)
-    mapped = [map_fields(task, row, i) for i, row in enumerate(raw)]
-    shots = mapped[task.offset : task.offset + task.few_shot]
-    rows = mapped[task.offset + task.few_shot : need]
+    if part not in (None, *PARTS):
+        raise ValueError(f"unknown part {part!r} (select, report or None)")
+    start = task.offset + task.few_shot
+    raw = read_rows(task, limit=None if part else start + task.samples)
+    shots = [map_fields(task, row, i) for i, row in enumerate(raw[task.offset : start], task.offset)]
+    pool = list(enumerate(raw[start:], start))
+    if part is not None:
+        pool = [(i, row) for i, row in pool if in_selection_part(task.name, row, fraction, seed) == (part == "select")]
+    rows = [map_fields(task, row, i) for i, row in pool[: task.samples]]
     if not rows:
-        raise TaskFileError(f"task '{task.name}': the source has no rows left to evaluate")
+        which = f" in the {part} part" if part else ""
+        raise TaskFileError(f"task '{task.name}': the source has no rows left to evaluate{which}")
     return rows, shots
 
 

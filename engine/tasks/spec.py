@@ -25,10 +25,15 @@ KIND_FIELDS = {
     "language_modeling": {"text"},
 }
 METRICS = {
-    "multiple_choice": {"accuracy"},
+    "multiple_choice": {"accuracy", "choice_probability"},
     "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu"},
     "language_modeling": {"next_token_accuracy", "next_token_probability", "perplexity_score"},
 }
+
+
+def embedded_path(path: str) -> Path:
+    """Where an embedded source's file is, symbolic links and '..' resolved."""
+    return (DATA_DIR / path).resolve()
 
 
 class TaskFileError(Exception):
@@ -42,6 +47,14 @@ class _Strict(BaseModel):
 class EmbeddedSource(_Strict):
     type: Literal["embedded"]
     path: str  # a file under engine/tasks/data
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_package(cls, value):
+        # Embedded means shipped with ild: a path that leaves the data folder would read any file.
+        if not embedded_path(value).is_relative_to(DATA_DIR.resolve()):
+            raise ValueError(f"embedded data must be a file inside engine/tasks/data ('{value}' is outside)")
+        return value
 
 
 class FileSource(_Strict):
@@ -82,6 +95,9 @@ class TaskSpec(_Strict):
     # language modelling
     max_tokens: int = Field(default=256, ge=8)
     context_tokens: int = Field(default=0, ge=0)  # leading tokens of the text that are read, not scored
+    # The share of the items that choose layers (the selection part); the rest is the report part.
+    # Unset: the suite's select_fraction. See sources.in_selection_part.
+    select_fraction: float | None = Field(default=None, gt=0, lt=1)
     description: str = ""
 
     @field_validator("fields")
@@ -126,7 +142,15 @@ class SuiteSpec(_Strict):
     name: str
     description: str = ""
     tasks: list[TaskSpec]
+    # Default share of each task's items in the selection part (task drop, proposals).
+    select_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # A suite evaluated after every iteration and never used to choose layers (a name or a path
+    # relative to this file); see load_report_suite.
+    report: str | None = None
     base_dir: str = ""  # where relative file sources resolve; set by the loader
+
+    def fraction_for(self, task: TaskSpec) -> float:
+        return task.select_fraction if task.select_fraction is not None else self.select_fraction
 
     @model_validator(mode="after")
     def _unique(self):
@@ -214,12 +238,37 @@ def load_suite(name_or_path: str) -> SuiteSpec:
             tasks.append(_anchor(parse_task(entry, f"{path}: tasks[{i}]"), path.parent))
         else:
             raise TaskFileError(f"{path}: tasks[{i}] must be a file path or a task mapping")
-    extra = sorted(set(data) - {"name", "description", "tasks"})
+    extra = sorted(set(data) - {"name", "description", "tasks", "select_fraction", "report"})
     if extra:
         raise TaskFileError(f"{path}: unknown key '{extra[0]}'")
+    settings = {key: data[key] for key in ("select_fraction", "report") if key in data}
     try:
         return SuiteSpec(
-            name=data.get("name", path.stem), description=data.get("description", ""), tasks=tasks, base_dir=str(path.parent)
+            name=data.get("name", path.stem), description=data.get("description", ""), tasks=tasks, base_dir=str(path.parent), **settings
         )
     except ValidationError as exc:
         raise TaskFileError(_one_line(exc, str(path))) from None
+
+
+def load_report_suite(suite: SuiteSpec, override: str | None = None) -> SuiteSpec | None:
+    """The report suite of ``suite``: ``override`` (an embedded name or a path) if given, else the
+    suite's own ``report:`` entry (an embedded name, or a path relative to the suite file), else
+    None. Raises TaskFileError when it cannot be loaded or a task name is in both suites."""
+    name = override if override is not None else suite.report
+    if not name:
+        return None
+    candidate = Path(name)
+    if override is None and suite.base_dir and not candidate.is_absolute() and candidate.suffix:
+        candidate = Path(suite.base_dir) / candidate
+    report = load_suite(str(candidate) if candidate.suffix else name)
+    check_disjoint(suite, report)
+    return report
+
+
+def check_disjoint(suite: SuiteSpec, report: SuiteSpec) -> None:
+    """Both suites' scores share one namespace in ``eval`` events: a task name in both is an error."""
+    shared = sorted({t.name for t in suite.tasks} & {t.name for t in report.tasks})
+    if shared:
+        raise TaskFileError(
+            f"task '{shared[0]}' is in both the suite '{suite.name}' and its report suite '{report.name}': rename one of them"
+        )
