@@ -9,7 +9,7 @@ sees, and a report part. The report part of the run's suite and every task of th
 from __future__ import annotations
 
 from engine.tasks.evaluate import SuiteEvaluator, aggregate
-from engine.tasks.spec import TaskFileError, load_suite
+from engine.tasks.spec import load_report_suite, load_suite
 
 PARTS = ("select", "report")
 
@@ -19,11 +19,8 @@ class Evaluation:
         main = load_suite(suite)
         self.select = SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="select", split_seed=split_seed)
         self.report = [SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="report", split_seed=split_seed)]
-        if report_suite:
-            extra = load_suite(report_suite)
-            clash = sorted(set(t.name for t in extra.tasks) & set(t.name for t in main.tasks))
-            if clash:
-                raise TaskFileError(f"report suite '{extra.name}' repeats task '{clash[0]}' of suite '{main.name}'")
+        extra = load_report_suite(main, report_suite)
+        if extra is not None:
             self.report.append(SuiteEvaluator(model, tokenizer, extra, batch_tokens=batch_tokens, part=None))
 
     @property

@@ -1,0 +1,144 @@
+"""The paper's Table 1 on the embedded model: every healing variant, the same removals and budget.
+
+    python tools/healing_ablation.py --runs-dir runs/ablation --out docs/results/healing_ablation.csv
+
+Each variant is a normal fixed-removal run (``removals``: remove these original layers, no scoring,
+heal once), so it resumes after a kill and the dashboard can follow it; finished variants are not
+run again. The CSV has one row per variant: the held-out distillation loss before and after
+healing (KL to the teacher and the hidden-state MSE, each unweighted, so variants with different
+weights compare on the same scale), the report- and selection-part aggregates after removal and
+after healing, and the time healing took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = [sys.executable, "-m", "engine.worker"]
+
+# name -> heal settings that differ from the defaults (and a strategy for the no-healing row)
+VARIANTS: dict[str, dict] = {
+    "no healing": {"strategy": "iterative-pruning"},
+    "default": {},
+    "kl on logits": {"kl_input": "logits"},
+    "reverse kl": {"direction": "reverse"},
+    "kl scale 1/1000": {"kl_scale": 0.001},
+    "kl scale 1/10": {"kl_scale": 0.1},
+    "kl summed (paper's literal form)": {"reduction": "sum"},
+    "kl bare 1/100 (before the fix)": {"kl_reference_tokens": 1},
+    "kl only": {"hidden": "none"},
+    "mse only": {"kl_scale": 0.0},
+    "mse last_trainable": {"hidden": "last_trainable"},
+    "mse last": {"hidden": "last"},
+    "mse all_trainable": {"hidden": "all_trainable"},
+    "mse pre-norm last": {"final_norm": False},
+    "temperature 2": {"temperature": 2.0},
+    "trainable radius 2": {"trainable": "radius", "trainable_k": 2},
+    "trainable last 3": {"trainable": "last", "trainable_k": 3},
+    "trainable all": {"trainable": "all"},
+    "lr 3e-4": {"lr": 3e-4},
+    "lr 3e-5": {"lr": 3e-5},
+    "no early stopping": {"early_stop": False},
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
+
+
+def run_variant(runs: Path, name: str, settings: dict, args) -> Path:
+    run = runs / slug(name)
+    settings = dict(settings)
+    strategy = settings.pop("strategy", "iterative-distill")
+    heal = {"train_tokens": args.train_tokens, **settings}
+    if not run.exists():
+        config = {"name": slug(name), "model": args.model, "strategy": strategy, "removals": args.removals,
+                  "suite": args.suite, "heal": heal, "seed": args.seed}
+        created = subprocess.run([*ENGINE, str(run), "--create"], input=json.dumps(config), capture_output=True, text=True, cwd=ROOT)
+        if created.returncode != 0:
+            raise SystemExit(f"{name}: {created.stderr.strip()}")
+    if not _finished(run):
+        started = time.time()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+        done = subprocess.run([*ENGINE, str(run)], capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{name}: {done.stderr.strip()}")
+        print(f"[{time.strftime('%H:%M:%S')}] {name} done in {time.time() - started:.0f}s", flush=True)
+    return run
+
+
+def _events(run: Path) -> list[dict]:
+    sys.path.insert(0, str(ROOT))
+    from engine.runlog.tailer import read_all
+
+    return read_all(run / "events.jsonl")
+
+
+def _finished(run: Path) -> bool:
+    events = _events(run)
+    return bool(events) and events[-1]["type"] == "run_finished" and events[-1].get("reason") == "target"
+
+
+def row(name: str, settings: dict, run: Path) -> dict:
+    events = _events(run)
+    evals = {(e["iteration"], e["stage"], e.get("part", "report")): e for e in events if e["type"] == "eval"}
+    last = max(i for i, _, _ in evals)
+    teacher = evals[(0, "teacher", "report")]["aggregate"]
+    healed = [e for e in events if e["type"] == "eval" and e["stage"] == "after_healing" and e.get("part") == "report"]
+    heldout = healed[-1]["heldout"] if healed else None
+    steps = [e for e in events if e["type"] == "train_step"]
+    stage = "after_healing" if healed else "after_removal"
+    out = {
+        "variant": name,
+        "settings": json.dumps(settings, sort_keys=True),
+        "teacher_report": round(teacher, 5),
+        "report_after_removal": round(evals[(last, "after_removal", "report")]["aggregate"], 5),
+        "report_after_healing": round(evals[(last, stage, "report")]["aggregate"], 5),
+        "select_after_removal": round(evals[(last, "after_removal", "select")]["aggregate"], 5),
+        "select_after_healing": round(evals[(last, stage, "select")]["aggregate"], 5),
+        "heldout_kl_before": round(heldout["before"]["kl"], 5) if heldout else "",
+        "heldout_kl_after": round(heldout["after"]["kl"], 5) if heldout else "",
+        "heldout_mse_before": round(heldout["before"]["mse"], 5) if heldout else "",
+        "heldout_mse_after": round(heldout["after"]["mse"], 5) if heldout else "",
+        "kl_share_first_step": round(steps[0]["kl_term"] / steps[0]["loss"], 4) if steps and steps[0]["loss"] else "",
+        "steps": len(steps),
+        "heal_seconds": round(steps[-1]["t"] - steps[0]["t"], 1) if len(steps) > 1 else 0,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--suite", default="default")
+    parser.add_argument("--removals", default="12,4,6", help="original layers removed before the one healing")
+    parser.add_argument("--train-tokens", type=int, default=65536, help="healing budget (a cap with early stopping)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "healing_ablation.csv")
+    parser.add_argument("--only", default=None, help="comma-separated variant names")
+    args = parser.parse_args(argv)
+    args.removals = [int(x) for x in args.removals.split(",")]
+    chosen = {k: v for k, v in VARIANTS.items() if args.only is None or k in args.only.split(",")}
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, settings in chosen.items():
+        run = run_variant(args.runs_dir, name, settings, args)
+        rows.append(row(name, settings, run))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:  # rewritten after every variant: results arrive as they finish
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
