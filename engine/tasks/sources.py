@@ -22,6 +22,12 @@ PARTS = ("select", "report")
 
 def read_rows(task: TaskSpec, limit: int | None = None) -> list[dict]:
     """The raw source rows (at most ``limit``), in file order."""
+    return read_source(task, limit)[0]
+
+
+def read_source(task: TaskSpec, limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """(raw rows, where each row is) with at most ``limit`` rows, in source order. ``where`` names
+    the file and line (or dataset and row), for error messages."""
     source = task.source
     if isinstance(source, EmbeddedSource):
         return _read_file(embedded_path(source.path), "jsonl" if source.path.endswith(".jsonl") else None, task, limit)
@@ -32,46 +38,65 @@ def read_rows(task: TaskSpec, limit: int | None = None) -> list[dict]:
     raise TaskFileError(f"task '{task.name}': unknown source")
 
 
-def _read_file(path: Path, kind: str | None, task: TaskSpec, limit: int | None) -> list[dict]:
+def _read_file(path: Path, kind: str | None, task: TaskSpec, limit: int | None) -> tuple[list[dict], list[str]]:
     if not path.is_file():
         raise TaskFileError(f"task '{task.name}': data file {path} not found")
     kind = kind or path.suffix.lstrip(".")
     rows: list[dict] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        if kind == "jsonl":
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
+    where: list[str] = []
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            if kind == "jsonl":
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise TaskFileError(f"task '{task.name}': {path}:{number}: bad JSON ({exc.msg})") from None
+                    where.append(f"{path}:{number}")
+                    if limit is not None and len(rows) >= limit:
+                        break
+            elif kind == "csv":
+                for row in csv.DictReader(handle):
+                    rows.append(row)
+                    where.append(f"{path}:{len(rows) + 1}")  # line 1 is the header
+                    if limit is not None and len(rows) >= limit:
+                        break
+            elif kind == "json":
                 try:
-                    rows.append(json.loads(line))
+                    data = json.load(handle)
                 except json.JSONDecodeError as exc:
-                    raise TaskFileError(f"task '{task.name}': {path}:{number}: bad JSON ({exc.msg})") from None
-                if limit is not None and len(rows) >= limit:
-                    break
-        elif kind == "csv":
-            for row in csv.DictReader(handle):
-                rows.append(row)
-                if limit is not None and len(rows) >= limit:
-                    break
-        elif kind == "json":
-            data = json.load(handle)
-            rows = data if isinstance(data, list) else data.get("examples", data.get("data", []))
-            rows = rows[:limit] if limit is not None else rows
-        else:
-            raise TaskFileError(f"task '{task.name}': cannot read {path} (use .jsonl, .csv or .json)")
-    return rows
+                    raise TaskFileError(f"task '{task.name}': {path}:{exc.lineno}: bad JSON ({exc.msg})") from None
+                rows = data if isinstance(data, list) else data.get("examples", data.get("data", [])) if isinstance(data, dict) else []
+                rows = rows[:limit] if limit is not None else rows
+                where = [f"{path} row {i}" for i in range(len(rows))]
+            else:
+                raise TaskFileError(f"task '{task.name}': cannot read {path} (use .jsonl, .csv or .json)")
+    except UnicodeDecodeError:
+        raise TaskFileError(f"task '{task.name}': {path} is not UTF-8 text") from None
+    for row, label in zip(rows, where):
+        if not isinstance(row, dict):
+            raise TaskFileError(f"task '{task.name}': {label}: a row must be a JSON object, got {type(row).__name__}")
+    return rows, where
 
 
-def _read_hub(source: HubSource, task: TaskSpec, limit: int | None) -> list[dict]:
+def _read_hub(source: HubSource, task: TaskSpec, limit: int | None, split: str | None = None) -> tuple[list[dict], list[str]]:
+    split = split or source.split
     try:
         import datasets
 
-        split = source.split if limit is None else f"{source.split}[:{limit}]"
-        data = datasets.load_dataset(source.name, source.config, split=split, revision=source.revision)
+        selected = split if limit is None else f"{split}[:{limit}]"
+        data = datasets.load_dataset(source.name, source.config, split=selected, revision=source.revision, **_data_files(source))
     except Exception as exc:  # offline, unknown id, unknown config: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TaskFileError(f"task '{task.name}': cannot load dataset '{source.name}': {first}") from None
-    return [dict(row) for row in data]
+    label = f"{source.name}" + (f"/{source.config}" if source.config else "") + f" {split}"
+    return [dict(row) for row in data], [f"{label} row {i}" for i in range(len(data))]
+
+
+def _data_files(source: HubSource) -> dict:
+    return {"data_files": source.data_files} if getattr(source, "data_files", None) else {}
 
 
 def in_selection_part(task_name: str, row: dict, fraction: float, seed: int = 0) -> bool:
@@ -98,29 +123,32 @@ def task_rows(task: TaskSpec, part: Part = None, fraction: float = 0.5, seed: in
     if part not in (None, *PARTS):
         raise ValueError(f"unknown part {part!r} (select, report or None)")
     start = task.offset + task.few_shot
-    raw = read_rows(task, limit=None if part else start + task.samples)
-    shots = [map_fields(task, row, i) for i, row in enumerate(raw[task.offset : start], task.offset)]
+    raw, where = read_source(task, limit=None if part else start + task.samples)
+    shots = [map_fields(task, row, where[i]) for i, row in enumerate(raw[task.offset : start], task.offset)]
     pool = list(enumerate(raw[start:], start))
     if part is not None:
         pool = [(i, row) for i, row in pool if in_selection_part(task.name, row, fraction, seed) == (part == "select")]
-    rows = [map_fields(task, row, i) for i, row in pool[: task.samples]]
+    rows = [map_fields(task, row, where[i]) for i, row in pool[: task.samples]]
     if not rows:
         which = f" in the {part} part" if part else ""
         raise TaskFileError(f"task '{task.name}': the source has no rows left to evaluate{which}")
     return rows, shots
 
 
-def map_fields(task: TaskSpec, row: dict, index: int) -> dict:
+def map_fields(task: TaskSpec, row: dict, where: str | int) -> dict:
+    """The row with each task field set from its source column. ``where`` names the row (file and
+    line) in errors."""
     out = dict(row)
+    out["_where"] = where if isinstance(where, str) else f"row {where}"
     for field, column in task.fields.items():
         if isinstance(column, list):
             missing = [c for c in column if c not in row]
             if missing:
-                raise TaskFileError(f"task '{task.name}': row {index} has no column '{missing[0]}' (for field '{field}')")
+                raise TaskFileError(f"task '{task.name}': {out['_where']}: no column '{missing[0]}' (for field '{field}')")
             out[field] = [row[c] for c in column]
         else:
             if column not in row:
                 known = ", ".join(sorted(row))
-                raise TaskFileError(f"task '{task.name}': row {index} has no column '{column}' (for field '{field}'; columns: {known})")
+                raise TaskFileError(f"task '{task.name}': {out['_where']}: no column '{column}' (for field '{field}'; columns: {known})")
             out[field] = row[column]
     return out

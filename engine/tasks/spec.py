@@ -68,6 +68,9 @@ class HubSource(_Strict):
     config: str | None = None
     split: str = "test"
     revision: str | None = None
+    # Local files for a packaged builder (name: json, csv or parquet): split -> file path (relative
+    # to the task file). Loads rows of the Hub's schema through the same datasets code path.
+    data_files: dict[str, str] | None = None
 
 
 Source = Annotated[Union[EmbeddedSource, FileSource, HubSource], Field(discriminator="type")]
@@ -207,6 +210,9 @@ def _anchor(task: TaskSpec, base: Path) -> TaskSpec:
     if isinstance(task.source, FileSource) and not Path(task.source.path).is_absolute():
         source = task.source.model_copy(update={"path": str((base / task.source.path).resolve())})
         return task.model_copy(update={"source": source})
+    if isinstance(task.source, HubSource) and task.source.data_files:
+        files = {split: str((base / path).resolve()) for split, path in task.source.data_files.items()}
+        return task.model_copy(update={"source": task.source.model_copy(update={"data_files": files})})
     return task
 
 
