@@ -121,3 +121,40 @@ class skipping:
                 setattr(self.model.config, field, self._config[field])
             elif hasattr(self.model.config, field):
                 delattr(self.model.config, field)
+
+
+def untie_head(model: nn.Module) -> bool:
+    """Give the LM head its own weight (a copy of the embedding it was tied to); True if it was tied.
+
+    Training a tied head moves the input embedding too. Once untied, ``tie_word_embeddings`` is
+    False on the config, so ``save_pretrained`` stores both matrices and a reload keeps them apart.
+    The model grows by one vocabulary x hidden matrix.
+    """
+    adapter = adapter_for(model)
+    head, embedding = adapter.lm_head, adapter.embed_tokens
+    tied = head.weight is embedding.weight or head.weight.data_ptr() == embedding.weight.data_ptr()
+    if tied:
+        head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=embedding.weight.requires_grad)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    if hasattr(model, "get_expanded_tied_weights_keys"):
+        # transformers 5 keeps the tie map computed at construction; a later tie_weights() would re-tie.
+        model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
+    return tied
+
+
+def reverse_order_candidates(layer_map: list[int], keep_final: bool = True) -> list[int]:
+    """The reverse-order preset's removal order (original indices): the deepest layers first.
+
+    Lu et al. ("Reassessing Layer Pruning in LLMs", ICLR 2026) rank layers by depth alone and
+    remove from the end. With ``keep_final`` (the preset) the last remaining layer stays and the
+    order starts with the layer just before it: [map[-2], map[-3], ..., map[0]]. That layer writes
+    the residual stream the final norm and the LM head read, and keeping it is Gromov et al.'s
+    heuristic ("The Unreasonable Ineffectiveness of the Deeper Layers": remove the deepest layers
+    *excluding the final one*). Lu et al.'s own code (``--pr_method tail``) keeps layers 0..n-k-1,
+    i.e. removes the final layer too: ``keep_final=False`` gives that order, [map[-1], map[-2], ...].
+    The order is of the current map, so taking its first entry after every removal walks down the
+    stack.
+    """
+    kept = layer_map[:-1] if keep_final else layer_map
+    return list(reversed(kept))

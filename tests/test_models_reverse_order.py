@@ -1,0 +1,101 @@
+import inspect
+import json
+
+import pytest
+import torch
+
+from engine.distill.trainable import TrainableConfig, choose_trainable, freeze_except
+from engine.models.export import export_model
+from engine.models.surgery import layer_map, parameter_count, remove_layers, reverse_order_candidates, untie_head
+from tests.tiny_models import batch, tiny_config
+
+
+def _tied_model(family: str = "llama"):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(family)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    return model
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits[mask.bool()]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_untied_head_exports_and_reloads_with_its_own_weight(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _tied_model(family)
+    ids, mask = batch()
+    before = _logits(model, ids, mask)
+    tied_count = parameter_count(model)
+    assert untie_head(model) is True
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    assert model.config.tie_word_embeddings is False
+    assert parameter_count(model) == tied_count + model.lm_head.weight.numel()
+    assert torch.equal(_logits(model, ids, mask), before)
+    # What transformers does on its own at times (init_weights uses the tie map kept since construction).
+    model.tie_weights()
+    if "recompute_mapping" in inspect.signature(model.tie_weights).parameters:
+        model.tie_weights(recompute_mapping=False)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight
+    assert untie_head(model) is False  # already untied
+
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.05 * torch.randn_like(model.lm_head.weight))
+    changed = _logits(model, ids, mask)
+    remove_layers(model, 2)
+    out = export_model(model, None, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation=model.config._attn_implementation).eval()
+    assert reloaded.lm_head.weight is not reloaded.model.embed_tokens.weight
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(reloaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    assert torch.equal(_logits(reloaded, ids, mask), _logits(model, ids, mask))
+    assert not torch.allclose(changed, before)
+
+
+def test_training_the_untied_head_and_last_layers_leaves_the_embedding_alone():
+    model = _tied_model()
+    config = TrainableConfig(choice="last", k=3, train_head=True)
+    trainable = choose_trainable(layer_map(model), 6, 5, config)
+    assert trainable == [3, 4, 5]
+    with pytest.raises(ValueError, match="tied"):
+        freeze_except(model, trainable, config)
+    untie_head(model)
+    params = freeze_except(model, trainable, config)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names
+    assert all(n == "lm_head.weight" or n.startswith(("model.layers.3.", "model.layers.4.", "model.layers.5.")) for n in names)
+
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    head = model.lm_head.weight.detach().clone()
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    ids, mask = batch()
+    model.train()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
+    optimizer.step()
+    assert torch.equal(model.model.embed_tokens.weight, embedding)
+    assert not torch.equal(model.lm_head.weight, head)
+
+
+def test_reverse_order_walks_down_from_the_layer_before_the_final_one():
+    assert reverse_order_candidates(list(range(6))) == [4, 3, 2, 1, 0]
+    assert reverse_order_candidates(list(range(6)), keep_final=False) == [5, 4, 3, 2, 1, 0]
+    assert reverse_order_candidates([0, 1, 2, 5, 7]) == [5, 2, 1, 0]
+
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model("llama")
+    removed = []
+    for _ in range(3):  # one removal per iteration, re-reading the order each time
+        first = reverse_order_candidates(layer_map(model))[0]
+        remove_layers(model, first)
+        removed.append(first)
+    assert removed == [4, 3, 2] and layer_map(model) == [0, 1, 5]
