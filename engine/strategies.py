@@ -1,39 +1,5 @@
-"""The paper's five strategies, as presets over importance metric, re-scoring and healing."""
+"""Re-export of engine.runlog.strategies for the engine modules that still import it from here."""
 
-from __future__ import annotations
+from engine.runlog.strategies import DEFAULT_STRATEGY, IMPORTANCE_METRICS, STRATEGIES, Strategy, UnknownStrategy, get_strategy
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    importance: str  # "bi" | "angular" | "task_drop" | "loss_nll" | "loss_kl"
-    rescore: bool  # re-score the student every iteration (False: one shot on the teacher)
-    heal: bool  # distil the student against the teacher after each removal
-    summary: str
-
-
-STRATEGIES = {
-    s.name: s
-    for s in (
-        Strategy("shortgpt", "bi", False, False, "Block Influence once on the teacher; remove the lowest"),
-        Strategy("iterative-bi", "bi", True, False, "Block Influence re-scored after every removal"),
-        Strategy("iterative-bi-distill", "bi", True, True, "iterative Block Influence, healed by distillation"),
-        Strategy("iterative-pruning", "task_drop", True, False, "task-score drop re-scored after every removal"),
-        Strategy("iterative-distill", "task_drop", True, True, "the paper's method: task drop + distillation"),
-    )
-}
-DEFAULT_STRATEGY = "iterative-distill"
-IMPORTANCE_METRICS = ("task_drop", "bi", "angular", "loss_nll", "loss_kl")
-
-
-class UnknownStrategy(ValueError):
-    pass
-
-
-def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise UnknownStrategy(f"unknown strategy '{name}' (known: {', '.join(STRATEGIES)})") from None
+__all__ = ["DEFAULT_STRATEGY", "IMPORTANCE_METRICS", "STRATEGIES", "Strategy", "UnknownStrategy", "get_strategy"]
