@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .control import check_notify_cmd
-from .strategies import IMPORTANCE_METRICS, get_strategy
+from .runlog.strategies import IMPORTANCE_METRICS, get_strategy
 
 
 class ConfigError(ValueError):

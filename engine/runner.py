@@ -32,7 +32,7 @@ from engine.runlog.layout import RunDir
 from engine.runlog.state import write_state
 from engine.runlog.tailer import read_all
 from engine.scoring import Ranking, Scorer, reuse
-from engine.strategies import get_strategy
+from engine.runlog.strategies import get_strategy
 
 log = logging.getLogger(__name__)
 

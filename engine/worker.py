@@ -38,7 +38,7 @@ def _resolve(data: dict):
     from engine.config import ConfigError, validate_config
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
     from engine.models.loading import model_depth
-    from engine.strategies import get_strategy
+    from engine.runlog.strategies import get_strategy
     from engine.tasks.spec import TaskFileError, check_suite_data, load_suite
 
     try:

@@ -23,12 +23,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.theme import Theme
 
-from engine.runlog.layout import RunDir, is_run_dir, list_runs
+from engine.runlog.layout import RunDir
 from engine.runlog.lock import is_alive
 
+from .live.screen import LiveScreen
 from .screens.compare import CompareScreen
 from .screens.dialogs import HelpScreen
-from .screens.live import LiveScreen
 from .screens.runs import RunsScreen
 from .settings import DEFAULT_THEME, Settings, config_dir
 from .widgets.palette import DEFAULT as DEFAULT_PALETTE
@@ -203,20 +203,3 @@ class IldApp(App):
         self.settings.theme = self.theme
         self.save_settings()
         self.notify(f"theme {self.theme}", timeout=2)
-
-
-def latest_run(runs_dir: str | os.PathLike, liveness: Callable[[RunDir], bool] = is_alive) -> RunDir | None:
-    """The most recently active live run, else the most recently active run, else None."""
-    runs = list_runs(runs_dir)
-    for rd in reversed(runs):
-        if liveness(rd):
-            return rd
-    return runs[-1] if runs else None
-
-
-def run_dashboard(runs_dir: str | os.PathLike = "runs", run: str | os.PathLike | None = None,
-                  theme: str | None = None) -> None:
-    """Open the dashboard (the entry point ``ild``, ``ild attach`` and ``ild run`` use)."""
-    if run is not None and not is_run_dir(run):
-        raise FileNotFoundError(f"{run} is not a run directory")
-    IldApp(runs_dir, run, theme=theme).run()

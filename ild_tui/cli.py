@@ -4,7 +4,7 @@ Startup stays cheap: this module imports only click at the top; torch never load
 (the engine runs as ``python -m engine.worker`` in its own process), and Textual loads only when a
 dashboard opens.
 
-Exit codes: 0 done, 1 failed, 2 bad input or usage, 3 stopped, 130 interrupted.
+Exit codes: 0 done, 1 failed, 2 bad input or usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 import click
 
-EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 1, 2, 3
+EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
@@ -121,22 +121,40 @@ def attach(ctx, run_ref, runs_dir, theme):
 
 
 def _strategies() -> list[str]:
-    # Kept in step with engine/strategies.py by a test; importing it would pull in nothing heavy,
-    # but the dashboard may import only engine.runlog.
-    return ["shortgpt", "iterative-bi", "iterative-bi-distill", "iterative-pruning", "iterative-distill"]
+    from engine.runlog.strategies import STRATEGIES  # the engine's own table (standard library only)
+
+    return list(STRATEGIES)
+
+
+def _default_strategy() -> str:
+    from engine.runlog.strategies import DEFAULT_STRATEGY
+
+    return DEFAULT_STRATEGY
+
+
+def _metrics() -> list[str]:
+    from engine.runlog.strategies import IMPORTANCE_METRICS
+
+    return list(IMPORTANCE_METRICS)
+
+
+def _modes() -> list[str]:
+    from engine.runlog.schema import MODES
+
+    return list(MODES)
 
 
 @main.command()
 @click.option("--model", default="smollm2-135m", show_default=True, help="Embedded name, Hub id, local HF directory or .gguf file.")
-@click.option("--strategy", default="iterative-distill", show_default=True, help=f"One of: {', '.join(_strategies())}.")
+@click.option("--strategy", default=_default_strategy(), show_default=True, help=f"One of: {', '.join(_strategies())}.")
 @click.option("--target-layers", type=int, required=True, help="Stop when the student has this many layers.")
 @click.option("--suite", default="default", show_default=True, help="Embedded suite name (default, mmlu, paper) or a suite/task file.")
-@click.option("--importance", default=None, help="Override the strategy's importance metric: task_drop, bi, angular, loss_nll, loss_kl.")
+@click.option("--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(_metrics())}.")
 @click.option("--name", default=None, help="Run name (default: model-strategy-time).")
 @runs_dir_option
 @click.option("--headless", is_flag=True, help="No dashboard: follow the run in this terminal (plain lines when piped).")
 @click.option("--detach", is_flag=True, help="Start the engine in the background and return at once.")
-@click.option("--mode", "mode", type=click.Choice(["manual", "auto", "auto-after"]), default=None,
+@click.option("--mode", "mode", type=click.Choice(_modes()), default=None,
               help="Decision mode (default: manual with the dashboard, auto when headless or detached).")
 @click.option("--auto-after", "auto_after", type=float, default=None, metavar="SECONDS",
               help="With --mode auto-after: how long to wait for a person before taking the proposal.")
@@ -201,21 +219,32 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
         return
     with HeadlessView() as view:
         view.line(f"run directory {run_dir}")
-        code = run_foreground(run_dir, view.handle)
+        outcome = run_foreground(run_dir, view.handle)
+    code = outcome.code
     if code == 130:
         raise Failure(f"interrupted; continue with: ild resume {run_id}", 130)
     if code != 0:
-        reason = (view.failed or {}).get("error") or f"engine exited with code {code} (see {run_dir / 'engine.log'})"
-        raise Failure(f"run failed: {reason}", EXIT_FAILED)
+        raise Failure(f"run failed: {_failure_reason(view, outcome)}", EXIT_FAILED)
+
+
+def _failure_reason(view, outcome) -> str:
+    """The run_failed event's error, else the engine's own one line, else where to look."""
+    failed = view.failed or {}
+    if failed.get("error"):
+        return failed["error"]
+    from engine.runlog.layout import RunDir
+
+    log = RunDir(outcome.run_dir).log_file
+    return outcome.message or f"engine exited with code {outcome.code} (see {log})"
 
 
 def _apply_overrides(config: dict, overrides) -> None:
-    """Dotted KEY=VALUE pairs into the nested config; values parsed as YAML scalars."""
+    """Dotted KEY=VALUE pairs into the nested config; values parsed as YAML (safely: plain data only)."""
     import yaml
 
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or "" in key.split("."):
             raise ValueError(f"--set expects KEY=VALUE (got '{item}')")
         node = config
         parts = key.split(".")
@@ -223,7 +252,11 @@ def _apply_overrides(config: dict, overrides) -> None:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or "not valid YAML").strip()
+            raise ValueError(f"--set {key}: {problem} in '{raw}'") from None
 
 
 def _console():
@@ -251,25 +284,20 @@ def resume(run_ref, runs_dir):
     if is_alive(run_dir.path):
         _send_and_report(run_dir, "resume", {})
         return
-    summary = summarise(run_dir)
-    if summary.status == "finished":
+    row, _ = summarise(run_dir)
+    if row.status == "finished":
         raise Failure(f"run {run_dir.name} already finished", EXIT_USAGE)
     with HeadlessView() as view:
         view.line(f"resuming {run_dir.path}")
-        code = run_foreground(run_dir.path, view.handle)
-    if code == 130:
+        outcome = run_foreground(run_dir.path, view.handle)
+    if outcome.code == 130:
         raise Failure(f"interrupted; continue with: ild resume {run_dir.name}", 130)
-    if code != 0:
-        raise Failure(f"run failed: {(view.failed or {}).get('error') or f'engine exited with code {code}'}", EXIT_FAILED)
+    if outcome.code != 0:
+        raise Failure(f"run failed: {_failure_reason(view, outcome)}", EXIT_FAILED)
 
 
 def _attach_after_start(run_dir) -> None:
-    attach_command = main.commands.get("attach")
-    ctx = click.get_current_context()
-    try:
-        ctx.invoke(attach_command, run_ref=str(run_dir.path if hasattr(run_dir, "path") else run_dir))
-    except TypeError:
-        click.echo(f"engine started in {run_dir}; attach with: ild attach {run_dir}")
+    click.get_current_context().invoke(attach, run_ref=str(run_dir))
 
 
 def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> None:
@@ -280,7 +308,7 @@ def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> N
     from .runs import summarise
 
     if not is_alive(run_dir.path):
-        status = summarise(run_dir).status
+        status = summarise(run_dir)[0].status
         raise Failure(f"no live engine holds {run_dir.name} (status: {status}); nothing was sent", EXIT_FAILED)
     problem = validate_command(name, args)
     if problem:
@@ -293,7 +321,7 @@ def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> N
     reply = wait_for_reply(run_dir.path, command_id, timeout, offset=offset.offset)
     if reply is None:
         raise Failure(f"the engine did not answer within {timeout:.0f}s (command {command_id} stays in its inbox)", EXIT_FAILED)
-    if reply["type"] == "command_rejected":
+    if reply.get("type") == "command_rejected":
         raise Failure(f"rejected: {reply.get('reason')}", EXIT_FAILED)
     shown = " ".join(f"{k}={v}" for k, v in args.items())
     click.echo(f"{run_dir.name}: {name}{' ' + shown if shown else ''} applied")
@@ -328,7 +356,7 @@ def override(run_ref, layer, runs_dir):
 
 @main.command(name="mode")
 @click.argument("run_ref", metavar="RUN")
-@click.argument("new_mode", metavar="MODE", type=click.Choice(["manual", "auto", "auto-after"]))
+@click.argument("new_mode", metavar="MODE", type=click.Choice(_modes()))
 @click.argument("seconds", type=float, required=False)
 @runs_dir_option
 def mode_command(run_ref, new_mode, seconds, runs_dir):
@@ -371,8 +399,9 @@ def _duration(seconds: float | None) -> str:
 @main.command(name="ls")
 @runs_dir_option
 def list_runs_command(runs_dir):
-    """List runs with status, model, strategy, layers and aggregate."""
-    from rich.console import Console
+    """List runs with status, model, strategy, layers and (report) aggregate: now and best."""
+    import time
+
     from rich.table import Table
 
     from .runs import all_runs
@@ -384,77 +413,87 @@ def list_runs_command(runs_dir):
     table = Table(box=None, header_style="bold")
     for column in ("run", "status", "model", "strategy", "layers", "aggregate", "best", "started", "duration"):
         table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
-    import time as _time
-
     for r in runs:
-        s = r.state
-        started = r.started
-        end = (s.finished or s.failure or {}).get("t") or s.last_event_t
         table.add_row(
-            r.name, r.status, s.model or "-", s.strategy or "-",
-            f"{r.layers_now}/{s.start_layers}" if s.start_layers else "-",
-            _fmt(r.aggregate), _fmt(r.best_aggregate),
-            _time.strftime("%Y-%m-%d %H:%M", _time.localtime(started)) if started else "-",
-            _duration(end - started if started and end else None),
+            r.name, r.status, r.model, r.strategy,
+            f"{r.layers_now}/{r.start_layers}" if r.start_layers else "-",
+            _fmt(r.now), _fmt(r.best),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else "-",
+            _duration(r.duration),
         )
     _console().print(table)
+    skipped = [f"{r.name} ({r.skipped})" for r in runs if r.skipped]
+    if skipped:
+        click.echo(f"events skipped for fields of the wrong type: {', '.join(skipped)}", err=True)
 
 
 @main.command()
 @click.argument("run_ref", metavar="RUN", required=False)
 @runs_dir_option
 def show(run_ref, runs_dir):
-    """Print a run's iteration table (layers by original index, aggregate, per-task scores)."""
-    from rich.console import Console
+    """Print a run's iteration table: layers by original index, the report aggregate and per-task
+    scores (and the aggregate of the items that chose the layers, when the run logs them)."""
     from rich.table import Table
+
+    from engine.runlog.schema import REPORT, SELECT, STAGES
 
     from .runs import RunNotFound, find_run, summarise
 
     try:
-        summary = summarise(find_run(runs_dir, run_ref))
+        row, s = summarise(find_run(runs_dir, run_ref))
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
-    s = summary.state
     console = _console()
-    console.print(f"[bold]{summary.name}[/bold]  {summary.status}  model {s.model}  strategy {s.strategy}  "
-                  f"layers {summary.layers_now}/{s.start_layers} (target {s.target_layers})", highlight=False)
+    console.print(f"[bold]{row.name}[/bold]  {row.status}  model {s.model}  strategy {s.strategy}  "
+                  f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})", highlight=False)
+    report = sorted(((it, stage, rec) for (it, stage, part), rec in s.evals.items() if part == REPORT),
+                    key=lambda x: (x[0], STAGES.index(x[1])))
+    select = {(it, stage): rec for (it, stage, part), rec in s.evals.items() if part == SELECT}
     tasks: list[str] = []
-    for record in s.evals.values():
-        for task in record.get("tasks", {}):
-            if task not in tasks:
-                tasks.append(task)
+    for _, _, rec in report:
+        tasks += [t for t in rec["tasks"] if t not in tasks]
     table = Table(header_style="bold")
-    for column in ("iter", "removed", "by", "stage", "layers", "params", "aggregate", *tasks):
+    columns = ["iter", "removed", "by", "stage", "layers", "params", "aggregate", *(["select"] if select else []), *tasks]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("by", "stage") else "right")
-    teacher = s.teacher_eval or {}
+    teacher = s.teacher_eval() or {}
     by_iteration = {r["iteration"]: r for r in s.removed}
-    for (iteration, stage), record in sorted(s.evals.items(), key=lambda kv: ((kv[0][0] or 0), kv[1].get("seq", 0))):
+    for iteration, stage, record in report:
         removal = by_iteration.get(iteration, {})
         params = record.get("params")
         cells = []
         for task in tasks:
-            value = record.get("tasks", {}).get(task)
+            value = record["tasks"].get(task)
             base = teacher.get("tasks", {}).get(task)
             delta = f" ({value - base:+.3f})" if stage != "teacher" and value is not None and base is not None else ""
             cells.append(f"{_fmt(value, 3)}{delta}")
+        chosen = [] if not select else [_fmt((select.get((iteration, stage)) or {}).get("aggregate"))]
         table.add_row(
             str(iteration), "-" if stage == "teacher" else str(removal.get("layer", "-")),
             "-" if stage == "teacher" else str(removal.get("by") or "-"), stage,
             str(record.get("layers", "-")), f"{params / 1e6:.1f}M" if params else "-",
-            _fmt(record.get("aggregate")), *cells,
+            _fmt(record["aggregate"]), *chosen, *cells,
         )
     console.print(table)
+    if s.finished and s.finished["reason"] == "floor":
+        console.print(f"stopped at the floor: {row.note.removeprefix('finished: floor ')}", highlight=False)
     if s.failure:
-        console.print(f"[red]failed:[/red] {s.failure.get('error')} — {s.failure.get('hint', '')}", highlight=False)
+        console.print(f"[red]failed:[/red] {s.failure['error']} — {s.failure.get('hint', '')}", highlight=False)
+    if s.skipped:
+        console.print(f"{s.skipped} events skipped: fields of the wrong type", highlight=False)
 
 
 @main.command()
 @click.argument("run_ref", metavar="RUN")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory to write the Hugging Face model to.")
+@click.option("--force", is_flag=True,
+              help="Replace --out even if it is not empty and holds no earlier ild export (never the run directory).")
 @runs_dir_option
-def export(run_ref, out, runs_dir):
+def export(run_ref, out, force, runs_dir):
     """Write a run's student (its last checkpoint) as a Hugging Face model directory."""
     from pathlib import Path
+
+    from engine.runlog.layout import export_target_problem
 
     from .launch import LaunchError, export_run
     from .runs import RunNotFound, find_run
@@ -463,8 +502,11 @@ def export(run_ref, out, runs_dir):
         run_dir = find_run(runs_dir, run_ref)
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+    problem = export_target_problem(run_dir.path, out, force)
+    if problem:
+        raise Failure(problem, EXIT_USAGE)
     try:
-        export_run(run_dir.path, Path(out))
+        export_run(run_dir.path, Path(out), force)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")

@@ -1,7 +1,7 @@
 """Following a run in a terminal without the dashboard: Rich progress on a TTY, plain lines otherwise.
 
 It reads only the event log, so it shows the same thing for a run it started and for one it
-re-attaches to.
+re-attaches to. An event that does not match the registry (``engine.runlog.schema``) is skipped.
 """
 
 from __future__ import annotations
@@ -11,9 +11,15 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.runlog.schema import problem
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
 
 def _short(scores: dict) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+    return ", ".join(f"{k} {_fmt(v, 3)}" for k, v in scores.items())
 
 
 class HeadlessView:
@@ -25,6 +31,7 @@ class HeadlessView:
         self.last_phase = None
         self.finished: dict | None = None
         self.failed: dict | None = None
+        self.skipped = 0  # events that do not match the registry
 
     def __enter__(self):
         if self.tty:
@@ -45,7 +52,10 @@ class HeadlessView:
         self.console.print(f"[dim]{stamp}[/dim] {text}" if self.tty else f"{stamp} {text}", markup=self.tty, highlight=False, soft_wrap=True)
 
     def handle(self, event: dict) -> None:
-        kind = event.get("type")
+        if problem(event):
+            self.skipped += 1
+            return
+        kind = event["type"]
         it = event.get("iteration")
         if kind == "run_started":
             self.line(f"run {event.get('name')}: {event.get('model')}, strategy {event.get('strategy')} "
@@ -67,7 +77,7 @@ class HeadlessView:
                 self.line(f"[{it}] {phase} {detail}".rstrip())
             self.last_phase = (phase, detail)
         elif kind == "importance":
-            scores = event.get("scores", {})
+            scores = {k: v for k, v in event["scores"].items() if v is not None}
             lowest = sorted(scores.items(), key=lambda kv: kv[1])[:3]
             note = " (one-shot, reused)" if event.get("reused") else ""
             self.line(f"[{it}] importance {event.get('metric')}{note}: least important " + ", ".join(f"layer {k} {v:.4f}" for k, v in lowest))
@@ -78,7 +88,8 @@ class HeadlessView:
             self.line(f"[{it}] removed layer {event.get('layer')}: {event.get('layers', len(event.get('remaining', [])))} layers"
                       + (f", {params / 1e6:.1f}M parameters" if params else ""))
         elif kind == "eval":
-            self.line(f"[{it}] eval {event.get('stage')}: aggregate {event.get('aggregate', 0):.4f} ({_short(event.get('tasks', {}))})")
+            part = " (select)" if event.get("part") == "select" else ""
+            self.line(f"[{it}] eval {event['stage']}{part}: aggregate {_fmt(event['aggregate'], 4)} ({_short(event['tasks'])})")
         elif kind == "log":
             self.line(f"{event.get('level', 'info')}: {event.get('message')}")
         elif kind == "run_finished":

@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from engine.runlog.layout import RunDir
 from engine.runlog.tailer import EventTailer
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
@@ -39,22 +41,35 @@ def create_run(run_dir: Path, config: dict) -> Path:
     return run_dir
 
 
+def _ild_line(text: str) -> str | None:
+    """The engine's own one-line error (its last ``ild: ...`` line), or None."""
+    mine = [line for line in text.splitlines() if line.startswith("ild: ")]
+    return mine[-1].removeprefix("ild: ") if mine else None
+
+
 def _engine_message(stderr: str, fallback: str) -> str:
-    """The engine's own one-line error (``ild: ...``), else its last line."""
-    lines = stderr.strip().splitlines()
-    mine = [line for line in lines if line.startswith("ild: ")]
-    return mine[-1].removeprefix("ild: ") if mine else (lines or [fallback])[-1]
+    """The engine's own one-line error, else its last line."""
+    return _ild_line(stderr) or (stderr.strip().splitlines() or [fallback])[-1]
 
 
-def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> int:
-    """Run the engine as a child and feed every event to ``on_event``; return its exit code.
+@dataclass
+class EngineExit:
+    run_dir: Path
+    code: int
+    message: str | None  # the engine's own one-line reason (``ild: ...`` on its stderr), if it gave one
+
+
+def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> EngineExit:
+    """Run the engine as a child and feed every event to ``on_event``; return how it ended.
 
     Ctrl-C is passed on to the engine, which records it; the run resumes later from its
     last checkpoint.
     """
-    log = open(run_dir / "engine.out", "ab")
+    rd = RunDir(run_dir)
+    log = open(rd.out_file, "ab")
+    start = log.tell()  # what this engine writes, not an earlier one's
     child = subprocess.Popen([*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env())
-    tailer = EventTailer(run_dir / "events.jsonl")
+    tailer = EventTailer(rd.events_file)
     try:
         while True:
             for event in tailer.poll():
@@ -62,7 +77,7 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> int:
             if child.poll() is not None:
                 for event in tailer.poll():
                     on_event(event)
-                return child.returncode
+                return EngineExit(run_dir, child.returncode, _said(rd.out_file, start) if child.returncode else None)
             time.sleep(poll)
     except KeyboardInterrupt:
         child.send_signal(signal.SIGINT)
@@ -72,9 +87,20 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> int:
             child.kill()
         for event in tailer.poll():
             on_event(event)
-        return 130
+        return EngineExit(run_dir, 130, None)
     finally:
         log.close()
+
+
+def _said(path: Path, start: int) -> str | None:
+    """The engine's ``ild: ...`` line among what it wrote to ``path`` from ``start`` on."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return None
+    return _ild_line(text)
 
 
 def _ignore_hangup() -> None:
@@ -85,14 +111,15 @@ def _ignore_hangup() -> None:
 
 def start_detached(run_dir: Path) -> int:
     """Start the engine in its own session: closing the terminal, SIGHUP or an SSH drop leave it running."""
-    log = open(run_dir / "engine.out", "ab")
+    log = open(RunDir(run_dir).out_file, "ab")
     child = subprocess.Popen([*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              env=_engine_env(), start_new_session=True, close_fds=True, preexec_fn=_ignore_hangup)
     log.close()
     return child.pid
 
 
-def export_run(run_dir: Path, out: Path) -> None:
-    result = subprocess.run([*ENGINE, str(run_dir), "--export", "--out", str(out)], capture_output=True, text=True, env=_engine_env())
+def export_run(run_dir: Path, out: Path, force: bool = False) -> None:
+    command = [*ENGINE, str(run_dir), "--export", "--out", str(out), *(["--force"] if force else [])]
+    result = subprocess.run(command, capture_output=True, text=True, env=_engine_env())
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "export failed"), result.returncode)

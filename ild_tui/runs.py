@@ -1,4 +1,8 @@
-"""Finding runs and summarising them from their event logs (no engine, no torch)."""
+"""Finding runs and summarising them, for ``ild ls``/``ild show`` and the runs screen (no Textual).
+
+Every number in a summary is ``RunState``'s answer (``engine.runlog.fold``): the CLI and the
+dashboard print the same status, best aggregate and duration because neither computes its own.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +11,121 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.runlog.fold import RunState, derive_status, fold
+from engine.runlog.fold import RunState
 from engine.runlog.layout import RunDir, is_run_dir, list_runs
 from engine.runlog.lock import is_alive
-from engine.runlog.tailer import read_all
+from engine.runlog.reader import RunReader
+
+NAME_MAX = 100
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class RunNotFound(Exception):
     pass
 
 
-@dataclass
-class RunSummary:
-    run: RunDir
-    state: RunState
+@dataclass(frozen=True)
+class RunRow:
+    """One run as a list shows it (``aggregates`` are the report part's)."""
+
+    path: str
+    name: str
     status: str
+    model: str
+    strategy: str
+    layers_now: int | None
+    start_layers: int | None
+    target_layers: int | None
+    teacher: float | None
+    last: float | None  # the final aggregate of the latest iteration
+    best: float | None  # RunState.best_aggregate
+    started: float | None
+    duration: float | None
+    events: int
+    removed: tuple = ()
+    mode: str | None = None
+    note: str = ""
+    last_event_t: float | None = None
+    pending: str = ""
+    skipped: int = 0  # events skipped for wrong field types
 
     @property
-    def name(self) -> str:
-        return self.state.name or self.run.name
+    def now(self) -> float | None:
+        """The aggregate of the model as it stands: the latest iteration's, else the teacher's."""
+        return self.last if self.last is not None else self.teacher
 
-    @property
-    def aggregate(self) -> float | None:
-        latest = self.state.latest_eval
-        return latest.get("aggregate") if latest else None
+    def matches(self, text: str) -> bool:
+        text = text.lower().strip()
+        if not text:
+            return True
+        hay = " ".join((self.name, self.status, self.model, self.strategy, Path(self.path).name)).lower()
+        return all(word in hay for word in text.split())
 
-    @property
-    def best_aggregate(self) -> float | None:
-        values = [v for it, v in self.state.eval_series() if v is not None and it not in (None, 0)]
-        return max(values) if values else None
-
-    @property
-    def layers_now(self) -> int | None:
-        if self.state.removals:
-            return len(self.state.layers)
-        return self.state.start_layers
-
-    @property
-    def started(self) -> float | None:
-        info = self.state.run_info
-        return info.get("t") if info else None
-
-
-def summarise(run: RunDir) -> RunSummary:
-    state = fold(read_all(run.events_file))
-    alive = is_alive(run.path)
-    status = derive_status(state, alive)
-    if status == "died" and state.last_event_t is None and time.time() - run.path.stat().st_mtime < 30:
-        status = "starting"  # made a moment ago; the engine has not taken its lock yet
-    return RunSummary(run, state, status)
+    def sort_key(self, key: str):
+        v = {
+            "started": self.started,
+            "name": self.name.lower(),
+            "status": self.status,
+            "model": self.model.lower(),
+            "strategy": self.strategy,
+            "layers": self.layers_now,
+            "last": self.last,
+            "best": self.best,
+            "duration": self.duration,
+        }[key]
+        return (v is None, v if v is not None else 0)
 
 
-def all_runs(runs_dir: str | Path) -> list[RunSummary]:
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return []
-    return [summarise(r) for r in list_runs(root)]
+def summarise_state(path: Path, state: RunState, alive: bool | None, now: float) -> RunRow:
+    status = state.status(alive, now)
+    finals = state.final_evals()
+    last = finals[max(finals)]["aggregate"] if finals else None
+    teacher = state.teacher_eval()
+    return RunRow(
+        path=str(path), name=state.name or path.name, status=status, model=state.model or "-",
+        strategy=state.strategy or "-", layers_now=state.layers_now, start_layers=state.start_layers,
+        target_layers=state.target_layers, teacher=teacher["aggregate"] if teacher else None, last=last,
+        best=state.best_aggregate(), started=state.started, duration=state.duration(now, alive),
+        events=state.events_seen, removed=tuple(state.removed_layers), mode=state.mode, note=_note(state, status),
+        last_event_t=state.last_event_t, pending=_pending(state), skipped=state.skipped,
+    )
+
+
+FINISH_WORDS = {
+    "target": "target",
+    "stopped": "stopped",
+    "floor": "floor (the next removal would take the report aggregate below --min-retention)",
+}
+
+
+def _note(state: RunState, status: str) -> str:
+    if state.failure:
+        hint = state.failure.get("hint")
+        return f"failed: {state.failure['error']}" + (f" ({hint})" if hint else "")
+    if state.finished:
+        reason = state.finished["reason"]
+        return f"finished: {FINISH_WORDS.get(reason, reason)}"
+    if status == "died":
+        return "the engine died without a final event; `ild resume` continues from the last checkpoint"
+    return ""
+
+
+def _pending(state: RunState) -> str:
+    p = state.pending_proposal
+    if not p:
+        return ""
+    return f"awaiting a decision: iteration {p['iteration']}, proposed layer {p['layer']}"
+
+
+def summarise(run: RunDir, now: float | None = None) -> tuple[RunRow, RunState]:
+    reader = RunReader(run)
+    reader.update()
+    now = time.time() if now is None else now
+    return summarise_state(run.path, reader.state, is_alive(run.path), now), reader.state
+
+
+def all_runs(runs_dir: str | Path) -> list[RunRow]:
+    return [summarise(r)[0] for r in list_runs(runs_dir)]
 
 
 def find_run(runs_dir: str | Path, ref: str | None) -> RunDir:
@@ -75,16 +138,29 @@ def find_run(runs_dir: str | Path, ref: str | None) -> RunDir:
         if is_run_dir(candidate):
             return RunDir(candidate)
         raise RunNotFound(f"no run '{ref}' (not a run directory, and not a run in {runs_dir})")
-    runs = list_runs(Path(runs_dir)) if Path(runs_dir).is_dir() else []
+    runs = list_runs(runs_dir)
     if not runs:
         raise RunNotFound(f"no runs in {runs_dir}")
     return runs[-1]
 
 
+def check_name(name: str) -> str:
+    """``name`` if it can name a run directory, else ``ValueError`` saying why."""
+    if not name:
+        raise ValueError("the run name is empty")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"the run name is {len(name)} characters long; at most {NAME_MAX}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"run name '{name}' may use letters, digits, '.', '_' and '-' only, "
+                         "and starts with a letter or digit")
+    return name
+
+
 def new_run_id(name: str | None, model: str, strategy: str) -> str:
-    if name:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"run name '{name}' may use letters, digits, '.', '_' and '-' only")
-        return name
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.rstrip("/")).name.removesuffix(".gguf")).strip("-")
-    return f"{base}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """The run's id: ``name`` (checked), or one made of the model, the strategy and the time."""
+    if name is not None:
+        return check_name(name)
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.rstrip("/")).name.removesuffix(".gguf")).strip("-.")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = base[: NAME_MAX - len(strategy) - len(stamp) - 2] or "run"
+    return f"{base}-{strategy}-{stamp}"

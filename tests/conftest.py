@@ -1,3 +1,5 @@
+"""Fixtures shared by the test modules (helpers are in tests/support.py)."""
+
 import os
 
 # Must be set before torch loads: spinning OpenMP threads slow torch 5-10x when pytest-xdist
@@ -6,3 +8,46 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny llama saved as a local HF directory, and a small suite over files next to it."""
+    from tests.tiny_models import tiny_model
+    from tests.tiny_suite import tiny_suite
+
+    root = tmp_path_factory.mktemp("tiny")
+    _, tokenizer = tiny_suite(root)
+    model = tiny_model("llama")
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A private copy of every canned run (tests may append events, lock or delete them)."""
+    from tools.synthetic_runs import copy_all
+
+    return copy_all(tmp_path / "runs")
+
+
+@pytest.fixture
+def tui_env(tmp_path):
+    """UTC clock formatting, a private config directory, colours on."""
+    saved = {k: os.environ.get(k) for k in ("TZ", "ILD_CONFIG_DIR", "NO_COLOR")}
+    os.environ["TZ"] = "UTC"
+    os.environ["ILD_CONFIG_DIR"] = str(tmp_path / "ild-config")
+    os.environ.pop("NO_COLOR", None)
+    time.tzset()
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    time.tzset()

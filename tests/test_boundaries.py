@@ -50,7 +50,7 @@ def test_cli_answers_through_the_console_script():
 
 
 def test_cli_strategy_list_matches_the_engine():
-    from engine.strategies import STRATEGIES
+    from engine.runlog.strategies import STRATEGIES
     from ild_tui.cli import _strategies
 
     assert _strategies() == list(STRATEGIES)

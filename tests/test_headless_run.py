@@ -1,33 +1,11 @@
 """End to end through the `ild` command on a tiny random model: run, ls, show, export, bad input."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from engine.runlog.tailer import read_all
-
-ILD = str(Path(sys.executable).with_name("ild"))
-
-
-def ild(*args, cwd=None):
-    return subprocess.run([ILD, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny llama saved as a local HF directory, and a small suite over files next to it."""
-    from tests.test_tasks import _suite
-    from tests.tiny_models import tiny_model
-
-    root = tmp_path_factory.mktemp("tiny")
-    suite, tokenizer = _suite(root)
-    model = tiny_model("llama")
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root
+from tests.support import ild
 
 
 def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):

@@ -1,14 +1,10 @@
 """The detached engine and the person in the loop, driven from the shell as a user would."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from engine.control import Controller
 from engine.runlog.events import EventWriter
@@ -16,7 +12,7 @@ from engine.runlog.fold import fold
 from engine.runlog.inbox import send_command
 from engine.runlog.lock import is_alive
 from engine.runlog.tailer import read_all
-from tests.test_headless_run import ILD, ild, tiny  # noqa: F401  (fixture)
+from tests.support import ILD, ild
 
 
 def _start(tiny_root, runs, name, *extra):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runlog.events import ALL_EVENT_TYPES, EVENT_TYPES, EventWriter
+from engine.runlog.events import EventWriter
 from engine.runlog.tailer import EventTailer, read_all
 
 
@@ -27,7 +28,8 @@ def test_round_trip_and_seq_gap_free(tmp_path):
     tailer = EventTailer(p)
     assert tailer.poll() == []  # no file yet
     with EventWriter(p) as w:
-        first = w.emit("run_started", name="r", model="m", start_layers=30)
+        first = w.emit("run_started", name="r", model="m", strategy="s", start_layers=30, target_layers=20,
+                       mode="auto")
         assert first["seq"] == 0 and first["type"] == "run_started" and isinstance(first["t"], float)
         for i in range(10):
             w.emit("train_step", iteration=1, step=i, loss=1.0 / (i + 1))
@@ -50,7 +52,7 @@ def test_writer_continues_seq_after_reopen(tmp_path):
             w.emit("log", level="info", message="x")
     with EventWriter(p) as w:
         assert w.next_seq == 3 and w.repaired_bytes == 0
-        assert w.emit("heartbeat")["seq"] == 3
+        assert w.emit("log", message="y")["seq"] == 3
     assert seqs(read_all(p)) == [0, 1, 2, 3]
 
 
@@ -61,22 +63,65 @@ def test_unknown_type_and_reserved_fields_rejected(tmp_path):
             w.emit("bogus")
         with pytest.raises(ValueError, match="seq"):
             w.emit("log", seq=5)
-        with pytest.raises(TypeError, match=r"\$\.payload\.obj"):
-            w.emit("log", payload={"obj": object()})
+        with pytest.raises(TypeError, match=r"\$\.config\.obj"):
+            w.emit("run_started", name="r", model="m", strategy="s", start_layers=3, target_layers=2, mode="auto",
+                   config={"obj": object()})
         assert w.emit("log", message="ok")["seq"] == 0  # failures used no seq
     assert seqs(read_all(p)) == [0]
-    assert set(EVENT_TYPES) < ALL_EVENT_TYPES and {"heartbeat", "alert", "engine_started"} < ALL_EVENT_TYPES
+
+
+@pytest.mark.parametrize(
+    "kind, fields, fragment",
+    [
+        ("log", {"message": "m", "colour": "red"}, "no field(s) colour"),
+        ("log", {}, "missing field(s) message"),
+        ("eval", {"iteration": 1, "stage": "after_lunch", "aggregate": 0.5, "tasks": {}}, "'stage'"),
+        ("eval", {"iteration": 1, "stage": "teacher", "aggregate": "0.5", "tasks": {}}, "'aggregate'"),
+        ("eval", {"iteration": 1, "stage": "teacher", "aggregate": 0.5, "tasks": {}, "part": "both"}, "'part'"),
+        ("decision", {"iteration": 1, "layer": 3, "by": "nobody"}, "'by'"),
+        ("decision", {"iteration": True, "layer": 3, "by": "user"}, "'iteration'"),
+        ("importance", {"iteration": 1, "metric": "bi", "scores": {"3": "low"}}, "'scores'"),
+        ("importance", {"iteration": 1, "metric": "bi", "scores": {}, "partial": ["3"]}, "'partial'"),
+        ("train_step", {"iteration": 1, "step": 0, "lr": math.nan}, None),  # NaN is null: lr may be null
+        ("run_finished", {"reason": "bored"}, "'reason'"),
+        ("awaiting_decision", {"iteration": 1, "layer": 3, "mode": "auto", "candidates": [{"layer": 3}]},
+         "'candidates'"),
+    ],
+)
+def test_writer_checks_fields_against_the_registry(tmp_path, kind, fields, fragment):
+    with EventWriter(tmp_path / "events.jsonl") as w:
+        if fragment is None:
+            w.emit(kind, **fields)
+            return
+        with pytest.raises(ValueError, match=re.escape(fragment)):
+            w.emit(kind, **fields)
+        assert w.next_seq == 0
+    assert read_all(tmp_path / "events.jsonl") == []
+
+
+def test_the_fields_engines_log_since_the_report_split_are_accepted(tmp_path):
+    with EventWriter(tmp_path / "events.jsonl") as w:
+        w.emit("eval", iteration=2, stage="after_healing", part="select", aggregate=0.5, tasks={"a": 0.5})
+        w.emit("train_step", iteration=2, step=3, loss=1.5, kl=20.0, mse=0.5, kl_term=1.0, mse_term=0.5)
+        w.emit("importance", iteration=2, metric="task_drop", scores={"3": 0.1, "4": 0.2}, partial=[4],
+               items={"3": 64, "4": 16})
+        w.emit("decision", iteration=2, layer=12, by="fixed", proposed=None)
+        w.emit("run_finished", reason="floor", layers=20)
+    assert [e["type"] for e in read_all(tmp_path / "events.jsonl")] == [
+        "eval", "train_step", "importance", "decision", "run_finished"]
 
 
 def test_nan_and_inf_become_null(tmp_path):
     p = tmp_path / "events.jsonl"
     with EventWriter(p) as w:
-        rec = w.emit("train_step", loss=math.nan, kl=math.inf, parts=[1.0, -math.inf], nested={"a": (math.nan, 2)})
-    assert rec["loss"] is None and rec["nested"] == {"a": [None, 2]}
+        rec = w.emit("train_step", iteration=1, step=0, loss=math.nan, kl=math.inf)
+        nested = w.emit("importance", iteration=1, metric="bi", scores={"1": -math.inf},
+                        also={"angular": {"1": math.nan}})
+    assert rec["loss"] is None and nested["also"] == {"angular": {"1": None}}
     text = p.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    (ev,) = read_all(p)
-    assert ev["loss"] is None and ev["kl"] is None and ev["parts"] == [1.0, None]
+    (ev, imp) = read_all(p)
+    assert ev["loss"] is None and ev["kl"] is None and imp["scores"] == {"1": None}
 
 
 def test_unicode_survives(tmp_path):
@@ -114,7 +159,7 @@ def test_bad_json_line_skipped_and_counted(tmp_path):
     assert seqs(tailer.poll()) == [0]
     assert tailer.bad_lines == 2
     with open(p, "ab") as f:
-        f.write(json.dumps({"seq": 1, "t": 0.0, "type": "log"}).encode() + b"\n")
+        f.write(json.dumps({"seq": 1, "t": 0.0, "type": "log", "message": "b"}).encode() + b"\n")
     assert seqs(tailer.poll()) == [1]
     assert tailer.bad_lines == 2  # not recounted on later polls
 
@@ -142,7 +187,7 @@ def test_writer_repairs_torn_and_unparsable_tail(tmp_path):
     p = tmp_path / "events.jsonl"
     with EventWriter(p) as w:
         for _ in range(4):
-            w.emit("heartbeat")
+            w.emit("log", message="x")
     good_size = p.stat().st_size
     with open(p, "ab") as f:
         f.write(b"garbage line\n" + b'{"seq": 4, "t": 1.0, "ty')
@@ -163,7 +208,7 @@ def test_tailer_survives_file_cut_below_its_offset(tmp_path):
     p = tmp_path / "events.jsonl"
     with EventWriter(p) as w:
         for _ in range(5):
-            w.emit("heartbeat")
+            w.emit("log", message="x")
     tailer = EventTailer(p)
     assert len(tailer.poll()) == 5
     lines = p.read_bytes().splitlines(keepends=True)
@@ -181,7 +226,7 @@ def test_empty_and_all_garbage_files(tmp_path):
     p.write_bytes(b"\x00\x00\x00")  # zero-filled tail after a power loss
     w = EventWriter(p)
     assert w.next_seq == 0 and w.repaired_bytes == 3
-    w.emit("heartbeat")
+    w.emit("log", message="x")
     w.close()
     assert seqs(read_all(p)) == [0]
 
@@ -194,7 +239,7 @@ def test_thread_safety(tmp_path):
 
     def work():
         for i in range(200):
-            w.emit("train_step", step=i)
+            w.emit("train_step", iteration=1, step=i)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -227,7 +272,7 @@ WRITER_SCRIPT = textwrap.dedent(
     print("ready", flush=True)
     i = 0
     while True:
-        w.emit("train_step", iteration=0, step=i, loss=1.0, pad="x" * (i % 300))
+        w.emit("log", message="x" * (i % 300), iteration=0)
         i += 1
     """
 )
@@ -258,7 +303,7 @@ def test_sigkilled_writer_then_torn_line_then_resume(tmp_path):
     w = EventWriter(p)
     assert w.next_seq == n and w.repaired_bytes > 0
     for _ in range(5):
-        w.emit("heartbeat")
+        w.emit("log", message="x")
     w.close()
     seen += tailer.poll()
     after = read_all(p)

@@ -1,11 +1,13 @@
-"""Folding events into RunState: idempotent under resume, proposals open/closed."""
+"""Folding events into RunState: idempotent under resume, proposals open/closed, one answer per fact."""
 
 from __future__ import annotations
 
 import copy
 
+from engine.runlog import fold as fold_module
 from engine.runlog.events import EventWriter
-from engine.runlog.fold import RunState, derive_status, fold
+from engine.runlog.fold import STARTING_GRACE_S, RunState, fold
+from engine.runlog.schema import EVENTS
 from engine.runlog.tailer import read_all
 
 
@@ -31,7 +33,7 @@ def iteration(k, layer, t, by="user", aggregate=0.5):
 START = [
     ev("run_started", 0, name="demo", model="smollm2", strategy="iterative-distill", start_layers=6,
        target_layers=3, mode="manual", params=1000, extra_field={"kept": True}),
-    ev("eval", 0.5, iteration=None, stage="teacher", aggregate=0.7, tasks={"a": 0.7}),
+    ev("eval", 0.5, iteration=0, stage="teacher", aggregate=0.7, tasks={"a": 0.7}),
 ]
 
 
@@ -39,27 +41,32 @@ def with_seq(events):
     return [{"seq": i, **e} for i, e in enumerate(events)]
 
 
+def test_every_registered_event_type_has_a_place_in_the_fold():
+    assert set(fold_module._HANDLERS) == set(EVENTS)
+
+
 def test_fold_basic_fields():
     events = with_seq(START + iteration(1, 4, 10) + iteration(2, 2, 20, by="auto", aggregate=0.4))
     s = fold(events)
     assert isinstance(s, RunState)
-    assert (s.name, s.model, s.strategy, s.mode, s.status) == ("demo", "smollm2", "iterative-distill", "manual", "running")
+    assert (s.name, s.model, s.strategy, s.mode, s.outcome) == ("demo", "smollm2", "iterative-distill", "manual", None)
     assert s.start_layers == 6 and s.target_layers == 3 and s.iteration == 2
-    assert s.layers == [0, 1, 3, 5]
+    assert s.layers == [0, 1, 3, 5] and s.layers_now == 4
     assert s.removed_layers == [4, 2]
     assert [(r["layer"], r["by"]) for r in s.removed] == [(4, "user"), (2, "auto")]
     assert s.params == 980 and s.start_params == 1000
-    assert s.eval_series("after_healing") == [(1, 0.5), (2, 0.4)]
-    assert s.teacher_eval["aggregate"] == 0.7
-    assert s.evals[(2, "after_healing")]["tasks"] == {"a": 0.4}
+    assert {it: rec["aggregate"] for it, rec in s.final_evals().items()} == {1: 0.5, 2: 0.4}
+    assert s.teacher_eval()["aggregate"] == 0.7
+    assert s.evals[(2, "after_healing", "report")]["tasks"] == {"a": 0.4}
     assert s.scores(2) == {2: 0.01, 0: 0.9} and s.scores() == s.scores(2)
-    assert s.last_train["loss"] == 1.5 and len(s.train) == 4
+    assert s.last_train["loss"] == 1.5
     assert s.last_checkpoint["name"] == "2"
     assert s.run_info["extra_field"] == {"kept": True}  # unknown fields kept
     assert s.pending_proposal is None
-    assert s.last_seq == len(events) - 1
-    assert derive_status(s, alive=True) == "running"
-    assert derive_status(s, alive=False) == "died"
+    assert s.last_seq == len(events) - 1 and s.skipped == 0
+    assert s.status(alive=True, now=100.0) == "running"
+    assert s.status(alive=False, now=100.0) == "died"
+    assert s.status(alive=None, now=100.0) == "unknown"
 
 
 def test_resume_with_reemitted_events_folds_to_same_state():
@@ -69,7 +76,7 @@ def test_resume_with_reemitted_events_folds_to_same_state():
     crashed = START + iteration(1, 4, 10) + iteration(2, 2, 20) + iteration(3, 1, 30)[:6]
     resumed = (
         crashed
-        + [ev("engine_started", 35, resumed_from="2", pid=2)]
+        + [ev("engine_started", 35, resumed_from="2", pid=2, host="h")]
         + copy.deepcopy(iteration(2, 2, 20)[5:])
         + copy.deepcopy(iteration(3, 1, 30))
     )
@@ -83,65 +90,139 @@ def test_resume_with_reemitted_events_folds_to_same_state():
 
 def test_redone_iteration_last_writer_wins():
     events = START + iteration(1, 4, 10) + iteration(2, 2, 20)[:6]
-    events += [ev("engine_started", 30)] + iteration(2, 3, 31, aggregate=0.45)  # user chose differently
+    events += [ev("engine_started", 30, pid=2, host="h")] + iteration(2, 3, 31, aggregate=0.45)  # chosen differently
     s = fold(with_seq(events))
     assert s.removed_layers == [4, 3] and s.layers == [0, 1, 2, 5]
-    assert s.eval_series("after_healing") == [(1, 0.5), (2, 0.45)]
+    assert {it: rec["aggregate"] for it, rec in s.final_evals().items()} == {1: 0.5, 2: 0.45}
 
 
 def test_pending_proposal_open_and_closed():
     s = fold(with_seq(START + iteration(1, 4, 10)[:3]))
     assert s.pending_proposal["layer"] == 4 and s.pending_proposal["iteration"] == 1
-    s.apply(ev("awaiting_decision", 14, iteration=1, layer=4, mode="auto-after", deadline=99.0))
+    n = 100
+    for e in [
+        ev("awaiting_decision", 14, iteration=1, layer=4, mode="auto-after", deadline=99.0),
+    ]:
+        s.apply({"seq": n, **e})
     assert s.pending_proposal["deadline"] == 99.0 and s.mode == "auto-after"
-    s.apply(ev("decision", 15, iteration=1, layer=4, by="user"))
+    s.apply({"seq": 101, **ev("decision", 15, iteration=1, layer=4, by="user")})
     assert s.pending_proposal is None
     # a resumed engine asks again for the same iteration: open again until answered
-    s.apply(ev("engine_started", 16))
-    s.apply(ev("proposal", 17, iteration=1, layer=4))
+    s.apply({"seq": 102, **ev("engine_started", 16, pid=3, host="h")})
+    s.apply({"seq": 103, **ev("proposal", 17, iteration=1, layer=4)})
     assert s.pending_proposal is not None
-    s.apply(ev("layer_removed", 18, iteration=1, layer=4))
+    s.apply({"seq": 104, **ev("layer_removed", 18, iteration=1, layer=4)})
     assert s.pending_proposal is None
     # a proposal in a run that failed is not pending
-    s.apply(ev("proposal", 19, iteration=2, layer=1))
+    s.apply({"seq": 105, **ev("proposal", 19, iteration=2, layer=1)})
     assert s.pending_proposal["iteration"] == 2
-    s.apply(ev("run_failed", 20, error="OOM", hint="lower batch size"))
+    s.apply({"seq": 106, **ev("run_failed", 20, error="OOM", hint="lower batch size")})
     assert s.pending_proposal is None
-    assert derive_status(s, alive=False) == "failed"
+    assert s.status(alive=False, now=0.0) == "failed"
 
 
 def test_status_mode_and_commands():
     s = fold(with_seq(START))
-    s.apply(ev("command_applied", 1, command_id="c1", name="set_mode", args={"mode": "auto-after", "seconds": 30}))
+    more = [
+        ev("command_applied", 1, command_id="c1", name="set_mode", args={"mode": "auto-after", "seconds": 30}),
+        ev("command_applied", 2, command_id="c2", name="pause", args={}),
+        ev("command_rejected", 3, command_id="c3", name="override", reason="layer 4 already removed"),
+    ]
+    fold(with_seq(START + more)[len(START):], s)
     assert (s.mode, s.mode_seconds) == ("auto-after", 30)
-    s.apply(ev("command_applied", 2, command_id="c2", name="pause", args={}))
     assert s.paused
-    s.apply(ev("command_rejected", 3, command_id="c3", name="override", reason="layer 4 already removed"))
     assert s.commands["c3"]["applied"] is False and s.commands["c1"]["applied"] is True
-    s.apply(ev("command_applied", 4, command_id="c4", name="resume", args={}))
+    s.apply({"seq": 10, **ev("command_applied", 4, command_id="c4", name="resume", args={})})
     assert not s.paused
-    s.apply(ev("run_finished", 5, reason="stopped"))
-    assert s.status == "stopped" and derive_status(s, alive=True) == "stopped"
-    s.apply(ev("engine_started", 6))
-    assert s.status == "running"
-    s.apply(ev("run_finished", 7, reason="done"))
-    assert derive_status(s, alive=False) == "finished"
+    s.apply({"seq": 11, **ev("run_finished", 5, reason="stopped")})
+    assert s.outcome == "stopped" and s.status(alive=True, now=0.0) == "stopped"
+    s.apply({"seq": 12, **ev("engine_started", 6, pid=1, host="h")})
+    assert s.outcome is None
+    s.apply({"seq": 13, **ev("run_finished", 7, reason="floor")})
+    assert s.status(alive=False, now=0.0) == "finished" and s.finished["reason"] == "floor"
 
 
-def test_unknown_events_and_junk_ignored():
+def test_unknown_events_ignored_and_junk_counted():
     s = fold(with_seq(START))
     before = copy.deepcopy(s)
-    for junk in [ev("from_the_future", 1, iteration=7, x=1), {"no": "type"}, "not a dict", ev("log", 2, message="m")]:
-        s.apply(junk)
-    assert s == before and s.logs[-1]["message"] == "m"
-    assert fold([]).status == "running" and fold([]).layers == []
+    s.apply({"seq": 2, **ev("from_the_future", 1, iteration=7, x=1)})  # a newer engine's event
+    assert s == before and s.skipped == 0
+    for junk in [{"no": "type"}, "not a dict", None, [1, 2], {"type": 3}]:
+        assert s.apply(junk) is False
+    assert s == before and s.skipped == 5
+    assert s.apply({"seq": 3, **ev("log", 2, message="m")}) is True
+    assert s.logs[-1]["message"] == "m"
+    assert fold([]).outcome is None and fold([]).layers == []
+
+
+def test_an_event_with_a_wrongly_typed_field_is_skipped_and_counted():
+    bad = [
+        ev("eval", 1, iteration=1, stage="after_removal", aggregate="0.5", tasks={"a": 0.5}),
+        ev("layer_removed", 2, iteration="1", layer=4),
+        ev("importance", 3, iteration=1, metric="bi", scores=[0.1, 0.2]),
+        ev("decision", 4, iteration=1, layer=4, by="the cat"),
+        ev("train_step", 5, iteration=1, step=2, loss="low"),
+        ev("run_started", 6, name="x", model="m", strategy="s", start_layers="many", target_layers=3, mode="auto"),
+        ev("log", 7),  # missing its message
+    ]
+    s = fold(with_seq(START + bad))
+    assert s.skipped == len(bad)
+    assert s.removed_layers == [] and s.final_evals() == {} and s.importance == {} and s.start_layers == 6
+
+
+def test_best_and_final_aggregate_take_each_iterations_last_stage():
+    """0.48 after removal then 0.47 after healing: the iteration ended at 0.47, and that is the best."""
+    events = START + [
+        ev("eval", 1, iteration=1, stage="after_removal", aggregate=0.48, tasks={"a": 0.48}),
+        ev("eval", 2, iteration=1, stage="after_healing", aggregate=0.47, tasks={"a": 0.47}),
+        ev("eval", 3, iteration=2, stage="after_removal", aggregate=0.46, tasks={"a": 0.46}),
+    ]
+    s = fold(with_seq(events))
+    assert {it: rec["stage"] for it, rec in s.final_evals().items()} == {1: "after_healing", 2: "after_removal"}
+    assert s.best_aggregate() == 0.47
+    assert s.eval_before(2)["aggregate"] == 0.47 and s.eval_before(1)["stage"] == "teacher"
+    assert s.eval_before(None)["aggregate"] == 0.46
+    # the teacher is no iteration: it is the best only while there is no iteration yet
+    assert fold(with_seq(START)).best_aggregate() == 0.7
+    assert fold([]).best_aggregate() is None
+
+
+def test_report_and_select_parts():
+    events = START + [  # START's teacher eval has no part: an older run's, counted as report
+        ev("eval", 1, iteration=0, stage="teacher", part="select", aggregate=0.75, tasks={"a": 0.75}),
+        ev("eval", 2, iteration=1, stage="after_removal", part="report", aggregate=0.6, tasks={"a": 0.6}),
+        ev("eval", 3, iteration=1, stage="after_removal", part="select", aggregate=0.68, tasks={"a": 0.68}),
+    ]
+    s = fold(with_seq(events))
+    assert s.teacher_eval()["aggregate"] == 0.7 and s.teacher_eval("select")["aggregate"] == 0.75
+    assert s.best_aggregate() == 0.6 and s.best_aggregate("select") == 0.68
+    assert s.final_evals("select")[1]["aggregate"] == 0.68
+
+
+def test_a_young_empty_run_is_starting_then_died():
+    s = RunState(dir_mtime=1000.0)
+    assert s.status(alive=False, now=1000.0 + STARTING_GRACE_S - 1) == "starting"
+    assert s.status(alive=False, now=1000.0 + STARTING_GRACE_S + 1) == "died"
+    assert s.status(alive=True, now=1000.0) == "running"
+    s.apply({"seq": 0, **ev("engine_started", 1000.0, pid=1, host="h")})
+    assert s.status(alive=False, now=1001.0) == "died"  # it said something, then nothing: dead
+
+
+def test_duration_counts_to_now_while_live_else_to_the_last_event():
+    s = fold(with_seq(START + iteration(1, 4, 10)))
+    assert s.started == 0 and s.last_event_t == 19
+    assert s.duration(now=500.0, alive=True) == 500.0
+    assert s.duration(now=500.0, alive=False) == 19
+    s.apply({"seq": 99, **ev("run_finished", 25, reason="target")})
+    assert s.duration(now=500.0, alive=True) == 25  # ended: the lock being held a moment longer changes nothing
+    assert RunState().duration(now=5.0, alive=True) is None
 
 
 def test_fold_from_real_log(tmp_path):
     p = tmp_path / "events.jsonl"
     with EventWriter(p) as w:
         for e in START + iteration(1, 4, 10):
-            fields = {k: v for k, v in e.items() if k not in ("t", "type")}
+            fields = {k: v for k, v in e.items() if k not in ("t", "type", "extra_field")}  # the writer knows no such field
             w.emit(e["type"], **fields)
     s = fold(read_all(p))
     assert s.layers == [0, 1, 2, 3, 5] and s.last_seq == 11 and isinstance(s.last_event_t, float)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import time
 
 import pytest
 
 from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
 from engine.runlog.events import EventWriter
-from engine.runlog.layout import RunDir, create, is_run_dir, list_runs
+from engine.runlog.inbox import send_command
+from engine.runlog.layout import EXPORT_MARKER, RunDir, create, export_target_problem, is_run_dir, list_runs
+from engine.runlog.lock import EngineLock
 from engine.runlog.state import read_state, write_state
 
 
@@ -22,12 +25,12 @@ def test_rundir_names_every_path(tmp_path):
     rd = RunDir(tmp_path / "r1")
     rel = {k: str(getattr(rd, k).relative_to(rd.path)) for k in (
         "config_file", "events_file", "commands_dir", "done_dir", "lock_file", "state_file",
-        "checkpoints_dir", "latest_file", "export_dir", "log_file")}
+        "checkpoints_dir", "latest_file", "partial_file", "export_dir", "log_file", "out_file", "cache_dir")}
     assert rel == {
         "config_file": "config.yaml", "events_file": "events.jsonl", "commands_dir": "commands",
         "done_dir": "commands/done", "lock_file": "engine.lock", "state_file": "state.json",
-        "checkpoints_dir": "checkpoints", "latest_file": "LATEST", "export_dir": "export",
-        "log_file": "engine.log",
+        "checkpoints_dir": "checkpoints", "latest_file": "LATEST", "partial_file": "checkpoints/PARTIAL",
+        "export_dir": "export", "log_file": "engine.log", "out_file": "engine.out", "cache_dir": "cache",
     }
     assert rd.checkpoint_dir(3) == rd.path / "checkpoints" / "3"
     assert os.fspath(rd) == str(tmp_path / "r1") and rd.name == "r1"
@@ -40,7 +43,7 @@ def test_create_refuses_existing_run_unless_resume(tmp_path):
     assert is_run_dir(rd) and rd.events_file.read_bytes() == b""
     create(tmp_path / "r")  # nothing logged yet: harmless
     with EventWriter(rd.events_file) as w:
-        w.emit("run_started", name="r")
+        w.emit("log", message="the run's first words")
     with pytest.raises(FileExistsError):
         create(tmp_path / "r")
     assert create(tmp_path / "r", resume=True) == rd
@@ -98,3 +101,50 @@ def test_state_round_trip(tmp_path):
     write_state(rd, {"iteration": 3, "removed": [25, 26], "mode": "manual", "score": math.inf})
     assert read_state(rd.path) == {"iteration": 3, "removed": [25, 26], "mode": "manual", "score": None}
     assert no_temp_files(rd.path)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_what_runlog_creates_is_its_owners_only(tmp_path):
+    old = os.umask(0o022)  # a shared machine's usual umask would leave everything world-readable
+    try:
+        rd = create(tmp_path / "runs" / "r")
+        for d in (tmp_path / "runs", rd.path, rd.commands_dir, rd.done_dir, rd.checkpoints_dir):
+            assert _mode(d) == 0o700, d
+        with EventWriter(rd.events_file) as w:
+            w.emit("log", message="x")
+        write_state(rd, {"iteration": 1})
+        rd.checkpoint_dir(1).mkdir()
+        rd.set_latest(1)
+        cid = send_command(rd, "pause")
+        with EngineLock(rd):
+            pass
+        for f in (rd.events_file, rd.state_file, rd.latest_file, rd.commands_dir / f"{cid}.json", rd.lock_file):
+            assert _mode(f) == 0o600, f
+        (tmp_path / "mine").mkdir(mode=0o755)
+        create(tmp_path / "mine" / "r2")
+        assert _mode(tmp_path / "mine") == 0o755  # an existing directory above is left as it is
+    finally:
+        os.umask(old)
+
+
+def test_export_target_rule(tmp_path):
+    rd = create(tmp_path / "runs" / "r")
+    assert export_target_problem(rd, tmp_path / "new") is None
+    (tmp_path / "empty").mkdir()
+    assert export_target_problem(rd, tmp_path / "empty") is None
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "thesis.tex").write_text("years of work")
+    assert "--force" in export_target_problem(rd, tmp_path / "full")
+    assert export_target_problem(rd, tmp_path / "full", force=True) is None
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / EXPORT_MARKER).write_text("{}")
+    (tmp_path / "earlier" / "model.safetensors").write_text("")
+    assert export_target_problem(rd, tmp_path / "earlier") is None
+    for never in (rd.path, tmp_path / "runs", tmp_path):
+        assert "run directory" in export_target_problem(rd, never, force=True)
+    assert export_target_problem(rd, rd.export_dir) is None
+    (tmp_path / "file").write_text("")
+    assert "not a directory" in export_target_problem(rd, tmp_path / "file", force=True)

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from ild_tui import cli
-from tests.test_tui_support import DEAD, FINISHED, LIVE, copy_all, hold_lock
+from tests.support import hold_lock
+from tools.synthetic_runs import DEAD, FINISHED, LIVE, copy_all
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,10 +14,11 @@ import pytest
 
 from engine.runlog.fold import fold
 from engine.runlog.tailer import read_all
+from ild_tui.live.decision import DecisionPanel
+from ild_tui.live.heatmap import Heatmap
 from ild_tui.screens.dialogs import ConfirmScreen
-from ild_tui.widgets.decision import DecisionPanel
-from ild_tui.widgets.heatmap import Heatmap
-from tests.test_tui_support import make_app, open_live, tui_env, wait_for  # noqa: F401
+from tests.support import ild, open_live, wait_for
+from tools.synthetic_runs import make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +139,7 @@ async def test_dashboard_steers_a_fake_engine(tmp_path):
     finally:
         engine.kill()
     state = fold(read_all(run / "events.jsonl"))
-    assert state.status == "finished"
+    assert state.outcome == "finished"
     d1, d2 = state.decisions[1], state.decisions[2]
     assert (d1["layer"], d1["by"]) == (approved, "user") and d1["proposed"] == approved
     assert (d2["layer"], d2["by"]) == (overridden, "user") and d2["proposed"] != overridden
@@ -164,16 +165,7 @@ def _kill_engine(run: Path) -> None:
                 pass
 
 
-def _run_supports_manual_mode() -> bool:
-    ild = Path(sys.executable).with_name("ild")
-    out = subprocess.run([str(ild), "run", "--help"], capture_output=True, text=True, timeout=60).stdout
-    return "--mode" in out and "--detach" in out
-
-
-@pytest.mark.skipif(not _run_supports_manual_mode(), reason="`ild run` has no --mode/--detach yet")
-async def test_dashboard_steers_the_real_engine(tiny, tmp_path):  # noqa: F811
-    from tests.test_headless_run import ild
-
+async def test_dashboard_steers_the_real_engine(tiny, tmp_path):
     runs = tmp_path / "runs"
     result = ild("run", "--model", str(tiny / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
                  "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "real", "--detach",
@@ -190,10 +182,8 @@ async def test_dashboard_steers_the_real_engine(tiny, tmp_path):  # noqa: F811
     finally:
         _kill_engine(run)
     state = fold(read_all(run / "events.jsonl"))
-    assert state.status == "finished", state.failure
+    assert state.outcome == "finished", state.failure
     assert state.decisions[1]["layer"] == approved and state.decisions[1]["by"] == "user"
     assert state.decisions[2]["layer"] == overridden and state.decisions[2]["proposed"] != overridden
     assert state.removed_layers == [approved, overridden]
 
-
-from tests.test_headless_run import tiny  # noqa: E402,F401  (the tiny-model fixture)

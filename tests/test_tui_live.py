@@ -3,25 +3,13 @@
 import pytest
 
 from engine.runlog.tailer import read_all
+from ild_tui.live.decision import DecisionPanel
+from ild_tui.live.heatmap import Heatmap
+from ild_tui.live.screen import EventsBatch
 from ild_tui.screens.dialogs import ConfirmScreen, HelpScreen, ModeScreen
-from ild_tui.screens.live import EventsBatch
 from ild_tui.widgets.charts import BrailleChart
-from ild_tui.widgets.decision import DecisionPanel
-from ild_tui.widgets.heatmap import Heatmap
-from tests.test_tui_support import (  # noqa: F401  (tui_env and canned_runs are fixtures)
-    DEAD,
-    FINISHED,
-    LIVE,
-    SHORTGPT,
-    append_events,
-    canned_runs,
-    commands,
-    hold_lock,
-    make_app,
-    open_live,
-    tui_env,
-    wait_for,
-)
+from tests.support import append_events, commands, hold_lock, open_live, wait_for
+from tools.synthetic_runs import DEAD, FINISHED, LIVE, SHORTGPT, make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 SIZE = (160, 48)

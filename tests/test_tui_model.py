@@ -5,22 +5,16 @@ import math
 import pytest
 
 from engine.runlog.tailer import read_all
+from ild_tui.live.decision import decision_view
+from ild_tui.live.eventlog import describe
+from ild_tui.live.heatmap import heatmap_view
+from ild_tui.live.losses import LossSeries, Smoother, ema
+from ild_tui.live.model import LiveModel
+from ild_tui.live.scores import scores_view
 from ild_tui.settings import Settings
-from ild_tui.widgets.braille import ChartSpec, HLine, Series, VLine, render_chart
-from ild_tui.widgets.model import (
-    LiveModel,
-    LossSeries,
-    Smoother,
-    bucket,
-    decision_view,
-    describe,
-    ema,
-    heatmap_view,
-    scores_view,
-    status_of,
-)
+from ild_tui.widgets.braille import ChartSpec, HLine, Series, VLine, bucket, render_chart
 from ild_tui.widgets.palette import Palette, contrast, interpolate, shade
-from tests.test_tui_support import DEAD, FINISHED, FIXTURES, LIVE, SHORTGPT
+from tools.synthetic_runs import DEAD, FINISHED, FIXTURES, LIVE, SHORTGPT, build_fixtures
 
 
 def _model(name: str) -> LiveModel:
@@ -32,7 +26,7 @@ def _model(name: str) -> LiveModel:
 def test_finished_run_views():
     m = _model(FINISHED)
     s = m.state
-    assert status_of(s, alive=False) == "finished"
+    assert s.status(alive=False, now=0.0) == "finished"
     hm = heatmap_view(s)
     assert hm.layers == list(range(30)) and hm.iterations == list(range(1, 11))
     assert hm.planned == 10 and hm.proposal is None
@@ -72,7 +66,7 @@ def test_live_run_pending_decision():
     assert len(d.candidates) == 26 and d.candidates[0].layer == 23 and d.candidates[0].proposed
     assert [c.rank for c in d.candidates] == list(range(1, 27))
     # deltas are against the model the iteration starts from: iteration 4 after healing
-    before = s.evals[(4, "after_healing")]
+    before = s.evals[(4, "after_healing", "report")]
     c = d.candidates[1]
     imp = s.importance[5]
     assert c.task_deltas["lm"] == pytest.approx(imp["per_task"]["lm"][str(c.layer)] - before["tasks"]["lm"])
@@ -109,8 +103,8 @@ def test_awaiting_with_bare_candidate_numbers_keeps_the_proposal_details():
 
 def test_dead_and_shortgpt_runs():
     dead = _model(DEAD).state
-    assert status_of(dead, alive=False) == "died" and status_of(dead, alive=True) == "running"
-    assert status_of(dead, alive=None) == "unknown"
+    assert dead.status(alive=False, now=0.0) == "died" and dead.status(alive=True, now=0.0) == "running"
+    assert dead.status(alive=None, now=0.0) == "unknown"
     assert dead.removed_layers == [21, 25, 23] and decision_view(dead) is None
     sg = _model(SHORTGPT)
     assert len(sg.loss) == 0  # no healing, no train steps: the loss panel shows its empty state
@@ -122,18 +116,18 @@ def test_dead_and_shortgpt_runs():
 
 def test_loss_series_last_writer_wins_and_sorts():
     ls = LossSeries()
-    ls.add({"iteration": 1, "step": 0, "loss": 2.0, "kl": 1.0, "mse": 1.0}, 1)
-    ls.add({"iteration": 1, "step": 1, "loss": 1.5}, 2)
-    ls.add({"iteration": 2, "step": 0, "loss": 1.8}, 3)
+    ls.add({"iteration": 1, "step": 0, "loss": 2.0, "kl": 1.0, "mse": 1.0})
+    ls.add({"iteration": 1, "step": 1, "loss": 1.5})
+    ls.add({"iteration": 2, "step": 0, "loss": 1.8})
     gen = ls.generation
-    ls.add({"iteration": 1, "step": 1, "loss": 1.2}, 4)  # a resumed engine re-emits a step
+    ls.add({"iteration": 1, "step": 1, "loss": 1.2})  # a resumed engine re-emits a step
     assert len(ls) == 3 and ls.values["loss"][1] == 1.2 and ls.generation > gen
-    ls.add({"iteration": 1, "step": 2, "loss": 1.0}, 5)  # late: sorted in before iteration 2
+    ls.add({"iteration": 1, "step": 2, "loss": 1.0})  # late: sorted in before iteration 2
     assert ls.boundaries() == [(0, 1), (3, 2)]
     assert ls.values["loss"] == [2.0, 1.2, 1.0, 1.8]
     assert math.isnan(ls.values["kl"][1]) and ls.present["kl"]
     # the total is derived when only the parts are logged
-    ls.add({"iteration": 3, "step": 0, "kl": 100.0, "mse": 0.5}, 6)
+    ls.add({"iteration": 3, "step": 0, "kl": 100.0, "mse": 0.5})
     assert ls.values["loss"][-1] == 100.5
 
 
@@ -145,10 +139,10 @@ def test_ema_is_debiased_and_incremental():
     ls = LossSeries()
     sm = Smoother()
     for i in range(50):
-        ls.add({"iteration": 1, "step": i, "loss": float(i % 7)}, i)
+        ls.add({"iteration": 1, "step": i, "loss": float(i % 7)})
     first = list(sm.get(ls, "loss", 0.9))
     for i in range(50, 80):
-        ls.add({"iteration": 1, "step": i, "loss": float(i % 7)}, i)
+        ls.add({"iteration": 1, "step": i, "loss": float(i % 7)})
     incremental = sm.get(ls, "loss", 0.9)
     full, _ = ema(ls.values["loss"], 0.9)
     assert incremental[:50] == first and incremental == pytest.approx(full)
@@ -184,7 +178,14 @@ def test_describe_skips_chatter():
     assert describe({"type": "phase", "phase": "scoring", "done": 3, "total": 9}) is None
     line = describe({"type": "decision", "iteration": 3, "layer": 7, "by": "user", "proposed": 9, "seq": 4, "t": 5.0})
     assert "overriding proposed 9" in line.text and line.level == "notice"
-    assert describe({"type": "run_failed", "error": "boom", "hint": "resume"}).level == "error"
+    assert describe({"type": "run_failed", "error": "boom", "hint": "resume", "seq": 5, "t": 6.0}).level == "error"
+
+
+def test_fixtures_are_reproducible(tmp_path):
+    build_fixtures(tmp_path)
+    for name in (FINISHED, LIVE, DEAD, SHORTGPT):
+        assert (tmp_path / name / "events.jsonl").read_bytes() == (FIXTURES / name / "events.jsonl").read_bytes(), (
+            f"tests/fixtures/runs/{name} is stale: regenerate with `python -m tools.synthetic_runs`")
 
 
 def test_settings_round_trip(tmp_path, monkeypatch):

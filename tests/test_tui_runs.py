@@ -6,19 +6,8 @@ from ild_tui.screens.compare import CompareScreen, ComparedRun, removal_bars
 from ild_tui.screens.dialogs import ConfirmScreen
 from ild_tui.screens.runs import RunsScreen
 from ild_tui.widgets.palette import Palette
-from tests.test_tui_support import (  # noqa: F401  (tui_env and canned_runs are fixtures)
-    DEAD,
-    FINISHED,
-    LIVE,
-    SHORTGPT,
-    canned_runs,
-    copy_fixture,
-    hold_lock,
-    make_app,
-    open_live,
-    tui_env,
-    wait_for,
-)
+from tests.support import hold_lock, open_live, wait_for
+from tools.synthetic_runs import DEAD, FINISHED, FIXTURES, LIVE, SHORTGPT, copy_fixture, make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 SIZE = (160, 48)
@@ -121,12 +110,9 @@ async def test_mark_and_compare(runs):
 
 
 def test_compare_figures_data():
-    from engine.runlog.fold import fold
-    from engine.runlog.tailer import read_all
-    from tests.test_tui_support import FIXTURES
+    from engine.runlog.reader import read_run
 
-    runs = [ComparedRun(str(FIXTURES / n), n, fold(read_all(FIXTURES / n / "events.jsonl")), "finished")
-            for n in (FINISHED, SHORTGPT, DEAD)]
+    runs = [ComparedRun(str(FIXTURES / n), n, read_run(FIXTURES / n), "finished") for n in (FINISHED, SHORTGPT, DEAD)]
     curve = runs[0].curve()
     assert [x for x, _ in curve] == list(range(11))  # teacher, then one point per layer removed
     assert curve[0][1] == pytest.approx(0.4708, abs=1e-3)

@@ -10,10 +10,10 @@ import os
 
 import pytest
 
+from ild_tui.live.screen import LiveScreen
 from ild_tui.screens.compare import CompareScreen
-from ild_tui.screens.live import LiveScreen
 from ild_tui.screens.runs import RunsScreen
-from tests.test_tui_support import DEAD, FINISHED, FIXTURES, LIVE, SHORTGPT, make_app, tui_env  # noqa: F401
+from tools.synthetic_runs import FINISHED, FIXTURES, LIVE, SHORTGPT, DEAD, make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 

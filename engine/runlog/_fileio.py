@@ -11,6 +11,28 @@ import os
 
 _CHUNK = 64 * 1024
 
+# A run directory holds the model's weights, the commands that steer it and whatever the log
+# says: it is its owner's alone, whatever the umask (a shared machine's is often 022).
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def make_private_dir(path: str | os.PathLike) -> None:
+    """``mkdir -p`` whose new directories are 0700 (existing ones are left as they are)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        make_private_dir(parent)
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a directory so that a rename inside it survives a power loss.

@@ -6,7 +6,8 @@ instruction. Writing a temp file in the same directory, fsyncing it, and
 ``os.replace``-ing it over the target means a reader sees either the old or
 the new content, never a mix; fsyncing the directory makes the rename itself
 survive a power loss. Temp names start with a dot so that directory scanners
-(the command inbox, ``ls``) skip them.
+(the command inbox, ``ls``) skip them. The files are readable by their owner
+only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.runlog._fileio import fsync_dir
+from engine.runlog._fileio import FILE_MODE, fsync_dir
 from engine.runlog.jsonsafe import sanitize
 
 __all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "read_json", "temp_name"]
@@ -32,7 +33,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Replace ``path`` with ``data`` atomically and durably; return the path."""
     path = Path(path)
     tmp = path.with_name(temp_name(path.name))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         try:
             view = memoryview(data)

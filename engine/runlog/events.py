@@ -1,8 +1,11 @@
-"""The event log: schema constants and the single writer of ``events.jsonl``.
+"""The single writer of ``events.jsonl``.
 
 ``events.jsonl`` is the one source of truth a dashboard rebuilds itself from,
-so the writer guarantees three things:
+so the writer guarantees four things:
 
+* every event is well formed: its type, fields and their JSON types are those
+  of the registry in ``engine.runlog.schema`` (docs/events.md), checked before
+  anything is written;
 * every line is one complete JSON object, written by one ``os.write`` on an
   ``O_APPEND`` descriptor, so a local reader never sees two events spliced;
 * ``seq`` has no gaps and no duplicates, across crashes: on open, a torn last
@@ -11,37 +14,6 @@ so the writer guarantees three things:
 * events a person acts on (a proposal, a decision, a removed layer) are
   fsynced at once; chatty ones (``train_step``) at most every 2 s, because a
   per-line fsync is slow on NFS/Lustre.
-
-Field conventions (not enforced; extra fields are always allowed, and a
-dashboard must ignore what it does not know). Layers are always named by
-their *original* teacher index:
-
-========================  ==========================================================
-run_started               name, model, strategy, start_layers (int) or layers
-                          (list of original indices), target_layers, mode,
-                          params, config (dict)
-engine_started            pid, host, resumed_from (checkpoint name or None)
-phase                     iteration, phase ("scoring", "healing", ...), detail
-importance                iteration, metric, scores {layer: score},
-                          per_task {task: {layer: score}}
-proposal                  iteration, layer, candidates [{layer, score}, ...]
-awaiting_decision         iteration, layer, mode, deadline (unix time or None)
-decision                  iteration, layer, by ("user" | "auto" | "timeout"),
-                          proposed, command_id
-layer_removed             iteration, layer, remaining [original indices], params
-train_step                iteration, step, loss, kl, mse, lr, tokens_per_s
-eval                      iteration, stage ("teacher" | "after_removal" |
-                          "after_healing"), aggregate, tasks {task: score}
-checkpoint                iteration, name, path
-log                       level, message
-command_applied           command_id, name, args
-command_rejected          command_id, name, reason
-run_finished              reason ("done" | "stopped" | "target" | "floor"),
-                          layers, params, export
-run_failed                error, hint
-heartbeat                 iteration, phase
-alert                     level, message
-========================  ==========================================================
 """
 
 from __future__ import annotations
@@ -53,54 +25,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.runlog._fileio import rfind_newline
+from engine.runlog._fileio import FILE_MODE, rfind_newline
 from engine.runlog.jsonsafe import dumps, encode_line
+from engine.runlog.schema import EVENTS, field_problem
 
-__all__ = [
-    "EVENT_TYPES",
-    "EXTRA_EVENT_TYPES",
-    "ALL_EVENT_TYPES",
-    "DURABLE_TYPES",
-    "EventWriter",
-]
-
-EVENT_TYPES: tuple[str, ...] = (
-    "run_started",
-    "phase",
-    "importance",
-    "proposal",
-    "awaiting_decision",
-    "decision",
-    "layer_removed",
-    "train_step",
-    "eval",
-    "checkpoint",
-    "log",
-    "command_applied",
-    "command_rejected",
-    "run_finished",
-    "run_failed",
-)
-EXTRA_EVENT_TYPES: tuple[str, ...] = ("heartbeat", "alert", "engine_started")
-ALL_EVENT_TYPES: frozenset[str] = frozenset(EVENT_TYPES + EXTRA_EVENT_TYPES)
-
-# A person or a resumed engine acts on these; losing one to a power cut
-# would re-ask a settled question or forget a removed layer.
-DURABLE_TYPES: frozenset[str] = frozenset(
-    {
-        "proposal",
-        "awaiting_decision",
-        "decision",
-        "layer_removed",
-        "checkpoint",
-        "eval",
-        "run_started",
-        "run_finished",
-        "run_failed",
-        "command_applied",
-        "command_rejected",
-    }
-)
+__all__ = ["EventWriter"]
 
 _RESERVED = ("seq", "t")
 
@@ -109,7 +38,7 @@ def _parse_seq(line: bytes) -> int | None:
     """``seq`` of a log line if it is a JSON object with an int seq, else None."""
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict):
         seq = obj.get("seq")
@@ -122,8 +51,8 @@ class EventWriter:
     """Appends events to ``events.jsonl``; the only writer of that file.
 
     Exactly one writer per file: the engine holds ``engine.lock`` while it
-    owns one. Thread-safe, so a heartbeat thread and the main loop can share
-    it. After construction, ``repaired_bytes`` says how much torn or
+    owns one. Thread-safe, so the stall watchdog's thread and the main loop
+    can share it. The file is created readable by its owner only. After construction, ``repaired_bytes`` says how much torn or
     unparsable tail was cut off (the engine should log it) and ``next_seq``
     is the seq the next event gets.
     """
@@ -139,7 +68,7 @@ class EventWriter:
         self.fsync_interval = fsync_interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
         try:
             self.next_seq, self._size, self.repaired_bytes = self._repair()
         except BaseException:
@@ -170,15 +99,22 @@ class EventWriter:
     def emit(self, type: str, **fields: Any) -> dict:
         """Append one event and return the record as written.
 
-        Raises ``ValueError`` for an unknown type or a reserved field name,
-        ``TypeError`` for a value JSON cannot hold. Both are raised before
+        Raises ``ValueError`` for an unknown type, a reserved or unknown field
+        name, a missing required field or a value of the wrong type (a NaN or
+        infinity is written as null, so it is wrong where null is not allowed),
+        and ``TypeError`` for a value JSON cannot hold. All are raised before
         anything is written and before a seq is used, so the log stays gap-free.
         """
-        if type not in ALL_EVENT_TYPES:
-            raise ValueError(f"unknown event type {type!r}; known: {sorted(ALL_EVENT_TYPES)}")
+        spec = EVENTS.get(type)
+        if spec is None:
+            raise ValueError(f"unknown event type {type!r}; known: {sorted(EVENTS)}")
         for key in _RESERVED:
             if key in fields:
                 raise ValueError(f"event field {key!r} is set by the writer")
+        _, text = dumps(fields)  # TypeError for what JSON cannot hold; NaN -> null
+        reason = field_problem(type, json.loads(text))
+        if reason:
+            raise ValueError(reason)
         with self._lock:
             if self._fd is None:
                 raise ValueError("EventWriter is closed")
@@ -189,7 +125,7 @@ class EventWriter:
             self.next_seq += 1
             self._dirty = True
             now = time.monotonic()
-            if type in DURABLE_TYPES or now - self._last_fsync >= self.fsync_interval:
+            if spec.durable or now - self._last_fsync >= self.fsync_interval:
                 os.fsync(self._fd)
                 self._last_fsync = now
                 self._dirty = False
@@ -209,14 +145,6 @@ class EventWriter:
                 pass
             raise
         self._size += len(data)
-
-    def sync(self) -> None:
-        """fsync now (for example before the engine sleeps waiting for a person)."""
-        with self._lock:
-            if self._fd is not None and self._dirty:
-                os.fsync(self._fd)
-                self._last_fsync = time.monotonic()
-                self._dirty = False
 
     def close(self) -> None:
         with self._lock:

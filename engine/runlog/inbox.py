@@ -14,28 +14,40 @@ die between applying and moving); the id lets the engine apply it once.
 This module checks only the *shape* of a command (known name, the right
 arguments with the right types). Whether it makes sense now (is that layer
 still there? is anything awaiting a decision?) is the engine's call.
+
+Whatever lands in ``commands/`` is untrusted input to a long-running engine: a
+file that is not a regular file of the engine's own user (a symbolic link, a
+FIFO, another user's file), one over ``MAX_COMMAND_BYTES`` or one that does not
+parse becomes a ``MalformedCommand`` - rejected with a reason, never a crash -
+and no reason repeats more of the file than a short, printable excerpt.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import math
 import os
+import re
+import reprlib
 import socket
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.runlog._fileio import make_private_dir
 from engine.runlog.atomic import write_bytes_atomic
 from engine.runlog.layout import RunDir
+from engine.runlog.schema import MODES
 from engine.runlog.tailer import EventTailer
 
 __all__ = [
     "COMMANDS",
-    "MODES",
+    "MAX_COMMAND_BYTES",
     "Command",
     "MalformedCommand",
     "CommandInbox",
@@ -44,7 +56,9 @@ __all__ = [
     "wait_for_reply",
 ]
 
-MODES = ("manual", "auto", "auto-after")
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_SECONDS = 1e9  # an auto-after wait; a bigger number would overflow the engine's clock arithmetic
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 # name -> {arg: (kind, required)}; "set_mode"'s "seconds" is checked by hand
 # because whether it is required depends on "mode".
@@ -84,24 +98,38 @@ class MalformedCommand:
     name: str | None = None
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 40
+
+
+def _excerpt(value: Any, limit: int = 40) -> str:
+    """A short, printable picture of ``value`` for a reason (never the whole of a big one)."""
+    text = value if isinstance(value, str) else _SHORT.repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 def validate_command(name: Any, args: Any) -> str | None:
     """Why ``name(**args)`` is not a valid command, or None if it is."""
     if not isinstance(name, str) or name not in COMMANDS:
-        return f"unknown command {name!r}; known: {', '.join(COMMANDS)}"
+        return f"unknown command '{_excerpt(name)}'; known: {', '.join(COMMANDS)}"
     if not isinstance(args, dict):
         return f"{name}: args must be an object, got {type(args).__name__}"
     spec = COMMANDS[name]
-    extra = sorted(set(args) - set(spec))
+    extra = sorted(str(a) for a in set(args) - set(spec))
     if extra:
-        return f"{name}: unexpected argument(s) {', '.join(map(str, extra))}"
+        shown = ", ".join(_excerpt(a) for a in extra[:4]) + (", ..." if len(extra) > 4 else "")
+        return f"{name}: unexpected argument(s) {shown}"
     for arg, (kind, required) in spec.items():
         if arg not in args or args[arg] is None:
             if required:
@@ -109,11 +137,11 @@ def validate_command(name: Any, args: Any) -> str | None:
             continue
         v = args[arg]
         if kind == "int" and not (_is_int(v) and v >= 0):
-            return f"{name}: {arg} must be a non-negative integer, got {v!r}"
-        if kind == "number" and not (_is_number(v) and v >= 0):
-            return f"{name}: {arg} must be a non-negative number, got {v!r}"
+            return f"{name}: {arg} must be a non-negative integer, got {_excerpt(v)}"
+        if kind == "number" and not (_is_number(v) and 0 <= v <= MAX_SECONDS):
+            return f"{name}: {arg} must be a number from 0 to {MAX_SECONDS:g}, got {_excerpt(v)}"
         if kind == "mode" and v not in MODES:
-            return f"{name}: mode must be one of {', '.join(MODES)}, got {v!r}"
+            return f"{name}: mode must be one of {', '.join(MODES)}, got {_excerpt(v)}"
     if name == "set_mode":
         has_seconds = args.get("seconds") is not None
         if args["mode"] == "auto-after" and not has_seconds:
@@ -145,7 +173,8 @@ def send_command(
     ``check`` refuses (``ValueError``) a command the engine would reject for
     its shape, so a CLI typo fails at once instead of as a later event;
     ``check=False`` exists for tests of the engine's side. ``by`` defaults to
-    ``user@host``. The file appears whole or not at all (temp + rename).
+    ``user@host``. The file appears whole or not at all (temp + rename), and
+    only its owner can read it.
     """
     if check:
         reason = validate_command(name, args)
@@ -161,23 +190,56 @@ def send_command(
     return command_id
 
 
+def _read_own_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a small regular file of this process's user.
+
+    Never through a symbolic link (``O_NOFOLLOW``), never blocking on a FIFO (``O_NONBLOCK``);
+    raises ``ValueError`` with the reason otherwise.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError("a symbolic link, not a command file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_uid != os.getuid():
+            raise ValueError(f"owned by uid {st.st_uid}, not by the engine's user (uid {os.getuid()})")
+        if st.st_size > MAX_COMMAND_BYTES:
+            raise ValueError(f"{st.st_size} bytes; a command file holds at most {MAX_COMMAND_BYTES}")
+        data = os.read(fd, MAX_COMMAND_BYTES + 1)
+        if len(data) > MAX_COMMAND_BYTES:  # grew after the fstat
+            raise ValueError(f"over {MAX_COMMAND_BYTES} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _load(path: Path) -> Command | MalformedCommand | None:
     stem = path.name[: -len(".json")]
+    safe_stem = stem if _SAFE_ID.fullmatch(stem) else _excerpt(stem)
     try:
-        raw = path.read_bytes()
+        raw = _read_own_file(path)
     except FileNotFoundError:
         return None  # moved to done/ by a concurrent pass
+    except ValueError as e:
+        return MalformedCommand(safe_stem, f"refused: {e}", path)
     except OSError as e:
-        return MalformedCommand(stem, f"unreadable: {e}", path)
+        return MalformedCommand(safe_stem, f"unreadable: {e.strerror or type(e).__name__}", path)
     try:
         obj = json.loads(raw)
-    except ValueError as e:
-        return MalformedCommand(stem, f"not valid JSON: {e}", path)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError; messages hold no content
+        return MalformedCommand(safe_stem, f"not valid JSON: {_excerpt(str(e))}", path)
+    except RecursionError:
+        return MalformedCommand(safe_stem, "not valid JSON: nested too deeply", path)
     if not isinstance(obj, dict):
-        return MalformedCommand(stem, f"expected a JSON object, got {type(obj).__name__}", path)
+        return MalformedCommand(safe_stem, f"expected a JSON object, got {type(obj).__name__}", path)
     cid = obj.get("id", stem)
-    if not isinstance(cid, str) or not cid:
-        cid = stem
+    if not isinstance(cid, str) or not _SAFE_ID.fullmatch(cid):
+        cid = safe_stem
     name = obj.get("name")
     if not isinstance(name, str):
         return MalformedCommand(cid, "missing or non-string 'name'", path)
@@ -185,15 +247,15 @@ def _load(path: Path) -> Command | MalformedCommand | None:
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        return MalformedCommand(cid, f"'args' must be an object, got {type(args).__name__}", path, name)
+        return MalformedCommand(cid, f"'args' must be an object, got {type(args).__name__}", path, _excerpt(name))
     t = obj.get("t")
     by = obj.get("by")
     return Command(
         id=cid,
-        name=name,
+        name=name if name in COMMANDS else _excerpt(name),  # the engine echoes it in its answer
         args=args,
         t=t if _is_number(t) else None,
-        by=by if isinstance(by, str) else None,
+        by=_excerpt(by, 80) if isinstance(by, str) else None,
         path=path,
     )
 
@@ -203,18 +265,20 @@ class CommandInbox:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = RunDir(run_dir)
+        self._stuck: set[str] = set()  # refused entries that could not be moved away
 
     def pending(self) -> list[Command | MalformedCommand]:
         """Unprocessed commands, oldest first (file names start with time_ns).
 
         Dot-files are temp files still being written and are skipped, as is
-        anything not ending in ``.json``.
+        anything not ending in ``.json``. Every other entry is a command or a
+        ``MalformedCommand`` (a link, a directory, a FIFO are refused, not skipped).
         """
         try:
             names = sorted(
                 e.name
                 for e in os.scandir(self.run_dir.commands_dir)
-                if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
+                if e.name.endswith(".json") and not e.name.startswith(".") and e.name not in self._stuck
             )
         except FileNotFoundError:
             return []
@@ -236,15 +300,28 @@ class CommandInbox:
 
         Replaces a same-named file already there, and is a no-op (None) if
         the file is already gone, so a command handled twice after a crash
-        does not make the engine fail.
+        does not make the engine fail. A refused entry that cannot take that
+        name (a directory) gets a unique one; one that cannot be moved at all
+        is left where it is and not offered again by this inbox.
         """
-        self.run_dir.done_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.run_dir.done_dir)
         dest = self.run_dir.done_dir / cmd.path.name
         try:
             os.replace(cmd.path, dest)
+            return dest
         except FileNotFoundError:
             return None
-        return dest
+        except OSError:
+            pass
+        dest = self.run_dir.done_dir / f"{cmd.path.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(cmd.path, dest)
+            return dest
+        except FileNotFoundError:
+            return None
+        except OSError:
+            self._stuck.add(cmd.path.name)
+            return None
 
 
 def wait_for_reply(

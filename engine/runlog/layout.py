@@ -2,8 +2,10 @@
 
 Engine, CLI and dashboard each build paths into ``runs/<run-id>/``; if each
 spelled ``"events.jsonl"`` itself, a rename on one side would silently break
-the other. Everything goes through ``RunDir`` instead. See DESIGN.md, "The
-run directory - the contract between engine and dashboard".
+the other. Everything goes through ``RunDir`` instead.
+
+A run directory and everything runlog creates in it are its owner's only
+(directories 0700, files 0600).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.runlog._fileio import FILE_MODE, make_private_dir
 from engine.runlog.atomic import write_text_atomic
 
-__all__ = ["RunDir", "create", "is_run_dir", "list_runs"]
+__all__ = ["RunDir", "create", "is_run_dir", "list_runs", "export_target_problem", "EXPORT_MARKER"]
 
 CONFIG = "config.yaml"
 EVENTS = "events.jsonl"
@@ -23,8 +26,13 @@ LOCK = "engine.lock"
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
+PARTIAL = "PARTIAL"
 EXPORT = "export"
 ENGINE_LOG = "engine.log"
+ENGINE_OUT = "engine.out"
+CACHE = "cache"
+# Written into every exported model directory: it marks a directory an earlier export may replace.
+EXPORT_MARKER = "ild_export.json"
 
 
 class RunDir(os.PathLike):
@@ -44,8 +52,11 @@ class RunDir(os.PathLike):
         self.state_file = self.path / STATE
         self.checkpoints_dir = self.path / CHECKPOINTS
         self.latest_file = self.path / LATEST
+        self.partial_file = self.checkpoints_dir / PARTIAL  # names the newest mid-healing checkpoint
         self.export_dir = self.path / EXPORT
         self.log_file = self.path / ENGINE_LOG
+        self.out_file = self.path / ENGINE_OUT  # the engine process's stdout and stderr
+        self.cache_dir = self.path / CACHE  # caches too large for memory
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -63,6 +74,13 @@ class RunDir(os.PathLike):
     def name(self) -> str:
         """The run id: the directory's own name."""
         return self.path.name
+
+    def mtime(self) -> float | None:
+        """When the directory last gained or lost an entry (near its creation for a new run), or None."""
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
 
     def checkpoint_dir(self, name: str | int) -> Path:
         """``checkpoints/<name>/``; an int iteration ``k`` is named ``str(k)``."""
@@ -115,6 +133,8 @@ def create(path: str | os.PathLike, *, resume: bool = False) -> RunDir:
     and ``resume`` is false: starting a second run on top of a first would
     interleave two histories in one log. An empty ``events.jsonl`` is created
     so that a dashboard can start tailing before the engine's first event.
+    Directories it makes (the runs directory above included) are 0700 and
+    ``events.jsonl`` is 0600.
     """
     rd = RunDir(path)
     try:
@@ -126,9 +146,8 @@ def create(path: str | os.PathLike, *, resume: bool = False) -> RunDir:
             f"{rd.path} already holds a run ({EVENTS} is not empty); resume it or choose another directory"
         )
     for d in (rd.path, rd.commands_dir, rd.done_dir, rd.checkpoints_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    with open(rd.events_file, "ab"):
-        pass
+        make_private_dir(d)
+    os.close(os.open(rd.events_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
     return rd
 
 
@@ -162,3 +181,23 @@ def list_runs(root: str | os.PathLike) -> list[RunDir]:
     runs = [RunDir(p) for p in entries if not p.name.startswith(".") and is_run_dir(p)]
     runs.sort(key=_sort_key)
     return runs
+
+
+def export_target_problem(run_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> str | None:
+    """Why a run may not be exported into ``out``, or None.
+
+    Never the run directory or a directory above it (an export replaces its target). Otherwise a
+    missing or empty directory, or one an earlier export wrote (it holds ``EXPORT_MARKER``), is
+    fine; anything else only with ``force``.
+    """
+    run = Path(os.path.realpath(run_dir))
+    target = Path(os.path.realpath(out))
+    if target == run or target in run.parents:
+        return f"{out} is the run directory or holds it; choose another --out"
+    if target.exists() and not target.is_dir():
+        return f"{out} exists and is not a directory"
+    if force or not target.is_dir() or (target / EXPORT_MARKER).is_file():
+        return None
+    if any(target.iterdir()):
+        return f"{out} is not empty and holds no earlier ild export; pass --force to replace it"
+    return None

@@ -21,6 +21,7 @@ import socket
 import time
 from pathlib import Path
 
+from engine.runlog._fileio import FILE_MODE
 from engine.runlog.layout import RunDir
 
 __all__ = ["EngineLock", "LockHeld", "is_alive", "read_holder"]
@@ -73,7 +74,7 @@ class EngineLock:
         """
         if self._fd is not None:
             return self
-        fd = os.open(self.run_dir.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.run_dir.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
         deadline = time.monotonic() + timeout
         while True:
             try:

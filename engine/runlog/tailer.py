@@ -8,7 +8,8 @@ What the tailer must survive:
 
 * a partial last line (the writer is mid-write, or was killed mid-write): it
   is never parsed; it is re-read on the next poll until its newline arrives;
-* a complete line that is not JSON: skipped and counted in ``bad_lines``;
+* a complete line that is not a JSON object: skipped and counted in ``bad_lines``
+  (whether its fields make a valid event is the fold's call, see ``RunState``);
 * the writer cutting such lines back off when it resumes, and writing new
   ones in their place: the tailer re-reads from the end of the last *good*
   line on each poll, so bytes it already judged bad are checked again and
@@ -104,7 +105,7 @@ class EventTailer:
                 pos += len(line) + 1
                 try:
                     obj = loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                     obj = None
                 if type(obj) is dict:
                     append(obj)

@@ -1,1 +1,1 @@
-"""The dashboard's screens: live run, runs, compare, dialogs."""
+"""The dashboard's other screens: runs, compare, dialogs (the live run screen is ``ild_tui.live``)."""

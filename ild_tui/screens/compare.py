@@ -1,5 +1,6 @@
 """Compare runs: aggregate against layers removed (the paper's Figure 9) and how often each
-original layer was removed (Figure 10), plus each run's removal order."""
+original layer was removed (Figure 10), plus each run's removal order. Aggregates are the report
+part's, each iteration's final one (``RunState.final_evals``)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,11 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 
-from engine.runlog.fold import RunState, fold
-from engine.runlog.layout import RunDir
-from engine.runlog.tailer import read_all
+from engine.runlog.fold import RunState
+from engine.runlog.reader import RunReader
 
 from ..widgets.braille import ChartSpec, HLine, Series
 from ..widgets.charts import BrailleChart
-from ..widgets.model import _num, status_of
 from ..widgets.palette import Palette
 
 MARKERS = "●◆■▲▼★✚◉"
@@ -40,29 +39,25 @@ class ComparedRun:
     def start_layers(self) -> int:
         return self.state.start_layers or len(self.state.initial_layers) or 0
 
+    @property
+    def teacher(self) -> float | None:
+        teacher = self.state.teacher_eval()
+        return teacher["aggregate"] if teacher else None
+
     def curve(self) -> list[tuple[int, float]]:
-        """(layers removed, aggregate of the model that iteration ended with), from 0 = teacher."""
+        """(layers removed, final aggregate of that iteration), from 0 = the teacher."""
         s = self.state
-        best: dict[int, tuple[int, float]] = {}
-        teacher = _num((s.teacher_eval or {}).get("aggregate"))
-        removed_by_iter = {}
-        for i, r in enumerate(s.removed):
-            removed_by_iter[r["iteration"]] = i + 1
-        for (it, stage), rec in s.evals.items():
-            agg = _num(rec.get("aggregate"))
-            if agg is None or stage == "teacher" or not isinstance(it, int):
+        removed_by_iter = {r["iteration"]: i + 1 for i, r in enumerate(s.removed)}
+        points: dict[int, float] = {}
+        for it, rec in s.final_evals().items():
+            if rec["aggregate"] is None:
                 continue
             layers = rec.get("layers")
-            if isinstance(layers, int) and self.start_layers:
-                x = self.start_layers - layers
-            else:
-                x = removed_by_iter.get(it, it)
-            rank = 2 if stage == "after_healing" else 1
-            if x not in best or rank >= best[x][0]:
-                best[x] = (rank, agg)
-        pts = [(x, v) for x, (_, v) in sorted(best.items())]
-        if teacher is not None:
-            pts = [(0, teacher)] + [p for p in pts if p[0] != 0]
+            x = self.start_layers - layers if layers is not None and self.start_layers else removed_by_iter.get(it, it)
+            points[x] = rec["aggregate"]
+        pts = sorted(points.items())
+        if self.teacher is not None:
+            pts = [(0, self.teacher)] + [p for p in pts if p[0] != 0]
         return pts
 
 
@@ -141,7 +136,7 @@ def removal_map(runs: list[ComparedRun], palette: Palette) -> Text:
         t = Text(no_wrap=True, overflow="crop")
         t.append(MARKERS[ri % len(MARKERS)] + " ", Style(color=color, bold=True))
         t.append(r.name[: name_w - 3].ljust(name_w - 2), Style(color=color))
-        order = {rec["layer"]: rec["iteration"] for rec in r.state.removed if rec.get("layer") is not None}
+        order = {rec["layer"]: rec["iteration"] for rec in r.state.removed}
         for layer in range(n_layers):
             it = order.get(layer)
             if it is None:
@@ -204,10 +199,13 @@ class CompareScreen(Screen):
     @work(thread=True, exclusive=True, group="compare-load", exit_on_error=False)
     def _load(self) -> None:
         runs = []
+        now = self.app.clock()
         for p in self.paths:
-            rd = RunDir(p)
-            state = fold(read_all(rd.events_file))
-            runs.append(ComparedRun(p, state.name or Path(p).name, state, status_of(state, self.app.liveness(rd))))
+            reader = RunReader(p)
+            reader.update()
+            state = reader.state
+            runs.append(ComparedRun(p, state.name or Path(p).name, state,
+                                    state.status(self.app.liveness(reader.run), now)))
         self.post_message(Compared(runs))
 
     def on_compared(self, message: Compared) -> None:
@@ -231,7 +229,7 @@ class CompareScreen(Screen):
         for i, r in enumerate(self.runs):
             series.append(Series(r.name, pal.run_color(i), points=r.curve(), kind="linepoints", marker=MARKERS[i % len(MARKERS)],
                                  legend=False))
-            t = _num((r.state.teacher_eval or {}).get("aggregate"))
+            t = r.teacher
             if t is not None and all(abs(t - x) > 1e-9 for x in teachers):
                 teachers.append(t)
         hlines = [HLine(t, pal.teacher, "teacher" if k == 0 else "") for k, t in enumerate(teachers)]
@@ -248,9 +246,9 @@ class CompareScreen(Screen):
         for i, r in enumerate(self.runs):
             s = r.state
             curve = r.curve()
-            teacher = _num((s.teacher_eval or {}).get("aggregate"))
+            teacher = r.teacher
             final = curve[-1][1] if curve and curve[-1][0] > 0 else None
-            layers_now = len(s.layers) if (s.removals or s.initial_layers) else s.start_layers
+            layers_now = s.layers_now
             table.add_row(
                 Text(MARKERS[i % len(MARKERS)], style=Style(color=pal.run_color(i), bold=True)),
                 Text(r.name, style=Style(bold=True)),

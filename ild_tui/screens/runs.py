@@ -1,16 +1,15 @@
 """The runs screen: every run in the runs directory, sortable and filterable.
 
-A thread worker rescans every 2 s. Each run keeps its own ``EventTailer`` and ``RunState``, so a
-rescan reads only what was appended since the last one (a run with 100,000 events is read once),
-and the UI thread only receives finished rows.
+A thread worker rescans every 2 s. Each run keeps its own ``RunReader`` (a tailer and its
+``RunState``), so a rescan reads only what was appended since the last one (a run with 100,000
+events is read once), and the UI thread only receives finished rows (``ild_tui.runs.RunRow``, the
+same summary ``ild ls`` prints).
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.style import Style
@@ -22,117 +21,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from engine.runlog.fold import RunState
 from engine.runlog.layout import RunDir, is_run_dir, list_runs
-from engine.runlog.tailer import EventTailer
+from engine.runlog.reader import RunReader
 
+from ..runs import RunRow, summarise_state
 from ..widgets.header import STATUS_LOOK, fmt_clock, fmt_duration, theme_color
-from ..widgets.model import _num, status_of
 
 SORTS = ("started", "name", "status", "model", "strategy", "layers", "last", "best", "duration")
-
-
-@dataclass(frozen=True)
-class RunRow:
-    path: str
-    name: str
-    status: str
-    model: str
-    strategy: str
-    layers_now: int | None
-    start_layers: int | None
-    target_layers: int | None
-    teacher: float | None
-    last: float | None
-    best: float | None
-    started: float | None
-    duration: float | None
-    events: int
-    removed: tuple = ()
-    mode: str | None = None
-    note: str = ""
-    last_event_t: float | None = None
-    pending: str = ""
-
-    def matches(self, text: str) -> bool:
-        text = text.lower().strip()
-        if not text:
-            return True
-        hay = " ".join((self.name, self.status, self.model, self.strategy, Path(self.path).name)).lower()
-        return all(word in hay for word in text.split())
-
-    def sort_key(self, key: str):
-        v = {
-            "started": self.started,
-            "name": self.name.lower(),
-            "status": self.status,
-            "model": self.model.lower(),
-            "strategy": self.strategy,
-            "layers": self.layers_now,
-            "last": self.last,
-            "best": self.best,
-            "duration": self.duration,
-        }[key]
-        return (v is None, v if v is not None else 0)
-
-
-def summarise_state(path: Path, state: RunState, alive: bool, now: float) -> RunRow:
-    young = False
-    if state.events_seen == 0:
-        try:
-            young = time.time() - path.stat().st_mtime < 30
-        except OSError:
-            pass
-    status = status_of(state, alive, young)
-    layers_now = len(state.layers) if (state.removals or state.initial_layers) else state.start_layers
-    finals: dict[int, tuple[int, float]] = {}
-    for (it, stage), rec in state.evals.items():
-        agg = _num(rec.get("aggregate"))
-        if agg is None or not isinstance(it, int) or stage == "teacher":
-            continue
-        rank = 2 if stage == "after_healing" else 1
-        if it not in finals or rank > finals[it][0]:
-            finals[it] = (rank, agg)
-    values = [v for _, v in finals.values()]
-    last = finals[max(finals)][1] if finals else None
-    teacher = _num((state.teacher_eval or {}).get("aggregate"))
-    start = state.run_info.get("t") if state.run_info else None
-    end = None
-    if status == "running":
-        end = now
-    elif state.finished and isinstance(state.finished.get("t"), (int, float)):
-        end = state.finished["t"]
-    elif state.failure and isinstance(state.failure.get("t"), (int, float)):
-        end = state.failure["t"]
-    else:
-        end = state.last_event_t
-    return RunRow(
-        path=str(path), name=state.name or path.name, status=status, model=state.model or "-",
-        strategy=state.strategy or "-", layers_now=layers_now, start_layers=state.start_layers,
-        target_layers=state.target_layers, teacher=teacher, last=last, best=max(values) if values else None,
-        started=start if isinstance(start, (int, float)) else None,
-        duration=(end - start) if isinstance(start, (int, float)) and end else None, events=state.events_seen,
-        removed=tuple(state.removed_layers), mode=state.mode, note=_note(state, status), last_event_t=state.last_event_t,
-        pending=_pending(state),
-    )
-
-
-def _note(state: RunState, status: str) -> str:
-    if state.failure:
-        hint = state.failure.get("hint")
-        return f"failed: {state.failure.get('error')}" + (f" ({hint})" if hint else "")
-    if state.finished:
-        return f"finished: {state.finished.get('reason')}"
-    if status == "died":
-        return "the engine died without a final event; `ild resume` continues from the last checkpoint"
-    return ""
-
-
-def _pending(state: RunState) -> str:
-    p = state.pending_proposal
-    if not p:
-        return ""
-    return f"awaiting a decision: iteration {p.get('iteration')}, proposed layer {p.get('layer')}"
 
 
 class RunsScanned(Message):
@@ -164,7 +59,7 @@ class RunsScreen(Screen):
         self.reverse = True
         self.filter_text = ""
         self.scanned = False
-        self._cache: dict[str, tuple[EventTailer, RunState]] = {}
+        self._cache: dict[str, RunReader] = {}
         self._scan_lock = threading.Lock()
 
     def compose(self) -> ComposeResult:
@@ -211,11 +106,10 @@ class RunsScreen(Screen):
             for rd in list_runs(self.root):
                 key = str(rd.path)
                 seen.add(key)
-                tailer, state = self._cache.get(key) or (EventTailer(rd.events_file), RunState())
-                for ev in tailer.poll():
-                    state.apply(ev)
-                self._cache[key] = (tailer, state)
-                rows.append(summarise_state(rd.path, state, liveness(rd), now))
+                reader = self._cache.get(key) or RunReader(rd)
+                reader.update()
+                self._cache[key] = reader
+                rows.append(summarise_state(rd.path, reader.state, liveness(rd), now))
             for key in list(self._cache):
                 if key not in seen:
                     del self._cache[key]
@@ -320,6 +214,8 @@ class RunsScreen(Screen):
             t.append("\n" + row.pending, Style(bold=True))
         if row.note:
             t.append("\n" + row.note, Style(italic=True))
+        if row.skipped:
+            t.append(f"\n{row.skipped} events skipped: fields of the wrong type", Style(italic=True))
         box.update(t)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -1,1 +1,1 @@
-"""Dashboard widgets and the plain-Python views they draw."""
+"""Widgets shared by the screens: braille charts, the run header, the palettes."""

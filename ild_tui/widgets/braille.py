@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 from rich.style import Style
 from rich.text import Text
 
-from .model import bucket
 
 _BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col]
 
@@ -152,6 +151,38 @@ class _Canvas:
     def put_back(self, cx: int, cy: int, ch: str, color: str) -> None:
         if 0 <= cx < self.w and 0 <= cy < self.h:
             self.back[cy][cx] = (ch, color)
+
+
+def bucket(values: list[float], n: int, lo: int = 0, hi: int | None = None) -> list[tuple[float, float, float] | None]:
+    """Split ``values[lo:hi]`` into ``n`` buckets of ``(min, max, last)``; None where empty or all NaN.
+
+    Full-resolution data in, one bucket per dot column out: min/max keep the noise band that
+    plain subsampling would drop, and builtin min/max over list slices keep it fast.
+    """
+    hi = len(values) if hi is None else hi
+    total = hi - lo
+    out: list[tuple[float, float, float] | None] = []
+    if total <= 0 or n <= 0:
+        return [None] * max(n, 0)
+    for b in range(n):
+        a = lo + (b * total) // n
+        z = lo + ((b + 1) * total) // n
+        if z <= a:
+            out.append(None)
+            continue
+        chunk = values[a:z]
+        mn, mx = min(chunk), max(chunk)
+        if mn != mn or mx != mx:  # NaN inside: filter the slow way
+            chunk = [v for v in chunk if v == v]
+            if not chunk:
+                out.append(None)
+                continue
+            mn, mx = min(chunk), max(chunk)
+        last = chunk[-1]
+        if last != last:
+            last = mx
+        out.append((mn, mx, last))
+    return out
 
 
 def _dense_range(values: Sequence[float], log: bool) -> tuple[float, float] | None:

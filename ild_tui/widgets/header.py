@@ -50,15 +50,6 @@ def fmt_clock(t: float | None, with_date: bool = False) -> str:
     return time.strftime("%Y-%m-%d %H:%M" if with_date else "%H:%M:%S", time.localtime(t))
 
 
-def run_times(state: RunState, status: str, now: float) -> tuple[float | None, float | None]:
-    """(start, elapsed): a live run counts to now, an ended or dead one to its last event."""
-    start = state.run_info.get("t") if state.run_info else None
-    if not isinstance(start, (int, float)):
-        return None, None
-    end = now if status in ("running", "paused") else (state.last_event_t or now)
-    return start, max(0.0, end - start)
-
-
 def theme_color(app, name: str) -> str | None:
     try:
         return app.theme_variables.get(name)
@@ -70,6 +61,9 @@ class RunHeader(Static):
     DEFAULT_CSS = """
     RunHeader { height: 2; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
+
+    EVENTS = frozenset({"run_started", "engine_started", "phase", "proposal", "awaiting_decision", "decision",
+                        "layer_removed", "train_step", "checkpoint", "command_applied", "run_finished", "run_failed"})
 
     def show(self, state: RunState, status: str, now: float, run_name: str, phase_detail: str | None = None) -> None:
         look_key = "paused" if status == "running" and state.paused else status
@@ -85,7 +79,7 @@ class RunHeader(Static):
         t.append(state.model or "-")
         t.append(" · ", dim)
         t.append(state.strategy or "-")
-        metric = state.run_info.get("importance") if state.run_info else None
+        metric = state.run_info.get("importance")
         if metric:
             t.append(f" ({metric})", dim)
         t.append(" · ", dim)
@@ -114,14 +108,14 @@ class RunHeader(Static):
         t2.append("  iteration ", dim)
         t2.append(str(state.iteration if state.iteration is not None else "-"), strong)
         t2.append("  layers ", dim)
-        now_layers = len(state.layers) if (state.removals or state.initial_layers) else None
+        now_layers = state.layers_now
         t2.append(f"{now_layers if now_layers is not None else '-'}", strong)
         t2.append(f"/{state.start_layers or '-'} → {state.target_layers or '-'}")
         t2.append("  params ", dim)
         t2.append(fmt_params(state.params), strong)
         if state.params and state.start_params and state.params != state.start_params:
             t2.append(f" ({(state.params / state.start_params - 1) * 100:+.1f}%)", dim)
-        start, elapsed = run_times(state, status, now)
+        start, elapsed = state.started, state.duration(now, alive=status == "running")
         t2.append("  elapsed ", dim)
         t2.append(fmt_duration(elapsed), strong)
         if start:

@@ -1,6 +1,13 @@
-"""The decision panel: the engine asks which layer goes; the ranked candidates and the keys."""
+"""The decision panel: the engine asks which layer goes; the ranked candidates and the keys.
+
+``decision_view`` turns the open proposal into rows: each candidate's score, the aggregate and the
+task scores with it skipped, and their change against the model the iteration starts from.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.style import Style
 from rich.text import Text
@@ -8,9 +15,81 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from .header import fmt_duration
-from .model import DecisionData, SentCommand
-from .palette import DEFAULT, Palette
+from engine.runlog.fold import RunState
+
+from ..widgets.header import fmt_duration
+from ..widgets.palette import DEFAULT, Palette
+
+if TYPE_CHECKING:
+    from .model import LiveModel, SentCommand
+
+
+@dataclass
+class Candidate:
+    rank: int
+    layer: int
+    score: float | None
+    aggregate: float | None  # aggregate with the layer skipped, when known
+    delta: float | None  # aggregate change vs before this iteration
+    task_deltas: dict[str, float]  # task -> score with the layer skipped minus score before
+    proposed: bool
+
+
+@dataclass
+class DecisionData:
+    iteration: int
+    layer: int | None
+    mode: str | None
+    deadline: float | None
+    metric: str | None
+    candidates: list[Candidate]
+    tasks: list[str]
+
+
+def decision_view(state: RunState) -> DecisionData | None:
+    pending = state.pending_proposal
+    if not pending:
+        return None
+    it = pending["iteration"]
+    layer = pending["layer"]
+    before = state.eval_before(it) or {}
+    base_tasks = before.get("tasks") or {}
+    base_agg = before.get("aggregate")
+    imp = state.importance.get(it) or {}
+    aggregates = imp.get("aggregates") or {}
+    per_task = imp.get("per_task") or {}
+    # The proposal's candidates carry scores and per-task results; awaiting_decision repeats the
+    # first of them as bare layer numbers, which only stand in when there is no proposal.
+    cands: list[dict] = list((state.proposals.get(it) or {}).get("candidates") or ())
+    if not cands:  # no ranked list given: rank the importance scores
+        scores = {k: v for k, v in state.scores(it).items() if v is not None}
+        cands = [{"layer": k, "score": v} for k, v in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))]
+    if not cands:
+        cands = [{"layer": c} for c in pending.get("candidates", ())]
+    tasks: list[str] = list(base_tasks)
+    out: list[Candidate] = []
+    for i, c in enumerate(cands):
+        lay = c["layer"]
+        key = str(lay)
+        skipped = c.get("tasks")
+        if skipped is None:
+            skipped = {t: m[key] for t, m in per_task.items() if key in m}
+        for t in skipped:
+            if t not in tasks:
+                tasks.append(t)
+        deltas = {}
+        for t, v in skipped.items():
+            b = base_tasks.get(t)
+            if b is not None and v is not None:
+                deltas[t] = v - b
+        agg = aggregates.get(key)
+        if agg is None and skipped:
+            vals = [v for v in skipped.values() if v is not None]
+            agg = sum(vals) / len(vals) if vals else None
+        delta = agg - base_agg if agg is not None and base_agg is not None else None
+        out.append(Candidate(i + 1, lay, c.get("score"), agg, delta, deltas, lay == layer))
+    metric = pending.get("metric") or imp.get("metric")
+    return DecisionData(it, layer, pending.get("mode") or state.mode, pending.get("deadline"), metric, out, tasks)
 
 
 def countdown(deadline: float | None, now: float) -> str | None:
@@ -25,6 +104,9 @@ def countdown(deadline: float | None, now: float) -> str | None:
 
 class DecisionPanel(Vertical):
     """Shown while the engine awaits a decision. ``selected_layer`` is the override target."""
+
+    EVENTS = frozenset({"run_started", "proposal", "awaiting_decision", "decision", "layer_removed", "eval",
+                        "command_applied", "command_rejected", "run_finished", "run_failed"})
 
     DEFAULT_CSS = """
     DecisionPanel { height: 1fr; border: round $warning; padding: 0 1; }
@@ -76,6 +158,13 @@ class DecisionPanel(Vertical):
                 if self.table.cursor_row != i:
                     self.table.move_cursor(row=i, animate=False)
                 return
+
+    def draw(self, model: LiveModel) -> None:
+        """Shown with the open decision's candidates, hidden while nothing is asked."""
+        data = decision_view(model.state)
+        self.display = data is not None
+        if data is not None:
+            self.show(data, self.app.palette)
 
     def show(self, data: DecisionData, palette: Palette = DEFAULT) -> None:
         key = (data.iteration, data.layer, tuple((c.layer, c.score, c.delta) for c in data.candidates), tuple(data.tasks),

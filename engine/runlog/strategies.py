@@ -1,6 +1,7 @@
 """The strategies, as presets over importance metric, re-scoring, bridging and healing.
 
-Standard library only: the dashboard reads this table too.
+In ``engine.runlog`` (standard library only) so that the CLI and the dashboard read the same
+table as the engine: no client keeps its own list of names.
 """
 
 from __future__ import annotations

@@ -1,26 +1,108 @@
-"""The importance heatmap: one row per original layer, one column per iteration.
+"""The importance panel: a heatmap of every layer's score in every iteration, a cursor inspector, a legend.
 
-A Line-API ``ScrollView``: the header row (iteration numbers) and the label column stay put
-while the grid scrolls, so an 80-layer model over 60 iterations still reads. A cell's colour is
-the layer's importance in that iteration, normalised per iteration (default), globally, or by
-rank. Removed layers leave gaps; ``××`` marks the iteration a layer was removed in, ``▸◂`` the
-open proposal. On NO_COLOR and 16/256-colour terminals the cells fall back to ░▒▓█.
+The grid is a Line-API ``ScrollView``, one row per original layer and one column per iteration:
+the header row (iteration numbers) and the label column stay put while the grid scrolls, so an
+80-layer model over 60 iterations still reads. A cell's colour is the layer's importance in that
+iteration, normalised per iteration (default), globally, or by rank. Removed layers leave gaps;
+``××`` marks the iteration a layer was removed in, ``▸◂`` the open proposal, ``~`` a score computed
+on part of the items (racing stopped scoring a layer that could not win). On NO_COLOR and
+16/256-colour terminals the cells fall back to ░▒▓█.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widgets import Static
 
-from .model import HeatmapData
-from .palette import DEFAULT, SHADES, Palette, contrast, shade
+from engine.runlog.fold import RunState
+
+from ..widgets.palette import DEFAULT, SHADES, Palette, contrast, shade
+from .inspector import Inspector
+
+if TYPE_CHECKING:
+    from .model import LiveModel
+
+PARTIAL_MARK = "~"
+
+
+@dataclass
+class HeatmapData:
+    layers: list[int] = field(default_factory=list)  # original indices, one row each
+    iterations: list[int] = field(default_factory=list)  # one column each
+    raw: list[dict[int, float]] = field(default_factory=list)  # per column {layer: score}
+    removed_at: dict[int, int] = field(default_factory=dict)  # layer -> iteration it was removed in
+    removed_by: dict[int, str] = field(default_factory=dict)
+    proposal: tuple[int, int] | None = None  # (iteration, layer) of the open proposal
+    proposed: dict[int, int] = field(default_factory=dict)  # iteration -> proposed layer (history)
+    metric: str | None = None
+    planned: int | None = None  # iterations the run is expected to take (start - target layers)
+    partial: list[set[int]] = field(default_factory=list)  # per column: layers scored on part of the items
+
+    def normalised(self, mode: str) -> list[dict[int, float]]:
+        """Each column mapped to [0, 1]: ``iteration`` (min-max per column), ``global``, ``rank``."""
+        out: list[dict[int, float]] = []
+        if mode == "global":
+            vals = [v for col in self.raw for v in col.values()]
+            lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+            span = hi - lo or 1.0
+            return [{k: (v - lo) / span for k, v in col.items()} for col in self.raw]
+        for col in self.raw:
+            if not col:
+                out.append({})
+                continue
+            if mode == "rank":
+                order = sorted(col, key=lambda k: (col[k], k))
+                n = max(len(order) - 1, 1)
+                out.append({k: i / n for i, k in enumerate(order)})
+            else:
+                lo, hi = min(col.values()), max(col.values())
+                span = hi - lo
+                out.append({k: ((v - lo) / span if span else 0.5) for k, v in col.items()})
+        return out
+
+    def range(self) -> tuple[float, float] | None:
+        vals = [v for col in self.raw for v in col.values()]
+        return (min(vals), max(vals)) if vals else None
+
+
+def heatmap_view(state: RunState) -> HeatmapData:
+    iterations = sorted(state.importance)
+    raw: list[dict[int, float]] = []
+    partial: list[set[int]] = []
+    seen: set[int] = set()
+    metric = None
+    for it in iterations:
+        rec = state.importance[it]
+        metric = rec["metric"]
+        col = {layer: v for layer, v in state.scores(it).items() if v is not None and math.isfinite(v)}
+        seen.update(col)
+        raw.append(col)
+        partial.append(set(rec.get("partial", ())))
+    layers = list(state.initial_layers) or sorted(seen)
+    layers += sorted(seen - set(layers))
+    removed_at = {r["layer"]: r["iteration"] for r in state.removed}
+    removed_by = {r["layer"]: r["by"] or "" for r in state.removed}
+    proposed = {it: rec["layer"] for it, rec in state.proposals.items()}
+    pending = state.pending_proposal
+    proposal = (pending["iteration"], pending["layer"]) if pending else None
+    planned = None
+    if state.start_layers and state.target_layers and state.start_layers > state.target_layers:
+        planned = state.start_layers - state.target_layers
+    return HeatmapData(layers, iterations, raw, removed_at, removed_by, proposal, proposed, metric, planned, partial)
+
 
 NORMS = ("rank", "iteration", "global")
 NORM_LABEL = {"iteration": "min-max per iteration", "global": "global min-max", "rank": "rank per iteration"}
@@ -185,6 +267,8 @@ class Heatmap(ScrollView, can_focus=True):
         else:
             t.append(f"  ({NORM_LABEL[self.norm]})", axis)
         t.append("   ×× removed  ▸◂ proposed", axis)
+        if any(self.data.partial):
+            t.append(f"  {PARTIAL_MARK} partial", axis)
         return t
 
     # -- rendering ---------------------------------------------------------------------------
@@ -251,6 +335,7 @@ class Heatmap(ScrollView, can_focus=True):
                 marker = "××"
             if d.proposal and d.proposal == (it, layer):
                 marker = "▸◂"
+            partial = marker is None and c < len(d.partial) and layer in d.partial[c]
             cursor = row == self.row and c == self.col
             if v is None:
                 if removed_at is not None and removed_at < it:
@@ -264,7 +349,7 @@ class Heatmap(ScrollView, can_focus=True):
             if mode == "blocks":
                 bg = self.palette.color_at(v)
                 style = Style(bgcolor=bg, color=contrast(bg))
-                text = marker.center(cw) if marker else " " * cw
+                text = marker.center(cw) if marker else (PARTIAL_MARK.center(cw) if partial else " " * cw)
                 if cursor:
                     text = ("[" + " " * (cw - 2) + "]") if marker is None else ("[" + marker.center(cw - 2)[: cw - 2] + "]" if cw >= 4 else marker)
                     style = style + Style(bold=True)
@@ -272,7 +357,7 @@ class Heatmap(ScrollView, can_focus=True):
                 g = shade(v)
                 color = None if mode == "mono" else self.palette.color_at(v)
                 style = base + Style(color=color)
-                text = marker.center(cw) if marker else g * cw
+                text = marker.center(cw) if marker else (g * (cw - 1) + PARTIAL_MARK if partial else g * cw)
                 if marker:
                     style = style + Style(bold=True)
                 if cursor:
@@ -368,3 +453,61 @@ class Heatmap(ScrollView, can_focus=True):
     def on_resize(self) -> None:
         self._update_virtual_size()
         self._scroll_cursor_visible()
+
+
+class HeatmapPanel(Vertical):
+    """The heatmap, the inspector beside it and the legend under it."""
+
+    EVENTS = frozenset({"run_started", "importance", "proposal", "awaiting_decision", "decision", "layer_removed",
+                        "eval", "run_finished", "run_failed"})
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._state: RunState | None = None
+
+    def compose(self):
+        with Horizontal(id="heat-body"):
+            yield Heatmap(id="heatmap", norm=self.app.settings.heatmap_norm, mode=self.app.heatmap_mode)
+            yield Inspector(id="inspector")
+        yield Static(id="heat-legend")
+
+    def on_mount(self) -> None:
+        self.border_title = "Importance"
+
+    @property
+    def heatmap(self) -> Heatmap:
+        return self.query_one(Heatmap)
+
+    def draw(self, model: LiveModel) -> None:
+        self._state = model.state
+        hm = self.heatmap
+        hm.palette = self.app.palette
+        hm.set_data(heatmap_view(model.state))
+        self._legend()
+        self.inspect()
+
+    def _legend(self) -> None:
+        hm = self.heatmap
+        self.query_one("#heat-legend", Static).update(hm.legend())
+        metric = hm.data.metric
+        self.border_title = "Importance" + (f" · {metric}" if metric else "")
+        self.border_subtitle = "n normalise · g glyphs · ↑↓←→ inspect"
+
+    def inspect(self) -> None:
+        """Show the cell under the cursor in the inspector."""
+        if self._state is not None:
+            hm = self.heatmap
+            self.query_one(Inspector).show(self._state, hm.cursor_layer, hm.cursor_iteration, self.app.palette)
+
+    def move_to_layer(self, layer: int, iteration: int | None) -> None:
+        self.heatmap.move_to_layer(layer, iteration)
+        self.inspect()
+
+    def on_heatmap_cursor_moved(self, message: Heatmap.CursorMoved) -> None:
+        self.inspect()  # and on to the screen, which keeps the decision list in step
+
+    def on_heatmap_norm_changed(self, message: Heatmap.NormChanged) -> None:
+        message.stop()
+        self._legend()
+        self.app.settings.heatmap_norm = message.norm
+        self.app.save_settings()

@@ -1,10 +1,14 @@
-"""The live run screen: header, importance heatmap, scores, loss curves, decisions, event log.
+"""The live run screen: it composes the panels, runs the tail worker and routes the keys.
+
+Each panel (``ild_tui.live.heatmap``, ``scores``, ``losses``, ``decision``, ``eventlog``, and the
+header) owns its view and its maths and draws itself from the ``LiveModel``; it lists in
+``EVENTS`` the event types that change what it shows.
 
 Data flow (the only one): a thread worker tails ``events.jsonl``; the first poll (the replay,
 possibly 100,000 events) is folded in that thread into a fresh ``LiveModel``, which is then
 handed to the UI thread in one ``Loaded`` message and never touched by the thread again. Every
 later poll posts one ``EventsBatch``, folded on the UI thread. A 4 Hz timer redraws only the
-panels whose data changed. Liveness (the engine's flock) is checked in the thread each second.
+panels whose events arrived. Liveness (the engine's flock) is checked in the thread each second.
 
 Nothing here decides anything: the decision panel shows what the folded log says is open, and
 the keys drop commands into the inbox; the engine's ``command_applied``/``command_rejected``
@@ -27,35 +31,21 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widget import Widget
+from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from engine.runlog.fold import TERMINAL_STATUSES
 from engine.runlog.inbox import send_command
 from engine.runlog.layout import RunDir
 from engine.runlog.tailer import EventTailer
 
-from ..widgets.braille import ChartSpec, HLine, Series, VLine
-from ..widgets.charts import BrailleChart
-from ..widgets.decision import DecisionPanel
-from ..widgets.eventlog import EventLog
 from ..widgets.header import RunHeader, theme_color
-from ..widgets.heatmap import Heatmap
-from ..widgets.inspector import Inspector
-from ..widgets.model import (
-    ASPECTS,
-    LOSS_NAMES,
-    LiveModel,
-    Smoother,
-    decision_view,
-    heatmap_view,
-    scores_view,
-    status_of,
-)
-from ..widgets.palette import Palette
-
-SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
-HEALING_STRATEGIES = ("iterative-distill", "iterative-bi-distill")
+from .decision import DecisionPanel
+from .eventlog import EventLog
+from .heatmap import Heatmap, HeatmapPanel
+from .losses import SMOOTHING_STEPS, LossPanel
+from .model import LiveModel
+from .scores import ScoresPanel
 
 
 def replay(path: Path) -> tuple[list[dict], EventTailer]:
@@ -74,7 +64,7 @@ def replay(path: Path) -> tuple[list[dict], EventTailer]:
     lines = [line for line in data[:end].split(b"\n") if line.strip()]
     try:
         events = json.loads(b"[" + b",".join(lines) + b"]")
-    except ValueError:
+    except (ValueError, RecursionError):
         events = None
     if events is None or len(events) != len(lines) or not all(type(e) is dict for e in events):
         tailer = EventTailer(path)
@@ -129,10 +119,8 @@ class LiveScreen(Screen):
         self.alive: bool | None = None
         self.load_seconds: float | None = None
         self.painted = False  # True after the first full paint of the replayed state
-        self._dirty: set[str] = set()
+        self._dirty: set[Widget] = set()  # panels to redraw
         self._stop = threading.Event()
-        self._smoother = Smoother()
-        self._log_written = 0
         self._last_pending: int | None = None
         self._last_second = -1
         self._bindings_key: tuple | None = None
@@ -141,34 +129,25 @@ class LiveScreen(Screen):
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        settings = self.app.settings
         yield RunHeader(id="run-header")
         with Horizontal(id="main"):
-            with Vertical(id="heat-panel", classes="panel"):
-                with Horizontal(id="heat-body"):
-                    yield Heatmap(id="heatmap", norm=settings.heatmap_norm, mode=self.app.heatmap_mode)
-                    yield Inspector(id="inspector")
-                yield Static(id="heat-legend")
+            yield HeatmapPanel(id="heat-panel", classes="panel")
             with Vertical(id="right"):
-                with Vertical(id="scores-panel", classes="panel"):
-                    yield BrailleChart(id="score-chart")
-                    yield DataTable(id="task-table", show_cursor=False, zebra_stripes=True)
-                with Vertical(id="loss-panel", classes="panel"):
-                    yield BrailleChart(id="loss-chart")
-                    yield Static(id="loss-status")
+                yield ScoresPanel(id="scores-panel", classes="panel")
+                yield LossPanel(id="loss-panel", classes="panel")
         with Horizontal(id="bottom"):
             yield DecisionPanel(id="decision")
             yield EventLog(id="event-log")
         yield Footer()
 
     def on_mount(self) -> None:
+        # Everything that draws itself from the model, in drawing order.
+        self.panels: tuple[Widget, ...] = (
+            self.query_one(RunHeader), self.query_one(HeatmapPanel), self.query_one(DecisionPanel),
+            self.query_one(ScoresPanel), self.query_one(LossPanel), self.query_one(EventLog))
         # Panels stay hidden while the log replays: nothing to draw yet, and the replay thread
         # should not share the interpreter with a full-screen layout pass it does not need.
         self.add_class("-loading")
-        self.query_one("#heat-panel").border_title = "Importance"
-        self.query_one("#scores-panel").border_title = "Scores"
-        self.query_one("#loss-panel").border_title = "Loss"
-        self.query_one("#event-log").border_title = "Events"
         self.query_one(DecisionPanel).display = False
         self.query_one(RunHeader).update(Text(f" loading {self.run_dir.path} …", style=Style(italic=True)))
         self.query_one(Heatmap).focus()
@@ -187,12 +166,8 @@ class LiveScreen(Screen):
                                                   style=Style(bold=True, color=theme_color(self.app, "error"))))
             self.painted = True  # nothing more will come
 
-    @property
-    def palette(self) -> Palette:
-        return self.app.palette
-
     def _on_theme(self, _theme) -> None:
-        self._dirty.update(ASPECTS)
+        self._dirty.update(self.panels)
         self._decision_key_reset()
 
     def _decision_key_reset(self) -> None:
@@ -206,7 +181,7 @@ class LiveScreen(Screen):
         started = time.perf_counter()
         liveness = self.app.liveness
         events, tailer = replay(self.run_dir.events_file)
-        model = LiveModel()
+        model = LiveModel(dir_mtime=self.run_dir.mtime())
         model.apply(events)
         del events
         alive = liveness(self.run_dir)
@@ -234,9 +209,9 @@ class LiveScreen(Screen):
         self.alive = message.alive
         self.load_seconds = message.seconds
         pending = self.model.state.pending_proposal
-        self._last_pending = pending.get("iteration") if pending else None
+        self._last_pending = pending["iteration"] if pending else None
         self.remove_class("-loading")
-        self._dirty.update(ASPECTS)
+        self._dirty.update(self.panels)
         self._draw()
         self.call_after_refresh(self._painted)
 
@@ -246,28 +221,29 @@ class LiveScreen(Screen):
     def on_events_batch(self, message: EventsBatch) -> None:
         if self.model is None:
             return
-        self._dirty |= self.model.apply(message.events)
+        kinds = self.model.apply(message.events)
+        self._dirty.update(panel for panel in self.panels if panel.EVENTS & kinds)
         if self.model.state.events_seen - self._frozen_at > 20_000:
             gc.freeze()
             self._frozen_at = self.model.state.events_seen
         pending = self.model.state.pending_proposal
-        it = pending.get("iteration") if pending else None
+        it = pending["iteration"] if pending else None
         if it is not None and it != self._last_pending:
             self.app.bell()
             if self.app.screen is not self:
                 self.app.notify(f"{self.model.state.name or self.run_dir.name}: the engine awaits a decision "
-                                f"(iteration {it}, layer {pending.get('layer')})", title="Decision needed", timeout=10)
+                                f"(iteration {it}, layer {pending['layer']})", title="Decision needed", timeout=10)
         self._last_pending = it
         for reply in self.model.take_replies():
             name = reply.get("name")
-            if reply.get("type") == "command_applied":
+            if reply["type"] == "command_applied":
                 self.notify(f"engine applied {name}", timeout=4)
             else:
-                self.notify(f"engine rejected {name}: {reply.get('reason')}", severity="error", timeout=8)
+                self.notify(f"engine rejected {name}: {reply['reason']}", severity="error", timeout=8)
 
     def on_engine_status(self, message: EngineStatus) -> None:
         self.alive = message.alive
-        self._dirty.update(("header", "decision"))
+        self._dirty.update((self.query_one(RunHeader), self.query_one(DecisionPanel)))
 
     # -- drawing ---------------------------------------------------------------------------------
 
@@ -278,42 +254,32 @@ class LiveScreen(Screen):
         second = int(now)
         if second != self._last_second:
             self._last_second = second
-            self._dirty.add("header")
+            self._dirty.add(self.query_one(RunHeader))  # the elapsed time
             if self.model.state.pending_proposal:
-                self._dirty.add("decision")
+                self._dirty.add(self.query_one(DecisionPanel))  # the countdown
         if self._dirty:
             self._draw()
 
     def _draw(self) -> None:
         dirty, self._dirty = self._dirty, set()
-        model = self.model
-        if model is None:
+        if self.model is None:
             return
         with self.app.batch_update():
-            if "header" in dirty:
-                self._draw_header()
-            if "heatmap" in dirty:
-                self._draw_heatmap()
-            if "decision" in dirty:
-                self._draw_decision()
-            if "scores" in dirty:
-                self._draw_scores()
-            if "loss" in dirty:
-                self._draw_loss()
-            if "log" in dirty:
-                self._draw_log()
+            for panel in self.panels:
+                if panel not in dirty:
+                    continue
+                if isinstance(panel, RunHeader):
+                    self._draw_header()
+                elif isinstance(panel, DecisionPanel):
+                    self._draw_decision()
+                else:
+                    panel.draw(self.model)
 
     @property
     def status(self) -> str:
         if not self.model:
             return "unknown"
-        young = False
-        if self.model.state.events_seen == 0:
-            try:
-                young = time.time() - self.run_dir.path.stat().st_mtime < 30
-            except OSError:
-                pass
-        return status_of(self.model.state, self.alive, young)
+        return self.model.state.status(self.alive, self.app.clock())
 
     def _draw_header(self) -> None:
         self.query_one(RunHeader).show(self.model.state, self.status, self.app.clock(), self.run_dir.name,
@@ -323,156 +289,30 @@ class LiveScreen(Screen):
     def _sync_bindings(self) -> None:
         """Re-render the footer only when the set of usable keys changes (it is not cheap)."""
         state = self.model.state
-        key = (state.pending_proposal is not None, state.status in TERMINAL_STATUSES)
+        key = (state.pending_proposal is not None, state.ended)
         if key != self._bindings_key:
             self._bindings_key = key
             self.refresh_bindings()
 
-    def _draw_heatmap(self) -> None:
-        hm = self.query_one(Heatmap)
-        hm.palette = self.palette
-        hm.set_data(heatmap_view(self.model.state))
-        self._draw_legend()
-        self._draw_inspector()
-
-    def _draw_legend(self) -> None:
-        hm = self.query_one(Heatmap)
-        self.query_one("#heat-legend", Static).update(hm.legend())
-        panel = self.query_one("#heat-panel")
-        metric = hm.data.metric
-        panel.border_title = "Importance" + (f" · {metric}" if metric else "")
-        panel.border_subtitle = "n normalise · g glyphs · ↑↓←→ inspect"
-
-    def _draw_inspector(self) -> None:
-        hm = self.query_one(Heatmap)
-        self.query_one(Inspector).show(self.model.state, hm.cursor_layer, hm.cursor_iteration, self.palette)
-
     def _draw_decision(self) -> None:
+        """The panel draws itself; showing or hiding it also moves the layout and the focus."""
         panel = self.query_one(DecisionPanel)
-        data = decision_view(self.model.state)
-        if data is None:
-            if panel.display:
-                panel.display = False
+        was_shown = panel.display
+        panel.draw(self.model)
+        if not panel.display:
+            if was_shown:
                 self.remove_class("-deciding")
                 if panel.has_focus_within:
                     self.query_one(Heatmap).focus()
             self._sync_bindings()
             return
-        first = not panel.display
-        panel.display = True
         self.add_class("-deciding")
-        panel.show(data, self.palette)
         self._decision_status()
-        if first:
+        if not was_shown:
             hm = self.query_one(Heatmap)
             if hm.cursor_layer is not None:
                 panel.select_layer(hm.cursor_layer)
         self._sync_bindings()
-
-    def _draw_scores(self) -> None:
-        pal = self.palette
-        state = self.model.state
-        sd = scores_view(state)
-        expected = None
-        if state.start_layers and state.target_layers and state.start_layers > state.target_layers:
-            expected = state.start_layers - state.target_layers
-        its = [p[0] for p in sd.best_path]
-        x_max = max([expected or 0, *its, 1])
-        healed = bool(sd.healing)
-        series = [
-            Series("path", pal.after_healing if healed else pal.after_removal, points=sd.best_path, kind="line", legend=False),
-            Series("after removal", pal.after_removal, points=sd.removal, kind="points", marker="●"),
-        ]
-        if healed:
-            series.append(Series("after healing", pal.after_healing, points=sd.healing, kind="points", marker="◆"))
-        hlines = [HLine(sd.teacher, pal.teacher, "teacher")] if sd.teacher is not None else []
-        spec = ChartSpec(series=series, hlines=hlines, x_range=(0, x_max), integer_x=True, axis_color=pal.axis,
-                         empty="no evaluations yet")
-        self.query_one("#score-chart", BrailleChart).set_spec(spec)
-        panel = self.query_one("#scores-panel")
-        title = "Scores"
-        latest = sd.latest or {}
-        agg = latest.get("aggregate")
-        if sd.teacher is not None:
-            title += f" · teacher {sd.teacher:.3f}"
-        if isinstance(agg, (int, float)) and sd.latest_label != "teacher":
-            title += f" · now {agg:.3f}"
-            if sd.teacher:
-                title += f" ({(agg / sd.teacher - 1) * 100:+.1f}%)"
-        panel.border_title = title
-        panel.border_subtitle = sd.latest_label
-        table = self.query_one("#task-table", DataTable)
-        table.clear(columns=True)
-        for col, key in (("task", "task"), ("teacher", "teacher"), ("now", "now"), ("Δ", "d"), ("Δ%", "dp")):
-            table.add_column(col, key=key)
-        rows = [("aggregate", sd.teacher, agg if isinstance(agg, (int, float)) else None)]
-        latest_tasks = latest.get("tasks") or {}
-        for t in sd.tasks:
-            rows.append((t, sd.teacher_tasks.get(t), latest_tasks.get(t)))
-        for name, base, now in rows:
-            d = now - base if isinstance(now, (int, float)) and isinstance(base, (int, float)) else None
-            style = Style() if d is None or abs(d) < 5e-4 else Style(color=pal.good if d > 0 else pal.bad)
-            table.add_row(
-                Text(name, style=Style(bold=name == "aggregate")),
-                Text("-" if base is None else f"{base:.3f}", justify="right"),
-                Text("-" if now is None else f"{now:.3f}", justify="right"),
-                Text("-" if d is None else f"{d:+.3f}", style=style, justify="right"),
-                Text("-" if d is None or not base else f"{d / base * 100:+.1f}%", style=style, justify="right"),
-            )
-
-    def _draw_loss(self) -> None:
-        pal = self.palette
-        state = self.model.state
-        loss = self.model.loss
-        loss.ensure_sorted()
-        settings = self.app.settings
-        alpha = settings.smoothing
-        colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse}
-        names = {"loss": "total", "kl": "kl", "mse": "mse"}
-        series = [Series(names[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
-                  for n in LOSS_NAMES if loss.present[n]]
-        bounds = loss.boundaries()
-        vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
-        if state.strategy and state.strategy not in HEALING_STRATEGIES:
-            empty = f"no loss curves: {state.strategy} does not heal"
-        else:
-            empty = "no training steps yet"
-        spec = ChartSpec(series=series, vlines=vlines, log_y=settings.log_y, integer_x=True, axis_color=pal.axis,
-                         y_floor_zero=True,
-                         empty=empty, legend_extra="┊ iteration start" if vlines else "")
-        self.query_one("#loss-chart", BrailleChart).set_spec(spec)
-        bits = []
-        if alpha:
-            bits.append(f"EMA {alpha:g}")
-        if settings.log_y:
-            bits.append("log y")
-        if len(loss):
-            bits.append(f"{len(loss):,} steps")
-        panel = self.query_one("#loss-panel")
-        panel.border_title = "Loss" + "".join(f" · {b}" for b in bits)
-        panel.border_subtitle = "s smooth · y log" if len(loss) else ""
-        last = loss.last or {}
-        st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
-        if last:
-            st.append(f"it {last.get('iteration', '-')} step {last.get('step', '-')}")
-            for n in LOSS_NAMES:
-                v = last.get(n)
-                if isinstance(v, (int, float)):
-                    st.append(f" · {names[n]} {v:.3g}")
-            if isinstance(last.get("lr"), (int, float)):
-                st.append(f" · lr {last['lr']:.0e}")
-            if isinstance(last.get("tokens_per_s"), (int, float)):
-                st.append(f" · {last['tokens_per_s'] / 1000:.1f}k tok/s")
-        self.query_one("#loss-status", Static).update(st)
-
-    def _draw_log(self) -> None:
-        model = self.model
-        new = model.lines_added - self._log_written
-        if new <= 0:
-            return
-        lines = list(model.lines)[-min(new, len(model.lines)):]
-        self.query_one(EventLog).add(lines, bad=self.palette.bad, warn=theme_color(self.app, "warning"))
-        self._log_written = model.lines_added
 
     # -- decisions and commands -----------------------------------------------------------------
 
@@ -481,15 +321,15 @@ class LiveScreen(Screen):
         if action in ("approve", "override"):
             return bool(self.model and self.model.state.pending_proposal)
         if action in ("pause", "stop", "mode"):
-            return bool(self.model and self.model.state.status not in TERMINAL_STATUSES)
+            return bool(self.model and not self.model.state.ended)
         return True
 
     def _send(self, name: str, **args) -> str | None:
         state = self.model.state if self.model else None
         if state is None:
             return None
-        if state.status in TERMINAL_STATUSES:
-            self.notify(f"the run has {state.status}: nothing to send", severity="warning")
+        if state.ended:
+            self.notify(f"the run has {state.outcome}: nothing to send", severity="warning")
             return None
         try:
             cid = send_command(self.run_dir, name, by="dashboard", **args)
@@ -499,7 +339,7 @@ class LiveScreen(Screen):
         self.model.note_sent(cid, name, args, self.app.clock())
         where = "" if self.alive else " (the engine is not running: it applies it when resumed)"
         self.notify(f"sent {name}{' ' + str(args['layer']) if 'layer' in args else ''}{where}", timeout=3)
-        self._dirty.add("decision")
+        self._dirty.add(self.query_one(DecisionPanel))
         self._draw()
         return cid
 
@@ -518,8 +358,7 @@ class LiveScreen(Screen):
         pending = self._open_proposal()
         if pending is None:
             return
-        layer = pending.get("layer")
-        self._send("approve", **({"layer": layer} if isinstance(layer, int) else {}))
+        self._send("approve", layer=pending["layer"])
 
     def action_override(self, layer: int | None = None) -> None:
         pending = self._open_proposal()
@@ -531,17 +370,17 @@ class LiveScreen(Screen):
         if layer is None:
             self.notify("pick a layer in the list or on the heatmap first", severity="warning")
             return
-        proposed = pending.get("layer")
+        proposed = pending["layer"]
         if layer == proposed:
             self.action_approve()
             return
         data = panel.data
         if data and data.candidates and layer not in {c.layer for c in data.candidates}:
-            gone = self.model.state.removals and layer in self.model.state.removed_layers
+            gone = layer in self.model.state.removed_layers
             why = "it was removed already" if gone else "it is not a candidate"
-            self.notify(f"cannot remove layer {layer} in iteration {pending.get('iteration')}: {why}", severity="warning")
+            self.notify(f"cannot remove layer {layer} in iteration {pending['iteration']}: {why}", severity="warning")
             return
-        from .dialogs import ConfirmScreen
+        from ..screens.dialogs import ConfirmScreen
 
         def done(ok: bool | None) -> None:
             if ok:
@@ -573,26 +412,18 @@ class LiveScreen(Screen):
     def on_heatmap_cursor_moved(self, message: Heatmap.CursorMoved) -> None:
         if self.model is None:
             return
-        self._draw_inspector()
         panel = self.query_one(DecisionPanel)
         if panel.display and message.layer is not None:
             panel.select_layer(message.layer)
             self._decision_status()
 
-    def on_heatmap_norm_changed(self, message: Heatmap.NormChanged) -> None:
-        self._draw_legend()
-        self.app.settings.heatmap_norm = message.norm
-        self.app.save_settings()
-
     def on_decision_panel_selected(self, message: DecisionPanel.Selected) -> None:
-        hm = self.query_one(Heatmap)
         pending = self.model.state.pending_proposal if self.model else None
-        hm.move_to_layer(message.layer, pending.get("iteration") if pending else None)
-        self._draw_inspector()
+        self.query_one(HeatmapPanel).move_to_layer(message.layer, pending["iteration"] if pending else None)
         self._decision_status()
 
     def action_mode(self) -> None:
-        from .dialogs import ModeScreen
+        from ..screens.dialogs import ModeScreen
 
         state = self.model.state if self.model else None
         if state is None:
@@ -605,10 +436,10 @@ class LiveScreen(Screen):
 
         seconds = state.mode_seconds
         pending = state.pending_proposal or {}
-        if seconds is None and isinstance(pending.get("deadline"), (int, float)) and isinstance(pending.get("t"), (int, float)):
+        if seconds is None and pending.get("deadline") is not None:
             seconds = round(pending["deadline"] - pending["t"])  # the wait the engine announced
-        if seconds is None and isinstance(state.run_info.get("mode_seconds"), (int, float)):
-            seconds = state.run_info["mode_seconds"]
+        if seconds is None:
+            seconds = state.run_info.get("mode_seconds")
         self.app.push_screen(ModeScreen(state.mode or "auto", seconds), done)
 
     def action_pause(self) -> None:
@@ -617,7 +448,7 @@ class LiveScreen(Screen):
         self._send("resume" if self.model.state.paused else "pause")
 
     def action_stop(self) -> None:
-        from .dialogs import ConfirmScreen
+        from ..screens.dialogs import ConfirmScreen
 
         def done(ok: bool | None) -> None:
             if ok:
@@ -634,14 +465,14 @@ class LiveScreen(Screen):
             i = 0
         s.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
         self.app.save_settings()
-        self._dirty.add("loss")
+        self._dirty.add(self.query_one(LossPanel))
         self._draw()
 
     def action_log_scale(self) -> None:
         s = self.app.settings
         s.log_y = not s.log_y
         self.app.save_settings()
-        self._dirty.add("loss")
+        self._dirty.add(self.query_one(LossPanel))
         self._draw()
 
     def action_runs(self) -> None:

@@ -1,4 +1,4 @@
-"""What the heatmap cursor points at: the score, its rank, and the per-task breakdown."""
+"""What the heatmap cursor points at: the score, its rank, and the per-task breakdown (part of the importance panel)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from textual.widgets import Static
 
 from engine.runlog.fold import RunState
 
-from .model import _num, eval_before
-from .palette import DEFAULT, Palette
+from ..widgets.palette import DEFAULT, Palette
 
 
 def inspect_text(state: RunState, layer: int | None, iteration: int | None, width: int = 32,
@@ -27,49 +26,51 @@ def inspect_text(state: RunState, layer: int | None, iteration: int | None, widt
         t.append("  iteration ", dim)
         t.append(str(iteration), bold)
     t.append("\n")
-    removed = {r["layer"]: r for r in state.removed if r.get("layer") is not None}
+    removed = {r["layer"]: r for r in state.removed}
     rec = state.importance.get(iteration) or {}
     scores = state.scores(iteration) if iteration is not None else {}
     score = scores.get(layer)
     if score is None:
         r = removed.get(layer)
-        if r is not None and iteration is not None and r["iteration"] is not None and r["iteration"] < iteration:
+        if r is not None and iteration is not None and r["iteration"] < iteration:
             t.append(f"removed in iteration {r['iteration']}", dim)
         else:
             t.append("not scored in this iteration", dim)
         return t
-    order = sorted(scores, key=lambda k: (scores[k], k))
+    ranked = {k: v for k, v in scores.items() if v is not None}
+    order = sorted(ranked, key=lambda k: (ranked[k], k))
     rank = order.index(layer) + 1
+    key = str(layer)
     t.append(f"{rec.get('metric') or 'score'} ", dim)
     t.append(f"{score:.4g}", bold)
     t.append(f"\nrank {rank}/{len(order)}", bold)
     t.append(" (1 = least important)\n", dim)
-    also = rec.get("also")
-    if isinstance(also, dict):
-        for name, vals in also.items():
-            if isinstance(vals, dict) and _num(vals.get(str(layer))) is not None:
-                t.append(f"{name} {vals[str(layer)]:.4g}\n", dim)
-    aggs = rec.get("aggregates") or {}
-    before = eval_before(state, iteration) or {}
+    if layer in rec.get("partial", ()):
+        items = rec.get("items", {}).get(key)
+        t.append(f"partial ({items} items)\n" if items is not None else "partial\n", Style(italic=True))
+    for name, vals in rec.get("also", {}).items():
+        if vals.get(key) is not None:
+            t.append(f"{name} {vals[key]:.4g}\n", dim)
+    before = state.eval_before(iteration) or {}
     base_tasks = before.get("tasks") or {}
-    agg = _num(aggs.get(str(layer)))
+    agg = rec.get("aggregates", {}).get(key)
     if agg is not None:
         t.append("aggregate if skipped ", dim)
         t.append(f"{agg:.3f}", bold)
-        b = _num(before.get("aggregate"))
+        b = before.get("aggregate")
         if b is not None:
             t.append(f" ({agg - b:+.3f})", _delta_style(agg - b))
         t.append("\n")
     per_task = rec.get("per_task")
-    if isinstance(per_task, dict) and per_task:
+    if per_task:
         t.append("task score with it skipped:\n", dim)
         name_w = min(max((len(k) for k in per_task), default=4), max(width - 18, 6))
         for task, vals in per_task.items():
-            v = _num(vals.get(str(layer))) if isinstance(vals, dict) else None
+            v = vals.get(key)
             if v is None:
                 continue
             t.append(f" {task[:name_w]:<{name_w}} {v:6.3f}")
-            b = _num(base_tasks.get(task))
+            b = base_tasks.get(task)
             if b is not None:
                 t.append(f" {v - b:+.3f}", _delta_style(v - b))
             t.append("\n")

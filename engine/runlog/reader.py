@@ -1,0 +1,39 @@
+"""One run's log followed incrementally: a tailer and the ``RunState`` folded from it.
+
+``ild ls``, ``ild show``, the runs screen and the compare screen all read a run this way, so each
+sees the same state (and the same "starting" grace for a run directory made a moment ago).
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine.runlog.fold import RunState, fold
+from engine.runlog.layout import RunDir
+from engine.runlog.tailer import EventTailer
+
+__all__ = ["RunReader", "read_run"]
+
+
+class RunReader:
+    """``update()`` folds whatever the log gained since the last call into ``state``."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run = RunDir(run_dir)
+        self.tailer = EventTailer(self.run.events_file)
+        self.state = RunState()
+
+    def update(self) -> list[dict]:
+        """The new events (already folded in)."""
+        events = self.tailer.poll()
+        fold(events, self.state)
+        if self.state.events_seen == 0:  # only an empty log needs the directory's age
+            self.state.dir_mtime = self.run.mtime()
+        return events
+
+
+def read_run(run_dir: str | os.PathLike) -> RunState:
+    """The state of a run folded from its whole log."""
+    reader = RunReader(run_dir)
+    reader.update()
+    return reader.state

@@ -1,0 +1,233 @@
+"""The loss panel: healing losses across iterations, kept incrementally, drawn as braille curves.
+
+``LossSeries`` holds one point per ``train_step`` (last writer wins per ``(iteration, step)``, so a
+resumed engine's re-emitted steps replace the old ones) in step order across iterations; the
+chart buckets the full-resolution series per dot column, and ``Smoother`` extends its debiased
+EMA as points arrive, so a 100,000-step run stays cheap to follow.
+
+When the engine logs the weighted terms of the loss (``kl_term + mse_term = loss``), the panel
+plots those - the balance between the two is what the weights set - and says the KL's share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from rich.style import Style
+from rich.text import Text
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from engine.runlog.strategies import STRATEGIES
+
+from ..widgets.braille import ChartSpec, Series, VLine
+from ..widgets.charts import BrailleChart
+
+if TYPE_CHECKING:
+    from .model import LiveModel
+
+LOSS_NAMES = ("loss", "kl", "mse", "kl_term", "mse_term")
+_LABEL = {"loss": "total", "kl": "kl", "mse": "mse", "kl_term": "kl term", "mse_term": "mse term"}
+SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
+_NAN = math.nan
+_isfinite = math.isfinite
+
+
+class LossSeries:
+    """Training losses in step order across iterations; x is the point's index."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []  # (iteration, step)
+        self.iterations: list[int] = []
+        self.values: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
+        self.present: dict[str, bool] = {n: False for n in LOSS_NAMES}
+        self.last: dict | None = None
+        self.generation = 0  # bumps when points are replaced or re-sorted (caches restart)
+        self._index: dict[tuple, int] = {}
+        self._sorted = True
+        self._bounds: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, event: dict) -> None:
+        """One *valid* train_step event (see ``RunState``): its fields have their registered types."""
+        it = event["iteration"]
+        key = (it, event["step"])
+        got = [event.get(n) for n in LOSS_NAMES]
+        for i, v in enumerate(got):
+            if v is not None and not _isfinite(v):
+                got[i] = None
+        if got[0] is None and got[1] is not None and got[2] is not None:
+            got[0] = got[1] + got[2]
+        self.last = event
+        values, present = self.values, self.present
+        i = self._index.get(key)
+        if i is not None:
+            for name, v in zip(LOSS_NAMES, got):
+                values[name][i] = _NAN if v is None else v
+                present[name] |= v is not None
+            self.generation += 1
+            return
+        if self.keys and key < self.keys[-1]:
+            self._sorted = False
+        self._index[key] = len(self.keys)
+        self.keys.append(key)
+        self.iterations.append(it)
+        for name, v in zip(LOSS_NAMES, got):
+            if v is None:
+                values[name].append(_NAN)
+            else:
+                values[name].append(v)
+                present[name] = True
+
+    def ensure_sorted(self) -> None:
+        if self._sorted:
+            return
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        self.keys = [self.keys[i] for i in order]
+        self.iterations = [self.iterations[i] for i in order]
+        for name in LOSS_NAMES:
+            vs = self.values[name]
+            self.values[name] = [vs[i] for i in order]
+        self._index = {k: i for i, k in enumerate(self.keys)}
+        self._sorted = True
+        self.generation += 1
+
+    def boundaries(self) -> list[tuple[int, int]]:
+        """``(x, iteration)`` where each iteration's steps start (extended as points arrive)."""
+        self.ensure_sorted()
+        cache = self._bounds
+        if cache is None or cache[0] != self.generation or cache[1] > len(self.iterations):
+            cache = (self.generation, 0, [])
+        _, done, out = cache
+        prev: object = self.iterations[done - 1] if done else object()
+        iterations = self.iterations
+        for x in range(done, len(iterations)):
+            it = iterations[x]
+            if it != prev:
+                out.append((x, it))
+                prev = it
+        self._bounds = (self.generation, len(iterations), out)
+        return list(out)
+
+    def shown(self) -> tuple[str, ...]:
+        """What the chart plots: the weighted terms when logged (they add up to the total), else KL and MSE."""
+        parts = ("kl_term", "mse_term") if self.present["kl_term"] or self.present["mse_term"] else ("kl", "mse")
+        return tuple(n for n in ("loss", *parts) if self.present[n])
+
+
+def kl_share(step: dict) -> float | None:
+    """The KL's share of the loss in one step (weighted terms), or None when not logged."""
+    kl, mse = step.get("kl_term"), step.get("mse_term")
+    if kl is None or mse is None or not kl + mse:
+        return None
+    return kl / (kl + mse)
+
+
+def ema(values: list[float], alpha: float, start: int = 0, prev: tuple[float, float] | None = None,
+        out: list[float] | None = None) -> tuple[list[float], tuple[float, float]]:
+    """Debiased EMA (TensorBoard's fix for the bias toward the first value); NaNs pass through.
+
+    ``prev``/``out`` continue a previous call from ``start`` so appending stays O(new points).
+    Returns the smoothed list and the running ``(accumulator, weight)``.
+    """
+    acc, weight = prev if prev else (0.0, 0.0)
+    out = out if out is not None else []
+    for v in values[start:]:
+        if v != v:  # NaN
+            out.append(v)
+            continue
+        acc = alpha * acc + (1 - alpha) * v
+        weight = alpha * weight + (1 - alpha)
+        out.append(acc / weight if weight else v)
+    return out, (acc, weight)
+
+
+class Smoother:
+    """Caches the smoothed copy of a series and extends it when points are appended."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple] = {}
+
+    def get(self, series: LossSeries, name: str, alpha: float) -> list[float]:
+        values = series.values[name]
+        if alpha <= 0:
+            return values
+        cached = self._cache.get(name)
+        if cached and cached[0] == (series.generation, alpha) and cached[1] <= len(values):
+            _, done, out, run = cached
+            if done < len(values):
+                out, run = ema(values, alpha, done, run, out)
+        else:
+            out, run = ema(values, alpha)
+        self._cache[name] = ((series.generation, alpha), len(values), out, run)
+        return out
+
+
+class LossPanel(Vertical):
+    """The chart and a status line with the last step's numbers."""
+
+    EVENTS = frozenset({"train_step", "run_started"})
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._smoother = Smoother()
+
+    def compose(self):
+        yield BrailleChart(id="loss-chart")
+        yield Static(id="loss-status")
+
+    def on_mount(self) -> None:
+        self.border_title = "Loss"
+
+    def draw(self, model: LiveModel) -> None:
+        pal = self.app.palette
+        settings = self.app.settings
+        state = model.state
+        loss = model.loss
+        loss.ensure_sorted()
+        alpha = settings.smoothing
+        colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse, "kl_term": pal.kl, "mse_term": pal.mse}
+        series = [Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
+                  for n in loss.shown()]
+        bounds = loss.boundaries()
+        vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
+        strategy = STRATEGIES.get(state.strategy or "")
+        if strategy is not None and not strategy.heal:
+            empty = f"no loss curves: {state.strategy} does not heal"
+        else:
+            empty = "no training steps yet"
+        spec = ChartSpec(series=series, vlines=vlines, log_y=settings.log_y, integer_x=True, axis_color=pal.axis,
+                         y_floor_zero=True, empty=empty, legend_extra="┊ iteration start" if vlines else "")
+        self.query_one("#loss-chart", BrailleChart).set_spec(spec)
+        bits = []
+        if alpha:
+            bits.append(f"EMA {alpha:g}")
+        if settings.log_y:
+            bits.append("log y")
+        if len(loss):
+            bits.append(f"{len(loss):,} steps")
+        self.border_title = "Loss" + "".join(f" · {b}" for b in bits)
+        self.border_subtitle = "s smooth · y log" if len(loss) else ""
+        self.query_one("#loss-status", Static).update(self._status(loss.last))
+
+    @staticmethod
+    def _status(last: dict | None) -> Text:
+        st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
+        if not last:
+            return st
+        st.append(f"it {last['iteration']} step {last['step']}")
+        for n in ("loss", "kl", "mse"):
+            v = last.get(n)
+            if v is not None:
+                st.append(f" · {_LABEL[n]} {v:.3g}")
+        share = kl_share(last)
+        if share is not None:
+            st.append(f" · KL {share:.0%} of the loss")
+        if last.get("lr") is not None:
+            st.append(f" · lr {last['lr']:.0e}")
+        if last.get("tokens_per_s") is not None:
+            st.append(f" · {last['tokens_per_s'] / 1000:.1f}k tok/s")
+        return st

@@ -1,0 +1,66 @@
+"""Helpers the tests share (plain functions; the shared fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine.runlog.events import EventWriter
+from engine.runlog.layout import RunDir
+
+ILD = str(Path(sys.executable).with_name("ild"))
+
+
+def ild(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The ``ild`` console script, as a user runs it."""
+    return subprocess.run([ILD, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@contextlib.contextmanager
+def hold_lock(run_dir: Path):
+    """Hold the run's engine lock like a live engine would (without rewriting the file)."""
+    fd = os.open(RunDir(run_dir).lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def append_events(run_dir: Path, *events: dict) -> None:
+    """Append events as the engine would (one writer at a time; fine while no engine runs)."""
+    with EventWriter(RunDir(run_dir).events_file, fsync_interval=1e9) as w:
+        for ev in events:
+            ev = dict(ev)
+            kind = ev.pop("type")
+            w.emit(kind, **ev)
+
+
+def commands(run_dir: Path) -> list[dict]:
+    """The command files waiting in the run's inbox, oldest first."""
+    return [json.loads(p.read_text()) for p in sorted(RunDir(run_dir).commands_dir.glob("*.json"))]
+
+
+async def wait_for(pilot, predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.02)
+    await asyncio.sleep(0)
+
+
+async def open_live(app, pilot):
+    from ild_tui.live.screen import LiveScreen
+
+    await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen) and app.screen.painted)
+    await pilot.pause()
+    return app.screen
