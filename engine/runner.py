@@ -225,15 +225,16 @@ class Runner:
 
     # --- 4. remove ------------------------------------------------------------------------------
     def remove(self, decision: Decision) -> None:
+        bridge = None
         if self.strategy.bridge:
-            self._remove_with_bridge(decision.layer)
+            bridge = self._remove_with_bridge(decision.layer)
         else:
             remove_layers(self.model, decision.layer)
         self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by,
                              "proposed": getattr(self, "_proposed", decision.layer)})
         mapping = layer_map(self.model)
         self.emit("layer_removed", iteration=self.iteration, layer=decision.layer, remaining=mapping, layers=len(mapping),
-                  params=parameter_count(self.model))
+                  params=parameter_count(self.model), **({"bridge": bridge} if bridge else {}))
 
     def redo_removal(self, decision: dict) -> Decision:
         """Iteration k's removal again, as it was decided before the engine died (bridges are
@@ -247,18 +248,23 @@ class Runner:
         self.removed.append({"iteration": self.iteration, "layer": redone.layer, "by": redone.by, "proposed": self._proposed})
         return redone
 
-    def _remove_with_bridge(self, layer: int) -> None:
-        from engine.models.bridge import BridgeUnavailable, remove_with_bridge
+    def _remove_with_bridge(self, layer: int) -> dict | None:
+        """Remove ``layer``, replaced by a least-squares map fused into the layer before it; plain
+        removal where no bridge fits (the first remaining layer, a post-MLP norm)."""
+        from engine.models.bridge import check_bridgeable, remove_with_bridge
+        from engine.models.errors import SurgeryError
 
         try:
-            fit = remove_with_bridge(self.model, [layer], self.calibration, self.evaluation.pad_id, self.config.batch_tokens)
-        except BridgeUnavailable as exc:
+            check_bridgeable(self.model, [layer])
+        except SurgeryError as exc:
             remove_layers(self.model, layer)
             self.say(f"layer {layer} removed without a bridge: {exc}")
-            return
-        self.modified.add(layer_group(fit.fused_into))
-        self.say(f"layer {layer} replaced by a linear map fused into layer {fit.fused_into} "
-                 f"(relative residual {fit.relative_residual:.3f}, cosine {fit.cosine:.4f})")
+            return None
+        fit = remove_with_bridge(self.model, [layer], self.calibration, self.evaluation.pad_id, self.config.batch_tokens)
+        self.modified.add(layer_group(fit.into))
+        self.say(f"layer {layer} replaced by a linear map fused into layer {fit.into}: relative residual "
+                 f"{fit.relative_residual:.3f} (plain removal {fit.plain_relative_residual:.3f})")
+        return fit.summary()
 
     # --- healing --------------------------------------------------------------------------------
     def heals_now(self) -> bool:

@@ -71,9 +71,9 @@ class Scorer:
             return self._block(mapping)
         raise ValueError(f"unknown importance metric '{self.metric}'")
 
-    def _ranking(self, scores: dict[int, float], per_task: dict | None = None, **extra) -> Ranking:
+    def _ranking(self, scores: dict[int, float], by_layer: dict | None = None, **extra) -> Ranking:
         ranked = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))
-        return Ranking(ranked, per_task or {}, {"metric": self.metric, "scores": _keyed(scores), **extra})
+        return Ranking(ranked, by_layer or {}, {"metric": self.metric, "scores": _keyed(scores), **extra})
 
     def _task_drop(self, mapping: list[int]) -> Ranking:
         from engine.importance.scores import task_drop_scores

@@ -39,7 +39,8 @@ def _resolve(data: dict):
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
     from engine.models.loading import model_depth
     from engine.runlog.strategies import get_strategy
-    from engine.tasks.spec import TaskFileError, check_suite_data, load_suite
+    from engine.tasks.check import check_suite_data
+    from engine.tasks.spec import TaskFileError, load_suite
 
     try:
         strategy = get_strategy(data.get("strategy", ""))

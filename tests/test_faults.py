@@ -13,7 +13,7 @@ import pytest
 
 from engine.runlog.fold import fold
 from engine.runlog.tailer import read_all
-from tests.test_headless_run import ild, tiny  # noqa: F401  (fixture)
+from tests.support import ild
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
 HEAL = {"train_tokens": 1536, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001,

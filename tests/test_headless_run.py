@@ -45,7 +45,12 @@ def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     assert json.loads((out / "config.json").read_text())["ild_layer_map"] == export["ild_layer_map"]
 
 
-@pytest.mark.parametrize("strategy", ["shortgpt", "iterative-bi", "iterative-bi-distill", "iterative-distill"])
+METRICS = {"iterative-distill": "task_drop", "iterative-distill-bridge": "task_drop", "reverse-order": "position",
+           "replaceme": "block_distance"}
+
+
+@pytest.mark.parametrize("strategy", ["shortgpt", "iterative-bi", "iterative-bi-distill", "iterative-distill", "reverse-order",
+                                      "replaceme", "iterative-distill-bridge"])
 def test_strategies_finish(tiny, tmp_path, strategy):
     runs = tmp_path / "runs"
     result = ild("run", "--model", str(tiny / "model"), "--strategy", strategy, "--target-layers", "4",
@@ -54,19 +59,30 @@ def test_strategies_finish(tiny, tmp_path, strategy):
     assert result.returncode == 0, result.stderr + result.stdout
     events = read_all(runs / "r" / "events.jsonl")
     importance = [e for e in events if e["type"] == "importance"]
-    metric = "task_drop" if strategy == "iterative-distill" else "bi"
+    metric = METRICS.get(strategy, "bi")
     assert [e["metric"] for e in importance] == [metric, metric]
-    assert importance[1].get("reused", False) is (strategy == "shortgpt")
-    stages = [e["stage"] for e in events if e["type"] == "eval"]
-    assert stages.count("after_removal") == 2
-    heals = strategy.endswith("distill")
-    assert stages.count("after_healing") == (2 if heals else 0)
+    assert importance[1].get("reused", False) is (strategy in ("shortgpt", "reverse-order", "replaceme"))
+    for part in ("select", "report"):
+        stages = [e["stage"] for e in events if e["type"] == "eval" and e["part"] == part]
+        assert stages.count("teacher") == 1 and stages.count("after_removal") == 2
+        heals = strategy.endswith("distill") or strategy in ("reverse-order", "iterative-distill-bridge")
+        assert stages.count("after_healing") == (2 if heals else 0)
     steps = [e for e in events if e["type"] == "train_step"]
     assert bool(steps) is heals
+    removed = [e for e in events if e["type"] == "layer_removed"]
     if heals:
-        assert {"loss", "kl", "mse", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
+        assert {"loss", "kl", "mse", "kl_term", "mse_term", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
         shown = ild("show", "r", "--runs-dir", str(runs))
         assert shown.stdout.count("after_healing") == 2, shown.stdout
+    if strategy == "reverse-order":
+        assert [e["layer"] for e in removed] == [4, 3]  # the deepest layers, the final one kept
+        config = json.loads((runs / "r" / "export" / "config.json").read_text())
+        assert config["tie_word_embeddings"] is False  # the healed head is the student's own
+    if strategy in ("replaceme", "iterative-distill-bridge"):
+        assert all("bridge" in e for e in removed if e["layer"] != min(e["remaining"] + [e["layer"]]))
+    if strategy == "replaceme":
+        block = importance[0]["block"]
+        assert [e["layer"] for e in removed] == block and block[1] == block[0] + 1
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ class Phase(TypedDict, total=False):
 
 class Importance(TypedDict, total=False):
     iteration: Required[Annotated[int, "the iteration scored"]]
-    metric: Required[Annotated[str, "task_drop, bi, angular, loss_nll or loss_kl"]]
+    metric: Required[Annotated[str, "task_drop, bi, angular, loss_nll, loss_kl, position or block_distance"]]
     scores: Required[Annotated[ByLayer, "{layer: score} for every remaining layer; lowest = least important"]]
     per_task: Annotated[dict[str, ByLayer], "task_drop: {task: {layer: task score with the layer skipped}}"]
     aggregates: Annotated[ByLayer, "task_drop: {layer: aggregate with the layer skipped}"]
@@ -98,6 +98,9 @@ class Importance(TypedDict, total=False):
     reused: Annotated[bool, "a one-shot strategy re-used its first scores"]
     partial: Annotated[list[int], "layers scored on part of the items only (racing stopped them early)"]
     items: Annotated[dict[str, int], "{layer: number of items scored}"]
+    racing: Annotated[dict[str, Any], "racing: layer-forwards used and saved, rounds, the confidence bound"]
+    block: Annotated[list[int], "block_distance: the contiguous block chosen for removal, in order"]
+    block_distance: Annotated[ByLayer, "block_distance: {first layer of a block: distance of its input to its output}"]
 
 
 class Candidate(TypedDict, total=False):
@@ -136,6 +139,7 @@ class LayerRemoved(TypedDict, total=False):
     remaining: Annotated[list[int], "the layers left, in model order"]
     layers: Annotated[int, "how many are left"]
     params: Annotated[int, "the student's parameter count now"]
+    bridge: Annotated[dict[str, Any], "a least-squares bridge replaced the layer: into, relative_residual, cosine, ..."]
 
 
 class TrainStep(TypedDict, total=False):
@@ -150,6 +154,7 @@ class TrainStep(TypedDict, total=False):
     lr: Annotated[Score, "the learning rate"]
     grad_norm: Annotated[Score, "the gradient norm before clipping"]
     tokens_per_s: Annotated[Score, "training throughput"]
+    heldout_loss: Annotated[Score, "an early-stopping check: the held-out distillation loss after this step"]
 
 
 class Eval(TypedDict, total=False):
@@ -205,6 +210,7 @@ class RunFinished(TypedDict, total=False):
     removed: Annotated[list[int], "the removed layers, in order"]
     export: Annotated[str | None, "where the exported model is"]
     iteration: Annotated[int, "the last iteration"]
+    rejected: Annotated[dict[str, Any], "floor: the removal that fell below it {iteration, layer, aggregate}"]
 
 
 class RunFailed(TypedDict, total=False):
