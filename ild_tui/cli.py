@@ -437,7 +437,7 @@ def show(run_ref, runs_dir):
 
     from engine.runlog.schema import REPORT, SELECT, STAGES
 
-    from .runs import RunNotFound, find_run, summarise
+    from .runs import FINISH_NOTES, RunNotFound, find_run, summarise
 
     try:
         row, s = summarise(find_run(runs_dir, run_ref))
@@ -475,8 +475,8 @@ def show(run_ref, runs_dir):
             _fmt(record["aggregate"]), *chosen, *cells,
         )
     console.print(table)
-    if s.finished and s.finished["reason"] == "floor":
-        console.print(f"stopped at the floor: {row.note.removeprefix('finished: floor ')}", highlight=False)
+    if s.finished and s.finished["reason"] in FINISH_NOTES:
+        console.print(f"finished at the {s.finished['reason']}: {FINISH_NOTES[s.finished['reason']]}", highlight=False)
     if s.failure:
         console.print(f"[red]failed:[/red] {s.failure['error']} — {s.failure.get('hint', '')}", highlight=False)
     if s.skipped:

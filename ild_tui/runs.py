@@ -91,11 +91,7 @@ def summarise_state(path: Path, state: RunState, alive: bool | None, now: float)
     )
 
 
-FINISH_WORDS = {
-    "target": "target",
-    "stopped": "stopped",
-    "floor": "floor (the next removal would take the report aggregate below --min-retention)",
-}
+FINISH_NOTES = {"floor": "the next removal would take the report aggregate below --min-retention of the teacher's"}
 
 
 def _note(state: RunState, status: str) -> str:
@@ -104,7 +100,8 @@ def _note(state: RunState, status: str) -> str:
         return f"failed: {state.failure['error']}" + (f" ({hint})" if hint else "")
     if state.finished:
         reason = state.finished["reason"]
-        return f"finished: {FINISH_WORDS.get(reason, reason)}"
+        note = FINISH_NOTES.get(reason)
+        return f"finished: {reason}" + (f" ({note})" if note else "")
     if status == "died":
         return "the engine died without a final event; `ild resume` continues from the last checkpoint"
     return ""

@@ -161,12 +161,12 @@ class Eval(TypedDict, total=False):
     tasks: Required[Annotated[ByTask, "{task: score}"]]
     layers: Annotated[int, "layers of the evaluated model"]
     params: Annotated[int, "its parameter count"]
-    heldout: Annotated[dict[str, ByTask], "after healing: held-out distillation loss {before|after: {loss, ...}}"]
+    heldout: Annotated[dict[str, ByTask], "after healing: the held-out distillation loss before and after ({loss, kl, mse} each)"]
 
 
 class Checkpoint(TypedDict, total=False):
     iteration: Required[Annotated[int, "the iteration"]]
-    name: Required[Annotated[str, "checkpoints/<name>/"]]
+    name: Required[Annotated[str, "its directory's name under checkpoints/"]]
     path: Annotated[str, "its path"]
     partial: Annotated[bool, "a mid-healing checkpoint"]
     step: Annotated[int, "partial: the healing step"]
@@ -495,7 +495,7 @@ def _field_rows(cls: type) -> list[str]:
     for name, tp in hints.items():
         doc = _doc(tp)
         need = "yes" if name in cls.__required_keys__ else ""
-        rows.append(f"| `{name}` | {_type_name(tp)} | {need} | {doc} |")
+        rows.append(f"| `{name}` | {_type_name(tp)} | {need} | {doc.replace('|', chr(92) + '|')} |")
     return rows
 
 
