@@ -228,3 +228,23 @@ async def test_escape_goes_to_the_runs_screen_and_back(runs):
         await wait_for(pilot, lambda: app.screen.scanned)
         assert len(app.screen.rows) == 4
         assert len(read_all(runs / FINISHED / "events.jsonl")) == 752
+
+
+async def test_panels_show_what_newer_engines_log(tmp_path):
+    from tools.synthetic_runs import synth_run
+
+    runs = tmp_path / "runs"
+    synth_run(runs / "split", name="split", split=True, steps_per_iter=8, end="floor", end_iteration=3)
+    app = make_app(runs, runs / "split")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        assert "~ partial" in str(screen.query_one("#heat-legend").render())
+        hm = screen.query_one(Heatmap)
+        assert any(seg.text.strip() == "~" for y in range(1, 31) for seg in hm.render_line(y))
+        assert "KL" in str(screen.query_one("#loss-status").render()) and "of the loss" in str(
+            screen.query_one("#loss-status").render())
+        chart = str(screen.query_one("#loss-chart", BrailleChart).render())
+        assert "kl term" in chart and "mse term" in chart
+        assert "select" in str(screen.query_one("#score-chart", BrailleChart).render())
+        assert screen.status == "finished"
+        assert any("run finished (floor)" in line.text for line in screen.model.lines)

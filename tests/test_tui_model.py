@@ -220,3 +220,64 @@ def test_palette_helpers():
     assert [shade(v) for v in (0.0, 0.3, 0.6, 1.0)] == ["░", "▒", "▓", "█"]
     p = Palette()
     assert p.color_at(0.0) == p.heatmap[0] and p.color_at(1.0) == p.heatmap[-1]
+
+
+def test_views_of_the_fields_newer_engines_log(tmp_path):
+    from ild_tui.live.inspector import inspect_text
+    from ild_tui.live.losses import kl_share
+    from tools.synthetic_runs import synth_run
+
+    synth_run(tmp_path / "s", name="s", split=True, steps_per_iter=5, end="floor", end_iteration=3)
+    m = LiveModel()
+    m.apply(read_all(tmp_path / "s" / "events.jsonl"))
+    s = m.state
+    # importance scored on part of the items: still a value for every layer, marked
+    hm = heatmap_view(s)
+    assert len(hm.partial) == 3 and all(len(p) == 3 for p in hm.partial)
+    assert all(p <= set(col) for p, col in zip(hm.partial, hm.raw))
+    layer = sorted(hm.partial[0])[0]
+    assert "partial (4 items)" in inspect_text(s, layer, 1).plain
+    assert "partial" not in inspect_text(s, min(set(hm.raw[0]) - hm.partial[0]), 1).plain
+    # scores: report leads, select is the second line
+    sv = scores_view(s)
+    assert [it for it, _ in sv.best_path] == [0, 1, 2, 3] == [it for it, _ in sv.select_path]
+    assert all(sel > rep for (_, rep), (_, sel) in zip(sv.best_path, sv.select_path))
+    assert sv.teacher == s.teacher_eval("report")["aggregate"] and sv.latest["part"] == "report"
+    # losses: the weighted terms are what is plotted, and the KL's share of the loss
+    assert m.loss.shown() == ("loss", "kl_term", "mse_term")
+    last = m.loss.last
+    assert kl_share(last) == pytest.approx(last["kl_term"] / (last["kl_term"] + last["mse_term"]))
+    # old runs keep plotting raw KL and MSE
+    assert _model(FINISHED).loss.shown() == ("loss", "kl", "mse") and kl_share(_model(FINISHED).loss.last) is None
+
+
+def test_fixed_removals_are_decisions_without_a_proposal(tmp_path):
+    from engine.runlog.layout import create
+    from tests.support import append_events
+
+    create(tmp_path / "f")
+    append_events(tmp_path / "f",
+                  {"type": "run_started", "name": "f", "model": "m", "strategy": "iterative-distill",
+                   "start_layers": 6, "target_layers": 4, "mode": "auto"},
+                  {"type": "decision", "iteration": 1, "layer": 3, "by": "fixed", "proposed": None},
+                  {"type": "layer_removed", "iteration": 1, "layer": 3, "remaining": [0, 1, 2, 4, 5]})
+    m = LiveModel()
+    m.apply(read_all(tmp_path / "f" / "events.jsonl"))
+    assert decision_view(m.state) is None
+    assert heatmap_view(m.state).removed_by == {3: "fixed"}
+    assert any(line.text == "[1] decision: remove layer 3 (by fixed)" for line in m.lines)
+
+
+def test_panels_redraw_on_registered_event_types_only():
+    from engine.runlog.schema import EVENTS
+    from ild_tui.live.decision import DecisionPanel
+    from ild_tui.live.eventlog import EventLog
+    from ild_tui.live.heatmap import HeatmapPanel
+    from ild_tui.live.losses import LossPanel
+    from ild_tui.live.scores import ScoresPanel
+    from ild_tui.widgets.header import RunHeader
+
+    panels = (RunHeader, HeatmapPanel, DecisionPanel, ScoresPanel, LossPanel, EventLog)
+    for panel in panels:
+        assert panel.EVENTS and panel.EVENTS <= set(EVENTS), panel
+    assert set().union(*(p.EVENTS for p in panels)) == set(EVENTS)  # every event shows somewhere
