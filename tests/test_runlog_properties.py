@@ -16,15 +16,22 @@ from engine.runlog.inbox import Command, CommandInbox, MalformedCommand, _load, 
 from engine.runlog.layout import create
 from engine.runlog.tailer import EventTailer, read_all
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
-scalars = (st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=6))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+)
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4) | st.sampled_from("0123"), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4) | st.sampled_from("0123"), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 LAYER_KEYS = st.sampled_from(["0", "1", "2", "3", "4", "12", "lm", "", "-1", "٣"])
@@ -66,18 +73,43 @@ def _mapping(cls) -> st.SearchStrategy:
     return st.fixed_dictionaries(required, optional=optional)
 
 
-valid_events = st.one_of([
-    st.builds(lambda fields, kind=kind: {"type": kind, **fields}, _mapping(spec.fields)) for kind, spec in schema.EVENTS.items()
-])
+valid_events = st.one_of(
+    [
+        st.builds(lambda fields, kind=kind: {"type": kind, **fields}, _mapping(spec.fields))
+        for kind, spec in schema.EVENTS.items()
+    ]
+)
 # A registry field given a value of any JSON type: what a buggy or hostile writer could leave.
 wrong_events = st.builds(
     lambda event, key, value: {**event, key: value},
-    valid_events, st.sampled_from(["iteration", "layer", "stage", "aggregate", "scores", "candidates", "by", "mode",
-                                    "command_id", "args", "remaining", "tasks", "reason", "partial", "items"]),
+    valid_events,
+    st.sampled_from(
+        [
+            "iteration",
+            "layer",
+            "stage",
+            "aggregate",
+            "scores",
+            "candidates",
+            "by",
+            "mode",
+            "command_id",
+            "args",
+            "remaining",
+            "tasks",
+            "reason",
+            "partial",
+            "items",
+        ]
+    ),
     json_values,
 )
-any_events = st.one_of(valid_events, wrong_events, json_values,
-                       st.dictionaries(st.sampled_from(["type", "seq", "t", "iteration"]), json_values))
+any_events = st.one_of(
+    valid_events,
+    wrong_events,
+    json_values,
+    st.dictionaries(st.sampled_from(["type", "seq", "t", "iteration"]), json_values),
+)
 
 
 def _log(events: list) -> list:
@@ -165,8 +197,10 @@ def test_the_writer_accepts_what_readers_accept(tmp_path_factory, events):
 
 
 @SETTINGS
-@given(st.lists(st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values), max_size=12),
-       st.integers(1, 50))
+@given(
+    st.lists(st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values), max_size=12),
+    st.integers(1, 50),
+)
 def test_tailer_never_raises_on_any_bytes(tmp_path_factory, chunks, cut):
     path = tmp_path_factory.mktemp("t") / "events.jsonl"
     data = b"\n".join(chunks)
@@ -174,7 +208,7 @@ def test_tailer_never_raises_on_any_bytes(tmp_path_factory, chunks, cut):
     got = []
     with open(path, "wb") as f:  # arriving in pieces, as a writer's appends do
         for i in range(0, len(data) + 1, cut):
-            f.write(data[i:i + cut])
+            f.write(data[i : i + cut])
             f.flush()
             got += tailer.poll()
     got += tailer.poll()
@@ -185,8 +219,11 @@ def test_tailer_never_raises_on_any_bytes(tmp_path_factory, chunks, cut):
 
 
 @SETTINGS
-@given(st.binary(max_size=300) | st.builds(lambda v: json.dumps(v).encode(), json_values)
-       | st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(900, 20_000)))
+@given(
+    st.binary(max_size=300)
+    | st.builds(lambda v: json.dumps(v).encode(), json_values)
+    | st.builds(lambda depth: b"[" * depth + b"]" * depth, st.integers(900, 20_000))
+)
 def test_command_parser_never_raises(tmp_path_factory, content):
     rd = create(tmp_path_factory.mktemp("c") / "run")
     path = rd.commands_dir / "1-x.json"

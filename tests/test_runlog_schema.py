@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_docs_events_md_is_generated_from_the_registry():
     assert (ROOT / "docs" / "events.md").read_text() == schema.markdown(), (
-        "docs/events.md is stale: python -m engine.runlog.schema > docs/events.md")
+        "docs/events.md is stale: python -m engine.runlog.schema > docs/events.md"
+    )
     for name in schema.EVENTS:
         assert f"## `{name}`" in schema.markdown()
 
@@ -40,11 +41,16 @@ def test_wording_of_the_new_values():
     def said(**event):
         return schema.describe({"seq": 0, "t": 0.0, **event})[1]
 
-    assert said(type="decision", iteration=3, layer=12, by="fixed", proposed=None) == "[3] decision: remove layer 12 (by fixed)"
+    assert (
+        said(type="decision", iteration=3, layer=12, by="fixed", proposed=None)
+        == "[3] decision: remove layer 12 (by fixed)"
+    )
     assert said(type="eval", iteration=2, stage="after_healing", part="select", aggregate=0.5, tasks={}) == (
-        "[2] eval after_healing (select): aggregate 0.5000")
+        "[2] eval after_healing (select): aggregate 0.5000"
+    )
     assert said(type="eval", iteration=2, stage="after_healing", part="report", aggregate=None, tasks={}) == (
-        "[2] eval after_healing: aggregate -")
+        "[2] eval after_healing: aggregate -"
+    )
     assert said(type="run_finished", reason="floor", layers=22) == "run finished (floor): 22 layers"
 
 

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def opened(monkeypatch):
     calls = []
-    monkeypatch.setattr(cli, "_open_dashboard", lambda runs_dir, run_dir, theme: calls.append((runs_dir, run_dir, theme)))
+    monkeypatch.setattr(
+        cli, "_open_dashboard", lambda runs_dir, run_dir, theme: calls.append((runs_dir, run_dir, theme))
+    )
     return calls
 
 
@@ -71,8 +73,9 @@ def test_attach_help_and_bare_ild_without_a_terminal_stay_light():
         "    try:\n        main(args)\n    except SystemExit as e:\n        assert e.code in (0, None), e.code\n"
         "print([m for m in ('torch', 'textual') if m in sys.modules], file=sys.stderr)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "[]"
     assert "--theme" in result.stdout and "latest live run" in result.stdout
@@ -83,14 +86,19 @@ def test_attach_help_and_bare_ild_without_a_terminal_stay_light():
 
 
 def _run(*args, runs_dir):
-    return CliRunner().invoke(cli.main, ["run", "--target-layers", "4", "--headless", "--runs-dir", str(runs_dir), *args])
+    return CliRunner().invoke(
+        cli.main, ["run", "--target-layers", "4", "--headless", "--runs-dir", str(runs_dir), *args]
+    )
 
 
-@pytest.mark.parametrize("value, fragment", [
-    ("k=!!python/object/apply:os.system ['touch /tmp/ild-pwned']", "--set k:"),
-    ("k=[1,", "--set k:"),
-    ("heal..lr=1", "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("k=!!python/object/apply:os.system ['touch /tmp/ild-pwned']", "--set k:"),
+        ("k=[1,", "--set k:"),
+        ("heal..lr=1", "KEY=VALUE"),
+    ],
+)
 def test_set_with_bad_yaml_is_one_line(tmp_path, value, fragment):
     result = _run("--set", value, runs_dir=tmp_path / "runs")
     assert result.exit_code == 2, result.output
@@ -98,12 +106,15 @@ def test_set_with_bad_yaml_is_one_line(tmp_path, value, fragment):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("", "empty"),
-    ("x" * 300, "at most 100"),
-    ("../escape", "letters, digits"),
-    ("-flag", "letters, digits"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("", "empty"),
+        ("x" * 300, "at most 100"),
+        ("../escape", "letters, digits"),
+        ("-flag", "letters, digits"),
+    ],
+)
 def test_bad_run_names_are_refused(tmp_path, name, fragment):
     result = _run("--name", name, runs_dir=tmp_path / "runs")
     assert result.exit_code == 2 and fragment in result.output and result.output.count("\n") == 1, result.output
@@ -126,8 +137,9 @@ def test_export_refuses_a_foreign_non_empty_directory_unless_forced(tmp_path, mo
     (out / "chapter1.tex").write_text("years of work")
     result = CliRunner().invoke(cli.main, ["export", FINISHED, "--out", str(out), "--runs-dir", str(runs)])
     assert result.exit_code == 2 and "--force" in result.output
-    result = CliRunner().invoke(cli.main, ["export", FINISHED, "--out", str(runs / FINISHED), "--runs-dir", str(runs),
-                                           "--force"])
+    result = CliRunner().invoke(
+        cli.main, ["export", FINISHED, "--out", str(runs / FINISHED), "--runs-dir", str(runs), "--force"]
+    )
     assert result.exit_code == 2 and "run directory" in result.output
     # with --force the engine is asked, and told: a stand-in engine process records its arguments
     from ild_tui import launch
@@ -149,8 +161,19 @@ def test_export_refuses_a_foreign_non_empty_directory_unless_forced(tmp_path, mo
 
 def _write_run(path: Path, *events: dict) -> None:
     create(path)
-    append_events(path, {"type": "run_started", "name": path.name, "model": "m", "strategy": "iterative-distill",
-                         "start_layers": 6, "target_layers": 4, "mode": "auto"}, *events)
+    append_events(
+        path,
+        {
+            "type": "run_started",
+            "name": path.name,
+            "model": "m",
+            "strategy": "iterative-distill",
+            "start_layers": 6,
+            "target_layers": 4,
+            "mode": "auto",
+        },
+        *events,
+    )
 
 
 def _ls(runs) -> list[list[str]]:
@@ -166,9 +189,12 @@ def test_best_aggregate_is_the_same_everywhere(tmp_path):
     from ild_tui.screens.compare import ComparedRun
 
     run = tmp_path / "runs" / "r"
-    _write_run(run, {"type": "eval", "iteration": 0, "stage": "teacher", "aggregate": 0.5, "tasks": {"a": 0.5}},
-               {"type": "eval", "iteration": 1, "stage": "after_removal", "aggregate": 0.48, "tasks": {"a": 0.48}},
-               {"type": "eval", "iteration": 1, "stage": "after_healing", "aggregate": 0.47, "tasks": {"a": 0.47}})
+    _write_run(
+        run,
+        {"type": "eval", "iteration": 0, "stage": "teacher", "aggregate": 0.5, "tasks": {"a": 0.5}},
+        {"type": "eval", "iteration": 1, "stage": "after_removal", "aggregate": 0.48, "tasks": {"a": 0.48}},
+        {"type": "eval", "iteration": 1, "stage": "after_healing", "aggregate": 0.47, "tasks": {"a": 0.47}},
+    )
     header, row = _ls(tmp_path / "runs")
     assert row[header.index("best")] == "0.4700" and row[header.index("aggregate")] == "0.4700"
     screen_row, state = summarise(RunDir(run))  # what the runs screen shows for it
@@ -181,8 +207,15 @@ def test_a_live_run_lasts_until_now_in_ls_as_on_the_runs_screen(tmp_path):
     create(run)
     started = time.time() - 3600
     with EventWriter(RunDir(run).events_file, clock=lambda: started) as w:
-        w.emit("run_started", name="r", model="m", strategy="iterative-distill", start_layers=6, target_layers=4,
-               mode="auto")
+        w.emit(
+            "run_started",
+            name="r",
+            model="m",
+            strategy="iterative-distill",
+            start_layers=6,
+            target_layers=4,
+            mode="auto",
+        )
     with hold_lock(run):
         header, row = _ls(tmp_path / "runs")
     assert row[header.index("status")] == "running" and row[-1].startswith("1h00m")  # the duration, last
@@ -191,8 +224,10 @@ def test_a_live_run_lasts_until_now_in_ls_as_on_the_runs_screen(tmp_path):
 def test_one_badly_typed_event_breaks_nothing(tmp_path):
     runs = copy_all(tmp_path / "runs")
     with open(RunDir(runs / FINISHED).events_file, "ab") as f:  # as a hand edit or a buggy tool could
-        f.write(b'{"seq": 9999, "t": 1.0, "type": "eval", "iteration": 3, "stage": "after_healing", '
-                b'"aggregate": "oops", "tasks": {"lm": []}}\n')
+        f.write(
+            b'{"seq": 9999, "t": 1.0, "type": "eval", "iteration": 3, "stage": "after_healing", '
+            b'"aggregate": "oops", "tasks": {"lm": []}}\n'
+        )
         f.write(b'{"seq": 10000, "t": 1.0, "type": "layer_removed", "iteration": "3", "layer": 7}\n')
     result = CliRunner().invoke(cli.main, ["ls", "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output

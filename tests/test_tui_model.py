@@ -86,16 +86,30 @@ def test_decision_settled_by_a_later_event_is_not_asked_again():
     assert decision_view(m.state) is None
     # replaying everything (a second dashboard attaching later) agrees
     again = LiveModel()
-    again.apply(events + [{"seq": seq + 1, "t": 1.0, "type": "decision", "iteration": 5, "layer": 26, "by": "user",
-                           "proposed": 23}])
+    again.apply(
+        events
+        + [{"seq": seq + 1, "t": 1.0, "type": "decision", "iteration": 5, "layer": 26, "by": "user", "proposed": 23}]
+    )
     assert decision_view(again.state) is None and again.state == m.state
 
 
 def test_awaiting_with_bare_candidate_numbers_keeps_the_proposal_details():
     m = _model(LIVE)
     it = 5
-    m.apply([{"seq": 10_000, "t": 2.0, "type": "awaiting_decision", "iteration": it, "layer": 23, "mode": "manual",
-              "deadline": None, "candidates": [23, 26, 24]}])
+    m.apply(
+        [
+            {
+                "seq": 10_000,
+                "t": 2.0,
+                "type": "awaiting_decision",
+                "iteration": it,
+                "layer": 23,
+                "mode": "manual",
+                "deadline": None,
+                "candidates": [23, 26, 24],
+            }
+        ]
+    )
     d = decision_view(m.state)
     assert d.mode == "manual" and d.deadline is None
     assert len(d.candidates) == 26 and d.candidates[0].score is not None and d.candidates[0].task_deltas
@@ -135,7 +149,7 @@ def test_ema_is_debiased_and_incremental():
     vals = [10.0, 0.0, 0.0, 0.0]
     out, _ = ema(vals, 0.9)
     assert out[0] == pytest.approx(10.0)  # no pull toward 0 at the start
-    assert out[-1] == pytest.approx(10 * 0.9 ** 3 * 0.1 / (1 - 0.9 ** 4))
+    assert out[-1] == pytest.approx(10 * 0.9**3 * 0.1 / (1 - 0.9**4))
     ls = LossSeries()
     sm = Smoother()
     for i in range(50):
@@ -159,9 +173,15 @@ def test_bucket_keeps_the_band():
 
 
 def test_render_chart_shapes_and_empty_state():
-    spec = ChartSpec(series=[Series("a", "#ff0000", dense=[math.sin(i / 50) + 2 for i in range(5000)]),
-                             Series("p", "#00ff00", points=[(0, 1.5), (4999, 2.5)], kind="linepoints")],
-                     hlines=[HLine(2.0, "#888888", "base")], vlines=[VLine(2500, "2")], integer_x=True)
+    spec = ChartSpec(
+        series=[
+            Series("a", "#ff0000", dense=[math.sin(i / 50) + 2 for i in range(5000)]),
+            Series("p", "#00ff00", points=[(0, 1.5), (4999, 2.5)], kind="linepoints"),
+        ],
+        hlines=[HLine(2.0, "#888888", "base")],
+        vlines=[VLine(2500, "2")],
+        integer_x=True,
+    )
     lines = render_chart(spec, 60, 14)
     assert len(lines) == 14 and all(l.cell_len <= 60 for l in lines)
     text = "\n".join(l.plain for l in lines)
@@ -185,7 +205,8 @@ def test_fixtures_are_reproducible(tmp_path):
     build_fixtures(tmp_path)
     for name in (FINISHED, LIVE, DEAD, SHORTGPT):
         assert (tmp_path / name / "events.jsonl").read_bytes() == (FIXTURES / name / "events.jsonl").read_bytes(), (
-            f"tests/fixtures/runs/{name} is stale: regenerate with `python -m tools.synthetic_runs`")
+            f"tests/fixtures/runs/{name} is stale: regenerate with `python -m tools.synthetic_runs`"
+        )
 
 
 def test_settings_round_trip(tmp_path, monkeypatch):
@@ -207,7 +228,9 @@ def test_theme_files_and_palettes(tmp_path):
     cb = themes["ild-colorblind"][1]
     assert cb.heatmap[0] == "#00224e" and cb.loss == "#e69f00"  # cividis, Okabe-Ito
     # a user theme in the config directory is picked up; a broken one is skipped
-    (tmp_path / "mine.toml").write_text('name = "mine"\nprimary = "#123456"\n[heatmap]\ncolors = ["#000000", "#ffffff"]\n')
+    (tmp_path / "mine.toml").write_text(
+        'name = "mine"\nprimary = "#123456"\n[heatmap]\ncolors = ["#000000", "#ffffff"]\n'
+    )
     (tmp_path / "broken.toml").write_text("primary = ")
     themes = load_theme_files([THEMES_DIR, tmp_path])
     assert "mine" in themes and themes["mine"][1].heatmap == ["#000000", "#ffffff"]
@@ -256,11 +279,20 @@ def test_fixed_removals_are_decisions_without_a_proposal(tmp_path):
     from tests.support import append_events
 
     create(tmp_path / "f")
-    append_events(tmp_path / "f",
-                  {"type": "run_started", "name": "f", "model": "m", "strategy": "iterative-distill",
-                   "start_layers": 6, "target_layers": 4, "mode": "auto"},
-                  {"type": "decision", "iteration": 1, "layer": 3, "by": "fixed", "proposed": None},
-                  {"type": "layer_removed", "iteration": 1, "layer": 3, "remaining": [0, 1, 2, 4, 5]})
+    append_events(
+        tmp_path / "f",
+        {
+            "type": "run_started",
+            "name": "f",
+            "model": "m",
+            "strategy": "iterative-distill",
+            "start_layers": 6,
+            "target_layers": 4,
+            "mode": "auto",
+        },
+        {"type": "decision", "iteration": 1, "layer": 3, "by": "fixed", "proposed": None},
+        {"type": "layer_removed", "iteration": 1, "layer": 3, "remaining": [0, 1, 2, 4, 5]},
+    )
     m = LiveModel()
     m.apply(read_all(tmp_path / "f" / "events.jsonl"))
     assert decision_view(m.state) is None
@@ -279,5 +311,5 @@ def test_panels_redraw_on_registered_event_types_only():
 
     panels = (RunHeader, HeatmapPanel, DecisionPanel, ScoresPanel, LossPanel, EventLog)
     for panel in panels:
-        assert panel.EVENTS and panel.EVENTS <= set(EVENTS), panel
+        assert panel.EVENTS and set(EVENTS) >= panel.EVENTS, panel
     assert set().union(*(p.EVENTS for p in panels)) == set(EVENTS)  # every event shows somewhere

@@ -41,7 +41,7 @@ class LossSeries:
         self.keys: list[tuple[int, int]] = []  # (iteration, step)
         self.iterations: list[int] = []
         self.values: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
-        self.present: dict[str, bool] = {n: False for n in LOSS_NAMES}
+        self.present: dict[str, bool] = dict.fromkeys(LOSS_NAMES, False)
         self.last: dict | None = None
         self.generation = 0  # bumps when points are replaced or re-sorted (caches restart)
         self._index: dict[tuple, int] = {}
@@ -126,8 +126,13 @@ def kl_share(step: dict) -> float | None:
     return kl / (kl + mse)
 
 
-def ema(values: list[float], alpha: float, start: int = 0, prev: tuple[float, float] | None = None,
-        out: list[float] | None = None) -> tuple[list[float], tuple[float, float]]:
+def ema(
+    values: list[float],
+    alpha: float,
+    start: int = 0,
+    prev: tuple[float, float] | None = None,
+    out: list[float] | None = None,
+) -> tuple[list[float], tuple[float, float]]:
     """Debiased EMA (TensorBoard's fix for the bias toward the first value); NaNs pass through.
 
     ``prev``/``out`` continue a previous call from ``start`` so appending stays O(new points).
@@ -190,8 +195,10 @@ class LossPanel(Vertical):
         loss.ensure_sorted()
         alpha = settings.smoothing
         colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse, "kl_term": pal.kl, "mse_term": pal.mse}
-        series = [Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
-                  for n in loss.shown()]
+        series = [
+            Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
+            for n in loss.shown()
+        ]
         bounds = loss.boundaries()
         vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
         strategy = STRATEGIES.get(state.strategy or "")
@@ -199,8 +206,16 @@ class LossPanel(Vertical):
             empty = f"no loss curves: {state.strategy} does not heal"
         else:
             empty = "no training steps yet"
-        spec = ChartSpec(series=series, vlines=vlines, log_y=settings.log_y, integer_x=True, axis_color=pal.axis,
-                         y_floor_zero=True, empty=empty, legend_extra="┊ iteration start" if vlines else "")
+        spec = ChartSpec(
+            series=series,
+            vlines=vlines,
+            log_y=settings.log_y,
+            integer_x=True,
+            axis_color=pal.axis,
+            y_floor_zero=True,
+            empty=empty,
+            legend_extra="┊ iteration start" if vlines else "",
+        )
         self.query_one("#loss-chart", BrailleChart).set_spec(spec)
         bits = []
         if alpha:
