@@ -1,8 +1,8 @@
 """The ``ild`` command.
 
-Startup stays cheap: this module imports only click at the top; torch never loads in this process
-(the engine runs as ``python -m engine.worker`` in its own process), and Textual loads only when a
-dashboard opens.
+Startup stays cheap: this module imports only click and two tables of ``engine.runlog`` (standard
+library) at the top; torch never loads in this process (the engine runs as ``python -m
+engine.worker`` in its own process), and Textual loads only when a dashboard opens.
 
 Exit codes: 0 done, 1 failed, 2 bad input or usage, 130 interrupted.
 """
@@ -13,6 +13,9 @@ import os
 import sys
 
 import click
+
+from engine.runlog.schema import MODES
+from engine.runlog.strategies import DEFAULT_STRATEGY, IMPORTANCE_METRICS, STRATEGIES
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
@@ -126,30 +129,6 @@ def attach(ctx, run_ref, runs_dir, theme):
     _open_dashboard(runs_dir, run_dir, theme)
 
 
-def _strategies() -> list[str]:
-    from engine.runlog.strategies import STRATEGIES  # the engine's own table (standard library only)
-
-    return list(STRATEGIES)
-
-
-def _default_strategy() -> str:
-    from engine.runlog.strategies import DEFAULT_STRATEGY
-
-    return DEFAULT_STRATEGY
-
-
-def _metrics() -> list[str]:
-    from engine.runlog.strategies import IMPORTANCE_METRICS
-
-    return list(IMPORTANCE_METRICS)
-
-
-def _modes() -> list[str]:
-    from engine.runlog.schema import MODES
-
-    return list(MODES)
-
-
 @main.command()
 @click.option(
     "--model",
@@ -157,7 +136,7 @@ def _modes() -> list[str]:
     show_default=True,
     help="Embedded name, Hub id, local HF directory or .gguf file.",
 )
-@click.option("--strategy", default=_default_strategy(), show_default=True, help=f"One of: {', '.join(_strategies())}.")
+@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help=f"One of: {', '.join(STRATEGIES)}.")
 @click.option("--target-layers", type=int, required=True, help="Stop when the student has this many layers.")
 @click.option(
     "--suite",
@@ -165,7 +144,9 @@ def _modes() -> list[str]:
     show_default=True,
     help="Embedded suite name (default, mmlu, paper) or a suite/task file.",
 )
-@click.option("--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(_metrics())}.")
+@click.option(
+    "--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(IMPORTANCE_METRICS)}."
+)
 @click.option("--name", default=None, help="Run name (default: model-strategy-time).")
 @runs_dir_option
 @click.option(
@@ -175,7 +156,7 @@ def _modes() -> list[str]:
 @click.option(
     "--mode",
     "mode",
-    type=click.Choice(_modes()),
+    type=click.Choice(MODES),
     default=None,
     help="Decision mode (default: manual with the dashboard, auto when headless or detached).",
 )
@@ -232,8 +213,8 @@ def run(
     from .launch import LaunchError, create_run, run_foreground
     from .runs import new_run_id
 
-    if strategy not in _strategies():
-        raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(_strategies())})", EXIT_USAGE)
+    if strategy not in STRATEGIES:
+        raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})", EXIT_USAGE)
     if target_layers < 1:
         raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
     if mode is None:
@@ -424,7 +405,7 @@ def override(run_ref, layer, runs_dir):
 
 @main.command(name="mode")
 @click.argument("run_ref", metavar="RUN")
-@click.argument("new_mode", metavar="MODE", type=click.Choice(_modes()))
+@click.argument("new_mode", metavar="MODE", type=click.Choice(MODES))
 @click.argument("seconds", type=float, required=False)
 @runs_dir_option
 def mode_command(run_ref, new_mode, seconds, runs_dir):

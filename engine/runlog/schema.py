@@ -519,9 +519,25 @@ def _excerpt(value: Any) -> str:
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist = 2, 3, 3
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 30
-_ENVELOPE = _MappingCheck(Envelope)
-_CHECKS: dict[str, _MappingCheck] = {name: _MappingCheck(spec.fields) for name, spec in EVENTS.items()}
 _MAX_SHAPES = 4096
+
+
+class _Compiled:
+    """Every event type's fields compiled, and the envelope's."""
+
+    def __init__(self) -> None:
+        self.envelope = _MappingCheck(Envelope)
+        self.events = {name: _MappingCheck(spec.fields) for name, spec in EVENTS.items()}
+
+
+_compiled: _Compiled | None = None  # on first use: importing the registry (``ild --help`` does) stays cheap
+
+
+def _checks() -> _Compiled:
+    global _compiled
+    if _compiled is None:
+        _compiled = _Compiled()
+    return _compiled
 
 
 def problem(event: Any) -> str | None:
@@ -529,29 +545,30 @@ def problem(event: Any) -> str | None:
     if type(event) is not dict:
         return f"not a JSON object ({type(event).__name__})"
     kind = event.get("type")
-    check = _CHECKS.get(kind) if type(kind) is str else None
-    if check is None:
+    if type(kind) is not str or kind not in EVENTS:
         return f"unknown event type {kind!r}"[:120]
-    return _ENVELOPE.problem(event) or check.problem(event)
+    c = _checks()
+    return c.envelope.problem(event) or c.events[kind].problem(event)
 
 
 def is_valid(event: dict) -> bool:
-    """``problem(event) is None`` for a dict of a known type, fast for the common scalar events."""
-    check = _CHECKS[event["type"]]
+    """``problem(event) is None`` for a dict of a registered type, fast for the common scalar events."""
+    c = _compiled or _checks()
+    check = c.events[event["type"]]
     if check.scalar:
         shape = (tuple(event), tuple(map(type, event.values())))
         ok = check._shapes.get(shape)
         if ok is None:
-            ok = _ENVELOPE.problem(event) is None and check.problem(event) is None
+            ok = c.envelope.problem(event) is None and check.problem(event) is None
             if len(check._shapes) < _MAX_SHAPES:
                 check._shapes[shape] = ok
         return ok
-    return _ENVELOPE.problem(event) is None and check.problem(event) is None
+    return c.envelope.problem(event) is None and check.problem(event) is None
 
 
 def field_problem(kind: str, fields: dict) -> str | None:
     """The writer's check: an unknown field is refused as well as a wrong one."""
-    check = _CHECKS[kind]
+    check = _checks().events[kind]
     unknown = sorted(set(fields) - set(check.tests))
     if unknown:
         return (
