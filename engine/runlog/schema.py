@@ -301,96 +301,45 @@ class EventSpec:
     wording: Callable[[dict], str | None] | None  # its event-log line; None: too chatty to show
 
 
-EVENTS: dict[str, EventSpec] = {
-    s.name: s
-    for s in (
-        EventSpec(
-            "engine_started",
-            EngineStarted,
-            "an engine process took the run (a fresh start or a resume)",
-            False,
-            "info",
-            _engine_started,
-        ),
-        EventSpec(
-            "run_started",
-            RunStarted,
-            "the run's identity, once, before anything else of the run",
-            True,
-            "info",
-            lambda e: (
-                f"run {e['name']} started: {e['model']}, {e['strategy']}, "
-                f"{e['start_layers']} -> {e['target_layers']} layers, mode {e['mode']}"
-            ),
-        ),
-        EventSpec("phase", Phase, "what the engine is doing now, and progress ticks within it", False, "debug", _phase),
-        EventSpec("importance", Importance, "every remaining layer scored", False, "info", _least_important),
-        EventSpec(
-            "proposal",
-            Proposal,
-            "the layer the engine would remove, with the ranked candidates",
-            True,
-            "notice",
-            lambda e: f"{_at(e)}proposal: remove layer {e['layer']}",
-        ),
-        EventSpec(
-            "awaiting_decision",
-            AwaitingDecision,
-            "the engine waits for a person (manual, auto-after)",
-            True,
-            "notice",
-            lambda e: f"{_at(e)}awaiting a decision on layer {e['layer']} (mode {e['mode']})",
-        ),
-        EventSpec("decision", Decision, "which layer goes, and who said so", True, "notice", _decision),
-        EventSpec("layer_removed", LayerRemoved, "the layer is gone from the student", True, "info", _removed),
-        EventSpec("train_step", TrainStep, "one healing step", False, "debug", None),
-        EventSpec("eval", Eval, "a model evaluated on the suite", True, "info", _eval),
-        EventSpec(
-            "checkpoint",
-            Checkpoint,
-            "what a resume needs is on disk",
-            True,
-            "debug",
-            lambda e: f"{_at(e)}checkpoint {e['name']}",
-        ),
-        EventSpec("log", Log, "a line for people", False, "", lambda e: f"{_at(e)}{e['message']}"),
-        EventSpec(
-            "alert",
-            Alert,
-            "something needs attention (a stall, a non-finite loss)",
-            False,
-            "",
-            lambda e: f"{_at(e)}{e['message']}",
-        ),
-        EventSpec(
-            "command_applied", CommandApplied, "the answer to a command that took effect", True, "info", _applied
-        ),
-        EventSpec(
-            "command_rejected",
-            CommandRejected,
-            "the answer to a command that did not",
-            True,
-            "warning",
-            lambda e: f"command {e.get('name')} rejected: {e['reason']}",
-        ),
-        EventSpec(
-            "run_finished",
-            RunFinished,
-            "the run ended by design",
-            True,
-            "notice",
-            lambda e: f"run finished ({e['reason']}): {e.get('layers')} layers",
-        ),
-        EventSpec(
-            "run_failed",
-            RunFailed,
-            "the run ended on an error",
-            True,
-            "error",
-            lambda e: f"run failed: {e['error']}" + (f" — {e['hint']}" if e.get("hint") else ""),
-        ),
-    )
-}
+# fmt: off
+EVENTS: dict[str, EventSpec] = {s.name: s for s in (
+    EventSpec("engine_started", EngineStarted, "an engine process took the run (a fresh start or a resume)",
+              False, "info", _engine_started),
+    EventSpec("run_started", RunStarted, "the run's identity, once, before anything else of the run",
+              True, "info", lambda e: f"run {e['name']} started: {e['model']}, {e['strategy']}, "
+                                      f"{e['start_layers']} -> {e['target_layers']} layers, mode {e['mode']}"),
+    EventSpec("phase", Phase, "what the engine is doing now, and progress ticks within it",
+              False, "debug", _phase),
+    EventSpec("importance", Importance, "every remaining layer scored",
+              False, "info", _least_important),
+    EventSpec("proposal", Proposal, "the layer the engine would remove, with the ranked candidates",
+              True, "notice", lambda e: f"{_at(e)}proposal: remove layer {e['layer']}"),
+    EventSpec("awaiting_decision", AwaitingDecision, "the engine waits for a person (manual, auto-after)",
+              True, "notice", lambda e: f"{_at(e)}awaiting a decision on layer {e['layer']} (mode {e['mode']})"),
+    EventSpec("decision", Decision, "which layer goes, and who said so",
+              True, "notice", _decision),
+    EventSpec("layer_removed", LayerRemoved, "the layer is gone from the student",
+              True, "info", _removed),
+    EventSpec("train_step", TrainStep, "one healing step",
+              False, "debug", None),
+    EventSpec("eval", Eval, "a model evaluated on the suite",
+              True, "info", _eval),
+    EventSpec("checkpoint", Checkpoint, "what a resume needs is on disk",
+              True, "debug", lambda e: f"{_at(e)}checkpoint {e['name']}"),
+    EventSpec("log", Log, "a line for people",
+              False, "", lambda e: f"{_at(e)}{e['message']}"),
+    EventSpec("alert", Alert, "something needs attention (a stall, a non-finite loss)",
+              False, "", lambda e: f"{_at(e)}{e['message']}"),
+    EventSpec("command_applied", CommandApplied, "the answer to a command that took effect",
+              True, "info", _applied),
+    EventSpec("command_rejected", CommandRejected, "the answer to a command that did not",
+              True, "warning", lambda e: f"command {e.get('name')} rejected: {e['reason']}"),
+    EventSpec("run_finished", RunFinished, "the run ended by design",
+              True, "notice", lambda e: f"run finished ({e['reason']}): {e.get('layers')} layers"),
+    EventSpec("run_failed", RunFailed, "the run ended on an error",
+              True, "error", lambda e: f"run failed: {e['error']}" + (f" — {e['hint']}" if e.get("hint") else "")),
+)}
+# fmt: on
 
 _DEFAULT_LEVEL = {"log": "info", "alert": "warning"}
 
