@@ -47,6 +47,7 @@ class LossSeries:
         self._index: dict[tuple, int] = {}
         self._sorted = True
         self._bounds: tuple | None = None
+        self._columns = tuple(self.values[n] for n in LOSS_NAMES)  # the same lists, in LOSS_NAMES order
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -55,19 +56,20 @@ class LossSeries:
         """One *valid* train_step event (see ``RunState``): its fields have their registered types."""
         it = event["iteration"]
         key = (it, event["step"])
-        got = [event.get(n) for n in LOSS_NAMES]
-        for i, v in enumerate(got):
-            if v is not None and not _isfinite(v):
-                got[i] = None
+        get = event.get
+        got = [get(name) for name in LOSS_NAMES]
+        for v in got:
+            if v is not None and not _isfinite(v):  # NaN or inf from a hand-written log: a gap
+                got = [None if v is None or not _isfinite(v) else v for v in got]
+                break
         if got[0] is None and got[1] is not None and got[2] is not None:
             got[0] = got[1] + got[2]
         self.last = event
-        values, present = self.values, self.present
         i = self._index.get(key)
         if i is not None:
             for name, v in zip(LOSS_NAMES, got):
-                values[name][i] = _NAN if v is None else v
-                present[name] |= v is not None
+                self.values[name][i] = _NAN if v is None else v
+                self.present[name] |= v is not None
             self.generation += 1
             return
         if self.keys and key < self.keys[-1]:
@@ -75,12 +77,14 @@ class LossSeries:
         self._index[key] = len(self.keys)
         self.keys.append(key)
         self.iterations.append(it)
-        for name, v in zip(LOSS_NAMES, got):
+        present = self.present
+        for column, name, v in zip(self._columns, LOSS_NAMES, got):
             if v is None:
-                values[name].append(_NAN)
+                column.append(_NAN)
             else:
-                values[name].append(v)
-                present[name] = True
+                column.append(v)
+                if not present[name]:
+                    present[name] = True
 
     def ensure_sorted(self) -> None:
         if self._sorted:
@@ -91,6 +95,7 @@ class LossSeries:
         for name in LOSS_NAMES:
             vs = self.values[name]
             self.values[name] = [vs[i] for i in order]
+        self._columns = tuple(self.values[n] for n in LOSS_NAMES)
         self._index = {k: i for i, k in enumerate(self.keys)}
         self._sorted = True
         self.generation += 1
