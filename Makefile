@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# ruff, as configured in pyproject.toml: `make lint LINT_PATHS="engine/runlog ild_tui"` for a part.
+LINT_PATHS ?= .
+lint: install
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
 
 bench: install
 	$(BIN)/python bench/run_all.py

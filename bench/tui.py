@@ -64,7 +64,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def make_run(root: Path, target_events: int) -> Path:
-    from tests.test_tui_support import synth_run
+    from tools.synthetic_runs import synth_run
 
     # ~30 events of scoring/evals per iteration; the rest are training steps
     steps = max(1, (target_events - 10 * 60) // 10)
@@ -78,9 +78,9 @@ async def measure(run: Path, rate: float, seconds: float) -> dict:
     from textual import events
 
     from ild_tui.app import IldApp
-    from ild_tui.screens.live import LiveScreen
+    from ild_tui.live.screen import LiveScreen
     from ild_tui.settings import Settings
-    from ild_tui.widgets.heatmap import Heatmap
+    from ild_tui.live.heatmap import Heatmap
 
     out: dict = {}
     t0 = time.perf_counter()
@@ -165,8 +165,8 @@ def main() -> int:
         run = make_run(Path(tmp), args.events)
         gen_s = time.perf_counter() - t
         size = (run / "events.jsonl").stat().st_size
-        from ild_tui.screens.live import replay
-        from ild_tui.widgets.model import LiveModel
+        from ild_tui.live.model import LiveModel
+        from ild_tui.live.screen import replay
 
         t = time.perf_counter()
         events, _ = replay(run / "events.jsonl")

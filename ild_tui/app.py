@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from textual.app import App
 from textual.binding import Binding
@@ -35,25 +35,76 @@ from .widgets.palette import DEFAULT as DEFAULT_PALETTE
 from .widgets.palette import Palette
 
 THEMES_DIR = Path(__file__).resolve().parent.parent / "themes"
-_THEME_KEYS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground", "background",
-               "surface", "panel", "boost")
+_THEME_KEYS = (
+    "primary",
+    "secondary",
+    "warning",
+    "error",
+    "success",
+    "accent",
+    "foreground",
+    "background",
+    "surface",
+    "panel",
+    "boost",
+)
 
 # Used when themes/ is not next to the package (a wheel install): the same three themes.
 _FALLBACK = {
-    "ild-dark": {"name": "ild-dark", "dark": True, "primary": "#5fafff", "secondary": "#8787d7", "accent": "#ffaf5f",
-                 "foreground": "#d7d7d7", "background": "#121212", "surface": "#1a1a1a", "panel": "#262626",
-                 "success": "#5fd787", "warning": "#ffd75f", "error": "#ff5f5f"},
-    "ild-light": {"name": "ild-light", "dark": False, "primary": "#005fd7", "secondary": "#5f5faf", "accent": "#af5f00",
-                  "foreground": "#1c1c1c", "background": "#fafafa", "surface": "#f0f0f0", "panel": "#e4e4e4",
-                  "success": "#008700", "warning": "#af8700", "error": "#d70000",
-                  "heatmap": {"colors": ["#0d0887", "#7e03a8", "#cc4778", "#f89540", "#f0f921"]}},
-    "ild-colorblind": {"name": "ild-colorblind", "dark": True, "primary": "#56b4e9", "secondary": "#cc79a7",
-                       "accent": "#e69f00", "foreground": "#e4e4e4", "background": "#101418", "surface": "#181c20",
-                       "panel": "#242a30", "success": "#009e73", "warning": "#f0e442", "error": "#d55e00",
-                       "heatmap": {"colors": ["#00224e", "#35456c", "#666970", "#948e77", "#c8b866", "#fee838"]},
-                       "series": {"loss": "#e69f00", "kl": "#56b4e9", "mse": "#cc79a7", "after_removal": "#d55e00",
-                                  "after_healing": "#009e73", "good": "#56b4e9", "bad": "#e69f00",
-                                  "runs": ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00"]}},
+    "ild-dark": {
+        "name": "ild-dark",
+        "dark": True,
+        "primary": "#5fafff",
+        "secondary": "#8787d7",
+        "accent": "#ffaf5f",
+        "foreground": "#d7d7d7",
+        "background": "#121212",
+        "surface": "#1a1a1a",
+        "panel": "#262626",
+        "success": "#5fd787",
+        "warning": "#ffd75f",
+        "error": "#ff5f5f",
+    },
+    "ild-light": {
+        "name": "ild-light",
+        "dark": False,
+        "primary": "#005fd7",
+        "secondary": "#5f5faf",
+        "accent": "#af5f00",
+        "foreground": "#1c1c1c",
+        "background": "#fafafa",
+        "surface": "#f0f0f0",
+        "panel": "#e4e4e4",
+        "success": "#008700",
+        "warning": "#af8700",
+        "error": "#d70000",
+        "heatmap": {"colors": ["#0d0887", "#7e03a8", "#cc4778", "#f89540", "#f0f921"]},
+    },
+    "ild-colorblind": {
+        "name": "ild-colorblind",
+        "dark": True,
+        "primary": "#56b4e9",
+        "secondary": "#cc79a7",
+        "accent": "#e69f00",
+        "foreground": "#e4e4e4",
+        "background": "#101418",
+        "surface": "#181c20",
+        "panel": "#242a30",
+        "success": "#009e73",
+        "warning": "#f0e442",
+        "error": "#d55e00",
+        "heatmap": {"colors": ["#00224e", "#35456c", "#666970", "#948e77", "#c8b866", "#fee838"]},
+        "series": {
+            "loss": "#e69f00",
+            "kl": "#56b4e9",
+            "mse": "#cc79a7",
+            "after_removal": "#d55e00",
+            "after_healing": "#009e73",
+            "good": "#56b4e9",
+            "bad": "#e69f00",
+            "runs": ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00"],
+        },
+    },
 }
 
 
@@ -79,9 +130,12 @@ def load_theme_files(dirs: list[Path] | None = None) -> dict[str, tuple[Theme, P
     out = {}
     for name, data in found.items():
         try:
-            theme = Theme(name=name, dark=bool(data.get("dark", True)),
-                          **{k: data[k] for k in _THEME_KEYS if isinstance(data.get(k), str)})
-        except Exception:  # noqa: BLE001 - a bad user theme must not stop the dashboard
+            theme = Theme(
+                name=name,
+                dark=bool(data.get("dark", True)),
+                **{k: data[k] for k in _THEME_KEYS if isinstance(data.get(k), str)},
+            )
+        except Exception:
             continue
         out[name] = (theme, Palette.from_dict(data))
     return out
@@ -195,9 +249,10 @@ class IldApp(App):
             self.push_screen(HelpScreen())
 
     def action_next_theme(self) -> None:
-        ours = [n for n in self.themes]
+        ours = list(self.themes)
         order = [n for n in ("ild-dark", "ild-light", "ild-colorblind") if n in ours] + sorted(
-            n for n in ours if n not in ("ild-dark", "ild-light", "ild-colorblind"))
+            n for n in ours if n not in ("ild-dark", "ild-light", "ild-colorblind")
+        )
         i = order.index(self.theme) if self.theme in order else -1
         self.theme = order[(i + 1) % len(order)]
         self.settings.theme = self.theme

@@ -1,8 +1,8 @@
 """The ``ild`` command.
 
-Startup stays cheap: this module imports only click at the top; torch never loads in this process
-(the engine runs as ``python -m engine.worker`` in its own process), and Textual loads only when a
-dashboard opens.
+Startup stays cheap: this module imports only click and two tables of ``engine.runlog`` (standard
+library) at the top; torch never loads in this process (the engine runs as ``python -m
+engine.worker`` in its own process), and Textual loads only when a dashboard opens.
 
 Exit codes: 0 done, 1 failed, 2 bad input or usage, 130 interrupted.
 """
@@ -13,6 +13,9 @@ import os
 import sys
 
 import click
+
+from engine.runlog.schema import MODES
+from engine.runlog.strategies import DEFAULT_STRATEGY, IMPORTANCE_METRICS, STRATEGIES
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
@@ -68,7 +71,6 @@ def main(ctx: click.Context) -> None:
             click.echo(ctx.get_help())
 
 
-
 def _open_dashboard(runs_dir: str, run_dir, theme: str | None) -> None:
     """Textual loads here, never at import time (`ild --help` stays light)."""
     from .app import IldApp
@@ -79,8 +81,12 @@ def _open_dashboard(runs_dir: str, run_dir, theme: str | None) -> None:
 @main.command()
 @click.argument("run_ref", metavar="RUN", required=False)
 @runs_dir_option
-@click.option("--theme", default=None, help="Dashboard theme: ild-dark, ild-light, ild-colorblind or a Textual theme "
-              "(remembered for next time; `t` cycles it in the app).")
+@click.option(
+    "--theme",
+    default=None,
+    help="Dashboard theme: ild-dark, ild-light, ild-colorblind or a Textual theme "
+    "(remembered for next time; `t` cycles it in the app).",
+)
 @click.pass_context
 def attach(ctx, run_ref, runs_dir, theme):
     """Open the live dashboard on a run (by default the latest live run, else the latest run).
@@ -101,7 +107,10 @@ def attach(ctx, run_ref, runs_dir, theme):
         except RunNotFound as exc:
             raise Failure(str(exc), EXIT_USAGE) from None
         source = ctx.get_parameter_source("runs_dir")
-        if source is not click.core.ParameterSource.COMMANDLINE and run_dir.path.resolve().parent != Path(runs_dir).resolve():
+        if (
+            source is not click.core.ParameterSource.COMMANDLINE
+            and run_dir.path.resolve().parent != Path(runs_dir).resolve()
+        ):
             runs_dir = str(run_dir.path.parent)  # the runs screen lists the run's neighbours
     else:
         runs = list_runs(runs_dir)
@@ -120,52 +129,80 @@ def attach(ctx, run_ref, runs_dir, theme):
     _open_dashboard(runs_dir, run_dir, theme)
 
 
-def _strategies() -> list[str]:
-    from engine.runlog.strategies import STRATEGIES  # the engine's own table (standard library only)
-
-    return list(STRATEGIES)
-
-
-def _default_strategy() -> str:
-    from engine.runlog.strategies import DEFAULT_STRATEGY
-
-    return DEFAULT_STRATEGY
-
-
-def _metrics() -> list[str]:
-    from engine.runlog.strategies import IMPORTANCE_METRICS
-
-    return list(IMPORTANCE_METRICS)
-
-
-def _modes() -> list[str]:
-    from engine.runlog.schema import MODES
-
-    return list(MODES)
-
-
 @main.command()
-@click.option("--model", default="smollm2-135m", show_default=True, help="Embedded name, Hub id, local HF directory or .gguf file.")
-@click.option("--strategy", default=_default_strategy(), show_default=True, help=f"One of: {', '.join(_strategies())}.")
+@click.option(
+    "--model",
+    default="smollm2-135m",
+    show_default=True,
+    help="Embedded name, Hub id, local HF directory or .gguf file.",
+)
+@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help=f"One of: {', '.join(STRATEGIES)}.")
 @click.option("--target-layers", type=int, required=True, help="Stop when the student has this many layers.")
-@click.option("--suite", default="default", show_default=True, help="Embedded suite name (default, mmlu, paper) or a suite/task file.")
-@click.option("--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(_metrics())}.")
+@click.option(
+    "--suite",
+    default="default",
+    show_default=True,
+    help="Embedded suite name (default, mmlu, paper) or a suite/task file.",
+)
+@click.option(
+    "--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(IMPORTANCE_METRICS)}."
+)
 @click.option("--name", default=None, help="Run name (default: model-strategy-time).")
 @runs_dir_option
-@click.option("--headless", is_flag=True, help="No dashboard: follow the run in this terminal (plain lines when piped).")
+@click.option(
+    "--headless", is_flag=True, help="No dashboard: follow the run in this terminal (plain lines when piped)."
+)
 @click.option("--detach", is_flag=True, help="Start the engine in the background and return at once.")
-@click.option("--mode", "mode", type=click.Choice(_modes()), default=None,
-              help="Decision mode (default: manual with the dashboard, auto when headless or detached).")
-@click.option("--auto-after", "auto_after", type=float, default=None, metavar="SECONDS",
-              help="With --mode auto-after: how long to wait for a person before taking the proposal.")
-@click.option("--notify-cmd", default=None, help="Command run (with ILD_EVENT, ILD_RUN, ILD_MESSAGE set) when a decision is awaited, the run finishes, fails or stalls.")
-@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch (memory vs speed).")
+@click.option(
+    "--mode",
+    "mode",
+    type=click.Choice(MODES),
+    default=None,
+    help="Decision mode (default: manual with the dashboard, auto when headless or detached).",
+)
+@click.option(
+    "--auto-after",
+    "auto_after",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="With --mode auto-after: how long to wait for a person before taking the proposal.",
+)
+@click.option(
+    "--notify-cmd",
+    default=None,
+    help="Command run (with ILD_EVENT, ILD_RUN, ILD_MESSAGE set) when a decision is awaited, the run finishes, fails or stalls.",
+)
+@click.option(
+    "--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch (memory vs speed)."
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best there is).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any config value, e.g. --set heal.lr=3e-4 --set heal.hidden=last (repeatable).")
-def run(model, strategy, target_layers, suite, importance, name, runs_dir, headless, batch_tokens, device, seed, overrides=(),
-        detach=False, mode=None, auto_after=None, notify_cmd=None):
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any config value, e.g. --set heal.lr=3e-4 --set heal.hidden=last (repeatable).",
+)
+def run(
+    model,
+    strategy,
+    target_layers,
+    suite,
+    importance,
+    name,
+    runs_dir,
+    headless,
+    batch_tokens,
+    device,
+    seed,
+    overrides=(),
+    detach=False,
+    mode=None,
+    auto_after=None,
+    notify_cmd=None,
+):
     """Start a pruning run.
 
     Example: ild run --model smollm2-135m --strategy iterative-pruning --target-layers 28 --headless
@@ -176,8 +213,8 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
     from .launch import LaunchError, create_run, run_foreground
     from .runs import new_run_id
 
-    if strategy not in _strategies():
-        raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(_strategies())})", EXIT_USAGE)
+    if strategy not in STRATEGIES:
+        raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})", EXIT_USAGE)
     if target_layers < 1:
         raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
     if mode is None:
@@ -189,8 +226,16 @@ def run(model, strategy, target_layers, suite, importance, name, runs_dir, headl
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     run_dir = Path(runs_dir) / run_id
-    config = {"name": run_id, "model": model, "strategy": strategy, "target_layers": target_layers, "suite": suite,
-              "mode": mode, "batch_tokens": batch_tokens, "seed": seed}
+    config = {
+        "name": run_id,
+        "model": model,
+        "strategy": strategy,
+        "target_layers": target_layers,
+        "suite": suite,
+        "mode": mode,
+        "batch_tokens": batch_tokens,
+        "seed": seed,
+    }
     if auto_after:
         config["auto_after_seconds"] = auto_after
     if notify_cmd:
@@ -320,7 +365,9 @@ def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> N
     command_id = send_command(run_dir.path, name, by="cli", **args)
     reply = wait_for_reply(run_dir.path, command_id, timeout, offset=offset.offset)
     if reply is None:
-        raise Failure(f"the engine did not answer within {timeout:.0f}s (command {command_id} stays in its inbox)", EXIT_FAILED)
+        raise Failure(
+            f"the engine did not answer within {timeout:.0f}s (command {command_id} stays in its inbox)", EXIT_FAILED
+        )
     if reply.get("type") == "command_rejected":
         raise Failure(f"rejected: {reply.get('reason')}", EXIT_FAILED)
     shown = " ".join(f"{k}={v}" for k, v in args.items())
@@ -338,7 +385,9 @@ def _live_run(runs_dir, run_ref):
 
 @main.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--layer", type=int, default=None, help="The layer (original index) being approved; default: the proposal.")
+@click.option(
+    "--layer", type=int, default=None, help="The layer (original index) being approved; default: the proposal."
+)
 @runs_dir_option
 def approve(run_ref, layer, runs_dir):
     """Approve the engine's proposed layer removal."""
@@ -356,7 +405,7 @@ def override(run_ref, layer, runs_dir):
 
 @main.command(name="mode")
 @click.argument("run_ref", metavar="RUN")
-@click.argument("new_mode", metavar="MODE", type=click.Choice(_modes()))
+@click.argument("new_mode", metavar="MODE", type=click.Choice(MODES))
 @click.argument("seconds", type=float, required=False)
 @runs_dir_option
 def mode_command(run_ref, new_mode, seconds, runs_dir):
@@ -393,7 +442,9 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 @main.command(name="ls")
@@ -415,9 +466,13 @@ def list_runs_command(runs_dir):
         table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
     for r in runs:
         table.add_row(
-            r.name, r.status, r.model, r.strategy,
+            r.name,
+            r.status,
+            r.model,
+            r.strategy,
             f"{r.layers_now}/{r.start_layers}" if r.start_layers else "-",
-            _fmt(r.now), _fmt(r.best),
+            _fmt(r.now),
+            _fmt(r.best),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else "-",
             _duration(r.duration),
         )
@@ -437,23 +492,38 @@ def show(run_ref, runs_dir):
 
     from engine.runlog.schema import REPORT, SELECT, STAGES
 
-    from .runs import RunNotFound, find_run, summarise
+    from .runs import FINISH_NOTES, RunNotFound, find_run, summarise
 
     try:
         row, s = summarise(find_run(runs_dir, run_ref))
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     console = _console()
-    console.print(f"[bold]{row.name}[/bold]  {row.status}  model {s.model}  strategy {s.strategy}  "
-                  f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})", highlight=False)
-    report = sorted(((it, stage, rec) for (it, stage, part), rec in s.evals.items() if part == REPORT),
-                    key=lambda x: (x[0], STAGES.index(x[1])))
+    console.print(
+        f"[bold]{row.name}[/bold]  {row.status}  model {s.model}  strategy {s.strategy}  "
+        f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})",
+        highlight=False,
+    )
+    report = sorted(
+        ((it, stage, rec) for (it, stage, part), rec in s.evals.items() if part == REPORT),
+        key=lambda x: (x[0], STAGES.index(x[1])),
+    )
     select = {(it, stage): rec for (it, stage, part), rec in s.evals.items() if part == SELECT}
     tasks: list[str] = []
     for _, _, rec in report:
         tasks += [t for t in rec["tasks"] if t not in tasks]
     table = Table(header_style="bold")
-    columns = ["iter", "removed", "by", "stage", "layers", "params", "aggregate", *(["select"] if select else []), *tasks]
+    columns = [
+        "iter",
+        "removed",
+        "by",
+        "stage",
+        "layers",
+        "params",
+        "aggregate",
+        *(["select"] if select else []),
+        *tasks,
+    ]
     for column in columns:
         table.add_column(column, justify="left" if column in ("by", "stage") else "right")
     teacher = s.teacher_eval() or {}
@@ -469,14 +539,19 @@ def show(run_ref, runs_dir):
             cells.append(f"{_fmt(value, 3)}{delta}")
         chosen = [] if not select else [_fmt((select.get((iteration, stage)) or {}).get("aggregate"))]
         table.add_row(
-            str(iteration), "-" if stage == "teacher" else str(removal.get("layer", "-")),
-            "-" if stage == "teacher" else str(removal.get("by") or "-"), stage,
-            str(record.get("layers", "-")), f"{params / 1e6:.1f}M" if params else "-",
-            _fmt(record["aggregate"]), *chosen, *cells,
+            str(iteration),
+            "-" if stage == "teacher" else str(removal.get("layer", "-")),
+            "-" if stage == "teacher" else str(removal.get("by") or "-"),
+            stage,
+            str(record.get("layers", "-")),
+            f"{params / 1e6:.1f}M" if params else "-",
+            _fmt(record["aggregate"]),
+            *chosen,
+            *cells,
         )
     console.print(table)
-    if s.finished and s.finished["reason"] == "floor":
-        console.print(f"stopped at the floor: {row.note.removeprefix('finished: floor ')}", highlight=False)
+    if s.finished and s.finished["reason"] in FINISH_NOTES:
+        console.print(f"finished at the {s.finished['reason']}: {FINISH_NOTES[s.finished['reason']]}", highlight=False)
     if s.failure:
         console.print(f"[red]failed:[/red] {s.failure['error']} — {s.failure.get('hint', '')}", highlight=False)
     if s.skipped:
@@ -485,9 +560,14 @@ def show(run_ref, runs_dir):
 
 @main.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory to write the Hugging Face model to.")
-@click.option("--force", is_flag=True,
-              help="Replace --out even if it is not empty and holds no earlier ild export (never the run directory).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Directory to write the Hugging Face model to."
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace --out even if it is not empty and holds no earlier ild export (never the run directory).",
+)
 @runs_dir_option
 def export(run_ref, out, force, runs_dir):
     """Write a run's student (its last checkpoint) as a Hugging Face model directory."""
@@ -525,8 +605,20 @@ def demo(ctx, runs_dir, target_layers):
     import time as _time
 
     name = f"demo-{_time.strftime('%Y%m%d-%H%M%S')}"
-    ctx.invoke(run, model="smollm2-135m", strategy="iterative-distill", target_layers=target_layers, suite="default",
-               importance=None, name=name, runs_dir=runs_dir, headless=True, batch_tokens=4096, device=None, seed=0)
+    ctx.invoke(
+        run,
+        model="smollm2-135m",
+        strategy="iterative-distill",
+        target_layers=target_layers,
+        suite="default",
+        importance=None,
+        name=name,
+        runs_dir=runs_dir,
+        headless=True,
+        batch_tokens=4096,
+        device=None,
+        seed=0,
+    )
     ctx.invoke(show, run_ref=name, runs_dir=runs_dir)
     click.echo(f"\nexported model: {runs_dir}/{name}/export  (reload with AutoModelForCausalLM.from_pretrained)")
 
@@ -543,7 +635,7 @@ def suite_list():
 
     import yaml
 
-    import engine.runlog  # noqa: F401  (locates the installed engine package without importing it)
+    import engine.runlog
 
     root = Path(engine.runlog.__file__).resolve().parent.parent / "tasks" / "suites"
     for path in sorted(root.glob("*.yaml")):
@@ -555,7 +647,9 @@ def suite_list():
 @suite.command(name="check", context_settings={"ignore_unknown_options": True})
 @click.option("--model", default="smollm2-135m", show_default=True)
 @click.option("--suite", "suite_name", default="default", show_default=True)
-@click.option("--layers", default=None, help="Original layers to skip, comma-separated (default: 1 and the middle one).")
+@click.option(
+    "--layers", default=None, help="Original layers to skip, comma-separated (default: 1 and the middle one)."
+)
 @click.option("--device", default=None)
 def suite_check(model, suite_name, layers, device):
     """Score a suite on the full model, with layer 1 skipped and with a middle layer skipped."""

@@ -36,8 +36,12 @@ class HeadlessView:
     def __enter__(self):
         if self.tty:
             self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=self.console, transient=True,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
             )
             self.progress.start()
             self.task_id = self.progress.add_task("starting", total=None)
@@ -49,7 +53,12 @@ class HeadlessView:
 
     def line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.console.print(f"[dim]{stamp}[/dim] {text}" if self.tty else f"{stamp} {text}", markup=self.tty, highlight=False, soft_wrap=True)
+        self.console.print(
+            f"[dim]{stamp}[/dim] {text}" if self.tty else f"{stamp} {text}",
+            markup=self.tty,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def handle(self, event: dict) -> None:
         if problem(event):
@@ -58,8 +67,10 @@ class HeadlessView:
         kind = event["type"]
         it = event.get("iteration")
         if kind == "run_started":
-            self.line(f"run {event.get('name')}: {event.get('model')}, strategy {event.get('strategy')} "
-                      f"({event.get('importance')}), {event.get('start_layers')} -> {event.get('target_layers')} layers")
+            self.line(
+                f"run {event.get('name')}: {event.get('model')}, strategy {event.get('strategy')} "
+                f"({event.get('importance')}), {event.get('start_layers')} -> {event.get('target_layers')} layers"
+            )
         elif kind == "phase":
             phase = event.get("phase")
             detail = event.get("detail") or ""
@@ -80,21 +91,32 @@ class HeadlessView:
             scores = {k: v for k, v in event["scores"].items() if v is not None}
             lowest = sorted(scores.items(), key=lambda kv: kv[1])[:3]
             note = " (one-shot, reused)" if event.get("reused") else ""
-            self.line(f"[{it}] importance {event.get('metric')}{note}: least important " + ", ".join(f"layer {k} {v:.4f}" for k, v in lowest))
+            self.line(
+                f"[{it}] importance {event.get('metric')}{note}: least important "
+                + ", ".join(f"layer {k} {v:.4f}" for k, v in lowest)
+            )
         elif kind == "decision":
-            self.line(f"[{it}] decision: remove layer {event.get('layer')} (by {event.get('by')}, proposed {event.get('proposed')})")
+            self.line(
+                f"[{it}] decision: remove layer {event.get('layer')} (by {event.get('by')}, proposed {event.get('proposed')})"
+            )
         elif kind == "layer_removed":
             params = event.get("params")
-            self.line(f"[{it}] removed layer {event.get('layer')}: {event.get('layers', len(event.get('remaining', [])))} layers"
-                      + (f", {params / 1e6:.1f}M parameters" if params else ""))
+            self.line(
+                f"[{it}] removed layer {event.get('layer')}: {event.get('layers', len(event.get('remaining', [])))} layers"
+                + (f", {params / 1e6:.1f}M parameters" if params else "")
+            )
         elif kind == "eval":
             part = " (select)" if event.get("part") == "select" else ""
-            self.line(f"[{it}] eval {event['stage']}{part}: aggregate {_fmt(event['aggregate'], 4)} ({_short(event['tasks'])})")
+            self.line(
+                f"[{it}] eval {event['stage']}{part}: aggregate {_fmt(event['aggregate'], 4)} ({_short(event['tasks'])})"
+            )
         elif kind == "log":
             self.line(f"{event.get('level', 'info')}: {event.get('message')}")
         elif kind == "run_finished":
             self.finished = event
-            self.line(f"finished ({event.get('reason')}): {event.get('layers')} layers, removed {event.get('removed')}; model in {event.get('export')}")
+            self.line(
+                f"finished ({event.get('reason')}): {event.get('layers')} layers, removed {event.get('removed')}; model in {event.get('export')}"
+            )
         elif kind == "run_failed":
             self.failed = event
             self.line(f"failed: {event.get('error')} — {event.get('hint', '')}")

@@ -52,6 +52,11 @@ def _engine_message(stderr: str, fallback: str) -> str:
     return _ild_line(stderr) or (stderr.strip().splitlines() or [fallback])[-1]
 
 
+def _open_out(rd: RunDir):
+    """``engine.out`` for appending, its owner's only like the rest of the run directory."""
+    return os.fdopen(os.open(rd.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+
 @dataclass
 class EngineExit:
     run_dir: Path
@@ -66,9 +71,11 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> EngineExit:
     last checkpoint.
     """
     rd = RunDir(run_dir)
-    log = open(rd.out_file, "ab")
+    log = _open_out(rd)
     start = log.tell()  # what this engine writes, not an earlier one's
-    child = subprocess.Popen([*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env())
+    child = subprocess.Popen(
+        [*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
+    )
     tailer = EventTailer(rd.events_file)
     try:
         while True:
@@ -111,10 +118,17 @@ def _ignore_hangup() -> None:
 
 def start_detached(run_dir: Path) -> int:
     """Start the engine in its own session: closing the terminal, SIGHUP or an SSH drop leave it running."""
-    log = open(RunDir(run_dir).out_file, "ab")
-    child = subprocess.Popen([*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             env=_engine_env(), start_new_session=True, close_fds=True, preexec_fn=_ignore_hangup)
-    log.close()
+    with _open_out(RunDir(run_dir)) as log:
+        child = subprocess.Popen(
+            [*ENGINE, str(run_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=_engine_env(),
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_ignore_hangup,
+        )
     return child.pid
 
 

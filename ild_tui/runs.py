@@ -82,20 +82,30 @@ def summarise_state(path: Path, state: RunState, alive: bool | None, now: float)
     last = finals[max(finals)]["aggregate"] if finals else None
     teacher = state.teacher_eval()
     return RunRow(
-        path=str(path), name=state.name or path.name, status=status, model=state.model or "-",
-        strategy=state.strategy or "-", layers_now=state.layers_now, start_layers=state.start_layers,
-        target_layers=state.target_layers, teacher=teacher["aggregate"] if teacher else None, last=last,
-        best=state.best_aggregate(), started=state.started, duration=state.duration(now, alive),
-        events=state.events_seen, removed=tuple(state.removed_layers), mode=state.mode, note=_note(state, status),
-        last_event_t=state.last_event_t, pending=_pending(state), skipped=state.skipped,
+        path=str(path),
+        name=state.name or path.name,
+        status=status,
+        model=state.model or "-",
+        strategy=state.strategy or "-",
+        layers_now=state.layers_now,
+        start_layers=state.start_layers,
+        target_layers=state.target_layers,
+        teacher=teacher["aggregate"] if teacher else None,
+        last=last,
+        best=state.best_aggregate(),
+        started=state.started,
+        duration=state.duration(now, alive),
+        events=state.events_seen,
+        removed=tuple(state.removed_layers),
+        mode=state.mode,
+        note=_note(state, status),
+        last_event_t=state.last_event_t,
+        pending=_pending(state),
+        skipped=state.skipped,
     )
 
 
-FINISH_WORDS = {
-    "target": "target",
-    "stopped": "stopped",
-    "floor": "floor (the next removal would take the report aggregate below --min-retention)",
-}
+FINISH_NOTES = {"floor": "the next removal would take the report aggregate below --min-retention of the teacher's"}
 
 
 def _note(state: RunState, status: str) -> str:
@@ -104,7 +114,8 @@ def _note(state: RunState, status: str) -> str:
         return f"failed: {state.failure['error']}" + (f" ({hint})" if hint else "")
     if state.finished:
         reason = state.finished["reason"]
-        return f"finished: {FINISH_WORDS.get(reason, reason)}"
+        note = FINISH_NOTES.get(reason)
+        return f"finished: {reason}" + (f" ({note})" if note else "")
     if status == "died":
         return "the engine died without a final event; `ild resume` continues from the last checkpoint"
     return ""
@@ -151,8 +162,9 @@ def check_name(name: str) -> str:
     if len(name) > NAME_MAX:
         raise ValueError(f"the run name is {len(name)} characters long; at most {NAME_MAX}")
     if not _NAME.fullmatch(name):
-        raise ValueError(f"run name '{name}' may use letters, digits, '.', '_' and '-' only, "
-                         "and starts with a letter or digit")
+        raise ValueError(
+            f"run name '{name}' may use letters, digits, '.', '_' and '-' only, and starts with a letter or digit"
+        )
     return name
 
 

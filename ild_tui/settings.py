@@ -37,7 +37,7 @@ class Settings:
     log_y: bool = False
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Settings":
+    def load(cls, path: Path | None = None) -> Settings:
         path = path or config_file()
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -51,9 +51,7 @@ class Settings:
                 continue
             if f.type in ("float",) and isinstance(v, (int, float)) and not isinstance(v, bool):
                 setattr(s, f.name, float(v))
-            elif f.type == "bool" and isinstance(v, bool):
-                setattr(s, f.name, v)
-            elif f.type == "str" and isinstance(v, str):
+            elif (f.type == "bool" and isinstance(v, bool)) or (f.type == "str" and isinstance(v, str)):
                 setattr(s, f.name, v)
         return s
 

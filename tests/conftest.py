@@ -9,9 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import time  # noqa: E402
+import time
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The architecture's import rules (DESIGN.md "Layout"), checked on the real import graph."""
+"""The architecture's import rules (README "Layout"), checked on the real import graph."""
 
 import subprocess
 import sys
@@ -24,7 +24,8 @@ def test_engine_package_init_is_empty():
 
 def test_runlog_import_costs_nothing():
     result = _python(
-        "import sys, engine.runlog.events, engine.runlog.tailer, engine.runlog.inbox, engine.runlog.lock;"
+        "import sys, engine.runlog.events, engine.runlog.tailer, engine.runlog.inbox, engine.runlog.lock,"
+        " engine.runlog.fold, engine.runlog.reader, engine.runlog.strategies;"
         "heavy = [m for m in ('torch', 'transformers', 'textual', 'yaml', 'rich') if m in sys.modules];"
         "print(heavy)"
     )
@@ -39,7 +40,21 @@ def test_cli_help_imports_neither_torch_nor_textual():
         "print([m for m in ('torch', 'transformers', 'textual') if m in sys.modules], file=sys.stderr)"
     )
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
-    for command in ("run", "ls", "show", "attach", "approve", "override", "mode", "pause", "resume", "stop", "export", "report", "demo"):
+    for command in (
+        "run",
+        "ls",
+        "show",
+        "attach",
+        "approve",
+        "override",
+        "mode",
+        "pause",
+        "resume",
+        "stop",
+        "export",
+        "report",
+        "demo",
+    ):
         assert command in result.stdout
 
 
@@ -49,8 +64,12 @@ def test_cli_answers_through_the_console_script():
     assert result.returncode == 0 and "Iterative Layer-wise Distillation" in result.stdout
 
 
-def test_cli_strategy_list_matches_the_engine():
-    from engine.runlog.strategies import STRATEGIES
-    from ild_tui.cli import _strategies
+def test_the_cli_offers_the_strategies_and_modes_of_the_shared_tables():
+    from click.testing import CliRunner
 
-    assert _strategies() == list(STRATEGIES)
+    from engine.runlog.schema import MODES
+    from engine.runlog.strategies import STRATEGIES
+    from ild_tui.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["run", "--help"], terminal_width=400).output.split())
+    assert ", ".join(STRATEGIES) in text and "|".join(MODES) in text

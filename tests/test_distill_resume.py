@@ -71,6 +71,6 @@ def test_kill_during_healing_then_resume_matches_uninterrupted(tiny, tmp_path):
     # Events after the partial checkpoint are emitted again on resume; the fold keeps the last.
     assert sorted(set(_key_events(a))) == sorted(set(_key_events(b)))
     evals = fold(b).evals
-    assert {key[1] for key in evals} == {"teacher", "after_removal", "after_healing"}
+    assert {stage for _, stage, _ in evals} == {"teacher", "after_removal", "after_healing"}
     assert json.loads((killed / "export" / "config.json").read_text())["ild_layer_map"] == \
         json.loads((whole / "export" / "config.json").read_text())["ild_layer_map"]

@@ -33,10 +33,28 @@ def test_a_new_phase_does_not_keep_the_last_phase_count(tmp_path):
 def test_events_with_wrong_field_types_are_skipped_not_fatal(tmp_path):
     with open(tmp_path / "out", "w") as out:
         view = HeadlessView(Console(file=out, width=100))
-        view.handle({"seq": 0, "t": 1.0, "type": "eval", "iteration": 1, "stage": "after_removal",
-                     "aggregate": "high", "tasks": {}})
+        view.handle(
+            {
+                "seq": 0,
+                "t": 1.0,
+                "type": "eval",
+                "iteration": 1,
+                "stage": "after_removal",
+                "aggregate": "high",
+                "tasks": {},
+            }
+        )
         view.handle({"seq": 1, "t": 1.0, "type": "importance", "iteration": 1, "metric": "bi", "scores": [3, 1]})
-        view.handle({"seq": 2, "t": 1.0, "type": "eval", "iteration": 1, "stage": "after_removal",
-                     "aggregate": None, "tasks": {"a": None}})
+        view.handle(
+            {
+                "seq": 2,
+                "t": 1.0,
+                "type": "eval",
+                "iteration": 1,
+                "stage": "after_removal",
+                "aggregate": None,
+                "tasks": {"a": None},
+            }
+        )
     assert view.skipped == 2
     assert "aggregate - (a -)" in (tmp_path / "out").read_text()

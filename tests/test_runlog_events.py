@@ -28,8 +28,7 @@ def test_round_trip_and_seq_gap_free(tmp_path):
     tailer = EventTailer(p)
     assert tailer.poll() == []  # no file yet
     with EventWriter(p) as w:
-        first = w.emit("run_started", name="r", model="m", strategy="s", start_layers=30, target_layers=20,
-                       mode="auto")
+        first = w.emit("run_started", name="r", model="m", strategy="s", start_layers=30, target_layers=20, mode="auto")
         assert first["seq"] == 0 and first["type"] == "run_started" and isinstance(first["t"], float)
         for i in range(10):
             w.emit("train_step", iteration=1, step=i, loss=1.0 / (i + 1))
@@ -64,8 +63,16 @@ def test_unknown_type_and_reserved_fields_rejected(tmp_path):
         with pytest.raises(ValueError, match="seq"):
             w.emit("log", seq=5)
         with pytest.raises(TypeError, match=r"\$\.config\.obj"):
-            w.emit("run_started", name="r", model="m", strategy="s", start_layers=3, target_layers=2, mode="auto",
-                   config={"obj": object()})
+            w.emit(
+                "run_started",
+                name="r",
+                model="m",
+                strategy="s",
+                start_layers=3,
+                target_layers=2,
+                mode="auto",
+                config={"obj": object()},
+            )
         assert w.emit("log", message="ok")["seq"] == 0  # failures used no seq
     assert seqs(read_all(p)) == [0]
 
@@ -84,8 +91,11 @@ def test_unknown_type_and_reserved_fields_rejected(tmp_path):
         ("importance", {"iteration": 1, "metric": "bi", "scores": {}, "partial": ["3"]}, "'partial'"),
         ("train_step", {"iteration": 1, "step": 0, "lr": math.nan}, None),  # NaN is null: lr may be null
         ("run_finished", {"reason": "bored"}, "'reason'"),
-        ("awaiting_decision", {"iteration": 1, "layer": 3, "mode": "auto", "candidates": [{"layer": 3}]},
-         "'candidates'"),
+        (
+            "awaiting_decision",
+            {"iteration": 1, "layer": 3, "mode": "auto", "candidates": [{"layer": 3}]},
+            "'candidates'",
+        ),
     ],
 )
 def test_writer_checks_fields_against_the_registry(tmp_path, kind, fields, fragment):
@@ -103,20 +113,32 @@ def test_the_fields_engines_log_since_the_report_split_are_accepted(tmp_path):
     with EventWriter(tmp_path / "events.jsonl") as w:
         w.emit("eval", iteration=2, stage="after_healing", part="select", aggregate=0.5, tasks={"a": 0.5})
         w.emit("train_step", iteration=2, step=3, loss=1.5, kl=20.0, mse=0.5, kl_term=1.0, mse_term=0.5)
-        w.emit("importance", iteration=2, metric="task_drop", scores={"3": 0.1, "4": 0.2}, partial=[4],
-               items={"3": 64, "4": 16})
+        w.emit(
+            "importance",
+            iteration=2,
+            metric="task_drop",
+            scores={"3": 0.1, "4": 0.2},
+            partial=[4],
+            items={"3": 64, "4": 16},
+        )
         w.emit("decision", iteration=2, layer=12, by="fixed", proposed=None)
         w.emit("run_finished", reason="floor", layers=20)
     assert [e["type"] for e in read_all(tmp_path / "events.jsonl")] == [
-        "eval", "train_step", "importance", "decision", "run_finished"]
+        "eval",
+        "train_step",
+        "importance",
+        "decision",
+        "run_finished",
+    ]
 
 
 def test_nan_and_inf_become_null(tmp_path):
     p = tmp_path / "events.jsonl"
     with EventWriter(p) as w:
         rec = w.emit("train_step", iteration=1, step=0, loss=math.nan, kl=math.inf)
-        nested = w.emit("importance", iteration=1, metric="bi", scores={"1": -math.inf},
-                        also={"angular": {"1": math.nan}})
+        nested = w.emit(
+            "importance", iteration=1, metric="bi", scores={"1": -math.inf}, also={"angular": {"1": math.nan}}
+        )
     assert rec["loss"] is None and nested["also"] == {"angular": {"1": None}}
     text = p.read_text()
     assert "NaN" not in text and "Infinity" not in text

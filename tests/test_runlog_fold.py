@@ -31,8 +31,18 @@ def iteration(k, layer, t, by="user", aggregate=0.5):
 
 
 START = [
-    ev("run_started", 0, name="demo", model="smollm2", strategy="iterative-distill", start_layers=6,
-       target_layers=3, mode="manual", params=1000, extra_field={"kept": True}),
+    ev(
+        "run_started",
+        0,
+        name="demo",
+        model="smollm2",
+        strategy="iterative-distill",
+        start_layers=6,
+        target_layers=3,
+        mode="manual",
+        params=1000,
+        extra_field={"kept": True},
+    ),
     ev("eval", 0.5, iteration=0, stage="teacher", aggregate=0.7, tasks={"a": 0.7}),
 ]
 
@@ -128,7 +138,7 @@ def test_status_mode_and_commands():
         ev("command_applied", 2, command_id="c2", name="pause", args={}),
         ev("command_rejected", 3, command_id="c3", name="override", reason="layer 4 already removed"),
     ]
-    fold(with_seq(START + more)[len(START):], s)
+    fold(with_seq(START + more)[len(START) :], s)
     assert (s.mode, s.mode_seconds) == ("auto-after", 30)
     assert s.paused
     assert s.commands["c3"]["applied"] is False and s.commands["c1"]["applied"] is True
@@ -222,7 +232,9 @@ def test_fold_from_real_log(tmp_path):
     p = tmp_path / "events.jsonl"
     with EventWriter(p) as w:
         for e in START + iteration(1, 4, 10):
-            fields = {k: v for k, v in e.items() if k not in ("t", "type", "extra_field")}  # the writer knows no such field
+            fields = {
+                k: v for k, v in e.items() if k not in ("t", "type", "extra_field")
+            }  # the writer knows no such field
             w.emit(e["type"], **fields)
     s = fold(read_all(p))
     assert s.layers == [0, 1, 2, 3, 5] and s.last_seq == 11 and isinstance(s.last_event_t, float)

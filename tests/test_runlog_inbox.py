@@ -224,7 +224,9 @@ def test_a_file_of_another_user_is_refused(rd):
     assert isinstance(cmd, MalformedCommand) and "uid 12345" in cmd.reason
 
 
-@pytest.mark.parametrize("content", [b"[" * 30_000 + b"]" * 30_000, b'{"name": ' + b"[" * 60_000], ids=["closed", "open"])
+@pytest.mark.parametrize(
+    "content", [b"[" * 30_000 + b"]" * 30_000, b'{"name": ' + b"[" * 60_000], ids=["closed", "open"]
+)
 def test_deeply_nested_json_is_malformed_not_a_crash(rd, content):
     (rd.commands_dir / "1-deep.json").write_bytes(content)
     cmd = _only(rd)
@@ -261,6 +263,8 @@ def test_the_engine_rejects_a_refused_file_and_goes_on(rd, tmp_path):
         control.poll()  # nothing is answered twice
     events = read_all(rd.events_file)
     assert [(e["type"], e["command_id"][:9]) for e in events][:2] == [
-        ("command_rejected", "0001-deep"), ("command_rejected", "0002-link")]
+        ("command_rejected", "0001-deep"),
+        ("command_rejected", "0002-link"),
+    ]
     assert events[2]["type"] == "command_applied" and events[2]["name"] == "pause" and len(events) == 3
     assert control.paused

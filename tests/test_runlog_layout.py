@@ -23,14 +23,38 @@ def no_temp_files(d):
 
 def test_rundir_names_every_path(tmp_path):
     rd = RunDir(tmp_path / "r1")
-    rel = {k: str(getattr(rd, k).relative_to(rd.path)) for k in (
-        "config_file", "events_file", "commands_dir", "done_dir", "lock_file", "state_file",
-        "checkpoints_dir", "latest_file", "partial_file", "export_dir", "log_file", "out_file", "cache_dir")}
+    rel = {
+        k: str(getattr(rd, k).relative_to(rd.path))
+        for k in (
+            "config_file",
+            "events_file",
+            "commands_dir",
+            "done_dir",
+            "lock_file",
+            "state_file",
+            "checkpoints_dir",
+            "latest_file",
+            "partial_file",
+            "export_dir",
+            "log_file",
+            "out_file",
+            "cache_dir",
+        )
+    }
     assert rel == {
-        "config_file": "config.yaml", "events_file": "events.jsonl", "commands_dir": "commands",
-        "done_dir": "commands/done", "lock_file": "engine.lock", "state_file": "state.json",
-        "checkpoints_dir": "checkpoints", "latest_file": "LATEST", "partial_file": "checkpoints/PARTIAL",
-        "export_dir": "export", "log_file": "engine.log", "out_file": "engine.out", "cache_dir": "cache",
+        "config_file": "config.yaml",
+        "events_file": "events.jsonl",
+        "commands_dir": "commands",
+        "done_dir": "commands/done",
+        "lock_file": "engine.lock",
+        "state_file": "state.json",
+        "checkpoints_dir": "checkpoints",
+        "latest_file": "LATEST",
+        "partial_file": "checkpoints/PARTIAL",
+        "export_dir": "export",
+        "log_file": "engine.log",
+        "out_file": "engine.out",
+        "cache_dir": "cache",
     }
     assert rd.checkpoint_dir(3) == rd.path / "checkpoints" / "3"
     assert os.fspath(rd) == str(tmp_path / "r1") and rd.name == "r1"

@@ -23,7 +23,7 @@ from tools.synthetic_runs import make_app
 pytestmark = pytest.mark.usefixtures("tui_env")
 ROOT = Path(__file__).resolve().parent.parent
 
-FAKE_ENGINE = r'''
+FAKE_ENGINE = r"""
 import os, sys, time
 from engine.runlog.events import EventWriter
 from engine.runlog.inbox import CommandInbox
@@ -85,7 +85,7 @@ for it in (1, 2):
            layers=len(layers), params=100 * len(layers))
 w.emit("run_finished", reason="target", layers=len(layers), params=100 * len(layers), removed=removed, export=None,
        iteration=2)
-'''
+"""
 
 
 def _wait_file(run_dir: Path, predicate, timeout: float):
@@ -167,9 +167,24 @@ def _kill_engine(run: Path) -> None:
 
 async def test_dashboard_steers_the_real_engine(tiny, tmp_path):
     runs = tmp_path / "runs"
-    result = ild("run", "--model", str(tiny / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
-                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "real", "--detach",
-                 "--mode", "manual")
+    result = ild(
+        "run",
+        "--model",
+        str(tiny / "model"),
+        "--strategy",
+        "iterative-pruning",
+        "--target-layers",
+        "4",
+        "--suite",
+        str(tiny / "suite.yaml"),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "real",
+        "--detach",
+        "--mode",
+        "manual",
+    )
     assert result.returncode == 0, result.stderr
     run = runs / "real"
     try:
@@ -186,4 +201,3 @@ async def test_dashboard_steers_the_real_engine(tiny, tmp_path):
     assert state.decisions[1]["layer"] == approved and state.decisions[1]["by"] == "user"
     assert state.decisions[2]["layer"] == overridden and state.decisions[2]["proposed"] != overridden
     assert state.removed_layers == [approved, overridden]
-

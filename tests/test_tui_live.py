@@ -33,8 +33,22 @@ def _engine_decides(run, cmd: dict, layer: int, proposed: int = 23) -> None:
     append_events(
         run,
         {"type": "command_applied", "command_id": cmd["id"], "name": cmd["name"], "args": cmd["args"], "by": cmd["by"]},
-        {"type": "decision", "iteration": 5, "layer": layer, "by": "user", "proposed": proposed, "command_id": cmd["id"]},
-        {"type": "layer_removed", "iteration": 5, "layer": layer, "remaining": remaining, "layers": 25, "params": 116_000_000},
+        {
+            "type": "decision",
+            "iteration": 5,
+            "layer": layer,
+            "by": "user",
+            "proposed": proposed,
+            "command_id": cmd["id"],
+        },
+        {
+            "type": "layer_removed",
+            "iteration": 5,
+            "layer": layer,
+            "remaining": remaining,
+            "layers": 25,
+            "params": 116_000_000,
+        },
     )
 
 
@@ -127,8 +141,12 @@ async def test_mode_pause_and_stop_commands(runs):
             await pilot.press("y")
             await pilot.pause()
             got = [(c["name"], c["args"]) for c in commands(run)]
-            assert got == [("set_mode", {"mode": "manual"}), ("set_mode", {"mode": "auto-after", "seconds": 300.0}),
-                           ("pause", {}), ("stop", {})]
+            assert got == [
+                ("set_mode", {"mode": "manual"}),
+                ("set_mode", {"mode": "auto-after", "seconds": 300.0}),
+                ("pause", {}),
+                ("stop", {}),
+            ]
 
 
 async def test_second_dashboard_agrees_and_does_not_ask_again(runs):
@@ -154,12 +172,28 @@ async def test_events_arriving_are_batched_and_drawn(runs):
     batches = []
     with hold_lock(run):
         app = make_app(runs, run, poll_interval=0.05)
-        async with app.run_test(size=SIZE, message_hook=lambda m: batches.append(m) if isinstance(m, EventsBatch) else None) as pilot:
+        async with app.run_test(
+            size=SIZE, message_hook=lambda m: batches.append(m) if isinstance(m, EventsBatch) else None
+        ) as pilot:
             screen = await open_live(app, pilot)
             before = len(screen.model.loss)
-            append_events(run, *[{"type": "train_step", "iteration": 5, "step": i, "loss": 1.0 / (i + 1), "kl": 0.5,
-                                  "mse": 0.5, "lr": 1e-4, "tokens_per_s": 1000.0} for i in range(300)],
-                          {"type": "log", "level": "warning", "message": "hello from the engine"})
+            append_events(
+                run,
+                *[
+                    {
+                        "type": "train_step",
+                        "iteration": 5,
+                        "step": i,
+                        "loss": 1.0 / (i + 1),
+                        "kl": 0.5,
+                        "mse": 0.5,
+                        "lr": 1e-4,
+                        "tokens_per_s": 1000.0,
+                    }
+                    for i in range(300)
+                ],
+                {"type": "log", "level": "warning", "message": "hello from the engine"},
+            )
             await wait_for(pilot, lambda: len(screen.model.loss) == before + 300)
             assert len({id(m) for m in batches}) <= 3  # one message per poll, not one per event
             await wait_for(pilot, lambda: "540 steps" in str(screen.query_one("#loss-panel").border_title))
@@ -228,3 +262,24 @@ async def test_escape_goes_to_the_runs_screen_and_back(runs):
         await wait_for(pilot, lambda: app.screen.scanned)
         assert len(app.screen.rows) == 4
         assert len(read_all(runs / FINISHED / "events.jsonl")) == 752
+
+
+async def test_panels_show_what_newer_engines_log(tmp_path):
+    from tools.synthetic_runs import synth_run
+
+    runs = tmp_path / "runs"
+    synth_run(runs / "split", name="split", split=True, steps_per_iter=8, end="floor", end_iteration=3)
+    app = make_app(runs, runs / "split")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        assert "~ partial" in str(screen.query_one("#heat-legend").render())
+        hm = screen.query_one(Heatmap)
+        assert any(seg.text.strip() == "~" for y in range(1, 31) for seg in hm.render_line(y))
+        assert "KL" in str(screen.query_one("#loss-status").render()) and "of the loss" in str(
+            screen.query_one("#loss-status").render()
+        )
+        chart = str(screen.query_one("#loss-chart", BrailleChart).render())
+        assert "kl term" in chart and "mse term" in chart
+        assert "select" in str(screen.query_one("#score-chart", BrailleChart).render())
+        assert screen.status == "finished"
+        assert any("run finished (floor)" in line.text for line in screen.model.lines)

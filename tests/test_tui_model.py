@@ -86,16 +86,30 @@ def test_decision_settled_by_a_later_event_is_not_asked_again():
     assert decision_view(m.state) is None
     # replaying everything (a second dashboard attaching later) agrees
     again = LiveModel()
-    again.apply(events + [{"seq": seq + 1, "t": 1.0, "type": "decision", "iteration": 5, "layer": 26, "by": "user",
-                           "proposed": 23}])
+    again.apply(
+        events
+        + [{"seq": seq + 1, "t": 1.0, "type": "decision", "iteration": 5, "layer": 26, "by": "user", "proposed": 23}]
+    )
     assert decision_view(again.state) is None and again.state == m.state
 
 
 def test_awaiting_with_bare_candidate_numbers_keeps_the_proposal_details():
     m = _model(LIVE)
     it = 5
-    m.apply([{"seq": 10_000, "t": 2.0, "type": "awaiting_decision", "iteration": it, "layer": 23, "mode": "manual",
-              "deadline": None, "candidates": [23, 26, 24]}])
+    m.apply(
+        [
+            {
+                "seq": 10_000,
+                "t": 2.0,
+                "type": "awaiting_decision",
+                "iteration": it,
+                "layer": 23,
+                "mode": "manual",
+                "deadline": None,
+                "candidates": [23, 26, 24],
+            }
+        ]
+    )
     d = decision_view(m.state)
     assert d.mode == "manual" and d.deadline is None
     assert len(d.candidates) == 26 and d.candidates[0].score is not None and d.candidates[0].task_deltas
@@ -135,7 +149,7 @@ def test_ema_is_debiased_and_incremental():
     vals = [10.0, 0.0, 0.0, 0.0]
     out, _ = ema(vals, 0.9)
     assert out[0] == pytest.approx(10.0)  # no pull toward 0 at the start
-    assert out[-1] == pytest.approx(10 * 0.9 ** 3 * 0.1 / (1 - 0.9 ** 4))
+    assert out[-1] == pytest.approx(10 * 0.9**3 * 0.1 / (1 - 0.9**4))
     ls = LossSeries()
     sm = Smoother()
     for i in range(50):
@@ -159,9 +173,15 @@ def test_bucket_keeps_the_band():
 
 
 def test_render_chart_shapes_and_empty_state():
-    spec = ChartSpec(series=[Series("a", "#ff0000", dense=[math.sin(i / 50) + 2 for i in range(5000)]),
-                             Series("p", "#00ff00", points=[(0, 1.5), (4999, 2.5)], kind="linepoints")],
-                     hlines=[HLine(2.0, "#888888", "base")], vlines=[VLine(2500, "2")], integer_x=True)
+    spec = ChartSpec(
+        series=[
+            Series("a", "#ff0000", dense=[math.sin(i / 50) + 2 for i in range(5000)]),
+            Series("p", "#00ff00", points=[(0, 1.5), (4999, 2.5)], kind="linepoints"),
+        ],
+        hlines=[HLine(2.0, "#888888", "base")],
+        vlines=[VLine(2500, "2")],
+        integer_x=True,
+    )
     lines = render_chart(spec, 60, 14)
     assert len(lines) == 14 and all(l.cell_len <= 60 for l in lines)
     text = "\n".join(l.plain for l in lines)
@@ -185,7 +205,8 @@ def test_fixtures_are_reproducible(tmp_path):
     build_fixtures(tmp_path)
     for name in (FINISHED, LIVE, DEAD, SHORTGPT):
         assert (tmp_path / name / "events.jsonl").read_bytes() == (FIXTURES / name / "events.jsonl").read_bytes(), (
-            f"tests/fixtures/runs/{name} is stale: regenerate with `python -m tools.synthetic_runs`")
+            f"tests/fixtures/runs/{name} is stale: regenerate with `python -m tools.synthetic_runs`"
+        )
 
 
 def test_settings_round_trip(tmp_path, monkeypatch):
@@ -207,7 +228,9 @@ def test_theme_files_and_palettes(tmp_path):
     cb = themes["ild-colorblind"][1]
     assert cb.heatmap[0] == "#00224e" and cb.loss == "#e69f00"  # cividis, Okabe-Ito
     # a user theme in the config directory is picked up; a broken one is skipped
-    (tmp_path / "mine.toml").write_text('name = "mine"\nprimary = "#123456"\n[heatmap]\ncolors = ["#000000", "#ffffff"]\n')
+    (tmp_path / "mine.toml").write_text(
+        'name = "mine"\nprimary = "#123456"\n[heatmap]\ncolors = ["#000000", "#ffffff"]\n'
+    )
     (tmp_path / "broken.toml").write_text("primary = ")
     themes = load_theme_files([THEMES_DIR, tmp_path])
     assert "mine" in themes and themes["mine"][1].heatmap == ["#000000", "#ffffff"]
@@ -220,3 +243,73 @@ def test_palette_helpers():
     assert [shade(v) for v in (0.0, 0.3, 0.6, 1.0)] == ["░", "▒", "▓", "█"]
     p = Palette()
     assert p.color_at(0.0) == p.heatmap[0] and p.color_at(1.0) == p.heatmap[-1]
+
+
+def test_views_of_the_fields_newer_engines_log(tmp_path):
+    from ild_tui.live.inspector import inspect_text
+    from ild_tui.live.losses import kl_share
+    from tools.synthetic_runs import synth_run
+
+    synth_run(tmp_path / "s", name="s", split=True, steps_per_iter=5, end="floor", end_iteration=3)
+    m = LiveModel()
+    m.apply(read_all(tmp_path / "s" / "events.jsonl"))
+    s = m.state
+    # importance scored on part of the items: still a value for every layer, marked
+    hm = heatmap_view(s)
+    assert len(hm.partial) == 3 and all(len(p) == 3 for p in hm.partial)
+    assert all(p <= set(col) for p, col in zip(hm.partial, hm.raw))
+    layer = sorted(hm.partial[0])[0]
+    assert "partial (4 items)" in inspect_text(s, layer, 1).plain
+    assert "partial" not in inspect_text(s, min(set(hm.raw[0]) - hm.partial[0]), 1).plain
+    # scores: report leads, select is the second line
+    sv = scores_view(s)
+    assert [it for it, _ in sv.best_path] == [0, 1, 2, 3] == [it for it, _ in sv.select_path]
+    assert all(sel > rep for (_, rep), (_, sel) in zip(sv.best_path, sv.select_path))
+    assert sv.teacher == s.teacher_eval("report")["aggregate"] and sv.latest["part"] == "report"
+    # losses: the weighted terms are what is plotted, and the KL's share of the loss
+    assert m.loss.shown() == ("loss", "kl_term", "mse_term")
+    last = m.loss.last
+    assert kl_share(last) == pytest.approx(last["kl_term"] / (last["kl_term"] + last["mse_term"]))
+    # old runs keep plotting raw KL and MSE
+    assert _model(FINISHED).loss.shown() == ("loss", "kl", "mse") and kl_share(_model(FINISHED).loss.last) is None
+
+
+def test_fixed_removals_are_decisions_without_a_proposal(tmp_path):
+    from engine.runlog.layout import create
+    from tests.support import append_events
+
+    create(tmp_path / "f")
+    append_events(
+        tmp_path / "f",
+        {
+            "type": "run_started",
+            "name": "f",
+            "model": "m",
+            "strategy": "iterative-distill",
+            "start_layers": 6,
+            "target_layers": 4,
+            "mode": "auto",
+        },
+        {"type": "decision", "iteration": 1, "layer": 3, "by": "fixed", "proposed": None},
+        {"type": "layer_removed", "iteration": 1, "layer": 3, "remaining": [0, 1, 2, 4, 5]},
+    )
+    m = LiveModel()
+    m.apply(read_all(tmp_path / "f" / "events.jsonl"))
+    assert decision_view(m.state) is None
+    assert heatmap_view(m.state).removed_by == {3: "fixed"}
+    assert any(line.text == "[1] decision: remove layer 3 (by fixed)" for line in m.lines)
+
+
+def test_panels_redraw_on_registered_event_types_only():
+    from engine.runlog.schema import EVENTS
+    from ild_tui.live.decision import DecisionPanel
+    from ild_tui.live.eventlog import EventLog
+    from ild_tui.live.heatmap import HeatmapPanel
+    from ild_tui.live.losses import LossPanel
+    from ild_tui.live.scores import ScoresPanel
+    from ild_tui.widgets.header import RunHeader
+
+    panels = (RunHeader, HeatmapPanel, DecisionPanel, ScoresPanel, LossPanel, EventLog)
+    for panel in panels:
+        assert panel.EVENTS and set(EVENTS) >= panel.EVENTS, panel
+    assert set().union(*(p.EVENTS for p in panels)) == set(EVENTS)  # every event shows somewhere

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ild_tui.screens.compare import CompareScreen, ComparedRun, removal_bars
+from ild_tui.screens.compare import ComparedRun, CompareScreen, removal_bars
 from ild_tui.screens.dialogs import ConfirmScreen
 from ild_tui.screens.runs import RunsScreen
 from ild_tui.widgets.palette import Palette

@@ -13,7 +13,7 @@ import pytest
 from ild_tui.live.screen import LiveScreen
 from ild_tui.screens.compare import CompareScreen
 from ild_tui.screens.runs import RunsScreen
-from tools.synthetic_runs import FINISHED, FIXTURES, LIVE, SHORTGPT, DEAD, make_app
+from tools.synthetic_runs import DEAD, FINISHED, FIXTURES, LIVE, SHORTGPT, make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 

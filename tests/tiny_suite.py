@@ -8,7 +8,27 @@ import random
 from engine.tasks.spec import load_suite
 from tests.tiny_tokenizer import word_tokenizer
 
-WORDS = "the cat sat on a mat and dog ran to big red house with small green tree in park".split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "dog",
+    "ran",
+    "to",
+    "big",
+    "red",
+    "house",
+    "with",
+    "small",
+    "green",
+    "tree",
+    "in",
+    "park",
+]
 
 
 def write_rows(tmp_path, name, rows):
@@ -22,7 +42,11 @@ def tiny_suite(tmp_path):
     rng = random.Random(0)
     sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) for _ in range(12)]
     write_rows(tmp_path, "text.jsonl", [{"text": s} for s in sentences])
-    write_rows(tmp_path, "mc.jsonl", [{"q": s, "options": [rng.choice(WORDS) for _ in range(4)], "label": rng.randint(0, 3)} for s in sentences])
+    write_rows(
+        tmp_path,
+        "mc.jsonl",
+        [{"q": s, "options": [rng.choice(WORDS) for _ in range(4)], "label": rng.randint(0, 3)} for s in sentences],
+    )
     write_rows(tmp_path, "pairs.jsonl", [{"src": s, "dst": s.upper()} for s in sentences])
     (tmp_path / "suite.yaml").write_text(
         """

@@ -100,8 +100,15 @@ def synth_run(
         emit("eval", iteration=iteration, stage=stage, part="report", aggregate=aggregate, tasks=tasks, **more)
         # The items that chose the layers flatter the student a little.
         chosen = {k: round(min(1.0, v + 0.006), 6) for k, v in scores.items()}
-        emit("eval", iteration=iteration, stage=stage, part="select",
-             aggregate=round(sum(chosen.values()) / len(chosen), 6), tasks=chosen, **more)
+        emit(
+            "eval",
+            iteration=iteration,
+            stage=stage,
+            part="select",
+            aggregate=round(sum(chosen.values()) / len(chosen), 6),
+            tasks=chosen,
+            **more,
+        )
 
     rd = create(path)
     rd.config_file.write_text(
@@ -116,11 +123,28 @@ def synth_run(
     tick(0.4)
     emit("phase", iteration=0, phase="loading", detail=f"loading {MODEL}")
     tick(11.0)
-    emit("run_started", name=name, model=MODEL, model_version="gguf-q8_0", strategy=strategy, importance=metric,
-         start_layers=start_layers, target_layers=target_layers, mode=mode,
-         **({"mode_seconds": LIVE_DEADLINE_IN} if mode == "auto-after" else {}), params=PARAMS,
-         config={"name": name, "model": MODEL, "strategy": strategy, "target_layers": target_layers,
-                 "start_layers": start_layers, "mode": mode, "seed": seed})
+    emit(
+        "run_started",
+        name=name,
+        model=MODEL,
+        model_version="gguf-q8_0",
+        strategy=strategy,
+        importance=metric,
+        start_layers=start_layers,
+        target_layers=target_layers,
+        mode=mode,
+        **({"mode_seconds": LIVE_DEADLINE_IN} if mode == "auto-after" else {}),
+        params=PARAMS,
+        config={
+            "name": name,
+            "model": MODEL,
+            "strategy": strategy,
+            "target_layers": target_layers,
+            "start_layers": start_layers,
+            "mode": mode,
+            "seed": seed,
+        },
+    )
     tick(0.2)
     emit("phase", iteration=0, phase="evaluating", detail="teacher")
     tick(42.0)
@@ -171,12 +195,25 @@ def synth_run(
             partial = sorted(scores, key=lambda k: -scores[k])[:3]
             racing = {"partial": partial, "items": {str(k): 4 if k in partial else 12 for k in sorted(scores)}}
         if metric == "task_drop":
-            emit("importance", iteration=it, metric=metric, scores=keyed, per_task=per_task, aggregates=aggregates,
-                 **racing)
+            emit(
+                "importance",
+                iteration=it,
+                metric=metric,
+                scores=keyed,
+                per_task=per_task,
+                aggregates=aggregates,
+                **racing,
+            )
         else:
             also = {"angular": {k: round(v * 0.61, 6) for k, v in keyed.items()}}
-            emit("importance", iteration=it, metric=metric, scores=keyed, also=also,
-                 **({"reused": True} if not rescore and it > 1 else {}))
+            emit(
+                "importance",
+                iteration=it,
+                metric=metric,
+                scores=keyed,
+                also=also,
+                **({"reused": True} if not rescore and it > 1 else {}),
+            )
         ranked = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))
         proposal = ranked[0][0]
         cands = []
@@ -188,8 +225,14 @@ def synth_run(
         emit("proposal", iteration=it, layer=proposal, metric=metric, candidates=cands)
         if mode != "auto":
             deadline = clock["t"] + LIVE_DEADLINE_IN if mode == "auto-after" else None
-            emit("awaiting_decision", iteration=it, layer=proposal, mode=mode, deadline=deadline,
-                 candidates=[c["layer"] for c in cands])
+            emit(
+                "awaiting_decision",
+                iteration=it,
+                layer=proposal,
+                mode=mode,
+                deadline=deadline,
+                candidates=[c["layer"] for c in cands],
+            )
             if end == "awaiting" and it == end_iteration:
                 w.close()
                 facts["proposal"] = proposal
@@ -209,10 +252,21 @@ def synth_run(
         remaining.remove(layer)
         facts["removed"].append(layer)
         params = PARAMS - PER_LAYER * (start_layers - len(remaining))
-        emit("layer_removed", iteration=it, layer=layer, remaining=list(remaining), layers=len(remaining), params=params)
-        after = {t: per_task[t][str(layer)] for t in TASKS} if metric == "task_drop" else {
-            t: max(0.0, current[t] - _true_importance(layer, start_layers) * fragility * SENSITIVITY[t] * rng.uniform(0.7, 1.3))
-            for t in TASKS}
+        emit(
+            "layer_removed", iteration=it, layer=layer, remaining=list(remaining), layers=len(remaining), params=params
+        )
+        after = (
+            {t: per_task[t][str(layer)] for t in TASKS}
+            if metric == "task_drop"
+            else {
+                t: max(
+                    0.0,
+                    current[t]
+                    - _true_importance(layer, start_layers) * fragility * SENSITIVITY[t] * rng.uniform(0.7, 1.3),
+                )
+                for t in TASKS
+            }
+        )
         emit_eval(it, "after_removal", after, layers=len(remaining), params=params)
         current = dict(after)
         if heals:
@@ -224,8 +278,17 @@ def synth_run(
                 kl = base * decay * rng.uniform(0.88, 1.12)
                 mse = 0.35 * base * decay * rng.uniform(0.85, 1.15)
                 terms = {"kl_term": round(kl / 100, 6), "mse_term": round(mse, 6)} if split else {}
-                emit("train_step", iteration=it, step=step, loss=round(kl / 100 + mse, 6), kl=round(kl, 6),
-                     mse=round(mse, 6), **terms, lr=1e-4, tokens_per_s=round(rng.uniform(11000, 13000), 1))
+                emit(
+                    "train_step",
+                    iteration=it,
+                    step=step,
+                    loss=round(kl / 100 + mse, 6),
+                    kl=round(kl, 6),
+                    mse=round(mse, 6),
+                    **terms,
+                    lr=1e-4,
+                    tokens_per_s=round(rng.uniform(11000, 13000), 1),
+                )
                 facts["train_steps"] += 1
             healed = {t: min(TEACHER[t], v + (TEACHER[t] - v) * rng.uniform(0.45, 0.7)) for t, v in current.items()}
             emit("phase", iteration=it, phase="evaluating", detail="after healing")
@@ -240,9 +303,15 @@ def synth_run(
             break
     tick(20.0)
     emit("phase", iteration=it, phase="exporting", detail="export")
-    emit("run_finished", reason="floor" if end == "floor" else "target", layers=len(remaining),
-         params=PARAMS - PER_LAYER * (start_layers - len(remaining)), removed=facts["removed"], export="export",
-         iteration=it)
+    emit(
+        "run_finished",
+        reason="floor" if end == "floor" else "target",
+        layers=len(remaining),
+        params=PARAMS - PER_LAYER * (start_layers - len(remaining)),
+        removed=facts["removed"],
+        export="export",
+        iteration=it,
+    )
     w.close()
     facts["last_t"] = clock["t"]
     return facts
@@ -252,10 +321,17 @@ def build_fixtures(root: Path = FIXTURES) -> dict[str, dict]:
     """(Re)write the four canned runs under ``root``."""
     facts = {}
     specs = {
-        FINISHED: dict(strategy="iterative-distill", mode="manual", user_iterations=(1, 2, 3, 5, 6, 8, 9, 10),
-                       overrides={4: 18, 7: 25}, seed=1, t0=T0 + 3600),
-        LIVE: dict(strategy="iterative-distill", mode="auto-after", end="awaiting", end_iteration=5, seed=2,
-                   t0=T0 + 3 * 3600),
+        FINISHED: dict(
+            strategy="iterative-distill",
+            mode="manual",
+            user_iterations=(1, 2, 3, 5, 6, 8, 9, 10),
+            overrides={4: 18, 7: 25},
+            seed=1,
+            t0=T0 + 3600,
+        ),
+        LIVE: dict(
+            strategy="iterative-distill", mode="auto-after", end="awaiting", end_iteration=5, seed=2, t0=T0 + 3 * 3600
+        ),
         DEAD: dict(strategy="iterative-pruning", mode="auto", end="dead", end_iteration=4, seed=3, t0=T0 + 2 * 3600),
         SHORTGPT: dict(strategy="shortgpt", mode="auto", seed=4),
     }
@@ -306,8 +382,17 @@ def live_now() -> float:
     return last + LIVE_NOW_OFFSET
 
 
-def make_app(runs_dir: Path, run: Path | None = None, *, now: float | None = None, theme: str = "ild-dark",
-             liveness=None, heatmap_mode: str = "blocks", compare: list[str] | None = None, **kwargs):
+def make_app(
+    runs_dir: Path,
+    run: Path | None = None,
+    *,
+    now: float | None = None,
+    theme: str = "ild-dark",
+    liveness=None,
+    heatmap_mode: str = "blocks",
+    compare: list[str] | None = None,
+    **kwargs,
+):
     from ild_tui.app import IldApp
     from ild_tui.settings import Settings
 
@@ -315,8 +400,18 @@ def make_app(runs_dir: Path, run: Path | None = None, *, now: float | None = Non
     extra = {}
     if liveness is not None:
         extra["liveness"] = liveness
-    return IldApp(runs_dir, run, theme=theme, clock=lambda: now, heatmap_mode=heatmap_mode,
-                  settings=Settings(theme=theme), save_settings=False, compare=compare, **extra, **kwargs)
+    return IldApp(
+        runs_dir,
+        run,
+        theme=theme,
+        clock=lambda: now,
+        heatmap_mode=heatmap_mode,
+        settings=Settings(theme=theme),
+        save_settings=False,
+        compare=compare,
+        **extra,
+        **kwargs,
+    )
 
 
 def write_screenshots(dest: Path) -> list[Path]:
@@ -325,8 +420,8 @@ def write_screenshots(dest: Path) -> list[Path]:
     import random
     import tempfile
 
-    from ild_tui.screens.compare import CompareScreen
     from ild_tui.live.screen import LiveScreen
+    from ild_tui.screens.compare import CompareScreen
 
     os.environ.setdefault("TZ", "UTC")
     os.environ.setdefault("ILD_CONFIG_DIR", tempfile.mkdtemp(prefix="ild-shots-"))
@@ -346,17 +441,31 @@ def write_screenshots(dest: Path) -> list[Path]:
         w.emit("command_applied", command_id="shot-1", name="approve", args={"layer": 23}, by="dashboard")
         w.emit("decision", iteration=5, layer=23, by="user", proposed=23, command_id="shot-1")
         w.emit("layer_removed", iteration=5, layer=23, remaining=remaining, layers=25, params=PARAMS - 5 * PER_LAYER)
-        w.emit("eval", iteration=5, stage="after_removal", aggregate=0.4562,
-               tasks={"lm": 0.395, "ppl": 0.529, "mc": 0.455, "mc_letter": 0.284, "copy": 0.864, "translate": 0.207},
-               layers=25, params=PARAMS - 5 * PER_LAYER)
+        w.emit(
+            "eval",
+            iteration=5,
+            stage="after_removal",
+            aggregate=0.4562,
+            tasks={"lm": 0.395, "ppl": 0.529, "mc": 0.455, "mc_letter": 0.284, "copy": 0.864, "translate": 0.207},
+            layers=25,
+            params=PARAMS - 5 * PER_LAYER,
+        )
         w.emit("phase", iteration=5, phase="healing", detail="layers 22..24")
         for step in range(36):
             t += 2.0
             decay = 0.45 + 0.55 * (1 - step / 60) ** 2
             kl = 2.85 * decay * rng.uniform(0.88, 1.12)
             mse = 0.35 * 2.85 * decay * rng.uniform(0.85, 1.15)
-            w.emit("train_step", iteration=5, step=step, loss=round(kl / 100 + mse, 6), kl=round(kl, 6), mse=round(mse, 6),
-                   lr=1e-4, tokens_per_s=round(rng.uniform(11000, 13000), 1))
+            w.emit(
+                "train_step",
+                iteration=5,
+                step=step,
+                loss=round(kl / 100 + mse, 6),
+                kl=round(kl, 6),
+                mse=round(mse, 6),
+                lr=1e-4,
+                tokens_per_s=round(rng.uniform(11000, 13000), 1),
+            )
         w.emit("phase", iteration=5, phase="healing", detail="step", done=36, total=60)
     now = t + 3
 
@@ -377,13 +486,23 @@ def write_screenshots(dest: Path) -> list[Path]:
     def compared(app):
         return isinstance(app.screen, CompareScreen) and app.screen.loaded
 
-    alive = lambda rd: rd.name == LIVE  # noqa: E731
+    alive = lambda rd: rd.name == LIVE
     out = [
         asyncio.run(shoot(make_app(root, live, now=now, liveness=alive), painted, "screenshot-live.svg")),
-        asyncio.run(shoot(make_app(root, copy_fixture_as(LIVE, root, "decision"), liveness=lambda rd: True),
-                          painted, "screenshot-decision.svg")),
-        asyncio.run(shoot(make_app(root, compare=[str(root / n) for n in (FINISHED, SHORTGPT, DEAD, LIVE)],
-                                   liveness=alive), compared, "screenshot-compare.svg")),
+        asyncio.run(
+            shoot(
+                make_app(root, copy_fixture_as(LIVE, root, "decision"), liveness=lambda rd: True),
+                painted,
+                "screenshot-decision.svg",
+            )
+        ),
+        asyncio.run(
+            shoot(
+                make_app(root, compare=[str(root / n) for n in (FINISHED, SHORTGPT, DEAD, LIVE)], liveness=alive),
+                compared,
+                "screenshot-compare.svg",
+            )
+        ),
     ]
     return out
 

@@ -21,7 +21,7 @@ from typing import Any
 from engine.runlog._fileio import FILE_MODE, fsync_dir
 from engine.runlog.jsonsafe import sanitize
 
-__all__ = ["write_bytes_atomic", "write_text_atomic", "write_json_atomic", "read_json", "temp_name"]
+__all__ = ["read_json", "temp_name", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def temp_name(final_name: str) -> str:

@@ -22,8 +22,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.runlog._fileio import FILE_MODE, rfind_newline
 from engine.runlog.jsonsafe import dumps, encode_line
@@ -161,7 +162,7 @@ class EventWriter:
     def closed(self) -> bool:
         return self._fd is None
 
-    def __enter__(self) -> "EventWriter":
+    def __enter__(self) -> EventWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,12 +21,13 @@ older dashboard can follow a newer engine.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from engine.runlog.schema import REPORT, is_valid
 
-__all__ = ["RunState", "fold", "OUTCOMES", "STARTING_GRACE_S", "is_layer_key"]
+__all__ = ["OUTCOMES", "STARTING_GRACE_S", "RunState", "fold", "is_layer_key"]
 
 OUTCOMES = ("finished", "failed", "stopped")
 # A run directory this young with an empty log and a free lock is an engine that has not taken
@@ -96,8 +97,14 @@ class RunState:
         out = []
         for it in sorted(self.removals):
             dec = self.decisions.get(it, {})
-            out.append({"iteration": it, "layer": self.removals[it]["layer"], "by": dec.get("by"),
-                        "proposed": dec.get("proposed")})
+            out.append(
+                {
+                    "iteration": it,
+                    "layer": self.removals[it]["layer"],
+                    "by": dec.get("by"),
+                    "proposed": dec.get("proposed"),
+                }
+            )
         return out
 
     @property

@@ -49,10 +49,10 @@ __all__ = [
     "COMMANDS",
     "MAX_COMMAND_BYTES",
     "Command",
-    "MalformedCommand",
     "CommandInbox",
-    "validate_command",
+    "MalformedCommand",
     "send_command",
+    "validate_command",
     "wait_for_reply",
 ]
 

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["sanitize", "dumps", "encode_line"]
+__all__ = ["dumps", "encode_line", "sanitize"]
 
 
 def sanitize(obj: Any, _path: str = "$", _active: set[int] | None = None) -> Any:
@@ -39,10 +39,7 @@ def sanitize(obj: Any, _path: str = "$", _active: set[int] | None = None) -> Any
                 out = {}
                 for k, v in obj.items():
                     if not isinstance(k, (str, int, float, bool)) and k is not None:
-                        raise TypeError(
-                            f"JSON object key at {_path} has type {type(k).__name__}; "
-                            "use str or int keys"
-                        )
+                        raise TypeError(f"JSON object key at {_path} has type {type(k).__name__}; use str or int keys")
                     out[k] = sanitize(v, f"{_path}.{k}", active)
                 return out
             return [sanitize(v, f"{_path}[{i}]", active) for i, v in enumerate(obj)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.runlog._fileio import FILE_MODE, make_private_dir
 from engine.runlog.atomic import write_text_atomic
 
-__all__ = ["RunDir", "create", "is_run_dir", "list_runs", "export_target_problem", "EXPORT_MARKER"]
+__all__ = ["EXPORT_MARKER", "RunDir", "create", "export_target_problem", "is_run_dir", "list_runs", "make_private_dir"]
 
 CONFIG = "config.yaml"
 EVENTS = "events.jsonl"

@@ -65,7 +65,7 @@ class EngineLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self, timeout: float = 0.5) -> "EngineLock":
+    def acquire(self, timeout: float = 0.5) -> EngineLock:
         """Take the lock or raise ``LockHeld``.
 
         Retries for up to ``timeout`` seconds only because ``is_alive`` in a
@@ -104,7 +104,7 @@ class EngineLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "EngineLock":
+    def __enter__(self) -> EngineLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,24 +18,36 @@ keyed by layer (``scores``, ``per_task``, ...) have the layer index as a decimal
 
 import reprlib
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, NotRequired, Required, TypedDict, Union
-from typing import get_args, get_origin, get_type_hints, is_typeddict
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,
+    Required,
+    TypedDict,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 __all__ = [
+    "DECIDERS",
     "EVENTS",
-    "EventSpec",
+    "FINISH_REASONS",
     "MODES",
-    "STAGES",
     "PARTS",
     "REPORT",
     "SELECT",
-    "DECIDERS",
-    "FINISH_REASONS",
-    "problem",
-    "is_valid",
+    "STAGES",
+    "EventSpec",
     "describe",
+    "is_valid",
     "markdown",
+    "problem",
 ]
 
 Mode = Literal["manual", "auto", "auto-after"]
@@ -160,18 +172,23 @@ class TrainStep(TypedDict, total=False):
 class Eval(TypedDict, total=False):
     iteration: Required[Annotated[int, "the iteration (0: the teacher)"]]
     stage: Required[Annotated[Stage, "which model was evaluated"]]
-    part: Annotated[Part, "report (held-out items and the report suite; every headline number) or select "
-                          "(the items that chose the layers); absent in older runs: report"]
+    part: Annotated[
+        Part,
+        "report (held-out items and the report suite; every headline number) or select "
+        "(the items that chose the layers); absent in older runs: report",
+    ]
     aggregate: Required[Annotated[Score, "the mean of the task scores"]]
     tasks: Required[Annotated[ByTask, "{task: score}"]]
     layers: Annotated[int, "layers of the evaluated model"]
     params: Annotated[int, "its parameter count"]
-    heldout: Annotated[dict[str, ByTask], "after healing: held-out distillation loss {before|after: {loss, ...}}"]
+    heldout: Annotated[
+        dict[str, ByTask], "after healing: the held-out distillation loss before and after ({loss, kl, mse} each)"
+    ]
 
 
 class Checkpoint(TypedDict, total=False):
     iteration: Required[Annotated[int, "the iteration"]]
-    name: Required[Annotated[str, "checkpoints/<name>/"]]
+    name: Required[Annotated[str, "its directory's name under checkpoints/"]]
     path: Annotated[str, "its path"]
     partial: Annotated[bool, "a mid-healing checkpoint"]
     step: Annotated[int, "partial: the healing step"]
@@ -266,7 +283,9 @@ def _applied(e: dict) -> str:
 
 def _engine_started(e: dict) -> str:
     resumed = e.get("resumed_from")
-    return f"engine started (pid {e['pid']} on {e['host']})" + (f", resumed from checkpoint {resumed}" if resumed else "")
+    return f"engine started (pid {e['pid']} on {e['host']})" + (
+        f", resumed from checkpoint {resumed}" if resumed else ""
+    )
 
 
 def _phase(e: dict) -> str | None:
@@ -288,41 +307,45 @@ class EventSpec:
     wording: Callable[[dict], str | None] | None  # its event-log line; None: too chatty to show
 
 
-EVENTS: dict[str, EventSpec] = {
-    s.name: s
-    for s in (
-        EventSpec("engine_started", EngineStarted, "an engine process took the run (a fresh start or a resume)",
-                  False, "info", _engine_started),
-        EventSpec("run_started", RunStarted, "the run's identity, once, before anything else of the run",
-                  True, "info", lambda e: f"run {e['name']} started: {e['model']}, {e['strategy']}, "
-                  f"{e['start_layers']} -> {e['target_layers']} layers, mode {e['mode']}"),
-        EventSpec("phase", Phase, "what the engine is doing now, and progress ticks within it",
-                  False, "debug", _phase),
-        EventSpec("importance", Importance, "every remaining layer scored", False, "info", _least_important),
-        EventSpec("proposal", Proposal, "the layer the engine would remove, with the ranked candidates",
-                  True, "notice", lambda e: f"{_at(e)}proposal: remove layer {e['layer']}"),
-        EventSpec("awaiting_decision", AwaitingDecision, "the engine waits for a person (manual, auto-after)",
-                  True, "notice",
-                  lambda e: f"{_at(e)}awaiting a decision on layer {e['layer']} (mode {e['mode']})"),
-        EventSpec("decision", Decision, "which layer goes, and who said so", True, "notice", _decision),
-        EventSpec("layer_removed", LayerRemoved, "the layer is gone from the student", True, "info", _removed),
-        EventSpec("train_step", TrainStep, "one healing step", False, "debug", None),
-        EventSpec("eval", Eval, "a model evaluated on the suite", True, "info", _eval),
-        EventSpec("checkpoint", Checkpoint, "what a resume needs is on disk", True, "debug",
-                  lambda e: f"{_at(e)}checkpoint {e['name']}"),
-        EventSpec("log", Log, "a line for people", False, "", lambda e: f"{_at(e)}{e['message']}"),
-        EventSpec("alert", Alert, "something needs attention (a stall, a non-finite loss)", False, "",
-                  lambda e: f"{_at(e)}{e['message']}"),
-        EventSpec("command_applied", CommandApplied, "the answer to a command that took effect", True, "info",
-                  _applied),
-        EventSpec("command_rejected", CommandRejected, "the answer to a command that did not", True, "warning",
-                  lambda e: f"command {e.get('name')} rejected: {e['reason']}"),
-        EventSpec("run_finished", RunFinished, "the run ended by design", True, "notice",
-                  lambda e: f"run finished ({e['reason']}): {e.get('layers')} layers"),
-        EventSpec("run_failed", RunFailed, "the run ended on an error", True, "error",
-                  lambda e: f"run failed: {e['error']}" + (f" — {e['hint']}" if e.get("hint") else "")),
-    )
-}
+# fmt: off
+EVENTS: dict[str, EventSpec] = {s.name: s for s in (
+    EventSpec("engine_started", EngineStarted, "an engine process took the run (a fresh start or a resume)",
+              False, "info", _engine_started),
+    EventSpec("run_started", RunStarted, "the run's identity, once, before anything else of the run",
+              True, "info", lambda e: f"run {e['name']} started: {e['model']}, {e['strategy']}, "
+                                      f"{e['start_layers']} -> {e['target_layers']} layers, mode {e['mode']}"),
+    EventSpec("phase", Phase, "what the engine is doing now, and progress ticks within it",
+              False, "debug", _phase),
+    EventSpec("importance", Importance, "every remaining layer scored",
+              False, "info", _least_important),
+    EventSpec("proposal", Proposal, "the layer the engine would remove, with the ranked candidates",
+              True, "notice", lambda e: f"{_at(e)}proposal: remove layer {e['layer']}"),
+    EventSpec("awaiting_decision", AwaitingDecision, "the engine waits for a person (manual, auto-after)",
+              True, "notice", lambda e: f"{_at(e)}awaiting a decision on layer {e['layer']} (mode {e['mode']})"),
+    EventSpec("decision", Decision, "which layer goes, and who said so",
+              True, "notice", _decision),
+    EventSpec("layer_removed", LayerRemoved, "the layer is gone from the student",
+              True, "info", _removed),
+    EventSpec("train_step", TrainStep, "one healing step",
+              False, "debug", None),
+    EventSpec("eval", Eval, "a model evaluated on the suite",
+              True, "info", _eval),
+    EventSpec("checkpoint", Checkpoint, "what a resume needs is on disk",
+              True, "debug", lambda e: f"{_at(e)}checkpoint {e['name']}"),
+    EventSpec("log", Log, "a line for people",
+              False, "", lambda e: f"{_at(e)}{e['message']}"),
+    EventSpec("alert", Alert, "something needs attention (a stall, a non-finite loss)",
+              False, "", lambda e: f"{_at(e)}{e['message']}"),
+    EventSpec("command_applied", CommandApplied, "the answer to a command that took effect",
+              True, "info", _applied),
+    EventSpec("command_rejected", CommandRejected, "the answer to a command that did not",
+              True, "warning", lambda e: f"command {e.get('name')} rejected: {e['reason']}"),
+    EventSpec("run_finished", RunFinished, "the run ended by design",
+              True, "notice", lambda e: f"run finished ({e['reason']}): {e.get('layers')} layers"),
+    EventSpec("run_failed", RunFailed, "the run ended on an error",
+              True, "error", lambda e: f"run failed: {e['error']}" + (f" — {e['hint']}" if e.get("hint") else "")),
+)}
+# fmt: on
 
 _DEFAULT_LEVEL = {"log": "info", "alert": "warning"}
 
@@ -451,9 +474,25 @@ def _excerpt(value: Any) -> str:
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist = 2, 3, 3
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 30
-_ENVELOPE = _MappingCheck(Envelope)
-_CHECKS: dict[str, _MappingCheck] = {name: _MappingCheck(spec.fields) for name, spec in EVENTS.items()}
 _MAX_SHAPES = 4096
+
+
+class _Compiled:
+    """Every event type's fields compiled, and the envelope's."""
+
+    def __init__(self) -> None:
+        self.envelope = _MappingCheck(Envelope)
+        self.events = {name: _MappingCheck(spec.fields) for name, spec in EVENTS.items()}
+
+
+_compiled: _Compiled | None = None  # on first use: importing the registry (``ild --help`` does) stays cheap
+
+
+def _checks() -> _Compiled:
+    global _compiled
+    if _compiled is None:
+        _compiled = _Compiled()
+    return _compiled
 
 
 def problem(event: Any) -> str | None:
@@ -461,33 +500,36 @@ def problem(event: Any) -> str | None:
     if type(event) is not dict:
         return f"not a JSON object ({type(event).__name__})"
     kind = event.get("type")
-    check = _CHECKS.get(kind) if type(kind) is str else None
-    if check is None:
+    if type(kind) is not str or kind not in EVENTS:
         return f"unknown event type {kind!r}"[:120]
-    return _ENVELOPE.problem(event) or check.problem(event)
+    c = _checks()
+    return c.envelope.problem(event) or c.events[kind].problem(event)
 
 
 def is_valid(event: dict) -> bool:
-    """``problem(event) is None`` for a dict of a known type, fast for the common scalar events."""
-    check = _CHECKS[event["type"]]
+    """``problem(event) is None`` for a dict of a registered type, fast for the common scalar events."""
+    c = _compiled or _checks()
+    check = c.events[event["type"]]
     if check.scalar:
         shape = (tuple(event), tuple(map(type, event.values())))
         ok = check._shapes.get(shape)
         if ok is None:
-            ok = _ENVELOPE.problem(event) is None and check.problem(event) is None
+            ok = c.envelope.problem(event) is None and check.problem(event) is None
             if len(check._shapes) < _MAX_SHAPES:
                 check._shapes[shape] = ok
         return ok
-    return _ENVELOPE.problem(event) is None and check.problem(event) is None
+    return c.envelope.problem(event) is None and check.problem(event) is None
 
 
 def field_problem(kind: str, fields: dict) -> str | None:
     """The writer's check: an unknown field is refused as well as a wrong one."""
-    check = _CHECKS[kind]
+    check = _checks().events[kind]
     unknown = sorted(set(fields) - set(check.tests))
     if unknown:
-        return (f"event {kind!r} has no field(s) {', '.join(unknown)}; "
-                "add them to engine/runlog/schema.py (the contract every client reads)")
+        return (
+            f"event {kind!r} has no field(s) {', '.join(unknown)}; "
+            "add them to engine/runlog/schema.py (the contract every client reads)"
+        )
     reason = check.problem(fields)
     return f"event {kind!r}: {reason}" if reason else None
 
@@ -501,7 +543,7 @@ def _field_rows(cls: type) -> list[str]:
     for name, tp in hints.items():
         doc = _doc(tp)
         need = "yes" if name in cls.__required_keys__ else ""
-        rows.append(f"| `{name}` | {_type_name(tp)} | {need} | {doc} |")
+        rows.append(f"| `{name}` | {_type_name(tp)} | {need} | {doc.replace('|', chr(92) + '|')} |")
     return rows
 
 
@@ -526,11 +568,24 @@ def markdown() -> str:
         "",
     ]
     for spec in EVENTS.values():
-        out += [f"## `{spec.name}`", "", f"{spec.says[0].upper()}{spec.says[1:]}."
-                + (" Durable." if spec.durable else ""), "",
-                "| field | type | required | meaning |", "|---|---|---|---|", *_field_rows(spec.fields), ""]
-    out += ["## `Candidate` (in `proposal.candidates`)", "", "| field | type | required | meaning |", "|---|---|---|---|",
-            *_field_rows(Candidate), ""]
+        out += [
+            f"## `{spec.name}`",
+            "",
+            f"{spec.says[0].upper()}{spec.says[1:]}." + (" Durable." if spec.durable else ""),
+            "",
+            "| field | type | required | meaning |",
+            "|---|---|---|---|",
+            *_field_rows(spec.fields),
+            "",
+        ]
+    out += [
+        "## `Candidate` (in `proposal.candidates`)",
+        "",
+        "| field | type | required | meaning |",
+        "|---|---|---|---|",
+        *_field_rows(Candidate),
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from engine.runlog.atomic import read_json, write_json_atomic
 from engine.runlog.layout import RunDir
 
-__all__ = ["write_state", "read_state"]
+__all__ = ["read_state", "write_state"]
 
 
 def write_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:

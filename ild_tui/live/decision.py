@@ -105,8 +105,20 @@ def countdown(deadline: float | None, now: float) -> str | None:
 class DecisionPanel(Vertical):
     """Shown while the engine awaits a decision. ``selected_layer`` is the override target."""
 
-    EVENTS = frozenset({"run_started", "proposal", "awaiting_decision", "decision", "layer_removed", "eval",
-                        "command_applied", "command_rejected", "run_finished", "run_failed"})
+    EVENTS = frozenset(
+        {
+            "run_started",
+            "proposal",
+            "awaiting_decision",
+            "decision",
+            "layer_removed",
+            "eval",
+            "command_applied",
+            "command_rejected",
+            "run_finished",
+            "run_failed",
+        }
+    )
 
     DEFAULT_CSS = """
     DecisionPanel { height: 1fr; border: round $warning; padding: 0 1; }
@@ -167,8 +179,14 @@ class DecisionPanel(Vertical):
             self.show(data, self.app.palette)
 
     def show(self, data: DecisionData, palette: Palette = DEFAULT) -> None:
-        key = (data.iteration, data.layer, tuple((c.layer, c.score, c.delta) for c in data.candidates), tuple(data.tasks),
-               palette.good, palette.bad)
+        key = (
+            data.iteration,
+            data.layer,
+            tuple((c.layer, c.score, c.delta) for c in data.candidates),
+            tuple(data.tasks),
+            palette.good,
+            palette.bad,
+        )
         self.data = data
         if key == self._key:
             return
@@ -206,8 +224,15 @@ class DecisionPanel(Vertical):
         if target is not None:
             self.select_layer(target)
 
-    def show_status(self, data: DecisionData, now: float, waiting: SentCommand | None, alive: bool | None,
-                    paused: bool = False, target: int | None = None) -> None:
+    def show_status(
+        self,
+        data: DecisionData,
+        now: float,
+        waiting: SentCommand | None,
+        alive: bool | None,
+        paused: bool = False,
+        target: int | None = None,
+    ) -> None:
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append(f"iteration {data.iteration}: remove layer ", Style(bold=True))
         title.append(str(data.layer if data.layer is not None else "?"), Style(bold=True, reverse=True))
@@ -215,8 +240,10 @@ class DecisionPanel(Vertical):
         mode = data.mode or "manual"
         if waiting is not None:
             args = f" {waiting.args.get('layer')}" if waiting.args.get("layer") is not None else ""
-            title.append(f"   {waiting.name}{args} sent {fmt_duration(now - waiting.t)} ago, waiting for the engine…",
-                         Style(italic=True))
+            title.append(
+                f"   {waiting.name}{args} sent {fmt_duration(now - waiting.t)} ago, waiting for the engine…",
+                Style(italic=True),
+            )
         elif mode == "auto-after" and (cd := countdown(data.deadline, now)):
             title.append(f"   {cd}", Style(bold=True))
         title.append(f"   mode {mode}", Style(dim=True))

@@ -75,7 +75,7 @@ class EventLog(ScrollView, can_focus=True):
         new = model.lines_added - self._written
         if new <= 0:
             return
-        lines = list(model.lines)[-min(new, len(model.lines)):]
+        lines = list(model.lines)[-min(new, len(model.lines)) :]
         self.add(lines, bad=self.app.palette.bad, warn=theme_color(self.app, "warning"))
         self._written = model.lines_added
 

@@ -131,14 +131,14 @@ class Heatmap(ScrollView, can_focus=True):
     """
 
     class CursorMoved(Message):
-        def __init__(self, heatmap: "Heatmap", layer: int | None, iteration: int | None) -> None:
+        def __init__(self, heatmap: Heatmap, layer: int | None, iteration: int | None) -> None:
             super().__init__()
             self.heatmap = heatmap
             self.layer = layer
             self.iteration = iteration
 
     class Picked(Message):
-        def __init__(self, heatmap: "Heatmap", layer: int) -> None:
+        def __init__(self, heatmap: Heatmap, layer: int) -> None:
             super().__init__()
             self.heatmap = heatmap
             self.layer = layer
@@ -193,7 +193,9 @@ class Heatmap(ScrollView, can_focus=True):
         return max(MIN_CELL, min(MAX_CELL, avail // planned))
 
     def _update_virtual_size(self) -> None:
-        self.virtual_size = Size(self._label_width() + self.cell * len(self.data.iterations) + 1, len(self.data.layers) + 1)
+        self.virtual_size = Size(
+            self._label_width() + self.cell * len(self.data.iterations) + 1, len(self.data.layers) + 1
+        )
 
     def _default_row(self) -> int:
         d = self.data
@@ -285,7 +287,9 @@ class Heatmap(ScrollView, can_focus=True):
         if not d.layers:
             if y == 1:
                 msg = "no importance scores yet"
-                return Strip([Segment(msg.center(width)[:width], base + Style(italic=True, dim=True))], width).crop_extend(0, width, base)
+                return Strip(
+                    [Segment(msg.center(width)[:width], base + Style(italic=True, dim=True))], width
+                ).crop_extend(0, width, base)
             return Strip.blank(width, base)
         sx, sy = self.scroll_offset
         lw = self._label_width()
@@ -351,7 +355,11 @@ class Heatmap(ScrollView, can_focus=True):
                 style = Style(bgcolor=bg, color=contrast(bg))
                 text = marker.center(cw) if marker else (PARTIAL_MARK.center(cw) if partial else " " * cw)
                 if cursor:
-                    text = ("[" + " " * (cw - 2) + "]") if marker is None else ("[" + marker.center(cw - 2)[: cw - 2] + "]" if cw >= 4 else marker)
+                    text = (
+                        ("[" + " " * (cw - 2) + "]")
+                        if marker is None
+                        else ("[" + marker.center(cw - 2)[: cw - 2] + "]" if cw >= 4 else marker)
+                    )
                     style = style + Style(bold=True)
             else:
                 g = shade(v)
@@ -458,8 +466,19 @@ class Heatmap(ScrollView, can_focus=True):
 class HeatmapPanel(Vertical):
     """The heatmap, the inspector beside it and the legend under it."""
 
-    EVENTS = frozenset({"run_started", "importance", "proposal", "awaiting_decision", "decision", "layer_removed",
-                        "eval", "run_finished", "run_failed"})
+    EVENTS = frozenset(
+        {
+            "run_started",
+            "importance",
+            "proposal",
+            "awaiting_decision",
+            "decision",
+            "layer_removed",
+            "eval",
+            "run_finished",
+            "run_failed",
+        }
+    )
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -11,8 +11,9 @@ from engine.runlog.fold import RunState
 from ..widgets.palette import DEFAULT, Palette
 
 
-def inspect_text(state: RunState, layer: int | None, iteration: int | None, width: int = 32,
-                 palette: Palette = DEFAULT) -> Text:
+def inspect_text(
+    state: RunState, layer: int | None, iteration: int | None, width: int = 32, palette: Palette = DEFAULT
+) -> Text:
     _delta_style = delta_styler(palette)
     dim = Style(dim=True)
     bold = Style(bold=True)

@@ -41,12 +41,13 @@ class LossSeries:
         self.keys: list[tuple[int, int]] = []  # (iteration, step)
         self.iterations: list[int] = []
         self.values: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
-        self.present: dict[str, bool] = {n: False for n in LOSS_NAMES}
+        self.present: dict[str, bool] = dict.fromkeys(LOSS_NAMES, False)
         self.last: dict | None = None
         self.generation = 0  # bumps when points are replaced or re-sorted (caches restart)
         self._index: dict[tuple, int] = {}
         self._sorted = True
         self._bounds: tuple | None = None
+        self._columns = tuple(self.values[n] for n in LOSS_NAMES)  # the same lists, in LOSS_NAMES order
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -55,19 +56,20 @@ class LossSeries:
         """One *valid* train_step event (see ``RunState``): its fields have their registered types."""
         it = event["iteration"]
         key = (it, event["step"])
-        got = [event.get(n) for n in LOSS_NAMES]
-        for i, v in enumerate(got):
-            if v is not None and not _isfinite(v):
-                got[i] = None
+        get = event.get
+        got = [get(name) for name in LOSS_NAMES]
+        for v in got:
+            if v is not None and not _isfinite(v):  # NaN or inf from a hand-written log: a gap
+                got = [None if v is None or not _isfinite(v) else v for v in got]
+                break
         if got[0] is None and got[1] is not None and got[2] is not None:
             got[0] = got[1] + got[2]
         self.last = event
-        values, present = self.values, self.present
         i = self._index.get(key)
         if i is not None:
             for name, v in zip(LOSS_NAMES, got):
-                values[name][i] = _NAN if v is None else v
-                present[name] |= v is not None
+                self.values[name][i] = _NAN if v is None else v
+                self.present[name] |= v is not None
             self.generation += 1
             return
         if self.keys and key < self.keys[-1]:
@@ -75,12 +77,14 @@ class LossSeries:
         self._index[key] = len(self.keys)
         self.keys.append(key)
         self.iterations.append(it)
-        for name, v in zip(LOSS_NAMES, got):
+        present = self.present
+        for column, name, v in zip(self._columns, LOSS_NAMES, got):
             if v is None:
-                values[name].append(_NAN)
+                column.append(_NAN)
             else:
-                values[name].append(v)
-                present[name] = True
+                column.append(v)
+                if not present[name]:
+                    present[name] = True
 
     def ensure_sorted(self) -> None:
         if self._sorted:
@@ -91,6 +95,7 @@ class LossSeries:
         for name in LOSS_NAMES:
             vs = self.values[name]
             self.values[name] = [vs[i] for i in order]
+        self._columns = tuple(self.values[n] for n in LOSS_NAMES)
         self._index = {k: i for i, k in enumerate(self.keys)}
         self._sorted = True
         self.generation += 1
@@ -126,8 +131,13 @@ def kl_share(step: dict) -> float | None:
     return kl / (kl + mse)
 
 
-def ema(values: list[float], alpha: float, start: int = 0, prev: tuple[float, float] | None = None,
-        out: list[float] | None = None) -> tuple[list[float], tuple[float, float]]:
+def ema(
+    values: list[float],
+    alpha: float,
+    start: int = 0,
+    prev: tuple[float, float] | None = None,
+    out: list[float] | None = None,
+) -> tuple[list[float], tuple[float, float]]:
     """Debiased EMA (TensorBoard's fix for the bias toward the first value); NaNs pass through.
 
     ``prev``/``out`` continue a previous call from ``start`` so appending stays O(new points).
@@ -190,8 +200,10 @@ class LossPanel(Vertical):
         loss.ensure_sorted()
         alpha = settings.smoothing
         colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse, "kl_term": pal.kl, "mse_term": pal.mse}
-        series = [Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
-                  for n in loss.shown()]
+        series = [
+            Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
+            for n in loss.shown()
+        ]
         bounds = loss.boundaries()
         vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
         strategy = STRATEGIES.get(state.strategy or "")
@@ -199,8 +211,16 @@ class LossPanel(Vertical):
             empty = f"no loss curves: {state.strategy} does not heal"
         else:
             empty = "no training steps yet"
-        spec = ChartSpec(series=series, vlines=vlines, log_y=settings.log_y, integer_x=True, axis_color=pal.axis,
-                         y_floor_zero=True, empty=empty, legend_extra="┊ iteration start" if vlines else "")
+        spec = ChartSpec(
+            series=series,
+            vlines=vlines,
+            log_y=settings.log_y,
+            integer_x=True,
+            axis_color=pal.axis,
+            y_floor_zero=True,
+            empty=empty,
+            legend_extra="┊ iteration start" if vlines else "",
+        )
         self.query_one("#loss-chart", BrailleChart).set_spec(spec)
         bits = []
         if alpha:

@@ -10,8 +10,8 @@ each panel redraws when one of the types it lists in ``EVENTS`` arrives.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from engine.runlog.fold import RunState
 
@@ -67,9 +67,8 @@ class LiveModel:
             if line is not None:
                 lines.append(line)
                 self.lines_added += 1
-            if kind == "command_applied" or kind == "command_rejected":
-                if ev["command_id"] in self.sent:
-                    self.replies.append(ev)
+            if (kind == "command_applied" or kind == "command_rejected") and ev["command_id"] in self.sent:
+                self.replies.append(ev)
         return kinds
 
     def note_sent(self, command_id: str, name: str, args: dict, t: float) -> None:

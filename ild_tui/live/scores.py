@@ -68,13 +68,26 @@ def scores_view(state: RunState) -> ScoresData:
     latest = state.eval_before(None, REPORT)
     label = "-"
     if latest is not None:
-        label = "teacher" if latest["stage"] == "teacher" else f"iter {latest['iteration']} {latest['stage'].replace('_', ' ')}"
+        label = (
+            "teacher"
+            if latest["stage"] == "teacher"
+            else f"iter {latest['iteration']} {latest['stage'].replace('_', ' ')}"
+        )
     tasks: list[str] = list(teacher.get("tasks") or {})
     for (_, _, part), rec in state.evals.items():
         if part == REPORT:
             tasks += [t for t in rec["tasks"] if t not in tasks]
-    return ScoresData(teacher.get("aggregate"), dict(teacher.get("tasks") or {}), removal, healing,
-                      final_path(state, REPORT), latest, label, tasks, final_path(state, SELECT))
+    return ScoresData(
+        teacher.get("aggregate"),
+        dict(teacher.get("tasks") or {}),
+        removal,
+        healing,
+        final_path(state, REPORT),
+        latest,
+        label,
+        tasks,
+        final_path(state, SELECT),
+    )
 
 
 class ScoresPanel(Vertical):
@@ -100,8 +113,13 @@ class ScoresPanel(Vertical):
         x_max = max([expected or 0, *its, 1])
         healed = bool(sd.healing)
         series = [
-            Series("path", pal.after_healing if healed else pal.after_removal, points=sd.best_path, kind="line",
-                   legend=False),
+            Series(
+                "path",
+                pal.after_healing if healed else pal.after_removal,
+                points=sd.best_path,
+                kind="line",
+                legend=False,
+            ),
             Series("after removal", pal.after_removal, points=sd.removal, kind="points", marker="●"),
         ]
         if healed:
@@ -109,8 +127,14 @@ class ScoresPanel(Vertical):
         if sd.select_path:
             series.append(Series("select", pal.axis, points=sd.select_path, kind="linepoints", marker="·", z=-1))
         hlines = [HLine(sd.teacher, pal.teacher, "teacher")] if sd.teacher is not None else []
-        spec = ChartSpec(series=series, hlines=hlines, x_range=(0, x_max), integer_x=True, axis_color=pal.axis,
-                         empty="no evaluations yet")
+        spec = ChartSpec(
+            series=series,
+            hlines=hlines,
+            x_range=(0, x_max),
+            integer_x=True,
+            axis_color=pal.axis,
+            empty="no evaluations yet",
+        )
         self.query_one("#score-chart", BrailleChart).set_spec(spec)
         title = "Scores"
         latest = sd.latest or {}

@@ -143,8 +143,13 @@ class LiveScreen(Screen):
     def on_mount(self) -> None:
         # Everything that draws itself from the model, in drawing order.
         self.panels: tuple[Widget, ...] = (
-            self.query_one(RunHeader), self.query_one(HeatmapPanel), self.query_one(DecisionPanel),
-            self.query_one(ScoresPanel), self.query_one(LossPanel), self.query_one(EventLog))
+            self.query_one(RunHeader),
+            self.query_one(HeatmapPanel),
+            self.query_one(DecisionPanel),
+            self.query_one(ScoresPanel),
+            self.query_one(LossPanel),
+            self.query_one(EventLog),
+        )
         # Panels stay hidden while the log replays: nothing to draw yet, and the replay thread
         # should not share the interpreter with a full-screen layout pass it does not need.
         self.add_class("-loading")
@@ -162,8 +167,12 @@ class LiveScreen(Screen):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group == "tail" and event.state == WorkerState.ERROR:
             error = event.worker.error
-            self.query_one(RunHeader).update(Text(f" cannot follow {self.run_dir.path}: {error}",
-                                                  style=Style(bold=True, color=theme_color(self.app, "error"))))
+            self.query_one(RunHeader).update(
+                Text(
+                    f" cannot follow {self.run_dir.path}: {error}",
+                    style=Style(bold=True, color=theme_color(self.app, "error")),
+                )
+            )
             self.painted = True  # nothing more will come
 
     def _on_theme(self, _theme) -> None:
@@ -231,8 +240,12 @@ class LiveScreen(Screen):
         if it is not None and it != self._last_pending:
             self.app.bell()
             if self.app.screen is not self:
-                self.app.notify(f"{self.model.state.name or self.run_dir.name}: the engine awaits a decision "
-                                f"(iteration {it}, layer {pending['layer']})", title="Decision needed", timeout=10)
+                self.app.notify(
+                    f"{self.model.state.name or self.run_dir.name}: the engine awaits a decision "
+                    f"(iteration {it}, layer {pending['layer']})",
+                    title="Decision needed",
+                    timeout=10,
+                )
         self._last_pending = it
         for reply in self.model.take_replies():
             name = reply.get("name")
@@ -282,8 +295,9 @@ class LiveScreen(Screen):
         return self.model.state.status(self.alive, self.app.clock())
 
     def _draw_header(self) -> None:
-        self.query_one(RunHeader).show(self.model.state, self.status, self.app.clock(), self.run_dir.name,
-                                       self.model.phase_detail())
+        self.query_one(RunHeader).show(
+            self.model.state, self.status, self.app.clock(), self.run_dir.name, self.model.phase_detail()
+        )
         self._sync_bindings()
 
     def _sync_bindings(self) -> None:
@@ -386,8 +400,12 @@ class LiveScreen(Screen):
             if ok:
                 self._send("override", layer=layer)
 
-        self.app.push_screen(ConfirmScreen(f"Remove layer {layer} instead of the proposed layer {proposed}?",
-                                           yes="override", no="cancel"), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Remove layer {layer} instead of the proposed layer {proposed}?", yes="override", no="cancel"
+            ),
+            done,
+        )
 
     def _override_target(self) -> int | None:
         """The layer `o` would remove: the list's row when the list has focus, else the heatmap cursor's."""
@@ -399,8 +417,14 @@ class LiveScreen(Screen):
     def _decision_status(self) -> None:
         panel = self.query_one(DecisionPanel)
         if panel.display and panel.data and self.model:
-            panel.show_status(panel.data, self.app.clock(), self.model.awaiting_reply(), self.alive,
-                              paused=self.model.state.paused, target=self._override_target())
+            panel.show_status(
+                panel.data,
+                self.app.clock(),
+                self.model.awaiting_reply(),
+                self.alive,
+                paused=self.model.state.paused,
+                target=self._override_target(),
+            )
 
     def on_descendant_focus(self, event) -> None:
         self._decision_status()
@@ -454,8 +478,12 @@ class LiveScreen(Screen):
             if ok:
                 self._send("stop")
 
-        self.app.push_screen(ConfirmScreen("Stop the run? The engine finishes its current step, checkpoints and exits.",
-                                           yes="stop", no="cancel"), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                "Stop the run? The engine finishes its current step, checkpoints and exits.", yes="stop", no="cancel"
+            ),
+            done,
+        )
 
     def action_smoothing(self) -> None:
         s = self.app.settings

@@ -112,7 +112,7 @@ def removal_bars(runs: list[ComparedRun], palette: Palette, width: int, height: 
         if layer % 5 == 0 or layer == n_layers - 1:
             lab = str(layer)
             pos = gutter + layer * cw
-            if all(c == " " for c in xl[pos: pos + len(lab) + 1]):
+            if all(c == " " for c in xl[pos : pos + len(lab) + 1]):
                 for i, ch in enumerate(lab):
                     xl[pos + i] = ch
     lines.append(Text("".join(xl).rstrip(), style=axis, no_wrap=True))
@@ -192,7 +192,9 @@ class CompareScreen(Screen):
         self.query_one("#fig9").border_title = "Aggregate vs layers removed (Fig. 9)"
         self.query_one("#fig10").border_title = "How often each original layer was removed (Fig. 10)"
         self.query_one("#order-panel").border_title = "Removal order: iteration each original layer was removed in"
-        self.query_one("#compare-title", Static).update(Text(f" Compare  loading {len(self.paths)} runs…", style=Style(italic=True)))
+        self.query_one("#compare-title", Static).update(
+            Text(f" Compare  loading {len(self.paths)} runs…", style=Style(italic=True))
+        )
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._draw())
         self._load()
 
@@ -204,8 +206,9 @@ class CompareScreen(Screen):
             reader = RunReader(p)
             reader.update()
             state = reader.state
-            runs.append(ComparedRun(p, state.name or Path(p).name, state,
-                                    state.status(self.app.liveness(reader.run), now)))
+            runs.append(
+                ComparedRun(p, state.name or Path(p).name, state, state.status(self.app.liveness(reader.run), now))
+            )
         self.post_message(Compared(runs))
 
     def on_compared(self, message: Compared) -> None:
@@ -227,15 +230,30 @@ class CompareScreen(Screen):
         series = []
         teachers = []
         for i, r in enumerate(self.runs):
-            series.append(Series(r.name, pal.run_color(i), points=r.curve(), kind="linepoints", marker=MARKERS[i % len(MARKERS)],
-                                 legend=False))
+            series.append(
+                Series(
+                    r.name,
+                    pal.run_color(i),
+                    points=r.curve(),
+                    kind="linepoints",
+                    marker=MARKERS[i % len(MARKERS)],
+                    legend=False,
+                )
+            )
             t = r.teacher
             if t is not None and all(abs(t - x) > 1e-9 for x in teachers):
                 teachers.append(t)
         hlines = [HLine(t, pal.teacher, "teacher" if k == 0 else "") for k, t in enumerate(teachers)]
         x_max = max([1] + [p[0] for s in series for p in s.points])
-        spec = ChartSpec(series=series, hlines=hlines, x_range=(0, x_max), integer_x=True, axis_color=pal.axis,
-                         empty="no evaluations in these runs", legend_extra="x: layers removed · y: aggregate")
+        spec = ChartSpec(
+            series=series,
+            hlines=hlines,
+            x_range=(0, x_max),
+            integer_x=True,
+            axis_color=pal.axis,
+            empty="no evaluations in these runs",
+            legend_extra="x: layers removed · y: aggregate",
+        )
         self.query_one("#fig9-chart", BrailleChart).set_spec(spec)
         self.query_one("#fig10-bars", RemovalBars).set_runs(self.runs)
 

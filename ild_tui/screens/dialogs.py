@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from rich.style import Style
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from rich.style import Style
-from rich.text import Text
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -67,8 +67,9 @@ class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
             yield Label(f"Decision mode (now: {self.current})", id="question")
-            yield OptionList(*[Option(f"{i + 1}  {text}", id=mode) for i, (mode, text) in enumerate(self.MODES)],
-                             id="modes")
+            yield OptionList(
+                *[Option(f"{i + 1}  {text}", id=mode) for i, (mode, text) in enumerate(self.MODES)], id="modes"
+            )
             with Horizontal(id="seconds-row"):
                 yield Label("auto-after seconds ")
                 yield Input(str(int(self.seconds)) if self.seconds else "120", id="seconds", type="number")
@@ -116,37 +117,49 @@ INTRO = (
 )
 
 HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("Anywhere", [
-        ("?", "this help"),
-        ("t", "next theme: dark, light, colour-blind-safe (remembered)"),
-        ("r", "runs screen"),
-        ("q  ctrl+q", "quit the dashboard (the run goes on)"),
-        ("tab  shift+tab", "move focus between panels"),
-    ]),
-    ("Live run", [
-        ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
-        ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
-        ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
-        ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
-        ("y", "loss log scale"),
-        ("a", "approve the proposed layer"),
-        ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
-        ("", "highlighted in the candidate list when that has focus (asks first)"),
-        ("m", "decision mode: manual, auto, auto-after N seconds"),
-        ("p", "pause / resume the engine"),
-        ("X", "stop the run (asks first)"),
-    ]),
-    ("Runs", [
-        ("enter  o", "open the run"),
-        ("space", "mark / unmark for comparison"),
-        ("c", "compare the marked runs (or all shown)"),
-        ("/", "filter by words in name, model, strategy, status"),
-        ("s  S", "sort by the next column / reverse (or click a header)"),
-        ("d", "delete the run (asks first; never a live one)"),
-    ]),
-    ("Compare", [
-        ("escape", "back"),
-    ]),
+    (
+        "Anywhere",
+        [
+            ("?", "this help"),
+            ("t", "next theme: dark, light, colour-blind-safe (remembered)"),
+            ("r", "runs screen"),
+            ("q  ctrl+q", "quit the dashboard (the run goes on)"),
+            ("tab  shift+tab", "move focus between panels"),
+        ],
+    ),
+    (
+        "Live run",
+        [
+            ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
+            ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
+            ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
+            ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
+            ("y", "loss log scale"),
+            ("a", "approve the proposed layer"),
+            ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
+            ("", "highlighted in the candidate list when that has focus (asks first)"),
+            ("m", "decision mode: manual, auto, auto-after N seconds"),
+            ("p", "pause / resume the engine"),
+            ("X", "stop the run (asks first)"),
+        ],
+    ),
+    (
+        "Runs",
+        [
+            ("enter  o", "open the run"),
+            ("space", "mark / unmark for comparison"),
+            ("c", "compare the marked runs (or all shown)"),
+            ("/", "filter by words in name, model, strategy, status"),
+            ("s  S", "sort by the next column / reverse (or click a header)"),
+            ("d", "delete the run (asks first; never a live one)"),
+        ],
+    ),
+    (
+        "Compare",
+        [
+            ("escape", "back"),
+        ],
+    ),
 ]
 
 LEGEND = (

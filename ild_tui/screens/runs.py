@@ -74,9 +74,19 @@ class RunsScreen(Screen):
         self.query_one("#runs-filter", Input).display = False
         self.query_one("#runs-empty").display = False
         table = self.query_one("#runs-table", DataTable)
-        for label, key in (("", "mark"), ("status", "status"), ("run", "name"), ("model", "model"),
-                           ("strategy", "strategy"), ("layers", "layers"), ("teacher", "teacher"), ("last", "last"),
-                           ("best", "best"), ("started", "started"), ("duration", "duration")):
+        for label, key in (
+            ("", "mark"),
+            ("status", "status"),
+            ("run", "name"),
+            ("model", "model"),
+            ("strategy", "strategy"),
+            ("layers", "layers"),
+            ("teacher", "teacher"),
+            ("last", "last"),
+            ("best", "best"),
+            ("started", "started"),
+            ("duration", "duration"),
+        ):
             table.add_column(label, key=key)
         table.focus()
         self._title()
@@ -172,11 +182,17 @@ class RunsScreen(Screen):
             )
         empty = self.query_one("#runs-empty", Static)
         if not self.rows:
-            empty.update(Text(f"\n  No runs in {self.root}.\n\n  Start one with:  ild run --model smollm2-135m "
-                              f"--strategy iterative-pruning --target-layers 28 --runs-dir {self.root}",
-                              style=Style(italic=True)))
+            empty.update(
+                Text(
+                    f"\n  No runs in {self.root}.\n\n  Start one with:  ild run --model smollm2-135m "
+                    f"--strategy iterative-pruning --target-layers 28 --runs-dir {self.root}",
+                    style=Style(italic=True),
+                )
+            )
         elif not rows:
-            empty.update(Text(f"\n  No run matches {self.filter_text!r} (escape clears the filter).", style=Style(italic=True)))
+            empty.update(
+                Text(f"\n  No run matches {self.filter_text!r} (escape clears the filter).", style=Style(italic=True))
+            )
         empty.display = not rows
         self.query_one("#runs-detail").display = bool(rows)
         if cursor_path is not None:
@@ -209,7 +225,11 @@ class RunsScreen(Screen):
         t.append(" ".join(str(x) for x in row.removed) or "none yet")
         if row.teacher is not None and row.last is not None:
             t.append("   aggregate ", dim)
-            t.append(f"{row.teacher:.3f} → {row.last:.3f} ({(row.last / row.teacher - 1) * 100:+.1f}%)" if row.teacher else "")
+            t.append(
+                f"{row.teacher:.3f} → {row.last:.3f} ({(row.last / row.teacher - 1) * 100:+.1f}%)"
+                if row.teacher
+                else ""
+            )
         if row.pending:
             t.append("\n" + row.pending, Style(bold=True))
         if row.note:
@@ -322,8 +342,14 @@ class RunsScreen(Screen):
             if ok:
                 self._delete(path, row.name)
 
-        self.app.push_screen(ConfirmScreen(f"Delete run {row.name} ({size / 1e6:.1f} MB: events, checkpoints, export)? "
-                                           "This cannot be undone.", yes="delete", no="keep"), done)
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Delete run {row.name} ({size / 1e6:.1f} MB: events, checkpoints, export)? This cannot be undone.",
+                yes="delete",
+                no="keep",
+            ),
+            done,
+        )
 
     def _delete(self, path: str, name: str) -> None:
         p = Path(path)
@@ -349,4 +375,3 @@ def _dir_size(path: Path) -> int:
         except OSError:
             pass
     return total
-

@@ -8,13 +8,13 @@ shows as a band instead of vanishing, and the cost of a frame does not grow with
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from rich.style import Style
 from rich.text import Text
-
 
 _BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col]
 
@@ -263,15 +263,15 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
     if not log and len(ticks_t) > 1:
         step = abs(ticks_t[1] - ticks_t[0])
         decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 2
-        if step > 0 and abs(round(step * 10 ** decimals) - step * 10 ** decimals) > 1e-6:
+        if step > 0 and abs(round(step * 10**decimals) - step * 10**decimals) > 1e-6:
             decimals += 1  # 2.5, 0.25, ...
         if max(abs(ticks_t[0]), abs(ticks_t[-1])) < 1e4 and decimals <= 5:
-            fmt_tick = lambda v, d=decimals: f"{v:.{d}f}"  # noqa: E731
+            fmt_tick = lambda v, d=decimals: f"{v:.{d}f}"
     label_at: dict[int, str] = {}
     for tv in ticks_t:
-        row = int(round((ty1 - tv) / (ty1 - ty0) * (ph - 1)))
+        row = round((ty1 - tv) / (ty1 - ty0) * (ph - 1))
         if 0 <= row < ph and row not in label_at and (row - 1) not in label_at and (row + 1) not in label_at:
-            label_at[row] = fmt_tick(10 ** tv if log else tv)
+            label_at[row] = fmt_tick(10**tv if log else tv)
     gutter = max([len(t) for t in label_at.values()] + [1]) + 1
     pw = width - gutter - 1
     if pw < 4:
@@ -280,13 +280,13 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
     W, H = 2 * pw, 4 * ph
 
     def mx(x: float) -> int:
-        return int(round((x - x0) / (x1 - x0) * (W - 1)))
+        return round((x - x0) / (x1 - x0) * (W - 1))
 
     def my(y: float) -> int | None:
         t = tf(y)
         if t is None:
             return None
-        return int(round((ty1 - t) / (ty1 - ty0) * (H - 1)))
+        return round((ty1 - t) / (ty1 - ty0) * (H - 1))
 
     # background: vertical markers, horizontal baselines ---------------------------------------
     label_end = -1
@@ -312,8 +312,8 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
         color = s.color
         if s.dense is not None and len(s.dense):
             n = len(s.dense)
-            lo = max(0, int(math.floor(x0)))
-            hi = min(n, int(math.ceil(x1)) + 1)
+            lo = max(0, math.floor(x0))
+            hi = min(n, math.ceil(x1) + 1)
             c0, c1 = mx(lo), mx(hi - 1)
             cols = max(c1 - c0 + 1, 1)
             bks = bucket(list(s.dense) if not isinstance(s.dense, list) else s.dense, cols, lo, hi)
@@ -333,7 +333,7 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
                 prev = (cx, last)
         pts = [(mx(x), my(y)) for x, y in s.points if y is not None and my(y) is not None]
         if s.kind in ("line", "linepoints"):
-            for (ax, ay), (bx, by) in zip(pts, pts[1:]):
+            for (ax, ay), (bx, by) in itertools.pairwise(pts):
                 cv.line(ax, ay, bx, by, color)
             if len(pts) == 1:
                 cv.dot(pts[0][0], pts[0][1], color)
@@ -371,16 +371,16 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
 
     # x axis labels ---------------------------------------------------------------------------
     xl = [" "] * width
-    fmt = spec.x_format or (lambda v: str(int(round(v))) if spec.integer_x or abs(v) >= 100 else _fmt_y(v))
+    fmt = spec.x_format or (lambda v: str(round(v)) if spec.integer_x or abs(v) >= 100 else _fmt_y(v))
     if spec.integer_x:
         span = x1 - x0
-        step = max(1, int(math.ceil(span / max(pw // 6, 1))))
+        step = max(1, math.ceil(span / max(pw // 6, 1)))
         for nice in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000):
             if nice >= step:
                 step = nice
                 break
-        first = int(math.ceil(x0 / step)) * step
-        ticks = list(range(first, int(math.floor(x1)) + 1, step))
+        first = math.ceil(x0 / step) * step
+        ticks = list(range(first, math.floor(x1) + 1, step))
     else:
         n_ticks = max(2, pw // 12)
         ticks = [x0 + (x1 - x0) * i / (n_ticks - 1) for i in range(n_ticks)]

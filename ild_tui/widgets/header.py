@@ -53,7 +53,7 @@ def fmt_clock(t: float | None, with_date: bool = False) -> str:
 def theme_color(app, name: str) -> str | None:
     try:
         return app.theme_variables.get(name)
-    except Exception:  # noqa: BLE001 - colour is cosmetic
+    except Exception:
         return None
 
 
@@ -62,8 +62,22 @@ class RunHeader(Static):
     RunHeader { height: 2; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    EVENTS = frozenset({"run_started", "engine_started", "phase", "proposal", "awaiting_decision", "decision",
-                        "layer_removed", "train_step", "checkpoint", "command_applied", "run_finished", "run_failed"})
+    EVENTS = frozenset(
+        {
+            "run_started",
+            "engine_started",
+            "phase",
+            "proposal",
+            "awaiting_decision",
+            "decision",
+            "layer_removed",
+            "train_step",
+            "checkpoint",
+            "command_applied",
+            "run_finished",
+            "run_failed",
+        }
+    )
 
     def show(self, state: RunState, status: str, now: float, run_name: str, phase_detail: str | None = None) -> None:
         look_key = "paused" if status == "running" and state.paused else status
@@ -72,7 +86,10 @@ class RunHeader(Static):
         strong = Style(bold=True)
         dim = Style(dim=True)
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f" {glyph} {label} ", Style(bold=True, color=color, reverse=True) if color else Style(bold=True, reverse=True))
+        t.append(
+            f" {glyph} {label} ",
+            Style(bold=True, color=color, reverse=True) if color else Style(bold=True, reverse=True),
+        )
         t.append("  ")
         t.append(state.name or run_name, strong)
         t.append("  ")
@@ -89,8 +106,10 @@ class RunHeader(Static):
         t.append("mode ", dim)
         t.append(mode)
         if status == "died" and state.last_event_t:
-            t.append(f"   last event {fmt_duration(now - state.last_event_t)} ago, no run_finished (`ild resume` continues it)",
-                     Style(color=color))
+            t.append(
+                f"   last event {fmt_duration(now - state.last_event_t)} ago, no run_finished (`ild resume` continues it)",
+                Style(color=color),
+            )
         if status == "failed" and state.failure:
             t.append(f"   {state.failure.get('error', '')}", Style(color=color))
 

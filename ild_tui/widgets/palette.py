@@ -20,7 +20,7 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
 
 
 def _hex(rgb: tuple[float, float, float]) -> str:
-    return "#" + "".join(f"{max(0, min(255, int(round(c)))):02x}" for c in rgb)
+    return "#" + "".join(f"{max(0, min(255, round(c))):02x}" for c in rgb)
 
 
 def interpolate(stops: list[str], steps: int) -> list[str]:
@@ -69,7 +69,9 @@ class Palette:
     axis: str = "#808080"
     good: str = "#5fd787"
     bad: str = "#ff5f5f"
-    runs: list[str] = field(default_factory=lambda: ["#5fafff", "#ffaf5f", "#5fd787", "#d787d7", "#ffd75f", "#ff5f5f", "#87d7d7", "#afafaf"])
+    runs: list[str] = field(
+        default_factory=lambda: ["#5fafff", "#ffaf5f", "#5fd787", "#d787d7", "#ffd75f", "#ff5f5f", "#87d7d7", "#afafaf"]
+    )
     _steps: list[str] | None = field(default=None, repr=False, compare=False)
 
     def scale(self, steps: int = 48) -> list[str]:
@@ -86,7 +88,7 @@ class Palette:
         return self.runs[i % len(self.runs)]
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Palette":
+    def from_dict(cls, data: dict) -> Palette:
         """Colours from a theme file's [heatmap] and [series] tables; bad values keep the default."""
         p = cls()
         heat = data.get("heatmap")
