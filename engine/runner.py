@@ -143,7 +143,8 @@ class Runner:
         if checkpoint is None and not self._logged_event("run_started"):
             self.emit("run_started", name=config.name, model=config.model, model_version=model_version(config.model),
                       strategy=config.strategy, importance=self.metric, start_layers=config.start_layers,
-                      target_layers=config.target_layers, mode=config.mode, params=parameter_count(self.model),
+                      target_layers=config.target_layers, mode=config.mode, mode_seconds=config.auto_after_seconds,
+                      params=parameter_count(self.model),
                       config=config.model_dump())
         if checkpoint is not None:
             self.restore(checkpoint)
@@ -283,7 +284,7 @@ class Runner:
             train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
         except (ValueError, OSError) as exc:
             raise RuntimeError(f"distillation data: {exc}") from exc
-        cache = TeacherCache(self.teacher, train, heldout, self.rundir.path / "cache", self.config.heal.cache_limit_mb << 20,
+        cache = TeacherCache(self.teacher, train, heldout, self.rundir.cache_dir, self.config.heal.cache_limit_mb << 20,
                              self.heal_config.batch_size)
         if self.config.heal.untie_head:
             from engine.models.surgery import untie_head

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.runlog.layout import RunDir
+
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 # OpenMP threads that spin while waiting make torch 5-10x slower whenever another process
@@ -79,17 +81,18 @@ def create(run_dir: Path, data: dict) -> int:
     import yaml
 
     from engine.runlog.layout import create as create_layout
+    from engine.runlog.layout import make_private_dir
 
     if run_dir.exists():
         return _fail(f"run directory {run_dir} already exists")
     config = _resolve(data)
     os.umask(0o077)  # a run directory is the user's alone: models, prompts and commands inside
-    run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(run_dir.parent)
     # Build it beside its final place and rename: a run directory is whole or absent.
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
         create_layout(tmp)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        RunDir(tmp).config_file.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         os.rename(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -98,7 +101,7 @@ def create(run_dir: Path, data: dict) -> int:
 
 
 def _setup_logging(run_dir: Path) -> None:
-    handler = logging.FileHandler(run_dir / "engine.log")
+    handler = logging.FileHandler(RunDir(run_dir).log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -124,7 +127,7 @@ def _load_config(run_dir: Path):
 
     from engine.config import ConfigError, validate_config
 
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config_file
     if not path.is_file():
         raise SystemExit(_fail(f"{run_dir} is not a run directory (no config.yaml)"))
     try:
@@ -172,7 +175,7 @@ def export(run_dir: Path, out: Path, force: bool = False) -> int:
 
     config = _load_config(run_dir)
     try:
-        check_export_target(out, force, protect=[run_dir])
+        check_export_target(out, force, run_dir=run_dir)
         checkpoint = CheckpointStore(run_dir).latest()
     except (ExportRefused, CheckpointError) as exc:
         return _fail(str(exc), EXIT_FAILED)
