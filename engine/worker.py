@@ -42,15 +42,19 @@ def _resolve(data: dict):
     from engine.models.loading import model_depth
     from engine.runlog.strategies import get_strategy
     from engine.tasks.check import check_suite_data
-    from engine.tasks.spec import TaskFileError, load_suite
+    from engine.tasks.spec import TaskFileError, load_report_suite, load_suite
 
     try:
         strategy = get_strategy(data.get("strategy", ""))
         # The strategy's own healing choices first; what the user set explicitly wins.
         data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
-        for name in (data.get("suite", "default"), data.get("report_suite")):
-            if name:
-                check_suite_data(load_suite(name))
+        if str(data.get("report_suite")).lower() == "none":
+            data["report_suite"] = ""  # no report suite, not even the suite's own
+        suite = load_suite(data.get("suite", "default"))
+        check_suite_data(suite)
+        report = load_report_suite(suite, data.get("report_suite"))
+        if report is not None:
+            check_suite_data(report)
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
         config = validate_config(data)

@@ -137,12 +137,33 @@ def attach(ctx, run_ref, runs_dir, theme):
     help="Embedded name, Hub id, local HF directory or .gguf file.",
 )
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help=f"One of: {', '.join(STRATEGIES)}.")
-@click.option("--target-layers", type=int, required=True, help="Stop when the student has this many layers.")
+@click.option("--target-layers", type=int, default=None, help="Stop when the student has this many layers.")
+@click.option(
+    "--removals",
+    default=None,
+    metavar="L1,L2,...",
+    help="Fixed removals: remove these original layers (no scoring), heal once after the last; instead of --target-layers.",
+)
+@click.option(
+    "--min-retention",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Quality floor: stop before the report aggregate falls below this fraction of the teacher's (e.g. 0.9) "
+    "and export the last student above it.",
+)
 @click.option(
     "--suite",
     default="default",
     show_default=True,
     help="Embedded suite name (default, mmlu, paper) or a suite/task file.",
+)
+@click.option(
+    "--report-suite",
+    default=None,
+    metavar="NAME|FILE|none",
+    help="A second suite evaluated after every iteration and never used to choose (default: the suite's own, "
+    "e.g. default-report for default; none for none).",
 )
 @click.option(
     "--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(IMPORTANCE_METRICS)}."
@@ -189,7 +210,10 @@ def run(
     model,
     strategy,
     target_layers,
+    removals,
+    min_retention,
     suite,
+    report_suite,
     importance,
     name,
     runs_dir,
@@ -215,8 +239,15 @@ def run(
 
     if strategy not in STRATEGIES:
         raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})", EXIT_USAGE)
-    if target_layers < 1:
+    if target_layers is None and removals is None:
+        raise Failure("--target-layers N (or --removals L1,L2,...) is needed", EXIT_USAGE)
+    if target_layers is not None and target_layers < 1:
         raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
+    if removals is not None:
+        try:
+            removals = [int(x) for x in removals.split(",")]
+        except ValueError:
+            raise Failure(f"--removals expects original layer indices like 12,5 (got '{removals}')", EXIT_USAGE) from None
     if mode is None:
         mode = "auto" if (headless or detach) else "manual"
     if mode == "auto-after" and not auto_after:
@@ -230,12 +261,15 @@ def run(
         "name": run_id,
         "model": model,
         "strategy": strategy,
-        "target_layers": target_layers,
         "suite": suite,
         "mode": mode,
         "batch_tokens": batch_tokens,
         "seed": seed,
     }
+    for key, value in (("target_layers", target_layers), ("removals", removals), ("min_retention", min_retention),
+                       ("report_suite", report_suite)):
+        if value is not None:
+            config[key] = value
     if auto_after:
         config["auto_after_seconds"] = auto_after
     if notify_cmd:

@@ -238,3 +238,15 @@ def test_fold_from_real_log(tmp_path):
             w.emit(e["type"], **fields)
     s = fold(read_all(p))
     assert s.layers == [0, 1, 2, 3, 5] and s.last_seq == 11 and isinstance(s.last_event_t, float)
+
+
+def test_a_floor_finish_leaves_the_rejected_iteration_out_of_the_student():
+    events = START + iteration(1, 3, 10, aggregate=0.66) + iteration(2, 4, 20, aggregate=0.55) + [
+        ev("run_finished", 30, reason="floor", iteration=1, removed=[3], layers=5,
+           rejected={"iteration": 2, "layer": 4, "aggregate": 0.55}),
+    ]
+    s = fold(with_seq(events))
+    assert s.removed_layers == [3] and s.layers_now == 5
+    assert list(s.final_evals()) == [1] and s.best_aggregate() == 0.66
+    assert s.rejected["iteration"] == 2 and s.rejected["removal"]["layer"] == 4
+    assert s.status(alive=False, now=31) == "finished"

@@ -79,6 +79,8 @@ class RunState:
     commands: dict[str, dict] = field(default_factory=dict)
     finished: dict | None = None
     failure: dict | None = None
+    # A quality floor's rejected iteration: its removal and evals, kept apart from the final student's.
+    rejected: dict = field(default_factory=dict)
     dir_mtime: float | None = field(default=None, compare=False)  # the run directory's (RunDir.mtime)
     last_event_t: float | None = field(default=None, compare=False)
     last_seq: int | None = field(default=None, compare=False)
@@ -346,6 +348,13 @@ def _command(s: RunState, e: dict, n: int) -> None:
 def _run_finished(s: RunState, e: dict, n: int) -> None:
     s.finished = _record(e)
     s.outcome = "stopped" if e["reason"] == "stopped" else "finished"
+    rejected = e.get("rejected") or {}
+    if e["reason"] == "floor" and isinstance(rejected.get("iteration"), int):
+        # The student of that iteration fell below the floor and is not the answer: every view of
+        # the run (layers, final and best aggregate) is of the student that was kept.
+        it = rejected["iteration"]
+        s.rejected = {"iteration": it, "removal": s.removals.pop(it, None), "decision": s.decisions.pop(it, None),
+                      "evals": {k: s.evals.pop(k) for k in [k for k in s.evals if k[0] == it]}}
     if "params" in e:
         s.params = e["params"]
 
