@@ -48,7 +48,7 @@ def _resolve(data: dict):
         strategy = get_strategy(data.get("strategy", ""))
         # The strategy's own healing choices first; what the user set explicitly wins.
         data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
-        if str(data.get("report_suite")).lower() == "none":
+        if isinstance(data.get("report_suite"), str) and data["report_suite"].lower() == "none":
             data["report_suite"] = ""  # no report suite, not even the suite's own
         suite = load_suite(data.get("suite", "default"))
         check_suite_data(suite)

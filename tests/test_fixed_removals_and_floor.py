@@ -99,3 +99,17 @@ def test_the_floor_stops_before_the_report_aggregate_falls_below_it(trained, tmp
     config = json.loads((runs / "floored" / "export" / "config.json").read_text())
     assert len(config["ild_layer_map"]) == 6 - len(kept)
     assert all(v["aggregate"] >= floor * teacher for v in state.final_evals().values())
+
+
+def test_the_suites_own_report_suite_is_kept_unless_none_is_asked(tiny, tmp_path):
+    from engine.worker import _resolve
+
+    (tmp_path / "extra.yaml").write_text(
+        "{name: extra, kind: language_modeling, source: {type: jsonl, path: %s}, metric: perplexity_score}"
+        % (tiny / "text.jsonl"))
+    (tmp_path / "with_report.yaml").write_text((tiny / "suite.yaml").read_text().replace("name: tiny", "name: tiny\nreport: extra.yaml")
+                                               .replace("path: ", f"path: {tiny}/"))
+    base = {"name": "r", "model": str(tiny / "model"), "strategy": "iterative-pruning", "target_layers": 4,
+            "suite": str(tmp_path / "with_report.yaml")}
+    assert _resolve(dict(base)).report_suite is None  # the suite's own, extra.yaml, is evaluated
+    assert _resolve({**base, "report_suite": "none"}).report_suite == ""
