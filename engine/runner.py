@@ -110,7 +110,8 @@ class Runner:
                 ranking = self.score()
                 decision = self.decide(ranking)
                 self.remove(decision)
-                self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
+                if self.evaluates_now():
+                    self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
             if self.heals_now():
                 self.heal(decision, partial)
                 self.evaluate("after_healing", heldout=self._heldout)
@@ -267,6 +268,11 @@ class Runner:
                  f"{fit.relative_residual:.3f} (plain removal {fit.plain_relative_residual:.3f})")
         return fit.summary()
 
+    def evaluates_now(self) -> bool:
+        """Every removal is evaluated, but for the removals before the last of a fixed-removal run
+        (it heals once, and what it compares is the student before and after that healing)."""
+        return self.config.removals is None or self.depth == self.config.target_layers
+
     # --- healing --------------------------------------------------------------------------------
     def heals_now(self) -> bool:
         """Healing strategies heal every iteration; a fixed-removal run heals once, after its last removal."""
@@ -353,7 +359,9 @@ class Runner:
     # --- the quality floor ----------------------------------------------------------------------
     def below_floor(self) -> bool:
         floor = self.config.min_retention
-        return floor is not None and self.teacher_report is not None and self.last_report < floor * self.teacher_report
+        if floor is None or self.teacher_report is None or not self.evaluates_now():
+            return False
+        return self.last_report < floor * self.teacher_report
 
     def stop_at_floor(self) -> str:
         """The student of this iteration fell below the floor: the last checkpoint is the answer."""

@@ -26,6 +26,8 @@ def test_fixed_removals_remove_exactly_those_layers_and_heal_once(tiny, tmp_path
     assert not [e for e in events if e["type"] in ("importance", "awaiting_decision")]
     healed = {e["iteration"] for e in events if e["type"] == "train_step"}
     assert healed == {2}  # once, after the last removal
+    evaluated = sorted({(e["iteration"], e["stage"]) for e in events if e["type"] == "eval"})
+    assert evaluated == [(0, "teacher"), (2, "after_healing"), (2, "after_removal")]
     finished = events[-1]
     assert finished["type"] == "run_finished" and finished["removed"] == [4, 1] and finished["layers"] == 4
     config = json.loads((tmp_path / "runs" / "fixed" / "export" / "config.json").read_text())
