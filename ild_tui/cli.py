@@ -18,9 +18,7 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
-PLANNED = {
-    "report": ("write a report of a run (tables and plots)", 6),
-}
+PLANNED: dict[str, tuple[str, int]] = {}
 
 
 class Failure(click.ClickException):
@@ -510,6 +508,44 @@ def export(run_ref, out, force, runs_dir):
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")
+
+
+@main.command()
+@click.argument("run_refs", metavar="RUN [RUN...]", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Directory for report.html, its PNGs and CSVs (made if missing; an earlier report there is replaced).")
+@click.option("--no-measure", "no_measure", is_flag=True,
+              help="Skip timing the teacher and the exported students (parameters, tokens/s, peak memory).")
+@click.option("--device", default=None, help="Where to measure: cpu, cuda, cuda:1 ... (default: the best there is).")
+@click.option("--title", default=None, help="The page's title.")
+@runs_dir_option
+def report(run_refs, out, no_measure, device, title, runs_dir):
+    """Write one self-contained HTML page (plus its PNGs and CSVs) on one or more runs.
+
+    Aggregate against layers removed (Figure 9), how often each layer was removed (Figure 10),
+    the importance heatmap and healing losses of each run, per-task scores per iteration (Table 3),
+    one row per run with % of the teacher (Table 2), the selection part beside the report part, and
+    what each exported student buys in speed and memory, measured here against its teacher.
+
+    Example: ild report iterative-distill shortgpt --runs-dir study/runs --out study/report
+    """
+    from pathlib import Path
+
+    from .report import ReportError, write_report
+    from .runs import RunNotFound, find_run
+
+    try:
+        paths = [find_run(runs_dir, ref).path for ref in run_refs]
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    try:
+        result = write_report(paths, Path(out), measure=not no_measure, device=device, title=title,
+                              progress=lambda text: click.echo(text, err=True))
+    except ReportError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    for note in result.notes:
+        click.echo(f"ild: note: {note}", err=True)
+    click.echo(f"wrote {result.page} ({len(result.files)} files in {result.out})")
 
 
 @main.command()
