@@ -72,6 +72,7 @@ def synth_run(
     seconds_per_step: float = 2.0,
     metric: str | None = None,
     split: bool = False,
+    model: str = MODEL,
 ) -> dict:
     """Write a plausible run directory; returns facts the tests check against.
 
@@ -105,7 +106,7 @@ def synth_run(
 
     rd = create(path)
     rd.config_file.write_text(
-        f"name: {name}\nmodel: {MODEL}\nstrategy: {strategy}\nstart_layers: {start_layers}\n"
+        f"name: {name}\nmodel: {model}\nstrategy: {strategy}\nstart_layers: {start_layers}\n"
         f"target_layers: {target_layers}\nmode: {mode}\nsuite: default\nseed: {seed}\n"
     )
     (rd.done_dir / ".keep").write_text("")
@@ -114,12 +115,12 @@ def synth_run(
     emit = w.emit
     emit("engine_started", pid=4242, host="gpu-box", resumed_from=None)
     tick(0.4)
-    emit("phase", iteration=0, phase="loading", detail=f"loading {MODEL}")
+    emit("phase", iteration=0, phase="loading", detail=f"loading {model}")
     tick(11.0)
-    emit("run_started", name=name, model=MODEL, model_version="gguf-q8_0", strategy=strategy, importance=metric,
+    emit("run_started", name=name, model=model, model_version="gguf-q8_0", strategy=strategy, importance=metric,
          start_layers=start_layers, target_layers=target_layers, mode=mode,
          **({"mode_seconds": LIVE_DEADLINE_IN} if mode == "auto-after" else {}), params=PARAMS,
-         config={"name": name, "model": MODEL, "strategy": strategy, "target_layers": target_layers,
+         config={"name": name, "model": model, "strategy": strategy, "target_layers": target_layers,
                  "start_layers": start_layers, "mode": mode, "seed": seed})
     tick(0.2)
     emit("phase", iteration=0, phase="evaluating", detail="teacher")
