@@ -146,20 +146,17 @@ SUMMARY_COLUMNS = ["strategy", "layers", "part", "aggregate", "teacher_aggregate
 
 
 def summary_rows(runs: list[ReportRun]) -> list[dict]:
-    """One row per run, part and student depth: each iteration's final aggregate beside the teacher's."""
+    """One row per run, student depth and part: each iteration's final aggregate beside the teacher's."""
     rows = []
     for r in runs:
         s = r.state
-        for part in PARTS:
-            teacher = _aggregate(s.teacher_eval(part))
-            for point in s.curve(part):
-                if point["removed"] == 0:
-                    continue
-                layers = point["layers"] if point["layers"] is not None else (s.start_layers or 0) - point["removed"]
-                rows.append({"strategy": r.strategy, "layers": layers, "part": part, "aggregate": point["aggregate"],
-                             "teacher_aggregate": teacher, "retention_pct": _pct(point["aggregate"], teacher),
-                             "params": point["params"], "layers_removed": point["removed"], "model": r.model,
-                             "run": r.label})
+        teachers = {part: _aggregate(s.teacher_eval(part)) for part in PARTS}
+        points = sorted((p["removed"], PARTS.index(part), part, p) for part in PARTS for p in s.curve(part) if p["removed"])
+        for removed, _, part, point in points:
+            layers = point["layers"] if point["layers"] is not None else (s.start_layers or 0) - removed
+            rows.append({"strategy": r.strategy, "layers": layers, "part": part, "aggregate": point["aggregate"],
+                         "teacher_aggregate": teachers[part], "retention_pct": _pct(point["aggregate"], teachers[part]),
+                         "params": point["params"], "layers_removed": removed, "model": r.model, "run": r.label})
     return rows
 
 
