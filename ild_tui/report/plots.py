@@ -163,11 +163,8 @@ def importance_figure(run: ReportRun, path: Path) -> Path | None:
     width, height = min(14.0, max(5.0, 0.42 * len(iterations) + 2.5)), min(14.0, max(3.5, 0.2 * depth + 1.2))
     fig = _figure(width, height, left=0.9 / width, right=1 - 0.3 / width, bottom=0.6 / height, top=1 - 0.5 / height)
     ax = fig.add_subplot()
-    import numpy as np
-
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
-    image = ax.imshow(np.ma.masked_invalid(np.array(grid, dtype=float)), aspect="auto", cmap=cmap, vmin=0, vmax=1,
-                      interpolation="nearest", origin="lower")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # NaN: a removed layer, a gap
+    image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest", origin="lower")
     removed = {x["iteration"]: x["layer"] for x in s.removed}
     xs = [j for j, it in enumerate(iterations) if it in removed]
     ax.scatter(xs, [removed[iterations[j]] for j in xs], marker="x", s=28, color="#D55E00", linewidths=1.6)
