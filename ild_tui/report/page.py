@@ -19,6 +19,7 @@ h3 { margin-top: 1.5em; }
 .meta, .note { color: #57606a; } .note { font-size: .92em; }
 table { border-collapse: collapse; margin: .6em 0 1em; font-size: .9em; }
 th, td { border: 1px solid #d0d7de; padding: .25em .55em; } th { background: #f6f8fa; text-align: left; }
+td:first-child, td.num { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .scroll { overflow-x: auto; } img { max-width: 100%; height: auto; display: block; margin: .5em 0; }
 ul.answers li { margin: .35em 0; } code { background: #f6f8fa; padding: 0 .25em; }
@@ -132,13 +133,18 @@ def render(*, title: str, runs: list[ReportRun], run_rows: list[dict], figures: 
     if notes:
         out += ['<p class="note">' + "<br>".join(esc(n) for n in notes) + "</p>"]
 
-    out += ["<h2>Runs (Table 2)</h2>", table(
-        ["run", "strategy", "status", "layers", "params", "teacher", "final", "best", "% of teacher", "select final",
-         "select % of teacher", "removed (in order)", "duration"],
-        [[r["run"], r["strategy"], r["status"], f"{fmt(r['start_layers'])} → {fmt(r['layers'])}", fmt_params(r["params"]),
-          fmt(r["teacher_aggregate"]), fmt(r["aggregate"]), fmt(r["best_aggregate"]), fmt_pct(r["retention_pct"]),
-          fmt(r["select_aggregate"]), fmt_pct(r["select_retention_pct"]), r["removed"] or "-", fmt_duration(r["duration_s"])]
-         for r in run_rows], numeric={3, 4, 5, 6, 7, 8, 9, 10, 12})]
+    selects = any(r.has_part(SELECT) for r in runs)
+    headers = ["run", "strategy", "status", "layers", "params", "teacher", "final", "best", "% of teacher",
+               *(["select final", "select % of teacher"] if selects else []), "removed (in order)", "duration"]
+    rows = []
+    for r in run_rows:
+        rows.append([r["run"], r["strategy"], r["status"], f"{fmt(r['start_layers'])} → {fmt(r['layers'])}",
+                     fmt_params(r["params"]), fmt(r["teacher_aggregate"]), fmt(r["aggregate"]), fmt(r["best_aggregate"]),
+                     fmt_pct(r["retention_pct"]),
+                     *([fmt(r["select_aggregate"]), fmt_pct(r["select_retention_pct"])] if selects else []),
+                     r["removed"] or "-", fmt_duration(r["duration_s"])])
+    numeric = {i for i, h in enumerate(headers) if h not in ("run", "strategy", "status", "removed (in order)")}
+    out += ["<h2>Runs (Table 2)</h2>", table(headers, rows, numeric=numeric)]
 
     out += ["<h2>Aggregate against layers removed (Figure 9)</h2>", image(figures.get("aggregate"), "aggregate against layers removed")
             or '<p class="note">No evaluated iteration yet.</p>']
