@@ -592,7 +592,7 @@ def study(model, strategies, target_layers, out, suite, seed, split_seed, batch_
     except (ValueError, StudyError) as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     plan = Plan(model=local_or_as_given(model), strategies=names, target_layers=target_layers,
-                suite=local_or_as_given(suite), seed=seed, split_seed=split_seed, batch_tokens=batch_tokens,
+                suite=local_or_as_given(suite, files_only=True), seed=seed, split_seed=split_seed, batch_tokens=batch_tokens,
                 device=device, settings=settings)
     out_dir = Path(out)
     try:

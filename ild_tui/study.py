@@ -96,11 +96,13 @@ def parse_strategies(text: str) -> list[str]:
     return names
 
 
-def local_or_as_given(spec: str) -> str:
+def local_or_as_given(spec: str, files_only: bool = False) -> str:
     """A path that exists here, made absolute (the study, its engines and its report may run from
-    elsewhere); anything else (an embedded name, a Hub id) as given."""
+    elsewhere); anything else (an embedded name, a Hub id) as given. ``files_only`` (suites): only
+    a file with a suffix, since an embedded suite's bare name wins over a file of that name."""
     path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+    local = path.is_file() and bool(path.suffix) if files_only else path.exists()
+    return str(path.resolve()) if local else spec
 
 
 # -- the directory ----------------------------------------------------------------------------------
