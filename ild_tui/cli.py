@@ -664,7 +664,7 @@ def report(run_refs, out, no_measure, device, title, runs_dir):
 
 @main.command()
 @click.option("--model", default="smollm2-135m", show_default=True, help="The teacher every strategy starts from.")
-@click.option("--strategies", required=True, help=f"Comma-separated, from: {', '.join(_strategies())}.")
+@click.option("--strategies", required=True, help=f"Comma-separated, from: {', '.join(STRATEGIES)}.")
 @click.option("--target-layers", type=int, required=True, help="Every run stops at this many layers.")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="The study's directory: study.json, runs/<strategy>/, report/.")
