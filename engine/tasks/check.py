@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .requests import LETTERS, _answer_index, _format, _mc_context
-from .sources import PARTS, task_rows
+from .sources import PARTS, map_fields, read_source, task_rows
 from .spec import EmbeddedSource, FileSource, HubSource, SuiteSpec, TaskFileError, TaskSpec, embedded_path
 
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
@@ -33,6 +33,9 @@ def describe_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int
         if isinstance(task.source, HubSource) and not network and not _local(task.source):
             lines.append(f"{task.name}: {source} (Hub, not read offline)")
             continue
+        raw, where = read_source(task)
+        for row, label in zip(raw, where):
+            render_row(task, map_fields(task, row, label))
         counts = []
         for part in PARTS:
             rows, shots = task_rows(task, part, suite.fraction_for(task), split_seed)
