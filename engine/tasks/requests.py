@@ -187,28 +187,39 @@ def task_messages(task: TaskSpec, row: dict, shot: bool) -> list[dict]:
     return out
 
 
+def conversation_messages(task: TaskSpec, row: dict, shots: list[dict]) -> list[dict]:
+    """The messages of one item as LLMTF builds them: the shots' then the item's, ``header``
+    before the first user message. Multiple-choice rows gain ``choices_lettered``/``letters`` and a
+    shot's ``target`` is its answer letter."""
+    if task.kind == "multiple_choice":
+        shots = [{**_mc_names(s), "target": LETTERS[_answer_index(s, len(s["choices"]), task, -1)]} for s in shots]
+        row = _mc_names(row)
+    messages = [m for s in shots for m in task_messages(task, s, shot=True)] + task_messages(task, row, shot=False)
+    if task.header:
+        first = next((m for m in messages if m["role"] == "user"), None)
+        if first is None:
+            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: a header needs a user message")
+        first["content"] = _format(task.header, row, task) + first["content"]
+    return messages
+
+
 def conversation_ids(task: TaskSpec, row: dict, shots: list[dict], tokenizer) -> tuple[list[int], list[str]]:
-    """The prompt of one item as LLMTF builds it: the shots' messages then the item's, ``header``
-    before the first user message, rendered by the tokenizer's chat template (``chat: true`` and the
-    tokenizer has one) or LLMTF's foundational layout; a final assistant message is continued,
-    else a generation prompt follows. Shots are added while the prompt stays below
-    ``max_prompt_tokens``. Returns the token ids and the extra stop strings of the layout."""
-    query = task_messages(task, row, shot=False)
+    """The prompt of one item (``conversation_messages``) rendered by the tokenizer's chat
+    template (``chat: true`` and the tokenizer has one) or LLMTF's foundational layout; a final
+    assistant message is continued, else a generation prompt follows. Shots are added while the
+    prompt stays below ``max_prompt_tokens`` (``shot_order: reversed`` puts the first shot nearest
+    the query, as LLMTF's base.py prepends each shot). Returns the token ids and the extra stop
+    strings of the layout (its end of turn)."""
     ordered = list(reversed(shots)) if task.shot_order == "reversed" else list(shots)
     use_template = bool(task.chat and getattr(tokenizer, "chat_template", None))
-    best = None
+    ids: list[int] = []
     for count in range(len(ordered), -1, -1):
-        # source order: the first `count` shots; reversed: the `count` nearest the query.
         chosen = ordered[len(ordered) - count :] if task.shot_order == "reversed" else ordered[:count]
-        messages = [m for s in chosen for m in task_messages(task, s, shot=True)] + query
-        if task.header:
-            first = next(m for m in messages if m["role"] == "user")
-            first["content"] = _format(task.header, row, task) + first["content"]
-        ids = _encode(tokenizer, render_messages(messages, tokenizer if use_template else None), special=not use_template)
-        best = ids
+        text = render_messages(conversation_messages(task, row, chosen), tokenizer if use_template else None)
+        ids = _encode(tokenizer, text, special=not use_template)
         if task.max_prompt_tokens is None or len(ids) < task.max_prompt_tokens:
             break
-    return best, ([] if use_template else [FOUNDATIONAL_STOP])
+    return ids, ([] if use_template else [FOUNDATIONAL_STOP])
 
 
 def render_messages(messages: list[dict], tokenizer=None) -> str:
@@ -257,9 +268,7 @@ def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tok
             prepared.groups.append(str(row.get(task.group)))
         own_shots = shots_for(task, row, shots)
         if _conversation(task):
-            context_ids, _ = conversation_ids(
-                task, _mc_names(row), [{**_mc_names(s), "target": LETTERS[_answer_index(s, len(s["choices"]), task, -1)]} for s in own_shots], tokenizer
-            )
+            context_ids, _ = conversation_ids(task, row, own_shots, tokenizer)
         else:
             context_ids = _encode(tokenizer, _shot_text(task, own_shots) + _mc_context(task, row), special=True)
         if task.scoring == "letter":
