@@ -45,9 +45,9 @@ class RacingSettings:
     """
 
     enabled: bool = True
-    first_fraction: float = 0.25
+    first_fraction: float = 0.15
     growth: float = 2.0
-    min_items: int = 4
+    min_items: int = 3
     z: float = 3.0
     seed: int = 0
 
