@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         network = not _offline()
         for which in [suite] + ([report] if report else []):
             print(f"suite '{which.name}'" + (" (report suite)" if which is report else "") + ":")
-            for line in describe_suite_data(which, network=network, split_seed=args.split_seed):
+            for line in describe_suite_data(which, network=network, split_seed=args.split_seed, split=which is suite):
                 print(f"  {line}")
         if args.data_only:
             return 0
