@@ -158,8 +158,11 @@ class Runner:
             self.teacher = load_model(config.model, device=config.device).model
         self.calibration = self._calibration() if self._needs_calibration() else []
         self.healer = self._healer() if self.strategy.heal else None
+        from engine.importance.racing import RacingSettings
+
         self.scorer = Scorer(self.metric, self.model, self.evaluation.select, self.calibration, self.evaluation.pad_id,
-                             config.batch_tokens, teacher=self.teacher, racing=config.scoring,
+                             config.batch_tokens, teacher=self.teacher,
+                             racing=RacingSettings(enabled=config.scoring.racing, seed=config.seed),
                              block=config.start_layers - config.target_layers, progress=self.progress)
 
     def restore(self, checkpoint: Checkpoint) -> None:
