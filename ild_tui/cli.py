@@ -21,9 +21,6 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
-PLANNED: dict[str, tuple[str, int]] = {}
-
-
 class Failure(click.ClickException):
     """One clear line on stderr, then a non-zero exit."""
 
@@ -785,40 +782,26 @@ def suite_list():
     "--layers", default=None, help="Original layers to skip, comma-separated (default: 1 and the middle one)."
 )
 @click.option("--device", default=None)
-def suite_check(model, suite_name, layers, device):
-    """Score a suite on the full model, with layer 1 skipped and with a middle layer skipped."""
+@click.option("--report-suite", default=None, help="A report suite (default: the suite's own).")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="Which items are the selection / report part.")
+@click.option("--data-only", is_flag=True, help="Check the data and print what would be loaded; load no model.")
+def suite_check(model, suite_name, layers, device, report_suite, split_seed, data_only):
+    """Score a suite's selection part, report part and report suite on the full model, with layer 1
+    skipped and with a middle layer skipped (or check its data only)."""
     import subprocess
 
     from .launch import ENGINE, _engine_env
 
-    command = [ENGINE[0], "-m", "engine.suite_check", "--model", model, "--suite", suite_name]
-    if layers:
-        command += ["--layers", layers]
-    if device:
-        command += ["--device", device]
+    command = [ENGINE[0], "-m", "engine.suite_check", "--model", model, "--suite", suite_name,
+               "--split-seed", str(split_seed)]
+    for flag, value in (("--layers", layers), ("--device", device), ("--report-suite", report_suite)):
+        if value:
+            command += [flag, value]
+    if data_only:
+        command.append("--data-only")
     code = subprocess.call(command, env=_engine_env())
     if code:
         sys.exit(code)
-
-
-def _planned(name: str, summary: str, issue: int) -> click.Command:
-    @click.command(
-        name=name,
-        help=f"{summary[0].upper()}{summary[1:]}. [not built yet: arrives with issue #{issue}]",
-        short_help=f"[not built yet] {summary}",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        add_help_option=True,
-    )
-    @click.pass_context
-    def command(ctx: click.Context) -> None:
-        raise Failure(f"'ild {name}' is not built yet (it arrives with issue #{issue}: {summary})", EXIT_USAGE)
-
-    return command
-
-
-for _name, (_summary, _issue) in PLANNED.items():
-    if _name not in main.commands:
-        main.add_command(_planned(_name, _summary, _issue))
 
 
 if __name__ == "__main__":  # pragma: no cover

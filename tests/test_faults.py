@@ -16,13 +16,29 @@ from engine.runlog.tailer import read_all
 from tests.support import ild
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {"train_tokens": 1536, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001,
+HEAL = {"train_tokens": 768, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001,
         "checkpoint_every_s": 0.001}
+# Two cheap tasks: every kill restarts an engine, so the run itself must cost little.
+LEAN_SUITE = """
+name: lean
+tasks:
+  - {name: lm, kind: language_modeling, source: {type: jsonl, path: text.jsonl}, metric: next_token_probability, samples: 6}
+  - name: mc
+    kind: multiple_choice
+    source: {type: jsonl, path: mc.jsonl}
+    fields: {question: q, choices: options, answer: label}
+    prompt: "{question} ?"
+    metric: accuracy
+    samples: 6
+"""
 
 
 def _create(run_dir, tiny_root, **extra):
+    suite = tiny_root / "lean.yaml"
+    if not suite.exists():
+        suite.write_text(LEAN_SUITE)
     config = {"name": run_dir.name, "model": str(tiny_root / "model"), "strategy": "iterative-distill", "target_layers": 4,
-              "suite": str(tiny_root / "suite.yaml"), "heal": HEAL, **extra}
+              "suite": str(suite), "heal": HEAL, **extra}
     result = subprocess.run([*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return run_dir
