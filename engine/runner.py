@@ -138,7 +138,7 @@ class Runner:
         self.ranks.barrier()  # every rank has read the log and sees the cleaned checkpoints
         checkpoint = self.store.latest()
         self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint.name if checkpoint else None,
-                  **({"processes": self.ranks.size} if self.ranks.distributed else {}))
+                  threads=torch.get_num_threads(), **({"processes": self.ranks.size} if self.ranks.distributed else {}))
         if checkpoint is not None and checkpoint.note:
             self.say(checkpoint.note, level="warning")
         self.control.lockstep_point()

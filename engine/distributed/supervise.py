@@ -93,7 +93,8 @@ class _Output:
     def __init__(self, stream) -> None:
         self.stream = stream
         self.said: str | None = None  # the last "ild: ..." line of a rank
-        self.signal: str | None = None  # torchrun's "Signal 9 (SIGKILL) received by PID ..."
+        self.root_cause: dict[str, str] = {}  # torchrun's first observed failure: rank, exitcode
+        self._in_root_cause = False
         self.thread = threading.Thread(target=self._pump, name="ild-launcher-output", daemon=True)
         self.thread.start()
 
@@ -105,9 +106,20 @@ class _Output:
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("ild: "):
                 self.said = line.removeprefix("ild: ")
-            found = re.search(r"Signal \d+ \(\w+\) received by PID \d+", line)
-            if found:
-                self.signal = found.group(0)
+            if line.startswith("Root Cause"):
+                self._in_root_cause = True
+            found = re.match(r"(rank|exitcode)\s*:\s*(.+)", line)
+            if self._in_root_cause and found:
+                self.root_cause.setdefault(found.group(1), found.group(2).strip())
+
+    @property
+    def cause(self) -> str | None:
+        """Which rank ended first and how (torchrun's root cause), else a rank's own last words."""
+        rank, code = self.root_cause.get("rank"), self.root_cause.get("exitcode")
+        if rank and code:
+            code = " ".join(re.sub(r"[(]pid: [0-9]+[)]", "", code).split())
+            return f"rank {rank.split()[0]} exited first, exit code {code}"
+        return self.said
 
     def join(self) -> None:
         self.thread.join(timeout=5)
@@ -155,7 +167,7 @@ def supervise(run_dir: Path, command: list[str], machine_rank: int | None = None
     if not any(e.get("type") == "engine_started" for e in events):
         # The engine refused to start (bad input, run already live): its ranks said why.
         return (EXIT_USAGE if output.said else EXIT_FAILED) if code else 0
-    detail = output.said or output.signal
+    detail = output.cause
     error = f"an engine process ended without a final event (launcher exit code {code})" + (f": {detail}" if detail else "")
     return _record_failure(rd, offset, error, events)
 

@@ -77,6 +77,7 @@ class EngineStarted(TypedDict, total=False):
     host: Required[Annotated[str, "the host it runs on"]]
     resumed_from: Annotated[str | None, "the checkpoint it continues from, or null for a fresh start"]
     processes: Annotated[int, "engine processes (ranks) sharing the run, when more than one"]
+    threads: Annotated[int, "CPU threads of each engine process"]
 
 
 class RunStarted(TypedDict, total=False):
