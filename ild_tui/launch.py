@@ -86,6 +86,12 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
         [*SUPERVISOR, str(run_dir), *launch], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
     )
     tailer = EventTailer(rd.events_file)
+    # SIGTERM (a scheduler's preemption, `kill`) is the engine's to handle: it stops at its next
+    # safe point with a checkpoint, and this process follows it to the end.
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    except ValueError:  # not the main thread: signals are not ours to take
+        previous = None
     try:
         while True:
             for event in tailer.poll():
@@ -105,6 +111,8 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
             on_event(event)
         return EngineExit(run_dir, 130, None)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         log.close()
 
 

@@ -23,6 +23,9 @@ from engine.runlog.tailer import EventTailer, read_all
 from engine.tasks.evaluate import ItemScores
 from tests.support import ild
 
+# Each run below is two engine processes (plus the launcher) on a 2-core machine: never two at once.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 ENGINE = [sys.executable, "-m", "engine.worker"]
 HEAL = {"train_tokens": 1536, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001,
         "checkpoint_every_s": 0.001}
@@ -250,8 +253,8 @@ def test_sigterm_stops_every_rank_with_a_checkpoint(tiny, suite, tmp_path):
     """Preemption: SIGTERM to the launching process ends the run as stopped, with a partial checkpoint."""
     run = tmp_path / "runs" / "term"
     created = subprocess.run([*ENGINE, str(run), "--create"], capture_output=True, text=True,
-                             input=json.dumps(_config(tiny, suite, "term", "iterative-distill", target_layers=5,
-                                                      distributed={"processes": 2})))
+                             input=json.dumps(_config(tiny, suite, "term", "iterative-distill", target_layers=None,
+                                                      removals=[2], distributed={"processes": 2})))
     assert created.returncode == 0, created.stderr
     supervisor = subprocess.Popen([sys.executable, "-m", "engine.distributed.supervise", str(run)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -68,7 +68,8 @@ def processes_in(accelerate_config: str) -> int:
 
 
 def launch_command(run_dir: Path, processes: int, accelerate_config: str | None = None, machine_rank: int | None = None,
-                   threads: int | None = None, explicit_processes: bool = False) -> list[str]:
+                   threads: int | None = None, explicit_processes: bool = False, main_process_ip: str | None = None,
+                   main_process_port: int | None = None) -> list[str]:
     """The ``accelerate launch`` command line that starts the engine's ranks."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
@@ -77,6 +78,10 @@ def launch_command(run_dir: Path, processes: int, accelerate_config: str | None 
             command += ["--num_processes", str(processes)]
         if machine_rank is not None:
             command += ["--machine_rank", str(machine_rank)]
+        if main_process_ip:  # a scheduler knows the first node only when the job starts
+            command += ["--main_process_ip", main_process_ip]
+        if main_process_port:
+            command += ["--main_process_port", str(main_process_port)]
     else:
         # One machine: torchrun's launcher (accelerate's --multi_gpu path; on a CPU-only host the
         # ranks then join over gloo), a free port so that several runs can share a host.
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, help="engine processes (default: the run's distributed.processes)")
     parser.add_argument("--accelerate-config", help="an accelerate config file (machines, processes, FSDP, ...)")
     parser.add_argument("--machine-rank", type=int, help="this machine's rank in a multi-node run (with --accelerate-config)")
+    parser.add_argument("--main-process-ip", help="the first machine's address (overrides the accelerate config's)")
+    parser.add_argument("--main-process-port", type=int, help="its port (overrides the accelerate config's)")
     args = parser.parse_args(argv)
     try:
         config = _config(args.run_dir)
@@ -229,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
         threads = default_threads(processes)
     command = launch_command(args.run_dir, processes, accelerate_config, args.machine_rank, threads,
-                             explicit_processes=args.processes is not None)
+                             explicit_processes=args.processes is not None, main_process_ip=args.main_process_ip,
+                             main_process_port=args.main_process_port)
     return supervise(args.run_dir, command, args.machine_rank)
 
 
