@@ -165,9 +165,13 @@ def check_processes(config: RunConfig, processes: int) -> None:
     if processes > 1 and get_strategy(config.strategy).heal and config.heal.batch_size % processes:
         raise ConfigError(f"heal.batch_size {config.heal.batch_size} does not divide among {processes} processes: "
                           f"set --set heal.batch_size to a multiple of {processes}")
-    if config.distributed.heal == "fsdp" and config.device == "cpu":
-        raise ConfigError("distributed.heal=fsdp shards over GPUs; on the CPU use distributed.heal=ddp")
-    if config.distributed.gpus_per_process > 1 and config.device == "cpu":
+    settings = config.distributed
+    if settings.heal == "fsdp" and (config.heal.train_norm or config.heal.train_head):
+        raise ConfigError("distributed.heal=fsdp shards the trainable decoder layers; heal.train_norm and heal.train_head "
+                          "need distributed.heal=ddp")
+    if settings.heal == "fsdp" and settings.gpus_per_process > 1:
+        raise ConfigError("distributed.heal=fsdp and distributed.gpus_per_process > 1 are two ways to fit a model: choose one")
+    if settings.gpus_per_process > 1 and config.device == "cpu":
         raise ConfigError("distributed.gpus_per_process > 1 spreads a model over GPUs; it cannot with --device cpu")
 
 

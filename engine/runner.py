@@ -300,7 +300,7 @@ class Runner:
 
             untie_head(self.model)
             self.modified.add("head")
-        return Healer(self.model, cache, self.heal_config, ranks=self.ranks)
+        return Healer(self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp")
 
     def heal(self, decision: Decision, partial) -> None:
         from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss

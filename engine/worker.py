@@ -145,8 +145,6 @@ def _join_ranks(config):
     settings = config.distributed
     cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
     try:
-        if settings.heal == "fsdp" and not cuda:
-            raise DistributedError("distributed.heal=fsdp shards over GPUs and this host has none: use distributed.heal=ddp")
         if settings.gpus_per_process > 1 and not cuda:
             raise DistributedError("distributed.gpus_per_process > 1 spreads a model over GPUs and this host has none")
         check_processes(config, launched_size())

@@ -152,7 +152,9 @@ def test_threads_and_launch_command(tmp_path):
     "args,message",
     [
         (["--processes", "3"], "heal.batch_size 4 does not divide among 3 processes"),
-        (["--processes", "2", "--set", "distributed.heal=fsdp", "--device", "cpu"], "fsdp shards over GPUs"),
+        (["--processes", "2", "--set", "distributed.heal=fsdp", "--set", "heal.train_norm=true"],
+         "fsdp shards the trainable decoder layers"),
+        (["--set", "distributed.gpus_per_process=2", "--device", "cpu"], "gpus_per_process > 1 spreads a model over GPUs"),
     ],
 )
 def test_bad_distributed_settings_are_one_line(tiny, suite, tmp_path, args, message):
@@ -249,12 +251,16 @@ def test_healing_on_two_processes_survives_a_killed_rank_and_resumes_on_one(tiny
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
 
 
-def test_sigterm_stops_every_rank_with_a_checkpoint(tiny, suite, tmp_path):
-    """Preemption: SIGTERM to the launching process ends the run as stopped, with a partial checkpoint."""
-    run = tmp_path / "runs" / "term"
+def test_sharded_healing_stops_on_sigterm_and_resumes_on_one_process(tiny, suite, tmp_path):
+    """FSDP2 over the trainable layers (gloo); preemption: SIGTERM to the launching process ends the run
+    as stopped with a partial checkpoint of gathered tensors, which one unsharded process continues."""
+    runs = tmp_path / "runs"
+    fixed = {"target_layers": None, "removals": [2]}  # no scoring: straight to healing
+    reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-distill", **fixed))
+    run = runs / "term"
     created = subprocess.run([*ENGINE, str(run), "--create"], capture_output=True, text=True,
-                             input=json.dumps(_config(tiny, suite, "term", "iterative-distill", target_layers=None,
-                                                      removals=[2], distributed={"processes": 2})))
+                             input=json.dumps(_config(tiny, suite, "term", "iterative-distill", **fixed,
+                                                      distributed={"processes": 2, "heal": "fsdp"})))
     assert created.returncode == 0, created.stderr
     supervisor = subprocess.Popen([sys.executable, "-m", "engine.distributed.supervise", str(run)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -266,3 +272,14 @@ def test_sigterm_stops_every_rank_with_a_checkpoint(tiny, suite, tmp_path):
     assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "stopped"
     assert any(e["type"] == "checkpoint" and e.get("partial") for e in events)
     assert any("received SIGTERM" in e.get("message", "") for e in _of(events, "log"))
+
+    resumed = ild("resume", "term", "--runs-dir", str(runs), "--processes", "1")
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    events = read_all(run / "events.jsonl")
+    ran = {e["step"]: e for e in _of(events, "train_step")}
+    ref = {e["step"]: e for e in _of(reference, "train_step")}
+    assert ran.keys() == ref.keys()
+    for key, step in ran.items():
+        assert _close(step["loss"], ref[key]["loss"], rel=1e-3), key
+    a, b = _export_tensors(run), _export_tensors(runs / "one")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)

@@ -30,6 +30,7 @@ from torch import nn
 
 from engine.config import heal_default
 from engine.distributed.ranks import SINGLE, Ranks
+from engine.distributed.sharding import ShardedLayers, full, full_optimizer_state, shard_optimizer_state
 from engine.models.adapters import adapter_for
 
 from .cache import BlockStore
@@ -290,11 +291,14 @@ class Healer:
     by N processes resumes on M.
     """
 
-    def __init__(self, student: nn.Module, cache: TeacherCache, config: HealConfig, ranks: Ranks | None = None):
+    def __init__(self, student: nn.Module, cache: TeacherCache, config: HealConfig, ranks: Ranks | None = None,
+                 shard: bool = False):
         self.student = student
         self.cache = cache
         self.config = config
         self.ranks = ranks or SINGLE
+        self.shard = shard and self.ranks.distributed  # FSDP2 over the trainable layers (engine.distributed.sharding)
+        self._sharded_now = False
         self.train_loss = config.loss  # the loss the steps minimise (see heal)
         self._head_cast: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -357,8 +361,11 @@ class Healer:
         fused = self._fused()
         runner = StudentFromPrefix(self.student, 0, pairs, self.config.loss.final_norm, fused=fused)
         starts = list(range(0, len(blocks), self.config.batch_size))
+        # Shared out by batch; not while layers are sharded: their forwards are collectives then,
+        # and every rank must run the same ones.
+        split = self.ranks.distributed and not self._sharded_now
         rows = []  # (batch start, loss, kl, mse weighted by the batch's blocks)
-        for b in starts[self.ranks.rank :: self.ranks.size]:
+        for b in starts[self.ranks.rank :: self.ranks.size] if split else starts:
             index = slice(b, b + self.config.batch_size)
             ids = blocks[index].to(device)
             mask = torch.ones_like(ids)
@@ -370,7 +377,7 @@ class Healer:
             else:
                 loss, kl, mse = total_loss(out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss)
             rows.append((b, float(loss) * len(ids), float(kl) * len(ids), float(mse) * len(ids)))
-        if self.ranks.distributed:
+        if split:
             rows = sorted(row for part in self.ranks.gather(rows) for row in part)
         totals = {"loss": 0.0, "kl": 0.0, "mse": 0.0}
         for _, *values in rows:  # summed in one process's order, so every rank gets one process's number
@@ -404,7 +411,8 @@ class Healer:
         pairs = hidden_pairs(config.loss, trainable, adapter.num_layers)
         params = freeze_except(self.student, trainable, config.trainable)
         names = {id(p): n for n, p in self.student.named_parameters()}
-        weights = lambda: {names[id(p)]: p.detach().clone() for p in params}  # noqa: E731
+        # Full tensors, gathered when sharded (every rank at once: a collective then).
+        weights = lambda: {names[id(p)]: full(p.detach()).clone() for p in params}  # noqa: E731
         snapshot = weights()
         device = next(self.student.parameters()).device
         accelerator = Accelerator(
@@ -429,7 +437,6 @@ class Healer:
         self.train_loss = dataclasses.replace(config.loss, kl_scale=config.loss.kl_scale * size) if scaled else config.loss
         needed = torch.cat([my_slice(s) for s in range(total_steps)]) if size > 1 else None
         loop = _loop_for(self, pairs, layer_map, trainable, device, needed)
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
         step, early = 0, None
         if resume is not None:
@@ -438,23 +445,36 @@ class Healer:
                 with torch.no_grad():
                     for p in params:
                         p.copy_(resume.trainable[names[id(p)]])
-            if resume.optimizer:
-                optimizer.load_state_dict(resume.optimizer)
         if config.early_stop and early is None:
             early = EarlyStop(best_loss=baseline if baseline is not None else self.heldout_loss(pairs)["loss"])
+        shards, plain = None, params
+        if self.shard:
+            if config.trainable.train_norm or config.trainable.train_head:
+                raise ValueError("distributed.heal=fsdp shards the trainable decoder layers; train_norm and train_head "
+                                 "need distributed.heal=ddp")
+            shards = ShardedLayers(self.student, trainable, self.ranks)
+            params = shards.parameters()
+            names.update({id(p): n for n, p in self.student.named_parameters()})
+            self._sharded_now = True
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        if resume is not None and resume.optimizer:
+            optimizer.load_state_dict(shard_optimizer_state(resume.optimizer, params) if shards else resume.optimizer)
         every = config.eval_every or max(1, total_steps // 8)
-        if self.ranks.distributed:
-            _ddp_ignore_frozen(loop.runner)
-        runner, optimizer = accelerator.prepare(loop.runner, optimizer)
+        if shards is not None:  # FSDP2 reduces the gradients itself
+            runner, optimizer = loop.runner, accelerator.prepare(optimizer)
+        else:
+            if self.ranks.distributed:
+                _ddp_ignore_frozen(loop.runner)
+            runner, optimizer = accelerator.prepare(loop.runner, optimizer)
 
         def state() -> HealState:
-            return HealState(step, optimizer.state_dict(), weights(), early)
+            return HealState(step, full_optimizer_state(optimizer) if shards else optimizer.state_dict(), weights(), early)
 
         last_save = time.monotonic()
         tokens = 0
         started = time.perf_counter()
         last: dict = {}
-        stopped_early = False
+        stopped_early = failed = False
         try:
             while step < total_steps:
                 lr = lr_at(step, total_steps, config)
@@ -495,14 +515,22 @@ class Healer:
                     if on_checkpoint:
                         on_checkpoint(state())
                     raise HealInterrupted(f"stopped at step {step}")
-                if on_checkpoint and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps:
+                due = on_checkpoint is not None and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps
+                if shards is not None:  # gathering the sharded state takes every rank: rank 0's clock decides
+                    due = self.ranks.broadcast(due)
+                if due:
                     on_checkpoint(state())
                     last_save = time.monotonic()
         except NonFiniteLoss:
-            _put(params, names, snapshot)
+            failed = True
             raise
         finally:
             loop.close()
+            if shards is not None:
+                shards.restore()
+                params, self._sharded_now = plain, False
+            if failed:
+                _put(params, names, snapshot)
             for p in self.student.parameters():
                 p.requires_grad_(False)
             # Drop the DDP wrapper now: its gradient hooks must not outlive this iteration.
