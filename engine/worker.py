@@ -144,6 +144,12 @@ def _join_ranks(config):
 
     settings = config.distributed
     cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
+    # An accelerate config's own engines: FSDP is ours to apply (to the trainable layers, see
+    # engine.distributed.sharding), not accelerate's to wrap the whole student with.
+    if os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        settings.heal = "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise SystemExit(_fail("DeepSpeed is not supported: use distributed_type MULTI_GPU (DDP) or FSDP in the accelerate config"))
     try:
         if settings.gpus_per_process > 1 and not cuda:
             raise DistributedError("distributed.gpus_per_process > 1 spreads a model over GPUs and this host has none")

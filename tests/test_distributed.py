@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,6 +147,19 @@ def test_threads_and_launch_command(tmp_path):
     assert command[command.index("--main_process_port") + 1] == "0"  # runs sharing a host never share a port
     multi = launch_command(tmp_path, 16, accelerate_config="cluster.yaml", machine_rank=1)
     assert multi[multi.index("--config_file") + 1] == "cluster.yaml" and multi[multi.index("--machine_rank") + 1] == "1"
+
+
+def test_the_documented_accelerate_configs_load(tmp_path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from engine.distributed.supervise import processes_in
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name, processes in (("8gpu.yaml", 8), ("2x8gpu.yaml", 4)):
+        path = docs / "accelerate" / name
+        assert load_config_from_file(str(path)).num_processes == processes == processes_in(str(path))
+    sbatch = (docs / "ild-slurm.sbatch").read_text()
+    assert "engine.distributed.supervise" in sbatch and "--signal=B:TERM" in sbatch and "scontrol requeue" in sbatch
 
 
 @pytest.mark.parametrize(
