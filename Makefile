@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 install: $(STAMP)
 
@@ -26,7 +26,18 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/ild demo
 
-test: install
+# The report's test opens the page in a headless Chromium (Debian's chromium + chromium-driver).
+# Installed when missing where apt-get can (root); elsewhere that one test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver for the report's browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+	  echo "no chromium/chromedriver and no root apt-get: the report's browser test will skip"; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # ruff, as configured in pyproject.toml: `make lint LINT_PATHS="engine/runlog ild_tui"` for a part.

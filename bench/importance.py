@@ -10,7 +10,7 @@ All run in this process on the same model, suite and batches, in alternating rou
   layer left out, logits and log-softmax at every position (forward-scored suites only).
 Prints the time of each, the ratios, and whether the scores (to 1e-4) and the rankings agree.
 
-    .venv/bin/python bench/importance.py [--model smollm2-135m] [--suite default] [--repeat 2] [--skip-plain]
+    .venv/bin/python bench/importance.py [--model smollm2-135m] [--suite default] [--part select] [--repeat 2] [--skip-plain]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--suite", default="default")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--part", default="select", choices=["select", "report", "all"],
+                        help="which items of the suite: the selection part (what task drop scores), the report part, or all")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of (shared, naive, plain); the best time of each is compared")
     parser.add_argument("--skip-plain", action="store_true",
                         help="leave out the plain way: each candidate as an evaluation harness runs it (the model's own forward, logits at every position)")
@@ -47,12 +49,12 @@ def main() -> int:
 
     _quiet_libraries()
     loaded = load_model(args.model, device=args.device)
-    evaluator = SuiteEvaluator(loaded.model, loaded.tokenizer, load_suite(args.suite))
+    evaluator = SuiteEvaluator(loaded.model, loaded.tokenizer, load_suite(args.suite), part=None if args.part == "all" else args.part)
     n = adapter_for(loaded.model).num_layers
     candidates = [None, *range(n)]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {next(loaded.model.parameters()).device}")
-    print(f"model {args.model} ({n} layers), suite {args.suite}: {', '.join(evaluator.task_names)}")
+    print(f"model {args.model} ({n} layers), suite {args.suite} ({args.part} part): {', '.join(evaluator.task_names)}")
 
     # Alternating rounds, the best time of each mode: a shared VM's noise only ever adds time.
     generation = [t.spec.name for t in evaluator.tasks if t.spec.kind == "generation"]

@@ -40,7 +40,6 @@ MANIFEST = "checkpoint.json"
 PARTIAL_MANIFEST = "partial.json"
 TENSORS = "layers.safetensors"
 HEAL_STATE = "heal_state.pt"
-PARTIAL_POINTER = "PARTIAL"
 PARTIAL_PREFIX = "partial-"
 FORMAT = 2
 
@@ -177,7 +176,7 @@ class CheckpointStore:
             return {HEAL_STATE: _describe(tmp / HEAL_STATE)}
 
         path = self._write_dir(name, PARTIAL_MANIFEST, manifest, write)
-        write_text_atomic(self.root / PARTIAL_POINTER, name + "\n")
+        write_text_atomic(self.rundir.partial_file, name + "\n")
         for old in self.root.glob(f"{PARTIAL_PREFIX}*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -211,7 +210,7 @@ class CheckpointStore:
         return target
 
     def drop_partials(self) -> None:
-        (self.root / PARTIAL_POINTER).unlink(missing_ok=True)
+        (self.rundir.partial_file).unlink(missing_ok=True)
         for old in self.root.glob(f"{PARTIAL_PREFIX}*"):
             shutil.rmtree(old, ignore_errors=True)
 
@@ -289,7 +288,7 @@ class CheckpointStore:
 
     def partial(self, iteration: int) -> Partial | None:
         """The partial checkpoint of ``iteration``, if ``PARTIAL`` names one that verifies."""
-        pointer = self.root / PARTIAL_POINTER
+        pointer = self.rundir.partial_file
         try:
             name = pointer.read_text(encoding="utf-8").strip()
         except (FileNotFoundError, OSError, UnicodeDecodeError):

@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
     parser.add_argument("--here", action="store_true", help=argparse.SUPPRESS)  # measure in this process
     args = parser.parse_args(argv)
-    from engine.worker import _quiet_libraries
-
-    _quiet_libraries()
     try:
         if args.here:
+            from engine.worker import _quiet_libraries
+
+            _quiet_libraries()  # imports transformers: only the process that loads a model pays for it
             results = [measure_here(args.models[0], args.device, args.prompt_tokens, args.new_tokens, args.batch,
                                     args.repeats, args.threads)]
         else:

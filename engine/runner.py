@@ -113,7 +113,8 @@ class Runner:
                 ranking = self.score()
                 decision = self.decide(ranking)
                 self.remove(decision)
-                self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
+                if self.evaluates_now():
+                    self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
             if self.heals_now():
                 self.heal(decision, partial)
                 self.evaluate("after_healing", heldout=self._heldout)
@@ -149,7 +150,8 @@ class Runner:
         if checkpoint is None and not self._logged_event("run_started"):
             self.emit("run_started", name=config.name, model=config.model, model_version=model_version(config.model),
                       strategy=config.strategy, importance=self.metric, start_layers=config.start_layers,
-                      target_layers=config.target_layers, mode=config.mode, params=parameter_count(self.model),
+                      target_layers=config.target_layers, mode=config.mode, mode_seconds=config.auto_after_seconds,
+                      params=parameter_count(self.model),
                       config=config.model_dump())
         if checkpoint is not None:
             self.restore(checkpoint)
@@ -166,8 +168,11 @@ class Runner:
             self.teacher = self._load().model
         self.calibration = self._calibration() if self._needs_calibration() else []
         self.healer = self._healer() if self.strategy.heal else None
+        from engine.importance.racing import RacingSettings
+
         self.scorer = Scorer(self.metric, self.model, self.evaluation.select, self.calibration, self.evaluation.pad_id,
-                             config.batch_tokens, teacher=self.teacher, racing=config.scoring,
+                             config.batch_tokens, teacher=self.teacher,
+                             racing=RacingSettings(enabled=config.scoring.racing, seed=config.seed),
                              block=config.start_layers - config.target_layers, progress=self.progress)
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -276,6 +281,11 @@ class Runner:
                  f"{fit.relative_residual:.3f} (plain removal {fit.plain_relative_residual:.3f})")
         return fit.summary()
 
+    def evaluates_now(self) -> bool:
+        """Every removal is evaluated, but for the removals before the last of a fixed-removal run
+        (it heals once, and what it compares is the student before and after that healing)."""
+        return self.config.removals is None or self.depth == self.config.target_layers
+
     # --- healing --------------------------------------------------------------------------------
     def heals_now(self) -> bool:
         """Healing strategies heal every iteration; a fixed-removal run heals once, after its last removal."""
@@ -293,7 +303,7 @@ class Runner:
             train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
         except (ValueError, OSError) as exc:
             raise RuntimeError(f"distillation data: {exc}") from exc
-        cache = TeacherCache(self.teacher, train, heldout, self.rundir.path / "cache", self.config.heal.cache_limit_mb << 20,
+        cache = TeacherCache(self.teacher, train, heldout, self.rundir.cache_dir, self.config.heal.cache_limit_mb << 20,
                              self.heal_config.batch_size)
         if self.config.heal.untie_head:
             from engine.models.surgery import untie_head
@@ -364,7 +374,9 @@ class Runner:
     # --- the quality floor ----------------------------------------------------------------------
     def below_floor(self) -> bool:
         floor = self.config.min_retention
-        return floor is not None and self.teacher_report is not None and self.last_report < floor * self.teacher_report
+        if floor is None or self.teacher_report is None or not self.evaluates_now():
+            return False
+        return self.last_report < floor * self.teacher_report
 
     def stop_at_floor(self) -> str:
         """The student of this iteration fell below the floor: the last checkpoint is the answer."""

@@ -76,16 +76,28 @@ class Scorer:
         return Ranking(ranked, by_layer or {}, {"metric": self.metric, "scores": _keyed(scores), **extra})
 
     def _task_drop(self, mapping: list[int]) -> Ranking:
-        from engine.importance.scores import task_drop_scores
+        """Task drop on the selection part, racing the candidates unless ``scoring.racing`` is off.
 
-        drops, per_task, _current = task_drop_scores(self.evaluator, progress=self.progress)
+        A layer the race dropped early keeps its estimate on the items it saw (``partial``): it is
+        ranked after every fully scored layer, and its per-task scores are not an evaluation of the
+        model without it (the runner evaluates that model afresh if a person picks it)."""
+        from engine.importance.racing import RacingSettings, task_drop
         from engine.tasks.evaluate import aggregate
 
-        scores = {mapping[i]: v for i, v in drops.items()}
-        by_layer = {mapping[i]: per_task[i] for i in per_task}
-        by_task = {task: {str(mapping[i]): per_task[i][task] for i in per_task} for task in self.evaluator.task_names}
-        return self._ranking(scores, by_layer, per_task=by_task,
-                             aggregates={str(mapping[i]): aggregate(per_task[i]) for i in per_task})
+        racing = self.racing if self.racing is not None else RacingSettings(enabled=False)
+        result = task_drop(self.evaluator, racing=racing, progress=self.progress)
+        name = lambda i: mapping[i]  # noqa: E731
+        ranked = [(mapping[i], drop) for i, drop in result.ranked()]
+        by_layer = {mapping[i]: result.per_task[i] for i in result.per_task if i not in result.partial}
+        by_task = {task: {str(mapping[i]): result.per_task[i][task] for i in result.per_task} for task in self.evaluator.task_names}
+        event = {"metric": self.metric, "scores": _keyed({mapping[i]: d for i, d in result.drops.items()}), "per_task": by_task,
+                 "aggregates": {str(mapping[i]): aggregate(result.per_task[i]) for i in result.per_task}}
+        if racing.enabled:
+            event.update(partial=sorted(mapping[i] for i in result.partial),
+                         items={str(mapping[i]): n for i, n in sorted(result.items.items())},
+                         racing={"total_items": result.total_items, "layer_forwards": result.forwards.layer_forwards,
+                                 "rounds": [r.as_dict(name=name) for r in result.rounds]})
+        return Ranking(ranked, by_layer, event)
 
     def _block(self, mapping: list[int]) -> Ranking:
         """ReplaceMe's one-shot choice: the contiguous block of ``block`` layers whose input and

@@ -1,8 +1,11 @@
 """``python -m engine.suite_check``: does a suite separate layers on a model?
 
-Prints, per task, the score of the full model, with layer 1 skipped and with a middle layer
-skipped (or the layers given), and the time it took. A task whose scores do not move cannot rank
-layers; the default suite is chosen so that its tasks do.
+First, before any model is loaded, it reads every task's data and renders its templates
+(``check_suite_data``) and prints what each task loads and how many items each part of the split
+gets; a data or schema problem is one line and exit code 2. Then, per task, the score of the full
+model, with layer 1 skipped and with a middle layer skipped (or the layers given), separately for
+the selection part of the suite (what chooses layers), its report part, and the report suite
+(never used to choose), with the time each took. A task whose scores do not move cannot rank layers.
 """
 
 from __future__ import annotations
@@ -15,25 +18,41 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _offline() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ild suite check")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--suite", default="default")
-    parser.add_argument("--layers", default=None, help="comma-separated original layer indices to skip (default: 1 and the middle one)")
+    parser.add_argument("--report-suite", default=None, help="a report suite (default: the suite's own `report:`)")
+    parser.add_argument("--layers", default=None, help="comma-separated current layer indices to skip (default: 1 and the middle one)")
+    parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--data-only", action="store_true", help="check the data and print the plan; load no model")
     args = parser.parse_args(argv)
 
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
-    from engine.tasks.spec import TaskFileError, load_suite
+    from engine.tasks.check import describe_suite_data
+    from engine.tasks.spec import TaskFileError, load_report_suite, load_suite
 
     try:
         suite = load_suite(args.suite)
+        report = load_report_suite(suite, args.report_suite)
+        network = not _offline()
+        for which in [suite] + ([report] if report else []):
+            print(f"suite '{which.name}'" + (" (report suite)" if which is report else "") + ":")
+            for line in describe_suite_data(which, network=network, split_seed=args.split_seed, split=which is suite):
+                print(f"  {line}")
+        if args.data_only:
+            return 0
         from engine.worker import _quiet_libraries
 
         _quiet_libraries()
         from engine.models.adapters import adapter_for
         from engine.models.loading import load_model
-        from engine.tasks.evaluate import SuiteEvaluator, aggregate
+        from engine.tasks.evaluate import SuiteEvaluator
 
         loaded = load_model(args.model, device=args.device)
         depth = adapter_for(loaded.model).num_layers
@@ -41,17 +60,30 @@ def main(argv: list[str] | None = None) -> int:
         bad = [x for x in layers if not 0 <= x < depth]
         if bad:
             raise ValueError(f"layer {bad[0]} does not exist (the model has {depth} layers)")
-        evaluator = SuiteEvaluator(loaded.model, loaded.tokenizer, suite)
+        make = lambda s, part: SuiteEvaluator(loaded.model, loaded.tokenizer, s, part=part, split_seed=args.split_seed)  # noqa: E731
+        parts = [("selection part", make(suite, "select")), ("report part", make(suite, "report"))]
+        if report:
+            parts.append(("report suite", make(report, None)))
     except (TaskFileError, ModelSpecError, UnsupportedArchitecture, ValueError) as exc:
         print(f"ild: {exc}", file=sys.stderr)
         return 2
+    print(f"model {args.model} ({depth} layers)")
+    for title, evaluator in parts:
+        _table(title, evaluator, layers)
+    return 0
+
+
+def _table(title: str, evaluator, layers: list[int]) -> None:
+    from engine.tasks.evaluate import aggregate
+
     start = time.perf_counter()
     results = evaluator.evaluate([None, *layers])
     elapsed = time.perf_counter() - start
     columns = ["full"] + [f"skip {x}" for x in layers]
     names = evaluator.task_names
     width = max(len(n) for n in names + ["aggregate"])
-    print(f"suite '{suite.name}' on {args.model} ({depth} layers), {elapsed:.1f}s for {len(columns)} variants")
+    items = sum(len(v) for v in evaluator.items().values())
+    print(f"\n{title} of '{evaluator.suite.name}': {items} items, {elapsed:.1f}s for {len(columns)} variants")
     print(f"{'task':<{width}}  " + "  ".join(f"{c:>8}" for c in columns) + "  moves")
     for name in names:
         values = [results[None][name]] + [results[x][name] for x in layers]
@@ -59,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<{width}}  " + "  ".join(f"{v:8.3f}" for v in values) + f"  {'yes' if moves >= 0.02 else 'no'} ({moves:.3f})")
     aggregates = [aggregate(results[None])] + [aggregate(results[x]) for x in layers]
     print(f"{'aggregate':<{width}}  " + "  ".join(f"{v:8.3f}" for v in aggregates))
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.runlog.layout import RunDir
+
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 # OpenMP threads that spin while waiting make torch 5-10x slower whenever another process
@@ -40,15 +42,19 @@ def _resolve(data: dict):
     from engine.models.loading import model_depth
     from engine.runlog.strategies import get_strategy
     from engine.tasks.check import check_suite_data
-    from engine.tasks.spec import TaskFileError, load_suite
+    from engine.tasks.spec import TaskFileError, load_report_suite, load_suite
 
     try:
         strategy = get_strategy(data.get("strategy", ""))
         # The strategy's own healing choices first; what the user set explicitly wins.
         data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
-        for name in (data.get("suite", "default"), data.get("report_suite")):
-            if name:
-                check_suite_data(load_suite(name))
+        if isinstance(data.get("report_suite"), str) and data["report_suite"].lower() == "none":
+            data["report_suite"] = ""  # no report suite, not even the suite's own
+        suite = load_suite(data.get("suite", "default"))
+        check_suite_data(suite)
+        report = load_report_suite(suite, data.get("report_suite"))
+        if report is not None:
+            check_suite_data(report)
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
         config = validate_config(data)
@@ -79,17 +85,18 @@ def create(run_dir: Path, data: dict) -> int:
     import yaml
 
     from engine.runlog.layout import create as create_layout
+    from engine.runlog.layout import make_private_dir
 
     if run_dir.exists():
         return _fail(f"run directory {run_dir} already exists")
     config = _resolve(data)
     os.umask(0o077)  # a run directory is the user's alone: models, prompts and commands inside
-    run_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(run_dir.parent)
     # Build it beside its final place and rename: a run directory is whole or absent.
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
         create_layout(tmp)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        RunDir(tmp).config_file.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
         os.rename(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,9 +104,14 @@ def create(run_dir: Path, data: dict) -> int:
     return 0
 
 
+def _log_file(run_dir: Path, rank: int = 0) -> Path:
+    """Rank 0 writes the run's engine.log; the other ranks of a multi-process run one each."""
+    log_file = RunDir(run_dir).log_file
+    return log_file if rank == 0 else log_file.with_name(f"{log_file.stem}.rank{rank}{log_file.suffix}")
+
+
 def _setup_logging(run_dir: Path, rank: int = 0) -> None:
-    # Rank 0 writes the run's engine.log; the other ranks of a multi-process run a log each.
-    handler = logging.FileHandler(run_dir / ("engine.log" if rank == 0 else f"engine.rank{rank}.log"))
+    handler = logging.FileHandler(_log_file(run_dir, rank))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -125,7 +137,7 @@ def _load_config(run_dir: Path):
 
     from engine.config import ConfigError, validate_config
 
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config_file
     if not path.is_file():
         raise SystemExit(_fail(f"{run_dir} is not a run directory (no config.yaml)"))
     try:
@@ -198,8 +210,8 @@ def run(run_dir: Path) -> int:
         return 130
     except Exception as exc:  # recorded as run_failed by the runner (rank 0); one line here
         logging.getLogger(__name__).exception("run failed")
-        log_name = "engine.log" if ranks.is_main else f"engine.rank{ranks.rank}.log"
-        return _fail(f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (details in {run_dir / log_name})", EXIT_FAILED)
+        return _fail(f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                     f"(details in {_log_file(run_dir, ranks.rank)})", EXIT_FAILED)
     finally:
         lock.release()
 
@@ -210,7 +222,7 @@ def export(run_dir: Path, out: Path, force: bool = False) -> int:
 
     config = _load_config(run_dir)
     try:
-        check_export_target(out, force, protect=[run_dir])
+        check_export_target(out, force, run_dir=run_dir)
         checkpoint = CheckpointStore(run_dir).latest()
     except (ExportRefused, CheckpointError) as exc:
         return _fail(str(exc), EXIT_FAILED)

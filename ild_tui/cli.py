@@ -21,9 +21,7 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
-PLANNED = {
-    "report": ("write a report of a run (tables and plots)", 6),
-}
+PLANNED: dict[str, tuple[str, int]] = {}
 
 
 class Failure(click.ClickException):
@@ -137,12 +135,33 @@ def attach(ctx, run_ref, runs_dir, theme):
     help="Embedded name, Hub id, local HF directory or .gguf file.",
 )
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help=f"One of: {', '.join(STRATEGIES)}.")
-@click.option("--target-layers", type=int, required=True, help="Stop when the student has this many layers.")
+@click.option("--target-layers", type=int, default=None, help="Stop when the student has this many layers.")
+@click.option(
+    "--removals",
+    default=None,
+    metavar="L1,L2,...",
+    help="Fixed removals: remove these original layers (no scoring), heal once after the last; instead of --target-layers.",
+)
+@click.option(
+    "--min-retention",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Quality floor: stop before the report aggregate falls below this fraction of the teacher's (e.g. 0.9) "
+    "and export the last student above it.",
+)
 @click.option(
     "--suite",
     default="default",
     show_default=True,
     help="Embedded suite name (default, mmlu, paper) or a suite/task file.",
+)
+@click.option(
+    "--report-suite",
+    default=None,
+    metavar="NAME|FILE|none",
+    help="A second suite evaluated after every iteration and never used to choose (default: the suite's own, "
+    "e.g. default-report for default; none for none).",
 )
 @click.option(
     "--importance", default=None, help=f"Override the strategy's importance metric: {', '.join(IMPORTANCE_METRICS)}."
@@ -205,7 +224,10 @@ def run(
     model,
     strategy,
     target_layers,
+    removals,
+    min_retention,
     suite,
+    report_suite,
     importance,
     name,
     runs_dir,
@@ -235,8 +257,15 @@ def run(
 
     if strategy not in STRATEGIES:
         raise Failure(f"unknown strategy '{strategy}' (known: {', '.join(STRATEGIES)})", EXIT_USAGE)
-    if target_layers < 1:
+    if target_layers is None and removals is None:
+        raise Failure("--target-layers N (or --removals L1,L2,...) is needed", EXIT_USAGE)
+    if target_layers is not None and target_layers < 1:
         raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
+    if removals is not None:
+        try:
+            removals = [int(x) for x in removals.split(",")]
+        except ValueError:
+            raise Failure(f"--removals expects original layer indices like 12,5 (got '{removals}')", EXIT_USAGE) from None
     if mode is None:
         mode = "auto" if (headless or detach) else "manual"
     if mode == "auto-after" and not auto_after:
@@ -250,12 +279,15 @@ def run(
         "name": run_id,
         "model": model,
         "strategy": strategy,
-        "target_layers": target_layers,
         "suite": suite,
         "mode": mode,
         "batch_tokens": batch_tokens,
         "seed": seed,
     }
+    for key, value in (("target_layers", target_layers), ("removals", removals), ("min_retention", min_retention),
+                       ("report_suite", report_suite)):
+        if value is not None:
+            config[key] = value
     if auto_after:
         config["auto_after_seconds"] = auto_after
     if notify_cmd:
@@ -634,6 +666,108 @@ def export(run_ref, out, force, runs_dir):
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")
+
+
+@main.command()
+@click.argument("run_refs", metavar="RUN [RUN...]", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Directory for report.html, its PNGs and CSVs (made if missing; an earlier report there is replaced).")
+@click.option("--no-measure", "no_measure", is_flag=True,
+              help="Skip timing the teacher and the exported students (parameters, tokens/s, peak memory).")
+@click.option("--device", default=None, help="Where to measure: cpu, cuda, cuda:1 ... (default: the best there is).")
+@click.option("--title", default=None, help="The page's title.")
+@runs_dir_option
+def report(run_refs, out, no_measure, device, title, runs_dir):
+    """Write one self-contained HTML page (plus its PNGs and CSVs) on one or more runs.
+
+    Aggregate against layers removed (Figure 9), how often each layer was removed (Figure 10),
+    the importance heatmap and healing losses of each run, per-task scores per iteration (Table 3),
+    one row per run with % of the teacher (Table 2), the selection part beside the report part, and
+    what each exported student buys in speed and memory, measured here against its teacher.
+
+    Example: ild report iterative-distill shortgpt --runs-dir study/runs --out study/report
+    """
+    from pathlib import Path
+
+    from .report import ReportError, write_report
+    from .runs import RunNotFound, find_run
+
+    try:
+        paths = [find_run(runs_dir, ref).path for ref in run_refs]
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    try:
+        result = write_report(paths, Path(out), measure=not no_measure, device=device, title=title,
+                              progress=lambda text: click.echo(text, err=True))
+    except ReportError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    for note in result.notes:
+        click.echo(f"ild: note: {note}", err=True)
+    click.echo(f"wrote {result.page} ({len(result.files)} files in {result.out})")
+
+
+@main.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="The teacher every strategy starts from.")
+@click.option("--strategies", required=True, help=f"Comma-separated, from: {', '.join(STRATEGIES)}.")
+@click.option("--target-layers", type=int, required=True, help="Every run stops at this many layers.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="The study's directory: study.json, runs/<strategy>/, report/.")
+@click.option("--suite", default="default", show_default=True, help="Embedded suite name or a suite/task file.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="Which items of each task choose the layers and which report (the same for every run).")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... for the runs and the measurement.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value in every run, e.g. --set heal.train_tokens=65536 (repeatable).")
+@click.option("--detach", is_flag=True, help="Run the whole study in the background (it outlives the terminal).")
+@click.option("--no-measure", "no_measure", is_flag=True, help="Write the report without timing the models.")
+def study(model, strategies, target_layers, out, suite, seed, split_seed, batch_tokens, device, overrides, detach,
+          no_measure):
+    """Run several strategies with the same suite, split, seed and budget, one after another, then
+    write their report (the paper's Table 2 in one command).
+
+    Each strategy is an ordinary run in OUT/runs/<strategy> (`ild ls --runs-dir OUT/runs`, `ild attach`
+    and the dashboard follow it). The same command again continues: finished runs are skipped,
+    unfinished ones resume from their last checkpoint. Other arguments on the same OUT are refused.
+
+    \b
+    Example:
+      ild study --model smollm2-135m --strategies shortgpt,iterative-pruning,iterative-distill \\
+                --target-layers 24 --out studies/smollm2-24
+    """
+    from pathlib import Path
+
+    from .headless import HeadlessView
+    from .study import Plan, StudyError, finish, local_or_as_given, parse_strategies, prepare, start_detached
+
+    if target_layers < 1:
+        raise Failure(f"--target-layers must be at least 1 (got {target_layers})", EXIT_USAGE)
+    settings: dict = {}
+    try:
+        _apply_overrides(settings, overrides)
+        names = parse_strategies(strategies)
+    except (ValueError, StudyError) as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    plan = Plan(model=local_or_as_given(model), strategies=names, target_layers=target_layers,
+                suite=local_or_as_given(suite, files_only=True), seed=seed, split_seed=split_seed, batch_tokens=batch_tokens,
+                device=device, settings=settings)
+    out_dir = Path(out)
+    try:
+        new = prepare(out_dir, plan)
+        if detach:
+            pid = start_detached(out_dir, measure=not no_measure)
+    except StudyError as exc:
+        raise Failure(str(exc), exc.code) from None
+    if detach:
+        click.echo(f"{'started' if new else 'continuing'} study in {out_dir} (pid {pid}): {', '.join(names)}")
+        click.echo(f"follow it with:  ild ls --runs-dir {out_dir / 'runs'}   ild attach --runs-dir {out_dir / 'runs'}"
+                   f"   tail -f {out_dir / 'study.log'}")
+        return
+    with HeadlessView() as view:
+        code = finish(out_dir, view, measure=not no_measure)
+    if code:
+        sys.exit(code)
 
 
 @main.command()

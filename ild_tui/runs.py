@@ -78,8 +78,8 @@ class RunRow:
 
 def summarise_state(path: Path, state: RunState, alive: bool | None, now: float) -> RunRow:
     status = state.status(alive, now)
-    finals = state.final_evals()
-    last = finals[max(finals)]["aggregate"] if finals else None
+    final = state.final_eval()
+    last = final["aggregate"] if final else None
     teacher = state.teacher_eval()
     return RunRow(
         path=str(path),

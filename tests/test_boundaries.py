@@ -37,24 +37,10 @@ def test_cli_help_imports_neither_torch_nor_textual():
     result = _python(
         "import sys; from ild_tui.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-        "print([m for m in ('torch', 'transformers', 'textual') if m in sys.modules], file=sys.stderr)"
+        "print([m for m in ('torch', 'transformers', 'textual', 'matplotlib') if m in sys.modules], file=sys.stderr)"
     )
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
-    for command in (
-        "run",
-        "ls",
-        "show",
-        "attach",
-        "approve",
-        "override",
-        "mode",
-        "pause",
-        "resume",
-        "stop",
-        "export",
-        "report",
-        "demo",
-    ):
+    for command in ("run", "ls", "show", "attach", "approve", "override", "mode", "pause", "resume", "stop", "export", "report", "study", "demo"):
         assert command in result.stdout
 
 

@@ -12,21 +12,21 @@ def test_refuses_the_run_directory_and_its_parents(tmp_path):
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
     for out in (run, tmp_path / "runs", tmp_path):
-        with pytest.raises(ExportRefused, match="run directory"):
-            check_export_target(out, force=True, protect=[run])
+        with pytest.raises(ExportRefused, match="is the run directory or holds it"):
+            check_export_target(out, force=True, run_dir=run)
 
 
 def test_refuses_a_project_folder_unless_forced(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "main.py").write_text("print('precious')\n")
-    with pytest.raises(ExportRefused, match="not empty and is not an earlier ild export.*--force"):
+    with pytest.raises(ExportRefused, match="not empty and holds no earlier ild export; pass --force"):
         check_export_target(project)
     assert check_export_target(project, force=True) == project.resolve()
     with pytest.raises(ExportRefused, match="home"):
         check_export_target(Path.home(), force=True)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ExportRefused, match="is a file"):
+    with pytest.raises(ExportRefused, match="is not a directory"):
         check_export_target(tmp_path / "file", force=True)
 
 

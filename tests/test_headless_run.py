@@ -95,6 +95,13 @@ def test_strategies_finish(tiny, tmp_path, strategy):
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADFIELD"], "unknown task field 'colour'"),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADMETRIC"], "unknown metric 'meteor'"),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--model", "nope/missing-model"], "cannot load model"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "NOFILE"], "not found"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BROKENJSONL"], ":2: bad JSON"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "NOCOLUMN"], "no column 'words'"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADTEMPLATE"], "{nope}"),
+        (["--strategy", "iterative-distill", "--target-layers", "4", "--set", "heal.data=NODISTILL"], "heal.data"),
+        (["--strategy", "iterative-distill", "--target-layers", "4", "--set", "heal.data=NOTEXT"], "no 'text' field"),
+        (["--strategy", "iterative-pruning", "--target-layers", "4", "--notify-cmd", 'a "b'], "notify command"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_run_directory(tiny, tmp_path, args, message, monkeypatch):
@@ -102,7 +109,23 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(tiny, tmp_path, args,
         "{name: t, kind: multiple_choice, source: {type: jsonl, path: x.jsonl}, metric: accuracy, fields: {colour: c}}")
     (tmp_path / "badmetric.yaml").write_text(
         "{name: t, kind: generation, prompt: p, source: {type: jsonl, path: x.jsonl}, metric: meteor}")
-    args = [a.replace("BADFIELD", str(tmp_path / "badfield.yaml")).replace("BADMETRIC", str(tmp_path / "badmetric.yaml")) for a in args]
+    (tmp_path / "lines.jsonl").write_text('{"text": "a b c"}\n{"text": \n')
+    (tmp_path / "rows.jsonl").write_text(''.join(f'{{"text": "a b c {i}"}}\n' for i in range(12)))
+    (tmp_path / "notext.jsonl").write_text('{"body": "a b c"}\n')
+    lm = "{name: t, kind: language_modeling, metric: next_token_accuracy, "
+    files = {
+        "NOFILE": lm + "source: {type: jsonl, path: missing.jsonl}}",
+        "BROKENJSONL": lm + "source: {type: jsonl, path: lines.jsonl}}",
+        "NOCOLUMN": lm + "source: {type: jsonl, path: rows.jsonl}, fields: {text: words}}",
+        "BADTEMPLATE": lm + "source: {type: jsonl, path: rows.jsonl}, prompt: '{text} {nope}'}",
+    }
+    for key, text in files.items():
+        (tmp_path / f"{key.lower()}.yaml").write_text(text)
+    replacements = {"BADFIELD": tmp_path / "badfield.yaml", "BADMETRIC": tmp_path / "badmetric.yaml",
+                    "NODISTILL": tmp_path / "missing.jsonl", "NOTEXT": tmp_path / "notext.jsonl",
+                    **{key: tmp_path / f"{key.lower()}.yaml" for key in files}}
+    for key, path in replacements.items():
+        args = [a.replace(key, str(path)) for a in args]
     if "--model" not in args:
         args += ["--model", str(tiny / "model")]
     if "--suite" not in args:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from engine.control import Controller
-from engine.runlog.events import EventWriter
+from engine.runlog.layout import create
 from engine.runlog.fold import fold
 from engine.runlog.inbox import send_command
 from engine.runlog.lock import is_alive
@@ -133,9 +133,8 @@ def test_pause_resume_and_stop_from_the_shell(tiny, tmp_path):
 
 
 def test_approve_when_nothing_is_awaited_is_rejected(tmp_path):
-    writer = EventWriter(tmp_path / "events.jsonl")
-    (tmp_path / "commands").mkdir()
-    control = Controller(tmp_path, writer.emit, "manual", None)
+    create(tmp_path)
+    control = Controller(tmp_path, "manual", None)
     send_command(tmp_path, "approve", by="test")
     control.poll()
     event = read_all(tmp_path / "events.jsonl")[-1]
@@ -145,9 +144,8 @@ def test_approve_when_nothing_is_awaited_is_rejected(tmp_path):
 
 def test_notify_command_runs_on_awaited_decision(tmp_path):
     marker = tmp_path / "notified"
-    writer = EventWriter(tmp_path / "events.jsonl")
-    (tmp_path / "commands").mkdir()
-    control = Controller(tmp_path, writer.emit, "auto-after", 0.2,
+    create(tmp_path)
+    control = Controller(tmp_path, "auto-after", 0.2,
                          notify_cmd=f"{sys.executable} -c \"import os; open('{marker}', 'a').write(os.environ['ILD_EVENT'] + '\\n')\"")
     decision = control.decide(1, 3, [0, 1, 2, 3], [{"layer": 3, "score": 0.1}])
     assert decision.by == "timeout" and decision.layer == 3

@@ -238,3 +238,42 @@ def test_fold_from_real_log(tmp_path):
             w.emit(e["type"], **fields)
     s = fold(read_all(p))
     assert s.layers == [0, 1, 2, 3, 5] and s.last_seq == 11 and isinstance(s.last_event_t, float)
+
+
+def test_a_floor_finish_leaves_the_rejected_iteration_out_of_the_student():
+    events = START + iteration(1, 3, 10, aggregate=0.66) + iteration(2, 4, 20, aggregate=0.55) + [
+        ev("run_finished", 30, reason="floor", iteration=1, removed=[3], layers=5,
+           rejected={"iteration": 2, "layer": 4, "aggregate": 0.55}),
+    ]
+    s = fold(with_seq(events))
+    assert s.removed_layers == [3] and s.layers_now == 5
+    assert list(s.final_evals()) == [1] and s.best_aggregate() == 0.66
+    assert s.rejected["iteration"] == 2 and s.rejected["removal"]["layer"] == 4
+    assert s.status(alive=False, now=31) == "finished"
+
+
+def test_final_eval_retention_and_curve():
+    events = with_seq(START + iteration(1, 4, 10, aggregate=0.56) + iteration(2, 2, 20, aggregate=0.35))
+    events.insert(8, {"seq": 8, **ev("eval", 17.5, iteration=1, stage="after_removal", aggregate=0.3, tasks={"a": 0.3},
+                                     layers=5, params=990)})
+    s = fold([{**e, "seq": i} for i, e in enumerate(events)])
+    assert s.final_eval()["aggregate"] == 0.35
+    assert abs(s.retention() - 0.35 / 0.7) < 1e-12
+    assert s.retention("select") is None and s.final_eval("select") is None
+    # layers removed: from the eval's layers when given, else the count of removals so far
+    assert [(p["removed"], p["aggregate"]) for p in s.curve()] == [(0, 0.7), (1, 0.56), (2, 0.35)]
+    assert s.curve()[0]["params"] == 1000 and s.curve()[0]["iteration"] == 0
+    assert fold(with_seq(START)).curve() == [{"removed": 0, "iteration": 0, "layers": 6, "params": 1000, "aggregate": 0.7}]
+
+
+def test_train_steps_are_kept_only_when_asked_and_a_resume_replaces_them():
+    events = with_seq(START + iteration(1, 4, 10) + [ev("train_step", 30, iteration=1, step=1, loss=1.25)])
+    assert fold(events).train_curve() == [] and fold(events).last_train["loss"] == 1.25
+    s = fold(events, RunState(keep_train_steps=True))
+    assert [(r["iteration"], r["step"], r["loss"]) for r in s.train_curve()] == [(1, 0, 2.0), (1, 1, 1.25)]
+
+
+def test_partial_layers():
+    racing = ev("importance", 5, iteration=1, metric="task_drop", scores={"0": 0.9, "1": 0.1, "2": 0.5}, partial=[0, 2])
+    s = fold(with_seq(START + [racing]))
+    assert s.partial_layers(1) == [0, 2] and s.partial_layers(2) == []

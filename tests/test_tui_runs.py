@@ -119,3 +119,43 @@ def test_compare_figures_data():
     assert [x for x, _ in runs[2].curve()] == [0, 1, 2, 3]
     text = removal_bars(runs, Palette(), 100, 12).plain
     assert "original layer index" in text and "3 ┤" in text  # layer 21 went in all three runs
+
+
+async def test_w_writes_a_report_of_the_marked_runs(runs, tmp_path):
+    import csv
+
+    from ild_tui.screens.dialogs import ReportScreen
+
+    out = tmp_path / "from-the-dashboard"
+    app = make_app(runs)
+    said: list[str] = []
+    notify = app.notify
+    app.notify = lambda message, **kw: (said.append(str(message)), notify(message, **kw))[1]
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _runs_screen(app, pilot)
+        table = screen.query_one("#runs-table")
+        table.move_cursor(row=_names(screen).index(SHORTGPT))
+        await pilot.press("space")
+        table.move_cursor(row=_names(screen).index(FINISHED))
+        await pilot.press("space")
+        await pilot.press("w")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        dialog = app.screen
+        box = dialog.query_one("#report-dir")
+        assert "/reports/report-" in box.value  # a default beside the runs directory
+        assert not dialog.query_one("#report-measure").value
+        box.value = str(out)
+        await pilot.press("enter")
+        assert app.screen is screen
+        await wait_for(pilot, lambda: any("report written" in m for m in said), timeout=60)
+        with open(out / "runs.csv", newline="") as f:
+            assert [r["run"] for r in csv.DictReader(f)] == [SHORTGPT, FINISHED]  # in the order marked
+        assert (out / "report.html").is_file() and not (out / "cost.csv").exists()
+
+        # the same key on a directory that holds something else: an error notice, the dashboard goes on
+        await pilot.press("w")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        app.screen.query_one("#report-dir").value = str(runs / DEAD)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("no report" in m and "not empty" in m for m in said), timeout=60)
+        assert app.screen is screen

@@ -72,6 +72,7 @@ def synth_run(
     seconds_per_step: float = 2.0,
     metric: str | None = None,
     split: bool = False,
+    model: str = MODEL,
 ) -> dict:
     """Write a plausible run directory; returns facts the tests check against.
 
@@ -112,7 +113,7 @@ def synth_run(
 
     rd = create(path)
     rd.config_file.write_text(
-        f"name: {name}\nmodel: {MODEL}\nstrategy: {strategy}\nstart_layers: {start_layers}\n"
+        f"name: {name}\nmodel: {model}\nstrategy: {strategy}\nstart_layers: {start_layers}\n"
         f"target_layers: {target_layers}\nmode: {mode}\nsuite: default\nseed: {seed}\n"
     )
     (rd.done_dir / ".keep").write_text("")
@@ -121,12 +122,12 @@ def synth_run(
     emit = w.emit
     emit("engine_started", pid=4242, host="gpu-box", resumed_from=None)
     tick(0.4)
-    emit("phase", iteration=0, phase="loading", detail=f"loading {MODEL}")
+    emit("phase", iteration=0, phase="loading", detail=f"loading {model}")
     tick(11.0)
     emit(
         "run_started",
         name=name,
-        model=MODEL,
+        model=model,
         model_version="gguf-q8_0",
         strategy=strategy,
         importance=metric,
@@ -137,7 +138,7 @@ def synth_run(
         params=PARAMS,
         config={
             "name": name,
-            "model": MODEL,
+            "model": model,
             "strategy": strategy,
             "target_layers": target_layers,
             "start_layers": start_layers,

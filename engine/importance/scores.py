@@ -8,7 +8,8 @@ proposal is always the lowest score. Callers convert indices to original teacher
 * Angular distance (Gromov et al.): ``E_t arccos(cos(x_i, y_i)) / pi``, same inputs.
 * Loss drop (SLEB-style): calibration NLL, or KL(teacher || student), with the layer skipped,
   minus the same for the model as it is; from the shared prefix.
-* Task drop (the paper): aggregate suite score of the model minus that with the layer skipped.
+* Task drop (the paper): aggregate suite score of the model minus that with the layer skipped
+  (``racing.task_drop``; racing scores the candidates that cannot win on fewer items).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable
 import torch
 
 from engine.models.adapters import adapter_for
-from engine.tasks.evaluate import SuiteEvaluator, aggregate, candidate_hidden, head_chunks, pack_right
+from engine.tasks.evaluate import SuiteEvaluator, candidate_hidden, head_chunks, pack_right
 from engine.tasks.requests import ScoredSequence
 
 Progress = Callable[[str, int, int], None]
@@ -116,10 +117,10 @@ def loss_drop_scores(
 
 
 def task_drop_scores(evaluator: SuiteEvaluator, shared: bool = True, progress: Progress | None = None) -> tuple[dict[int, float], dict[int, dict[str, float]], dict[str, float]]:
-    """(drop of the aggregate per layer, per-task scores per layer, the current model's scores)."""
-    n = adapter_for(evaluator.model).num_layers
-    results = evaluator.evaluate([None, *range(n)], shared=shared, progress=progress)
-    current = results.pop(None)
-    base = aggregate(current)
-    drops = {i: base - aggregate(results[i]) for i in range(n)}
-    return drops, results, current
+    """(drop of the aggregate per layer, per-task scores per layer, the current model's scores),
+    every candidate on every item. ``engine.importance.racing.task_drop`` is the same with racing
+    and a richer result (partial layers, item counts, the bound)."""
+    from engine.importance.racing import task_drop
+
+    result = task_drop(evaluator, racing=None, shared=shared, progress=progress)
+    return result.drops, result.per_task, result.current

@@ -13,35 +13,23 @@ from torch import nn
 
 from engine import faults
 
+from engine.runlog.layout import EXPORT_MARKER, export_target_problem
+
 from .adapters import adapter_for
 from .surgery import parameter_count
 
-EXPORT_RECORD = "ild_export.json"
 
 
 class ExportRefused(Exception):
     """The output directory holds something ``ild`` did not write; the message is one line."""
 
 
-def check_export_target(out_dir: str | Path, force: bool = False, protect: list[Path] = ()) -> Path:
-    """Refuse to replace what an export must never replace; return the resolved target.
-
-    Never a protected directory (the run directory) or a parent of one; never a non-empty directory
-    that is not an earlier ``ild`` export (it has ``ild_export.json``) unless ``force``; never a file.
-    """
-    out = Path(out_dir).expanduser().resolve()
-    for guarded in protect:
-        guarded = Path(guarded).resolve()
-        if out == guarded or out in guarded.parents:
-            raise ExportRefused(f"--out {out_dir} is {'the run directory' if out == guarded else 'a parent of the run directory'}; choose another directory")
-    if out == Path.home().resolve() or out == Path(out.anchor):
-        raise ExportRefused(f"--out {out_dir} is {'your home directory' if out != Path(out.anchor) else 'the filesystem root'}")
-    if out.exists() and not out.is_dir():
-        raise ExportRefused(f"--out {out_dir} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_RECORD).is_file() and not force:
-        raise ExportRefused(f"--out {out_dir} is not empty and is not an earlier ild export (no {EXPORT_RECORD}); "
-                            "use --force to replace it")
-    return out
+def check_export_target(out_dir: str | Path, force: bool = False, run_dir: str | Path | None = None) -> Path:
+    """The resolved target, or ``ExportRefused`` with the reason (``layout.export_target_problem``)."""
+    problem = export_target_problem(run_dir, out_dir, force)
+    if problem:
+        raise ExportRefused(problem)
+    return Path(out_dir).expanduser().resolve()
 
 
 def export_model(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
@@ -68,7 +56,7 @@ def export_model(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dic
             "parameters": parameter_count(model),
             **(metadata or {}),
         }
-        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
         faults.point("export_write")
         if out_dir.exists():
             aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")

@@ -79,10 +79,16 @@ class RunState:
     commands: dict[str, dict] = field(default_factory=dict)
     finished: dict | None = None
     failure: dict | None = None
+    # A quality floor's rejected iteration: its removal and evals, kept apart from the final student's.
+    rejected: dict = field(default_factory=dict)
     dir_mtime: float | None = field(default=None, compare=False)  # the run directory's (RunDir.mtime)
     last_event_t: float | None = field(default=None, compare=False)
     last_seq: int | None = field(default=None, compare=False)
     last_train: dict | None = field(default=None, compare=False)
+    # Every healing step, kept only when asked for (a report's loss curves): nine events in ten of
+    # a healing run are steps, and the dashboard's lists of runs must not hold them all.
+    keep_train_steps: bool = field(default=False, compare=False)
+    train_steps: dict[tuple[int, int], dict] = field(default_factory=dict, compare=False)  # (iteration, step)
     events_seen: int = field(default=0, compare=False)
     skipped: int = field(default=0, compare=False)  # events dropped for wrong field types
     logs: list[dict] = field(default_factory=list, compare=False)
@@ -203,6 +209,50 @@ class RunState:
                 finals[it] = rec
         return dict(sorted(finals.items()))
 
+    def final_eval(self, part: str = REPORT) -> dict | None:
+        """The final eval of the latest iteration that has one: the model as it stands (None before
+        the first iteration is evaluated)."""
+        finals = self.final_evals(part)
+        return finals[max(finals)] if finals else None
+
+    def retention(self, part: str = REPORT) -> float | None:
+        """The latest final aggregate as a fraction of the teacher's (None while either is missing)."""
+        final, teacher = self.final_eval(part), self.teacher_eval(part)
+        if not final or not teacher or final["aggregate"] is None or not teacher["aggregate"]:
+            return None
+        return final["aggregate"] / teacher["aggregate"]
+
+    def curve(self, part: str = REPORT) -> list[dict]:
+        """The aggregate against layers removed (the paper's Figure 9): the teacher at 0, then each
+        iteration's final eval, ``{removed, iteration, layers, params, aggregate}`` by ``removed``.
+
+        ``removed`` is the teacher's depth minus the evaluated model's (its ``layers``), else the
+        number of removals up to that iteration. An eval without an aggregate (a NaN) is left out.
+        """
+        order = {r["iteration"]: i + 1 for i, r in enumerate(self.removed)}
+        points: dict[int, dict] = {}
+        for it, rec in self.final_evals(part).items():
+            if rec["aggregate"] is None:
+                continue
+            layers = rec.get("layers")
+            removed = self.start_layers - layers if layers is not None and self.start_layers else order.get(it, it)
+            points[removed] = {"removed": removed, "iteration": it, "layers": layers, "params": rec.get("params"),
+                               "aggregate": rec["aggregate"]}
+        teacher = self.teacher_eval(part)
+        if teacher is not None and teacher["aggregate"] is not None:
+            points[0] = {"removed": 0, "iteration": 0, "layers": teacher.get("layers", self.start_layers),
+                         "params": teacher.get("params", self.start_params), "aggregate": teacher["aggregate"]}
+        return [points[k] for k in sorted(points)]
+
+    def partial_layers(self, iteration: int) -> list[int]:
+        """Layers ``iteration`` scored on part of the items only (racing stopped them early)."""
+        rec = self.importance.get(iteration) or {}
+        return [int(x) for x in rec.get("partial", ())]
+
+    def train_curve(self) -> list[dict]:
+        """Every healing step in ``(iteration, step)`` order; empty unless ``keep_train_steps``."""
+        return [self.train_steps[k] for k in sorted(self.train_steps)]
+
     def best_aggregate(self, part: str = REPORT) -> float | None:
         """The best final aggregate of any iteration; the teacher's while no iteration has one."""
         values = [rec["aggregate"] for rec in self.final_evals(part).values() if rec["aggregate"] is not None]
@@ -306,6 +356,8 @@ def _layer_removed(s: RunState, e: dict, n: int) -> None:
 
 def _train_step(s: RunState, e: dict, n: int) -> None:
     s.last_train = e
+    if s.keep_train_steps:  # last writer wins: a resumed engine re-emits the steps it redoes
+        s.train_steps[(e["iteration"], e["step"])] = _record(e)
 
 
 def _eval(s: RunState, e: dict, n: int) -> None:
@@ -346,6 +398,13 @@ def _command(s: RunState, e: dict, n: int) -> None:
 def _run_finished(s: RunState, e: dict, n: int) -> None:
     s.finished = _record(e)
     s.outcome = "stopped" if e["reason"] == "stopped" else "finished"
+    rejected = e.get("rejected") or {}
+    if e["reason"] == "floor" and isinstance(rejected.get("iteration"), int):
+        # The student of that iteration fell below the floor and is not the answer: every view of
+        # the run (layers, final and best aggregate) is of the student that was kept.
+        it = rejected["iteration"]
+        s.rejected = {"iteration": it, "removal": s.removals.pop(it, None), "decision": s.decisions.pop(it, None),
+                      "evals": {k: s.evals.pop(k) for k in [k for k in s.evals if k[0] == it]}}
     if "params" in e:
         s.params = e["params"]
 

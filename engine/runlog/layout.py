@@ -183,17 +183,20 @@ def list_runs(root: str | os.PathLike) -> list[RunDir]:
     return runs
 
 
-def export_target_problem(run_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> str | None:
+def export_target_problem(run_dir: str | os.PathLike | None, out: str | os.PathLike, force: bool = False) -> str | None:
     """Why a run may not be exported into ``out``, or None.
 
-    Never the run directory or a directory above it (an export replaces its target). Otherwise a
-    missing or empty directory, or one an earlier export wrote (it holds ``EXPORT_MARKER``), is
-    fine; anything else only with ``force``.
+    Never the run directory or a directory above it (an export replaces its target), nor the home
+    directory or the filesystem root. Otherwise a missing or empty directory, or one an earlier
+    export wrote (it holds ``EXPORT_MARKER``), is fine; anything else only with ``force``.
     """
-    run = Path(os.path.realpath(run_dir))
     target = Path(os.path.realpath(out))
-    if target == run or target in run.parents:
-        return f"{out} is the run directory or holds it; choose another --out"
+    if run_dir is not None:
+        run = Path(os.path.realpath(run_dir))
+        if target == run or target in run.parents:
+            return f"{out} is the run directory or holds it; choose another --out"
+    if target == Path(os.path.realpath(Path.home())) or target == Path(target.anchor):
+        return f"{out} is {'the filesystem root' if target == Path(target.anchor) else 'your home directory'}; choose another --out"
     if target.exists() and not target.is_dir():
         return f"{out} exists and is not a directory"
     if force or not target.is_dir() or (target / EXPORT_MARKER).is_file():

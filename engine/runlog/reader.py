@@ -18,10 +18,10 @@ __all__ = ["RunReader", "read_run"]
 class RunReader:
     """``update()`` folds whatever the log gained since the last call into ``state``."""
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    def __init__(self, run_dir: str | os.PathLike, keep_train_steps: bool = False) -> None:
         self.run = RunDir(run_dir)
         self.tailer = EventTailer(self.run.events_file)
-        self.state = RunState()
+        self.state = RunState(keep_train_steps=keep_train_steps)
 
     def update(self) -> list[dict]:
         """The new events (already folded in)."""
@@ -32,8 +32,8 @@ class RunReader:
         return events
 
 
-def read_run(run_dir: str | os.PathLike) -> RunState:
-    """The state of a run folded from its whole log."""
-    reader = RunReader(run_dir)
+def read_run(run_dir: str | os.PathLike, keep_train_steps: bool = False) -> RunState:
+    """The state of a run folded from its whole log (with every healing step if asked)."""
+    reader = RunReader(run_dir, keep_train_steps)
     reader.update()
     return reader.state

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .requests import LETTERS, _answer_index, _format, _mc_context
-from .sources import PARTS, task_rows
+from .requests import LETTERS, _answer_index, _format, _mc_context, conversation_messages, render_messages
+from .sources import PARTS, map_fields, read_source, shots_for, task_rows
 from .spec import EmbeddedSource, FileSource, HubSource, SuiteSpec, TaskFileError, TaskSpec, embedded_path
 
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
@@ -24,21 +24,27 @@ def check_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int = 
     describe_suite_data(suite, network=network, split_seed=split_seed)
 
 
-def describe_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int = 0) -> list[str]:
+def describe_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int = 0, split: bool = True) -> list[str]:
     """``check_suite_data``, returning one line per task: what it loads and how many items each
-    part gets (or why it was not checked)."""
+    part gets (``split=False``: a report suite, evaluated whole), or why it was not checked."""
     lines = []
     for task in suite.tasks:
         source = describe_source(task)
         if isinstance(task.source, HubSource) and not network and not _local(task.source):
             lines.append(f"{task.name}: {source} (Hub, not read offline)")
             continue
+        raw, where = read_source(task)
+        for row, label in zip(raw, where):
+            render_row(task, map_fields(task, row, label))
         counts = []
-        for part in PARTS:
+        for part in PARTS if split else (None,):
             rows, shots = task_rows(task, part, suite.fraction_for(task), split_seed)
             for row in shots + rows:
                 render_row(task, row)
-            counts.append(f"{part} {len(rows)}")
+            if task.messages is not None or task.messages_field is not None:
+                for row in rows:
+                    render_messages(conversation_messages(task, row, shots_for(task, row, shots)))
+            counts.append(f"{part} {len(rows)}" if part else f"{len(rows)} (whole)")
         shots_note = f", {task.few_shot} shots" if task.few_shot else ""
         lines.append(f"{task.name}: {source}, {task.kind}, {task.metric}: items {', '.join(counts)}{shots_note}")
     return lines

@@ -28,7 +28,7 @@ import torch
 from engine.models.adapters import adapter_for
 from engine.models.surgery import skipping
 
-from .metrics import CORPUS_METRICS, GENERATION_METRICS, SENTENCE_METRICS
+from .metrics import CORPUS_METRICS, SENTENCE_METRICS, mmlu_category_mean
 from .requests import GenerationRequest, PreparedTask, ScoredSequence, prepare_task
 from .sources import Part
 from .spec import SuiteSpec, TaskSpec
@@ -102,6 +102,8 @@ def task_score(spec: TaskSpec, scores: ItemScores) -> float:
         return 0.0
     if spec.metric in CORPUS_METRICS:
         return CORPUS_METRICS[spec.metric](scores.predictions, scores.references)
+    if spec.metric == "mmlu_category_mean":
+        return mmlu_category_mean(scores.values, scores.groups)
     total = sum(scores.weights)
     if spec.metric == "perplexity_score":
         return math.exp(sum(w * math.log(max(v, 1e-300)) for v, w in zip(scores.values, scores.weights)) / total)
@@ -271,7 +273,8 @@ class SuiteEvaluator:
         if not requests:
             return {c: ItemScores() for c in candidates}
         prompts = [r.prompt_ids for r in requests]
-        draft = self._generate(prompts, spec.max_new_tokens, spec.stop)
+        stop = list(dict.fromkeys(spec.stop + [s for r in requests for s in r.stop]))
+        draft = self._generate(prompts, spec.max_new_tokens, stop)
         outputs: dict[Candidate, list[list[int]]] = {None: draft}
         others = [c for c in candidates if c is not None]
         if others:
@@ -293,13 +296,13 @@ class SuiteEvaluator:
                         continue
                     p = int(disagree[0])
                     accepted[i] = draft[i][:p] + [int(result.argmax[p])]
-                    if not self._finished(accepted[i], spec.max_new_tokens, spec.stop):
+                    if not self._finished(accepted[i], spec.max_new_tokens, stop):
                         pending.append(i)
                 if pending:
                     more = self._generate(
                         [prompts[i] + accepted[i] for i in pending],
                         spec.max_new_tokens,  # trimmed below: a candidate never exceeds the budget
-                        spec.stop,
+                        stop,
                         skip=c,
                     )
                     for i, extra in zip(pending, more):
@@ -309,7 +312,7 @@ class SuiteEvaluator:
         sentence = SENTENCE_METRICS[spec.metric]
         out = {}
         for c in candidates:
-            texts = [self._text(t, spec.stop) for t in outputs[c]]
+            texts = [self._text(t, stop) for t in outputs[c]]
             out[c] = ItemScores(
                 items=[r.item for r in requests],
                 values=[sentence(p, r.reference) for p, r in zip(texts, requests)],
@@ -538,7 +541,7 @@ def _forward_items(task: PreparedTask, sequences: list[ScoredSequence], results:
     for item, pairs in by_item.items():
         answer = task.answers[item]
         if spec.scoring == "letter":
-            value = float(pairs[0][1].letter == answer)
+            value = float(pairs[0][1].letter // pairs[0][0].letter_variants == answer)
         else:
             totals = {s.choice: float(r.logprobs.sum()) for s, r in pairs}
             if spec.metric == "choice_probability":

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .sources import Part, task_rows
-from .spec import TaskFileError, TaskSpec
+from .sources import Part, shots_for, task_rows
+from .spec import LookupVar, TaskFileError, TaskSpec
+
+# LLMTF's layout for models without a chat template (its conversation_configs/default_foundational.json):
+# every message "<start_of_turn>{role}\n{content}\t\n", a continued last assistant message without
+# the closing "\t\n", a generation prompt "<start_of_turn>assistant\n\n", and "\t\n" ends an answer.
+FOUNDATIONAL_MESSAGE = "<start_of_turn>{role}\n{content}\t\n"
+FOUNDATIONAL_OPEN = "<start_of_turn>{role}\n{content}"
+FOUNDATIONAL_PROMPT = "<start_of_turn>assistant\n\n"
+FOUNDATIONAL_STOP = "\t\n"
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -25,6 +33,7 @@ class ScoredSequence:
     item: int  # which question / passage this belongs to
     choice: int = 0  # which choice (cloze)
     letter_ids: list[int] = field(default_factory=list)  # letter scoring: compare these at positions[-1]
+    letter_variants: int = 1  # token variants per letter in letter_ids (" A" and "A"): the best of them counts
     chars: int = 0  # characters of the scored continuation, for per-character normalisation
 
 
@@ -33,6 +42,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     reference: str
     item: int
+    stop: list[str] = field(default_factory=list)  # stop strings beyond the task's (a template's end of turn)
 
 
 @dataclass
@@ -47,10 +57,30 @@ class PreparedTask:
 
 def _format(template: str, row: dict, task: TaskSpec) -> str:
     try:
-        return template.format(**row)
+        return template.format(**_names(row, task))
     except KeyError as exc:
         where = row.get("_where", "a row")
         raise TaskFileError(f"task '{task.name}': {where}: template field {exc} missing in the data") from None
+    except (IndexError, ValueError) as exc:
+        raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: bad template {template!r} ({exc})") from None
+
+
+def _names(row: dict, task: TaskSpec) -> dict:
+    """What a template may name: the row's fields (a list other than ``choices`` written as its
+    items joined by ``join``, as LLMTF joins Daru Treeway's sentences) and the task's ``vars``."""
+    names = {k: (task.join.join(str(x) for x in v) if isinstance(v, list) and k != "choices" else v) for k, v in row.items()}
+    for name, var in task.vars.items():
+        if isinstance(var, LookupVar):
+            if var.field not in names:
+                raise KeyError(var.field)
+            value = str(names[var.field])
+            value = var.map.get(value, value)
+            for old, new in var.replace.items():
+                value = value.replace(old, new)
+            names[name] = value
+        else:
+            names[name] = var.format(**names)
+    return names
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:
@@ -100,8 +130,7 @@ def _lm_sequence(task: TaskSpec, row: dict, tokenizer, item: int) -> ScoredSeque
 
 
 def _mc_context(task: TaskSpec, row: dict) -> str:
-    lettered = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(row["choices"]))
-    return _format(task.prompt, {**row, "choices_lettered": lettered, "letters": ", ".join(LETTERS[: len(row["choices"])])}, task)
+    return _format(task.prompt, _mc_names(row), task)
 
 
 def prepare_task(task: TaskSpec, tokenizer, part: Part = None, fraction: float = 0.5, seed: int = 0) -> PreparedTask:
@@ -115,34 +144,140 @@ def prepare_task(task: TaskSpec, tokenizer, part: Part = None, fraction: float =
             sequence = _lm_sequence(task, row, tokenizer, item=i)
             if sequence is not None:
                 prepared.sequences.append(sequence)
-    else:
-        prefix = "".join(_format(task.prompt, s, task) + _format(task.target, s, task) + "\n\n" for s in shots)
+    elif _conversation(task):
         for i, row in enumerate(rows):
+            ids, stop = conversation_ids(task, row, shots_for(task, row, shots), tokenizer)
+            prepared.generations.append(GenerationRequest(ids, _format(task.target, row, task), item=i, stop=stop))
+    else:
+        for i, row in enumerate(rows):
+            prefix = "".join(_format(task.prompt, s, task) + _format(task.target, s, task) + "\n\n" for s in shots_for(task, row, shots))
             text = prefix + _format(task.prompt, row, task)
             ids = _chat(tokenizer, text) if task.chat and getattr(tokenizer, "chat_template", None) else _encode(tokenizer, text, special=True)
             prepared.generations.append(GenerationRequest(ids, _format(task.target, row, task), item=i))
     return prepared
 
 
-def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tokenizer) -> None:
-    task = prepared.spec
-    shot_text = ""
+def _conversation(task: TaskSpec) -> bool:
+    return task.messages is not None or task.messages_field is not None
+
+
+def task_messages(task: TaskSpec, row: dict, shot: bool) -> list[dict]:
+    """One example's messages, rendered: the task's inline ``messages`` or the row's own
+    (``messages_field``), each content formatted with the row's names (plus the keys of
+    ``message_inputs``); a shot's last assistant message gets ``shot_answer`` appended."""
+    if task.messages is not None:
+        templates = [m.model_dump() for m in task.messages]
+    else:
+        templates = row.get(task.messages_field)
+        if not isinstance(templates, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in templates):
+            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: field '{task.messages_field}' is not a list of {{role, content}} messages")
+    names = dict(row)
+    if task.message_inputs:
+        inputs = row.get(task.message_inputs)
+        if not isinstance(inputs, dict):
+            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: field '{task.message_inputs}' is not a mapping")
+        names.update(inputs)
+    out = []
+    for m in templates:
+        role = {"bot": "assistant"}.get(m["role"], m["role"])
+        out.append({"role": role, "content": _format(m["content"], names, task)})
+    if shot:
+        # As LLMTF does: the answer goes at the end of the example's last message.
+        out[-1]["content"] += _format(task.shot_answer, names, task)
+    return out
+
+
+def conversation_messages(task: TaskSpec, row: dict, shots: list[dict]) -> list[dict]:
+    """The messages of one item as LLMTF builds them: the shots' then the item's, ``header``
+    before the first user message. Multiple-choice rows gain ``choices_lettered``/``letters`` and a
+    shot's ``target`` is its answer letter."""
+    if task.kind == "multiple_choice":
+        shots = [{**_mc_names(s), "target": LETTERS[_answer_index(s, len(s["choices"]), task, -1)]} for s in shots]
+        row = _mc_names(row)
+    messages = [m for s in shots for m in task_messages(task, s, shot=True)] + task_messages(task, row, shot=False)
+    if task.header:
+        first = next((m for m in messages if m["role"] == "user"), None)
+        if first is None:
+            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: a header needs a user message")
+        first["content"] = _format(task.header, row, task) + first["content"]
+    return messages
+
+
+def conversation_ids(task: TaskSpec, row: dict, shots: list[dict], tokenizer) -> tuple[list[int], list[str]]:
+    """The prompt of one item (``conversation_messages``) rendered by the tokenizer's chat
+    template (``chat: true`` and the tokenizer has one) or LLMTF's foundational layout; a final
+    assistant message is continued, else a generation prompt follows. Shots are added while the
+    prompt stays below ``max_prompt_tokens`` (``shot_order: reversed`` puts the first shot nearest
+    the query, as LLMTF's base.py prepends each shot). Returns the token ids and the extra stop
+    strings of the layout (its end of turn)."""
+    ordered = list(reversed(shots)) if task.shot_order == "reversed" else list(shots)
+    use_template = bool(task.chat and getattr(tokenizer, "chat_template", None))
+    ids: list[int] = []
+    for count in range(len(ordered), -1, -1):
+        chosen = ordered[len(ordered) - count :] if task.shot_order == "reversed" else ordered[:count]
+        text = render_messages(conversation_messages(task, row, chosen), tokenizer if use_template else None)
+        ids = _encode(tokenizer, text, special=not use_template)
+        if task.max_prompt_tokens is None or len(ids) < task.max_prompt_tokens:
+            break
+    return ids, ([] if use_template else [FOUNDATIONAL_STOP])
+
+
+def render_messages(messages: list[dict], tokenizer=None) -> str:
+    """The prompt text of a conversation: through ``tokenizer``'s chat template if given, else
+    LLMTF's foundational layout. A final assistant message is left open (continued)."""
+    open_end = messages[-1]["role"] == "assistant"
+    if tokenizer is not None:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not open_end, continue_final_message=open_end)
+    text = "".join(
+        (FOUNDATIONAL_OPEN if open_end and i == len(messages) - 1 else FOUNDATIONAL_MESSAGE).format(**m) for i, m in enumerate(messages)
+    )
+    return text if open_end else text + FOUNDATIONAL_PROMPT
+
+
+def _shot_text(task: TaskSpec, shots: list[dict]) -> str:
+    text = ""
     for s in shots:
         k = _answer_index(s, len(s["choices"]), task, -1)
         answer = LETTERS[k] if task.scoring == "letter" else s["choices"][k]
-        shot_text += f"{_mc_context(task, s)} {answer}\n\n"
+        text += f"{_mc_context(task, s)} {answer}\n\n"
+    return text
+
+
+def _mc_names(row: dict) -> dict:
+    """The row with the names a multiple-choice template may add: ``choices_lettered`` ("A. x" lines)
+    and ``letters`` ("A, B, C, D")."""
+    lettered = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(row["choices"]))
+    return {**row, "choices_lettered": lettered, "letters": ", ".join(LETTERS[: len(row["choices"])])}
+
+
+def _letter_variants(tokenizer, n: int) -> list[int]:
+    """Each letter as the next token with and without a leading space (LLMTF takes the better of
+    the two); the first token of each, in letter order."""
+    return [_encode(tokenizer, text, special=False)[0] for k in range(n) for text in (f" {LETTERS[k]}", LETTERS[k])]
+
+
+def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tokenizer) -> None:
+    task = prepared.spec
     for i, row in enumerate(rows):
         choices = [str(c) for c in row["choices"]]
         if len(choices) < 2:
             raise TaskFileError(f"task '{task.name}': {row.get('_where', f'row {i}')}: fewer than two choices")
         prepared.answers.append(_answer_index(row, len(choices), task, i))
         prepared.n_choices.append(len(choices))
-        context = shot_text + _mc_context(task, row)
-        context_ids = _encode(tokenizer, context, special=True)
+        if task.group:
+            prepared.groups.append(str(row.get(task.group)))
+        own_shots = shots_for(task, row, shots)
+        if _conversation(task):
+            context_ids, _ = conversation_ids(task, row, own_shots, tokenizer)
+        else:
+            context_ids = _encode(tokenizer, _shot_text(task, own_shots) + _mc_context(task, row), special=True)
         if task.scoring == "letter":
-            letter_ids = [_encode(tokenizer, f" {LETTERS[k]}", special=False)[-1] for k in range(len(choices))]
+            if _conversation(task):
+                letter_ids, variants = _letter_variants(tokenizer, len(choices)), 2
+            else:
+                letter_ids, variants = [_encode(tokenizer, f" {LETTERS[k]}", special=False)[-1] for k in range(len(choices))], 1
             prepared.sequences.append(
-                ScoredSequence(context_ids, [len(context_ids) - 1], [letter_ids[0]], item=i, letter_ids=letter_ids)
+                ScoredSequence(context_ids, [len(context_ids) - 1], [letter_ids[0]], item=i, letter_ids=letter_ids, letter_variants=variants)
             )
             continue
         for k, choice in enumerate(choices):

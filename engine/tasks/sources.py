@@ -25,16 +25,17 @@ def read_rows(task: TaskSpec, limit: int | None = None) -> list[dict]:
     return read_source(task, limit)[0]
 
 
-def read_source(task: TaskSpec, limit: int | None = None) -> tuple[list[dict], list[str]]:
+def read_source(task: TaskSpec, limit: int | None = None, split: str | None = None) -> tuple[list[dict], list[str]]:
     """(raw rows, where each row is) with at most ``limit`` rows, in source order. ``where`` names
-    the file and line (or dataset and row), for error messages."""
+    the file and line (or dataset and row), for error messages. ``split``: another split of an hf
+    source (few-shot rows)."""
     source = task.source
     if isinstance(source, EmbeddedSource):
         return _read_file(embedded_path(source.path), "jsonl" if source.path.endswith(".jsonl") else None, task, limit)
     if isinstance(source, FileSource):
         return _read_file(Path(source.path), source.type, task, limit)
     if isinstance(source, HubSource):
-        return _read_hub(source, task, limit)
+        return _read_hub(source, task, limit, split)
     raise TaskFileError(f"task '{task.name}': unknown source")
 
 
@@ -114,25 +115,72 @@ def in_selection_part(task_name: str, row: dict, fraction: float, seed: int = 0)
 def task_rows(task: TaskSpec, part: Part = None, fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(evaluation rows, few-shot rows), each mapped to the task's field names.
 
-    Few-shot examples come first in the source; evaluation rows follow ``offset`` and them. With
-    ``part`` ("select" or "report") only the rows of that part (``in_selection_part``) are
-    evaluated, and ``samples`` counts rows *of that part*: each part gets up to ``samples`` items,
-    the first ones in source order, so a split suite reads about twice the rows of an unsplit one.
-    ``part=None`` is the whole source as before (the first ``samples`` rows).
+    Few-shot examples come first in the source (or from ``few_shot_split``, a split of the same
+    dataset); evaluation rows follow ``offset`` and them. With ``part`` ("select" or "report")
+    only the rows of that part (``in_selection_part``) are evaluated, and ``samples`` counts rows
+    *of that part*: each part gets up to ``samples`` items, the first ones in source order, so a
+    split suite reads about twice the rows of an unsplit one. ``part=None`` is the whole source as
+    before (the first ``samples`` rows). With ``group`` (a field), the items are spread over its
+    values as LLMTF does for MMLU (``samples // groups + 1`` of each, in source order) and the
+    few-shot rows are every candidate shot (``shots_for`` picks a row's own).
     """
     if part not in (None, *PARTS):
         raise ValueError(f"unknown part {part!r} (select, report or None)")
-    start = task.offset + task.few_shot
-    raw, where = read_source(task, limit=None if part else start + task.samples)
-    shots = [map_fields(task, row, where[i]) for i, row in enumerate(raw[task.offset : start], task.offset)]
+    in_source = 0 if task.few_shot_split else task.few_shot
+    start = task.offset + in_source
+    whole = part is not None or task.group is not None
+    raw, where = read_source(task, limit=None if whole else start + task.samples)
+    if task.few_shot_split:
+        shot_raw, shot_where = read_source(task, limit=None if task.group else task.few_shot, split=task.few_shot_split)
+        shots = [map_fields(task, row, label) for row, label in zip(shot_raw, shot_where)]
+    else:
+        shots = [map_fields(task, row, where[i]) for i, row in enumerate(raw[task.offset : start], task.offset)]
     pool = list(enumerate(raw[start:], start))
     if part is not None:
         pool = [(i, row) for i, row in pool if in_selection_part(task.name, row, fraction, seed) == (part == "select")]
-    rows = [map_fields(task, row, where[i]) for i, row in pool[: task.samples]]
+    if task.group:
+        mapped = [(i, map_fields(task, row, where[i])) for i, row in pool]
+        groups = {_group_of(task, map_fields(task, row, where[i])) for i, row in enumerate(raw[start:], start)}
+        each = task.samples // max(1, len(groups)) + 1
+        taken: dict[str, int] = {}
+        rows = []
+        for _, row in mapped:
+            key = _group_of(task, row)
+            if taken.get(key, 0) < each:
+                taken[key] = taken.get(key, 0) + 1
+                rows.append(row)
+    else:
+        rows = [map_fields(task, row, where[i]) for i, row in pool[: task.samples]]
     if not rows:
         which = f" in the {part} part" if part else ""
         raise TaskFileError(f"task '{task.name}': the source has no rows left to evaluate{which}")
     return rows, shots
+
+
+def _group_of(task: TaskSpec, row: dict) -> str:
+    if task.group not in row:
+        raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: no field '{task.group}' (the task's group)")
+    return str(row[task.group])
+
+
+def shots_for(task: TaskSpec, row: dict, shots: list[dict]) -> list[dict]:
+    """The few-shot examples of one evaluation row: the first ``few_shot`` (of the row's group)."""
+    if task.group:
+        shots = [s for s in shots if str(s.get(task.group)) == str(row.get(task.group))]
+    return shots[: task.few_shot]
+
+
+def lookup(row: dict, path: str):
+    """A column of ``row``; ``a.b`` reads key ``b`` of the mapping in column ``a`` (a column named
+    ``a.b`` itself wins). Raises KeyError(path) when it is not there."""
+    if path in row:
+        return row[path]
+    value = row
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(path)
+        value = value[part]
+    return value
 
 
 def map_fields(task: TaskSpec, row: dict, where: str | int) -> dict:
@@ -141,14 +189,11 @@ def map_fields(task: TaskSpec, row: dict, where: str | int) -> dict:
     out = dict(row)
     out["_where"] = where if isinstance(where, str) else f"row {where}"
     for field, column in task.fields.items():
-        if isinstance(column, list):
-            missing = [c for c in column if c not in row]
-            if missing:
-                raise TaskFileError(f"task '{task.name}': {out['_where']}: no column '{missing[0]}' (for field '{field}')")
-            out[field] = [row[c] for c in column]
-        else:
-            if column not in row:
-                known = ", ".join(sorted(row))
-                raise TaskFileError(f"task '{task.name}': {out['_where']}: no column '{column}' (for field '{field}'; columns: {known})")
-            out[field] = row[column]
+        try:
+            out[field] = [lookup(row, c) for c in column] if isinstance(column, list) else lookup(row, column)
+        except KeyError as exc:
+            known = ", ".join(sorted(row))
+            raise TaskFileError(
+                f"task '{task.name}': {out['_where']}: no column '{exc.args[0]}' (for field '{field}'; columns: {known})"
+            ) from None
     return out

@@ -25,8 +25,8 @@ KIND_FIELDS = {
     "language_modeling": {"text"},
 }
 METRICS = {
-    "multiple_choice": {"accuracy", "choice_probability"},
-    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu"},
+    "multiple_choice": {"accuracy", "choice_probability", "mmlu_category_mean"},
+    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu", "copy_match", "rouge_l_lemmas"},
     "language_modeling": {"next_token_accuracy", "next_token_probability", "perplexity_score"},
 }
 
@@ -76,6 +76,20 @@ class HubSource(_Strict):
 Source = Annotated[Union[EmbeddedSource, FileSource, HubSource], Field(discriminator="type")]
 
 
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str  # a template
+
+
+class LookupVar(_Strict):
+    """A name whose value is looked up from a field: ``map`` first (a missing key keeps the value),
+    then each ``replace`` pair applied (e.g. MMLU's subject ``high_school_physics`` -> ``high school physics``)."""
+
+    field: str
+    map: dict[str, str] = Field(default_factory=dict)
+    replace: dict[str, str] = Field(default_factory=dict)
+
+
 class TaskSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["multiple_choice", "generation", "language_modeling"]
@@ -101,6 +115,20 @@ class TaskSpec(_Strict):
     # The share of the items that choose layers (the selection part); the rest is the report part.
     # Unset: the suite's select_fraction. See sources.in_selection_part.
     select_fraction: float | None = Field(default=None, gt=0, lt=1)
+    # --- conversations (the LLMTF way: a list of messages rendered by the tokenizer's chat template,
+    # or LLMTF's layout for models without one; a final assistant message is continued)
+    messages: list[Message] | None = None  # inline message templates
+    messages_field: str | None = None  # or the row's own list of {role, content} templates (a field)
+    message_inputs: str | None = None  # a mapping field whose keys the message templates may use
+    header: str = ""  # a template put before the first user message of the prompt (MMLU's headline)
+    shot_answer: str = " {target}"  # appended to a few-shot example's last assistant message
+    shot_order: Literal["source", "reversed"] = "source"  # reversed: the first shot nearest the query
+    max_prompt_tokens: int | None = Field(default=None, ge=1)  # shots are added while the prompt stays below
+    # --- rows
+    vars: dict[str, Union[str, LookupVar]] = Field(default_factory=dict)  # extra template names
+    join: str = " "  # how a list-valued field (other than choices) is written into a template
+    few_shot_split: str | None = None  # shots from this split of the same dataset (hf sources)
+    group: str | None = None  # a field: items spread evenly over its values, shots from the same value
     description: str = ""
 
     @field_validator("fields")
@@ -113,8 +141,8 @@ class TaskSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        allowed = KIND_FIELDS[self.kind]
-        unknown = sorted(set(self.fields) - allowed)
+        allowed = KIND_FIELDS[self.kind] | set(self.vars)
+        unknown = sorted(set(self.fields) - KIND_FIELDS[self.kind])
         if unknown:
             raise ValueError(
                 f"unknown task field '{unknown[0]}' for kind {self.kind} (known: {', '.join(sorted(allowed))})"
@@ -129,8 +157,17 @@ class TaskSpec(_Strict):
                     raise ValueError(f"{template_name} template uses unknown field '{{{name}}}'")
         if self.context_tokens and (self.kind != "language_modeling" or self.context_tokens >= self.max_tokens):
             raise ValueError("context_tokens is for language_modeling tasks and must be below max_tokens")
-        if self.kind == "generation" and not self.prompt:
-            raise ValueError("a generation task needs a prompt template")
+        conversation = self.messages is not None or self.messages_field is not None
+        if self.messages is not None and self.messages_field is not None:
+            raise ValueError("give either messages or messages_field, not both")
+        if self.kind == "generation" and not self.prompt and not conversation:
+            raise ValueError("a generation task needs a prompt template (or messages)")
+        if conversation and self.kind == "language_modeling":
+            raise ValueError("messages are for multiple_choice and generation tasks")
+        if self.few_shot_split and not isinstance(self.source, HubSource):
+            raise ValueError("few_shot_split needs an hf source (shots from another split of the same dataset)")
+        if self.metric == "mmlu_category_mean" and not self.group:
+            raise ValueError("metric mmlu_category_mean needs group: (the field naming each item's subject)")
         return self
 
 

@@ -45,20 +45,8 @@ class ComparedRun:
         return teacher["aggregate"] if teacher else None
 
     def curve(self) -> list[tuple[int, float]]:
-        """(layers removed, final aggregate of that iteration), from 0 = the teacher."""
-        s = self.state
-        removed_by_iter = {r["iteration"]: i + 1 for i, r in enumerate(s.removed)}
-        points: dict[int, float] = {}
-        for it, rec in s.final_evals().items():
-            if rec["aggregate"] is None:
-                continue
-            layers = rec.get("layers")
-            x = self.start_layers - layers if layers is not None and self.start_layers else removed_by_iter.get(it, it)
-            points[x] = rec["aggregate"]
-        pts = sorted(points.items())
-        if self.teacher is not None:
-            pts = [(0, self.teacher)] + [p for p in pts if p[0] != 0]
-        return pts
+        """(layers removed, final aggregate of that iteration), from 0 = the teacher (``RunState.curve``)."""
+        return [(p["removed"], p["aggregate"]) for p in self.state.curve()]
 
 
 class Compared(Message):

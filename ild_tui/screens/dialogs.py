@@ -8,7 +8,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
+from rich.style import Style
+from rich.text import Text
+from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 
@@ -111,55 +113,91 @@ class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
         self.dismiss(None)
 
 
+class ReportScreen(ModalScreen["tuple[str, bool] | None"]):
+    """Where to write a report of the marked runs, and whether to time the models. Enter writes."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, names: list[str], default_dir: str) -> None:
+        super().__init__()
+        self.names = names
+        self.default_dir = default_dir
+
+    def compose(self) -> ComposeResult:
+        shown = ", ".join(self.names[:4]) + (f" and {len(self.names) - 4} more" if len(self.names) > 4 else "")
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label(f"Write a report of {shown}", id="question")
+            yield Label("into the directory (an earlier report there is replaced):")
+            yield Input(self.default_dir, id="report-dir")
+            yield Checkbox("also time the teacher and each student (loads every model)", False,
+                           id="report-measure")
+            with Horizontal(classes="buttons"):
+                yield Button("write (enter)", variant="primary", id="write")
+                yield Button("cancel (escape)", variant="default", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#report-dir", Input).focus()
+
+    def _write(self) -> None:
+        where = self.query_one("#report-dir", Input).value.strip()
+        if not where:
+            self.notify("name a directory for the report", severity="warning")
+            return
+        self.dismiss((where, self.query_one("#report-measure", Checkbox).value))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._write()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "write":
+            self._write()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 INTRO = (
     "Everything here is read from the run directory; the engine runs on without the dashboard, "
     "and quitting (q) only detaches. Any number of dashboards may watch one run."
 )
 
 HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
-    (
-        "Anywhere",
-        [
-            ("?", "this help"),
-            ("t", "next theme: dark, light, colour-blind-safe (remembered)"),
-            ("r", "runs screen"),
-            ("q  ctrl+q", "quit the dashboard (the run goes on)"),
-            ("tab  shift+tab", "move focus between panels"),
-        ],
-    ),
-    (
-        "Live run",
-        [
-            ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
-            ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
-            ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
-            ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
-            ("y", "loss log scale"),
-            ("a", "approve the proposed layer"),
-            ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
-            ("", "highlighted in the candidate list when that has focus (asks first)"),
-            ("m", "decision mode: manual, auto, auto-after N seconds"),
-            ("p", "pause / resume the engine"),
-            ("X", "stop the run (asks first)"),
-        ],
-    ),
-    (
-        "Runs",
-        [
-            ("enter  o", "open the run"),
-            ("space", "mark / unmark for comparison"),
-            ("c", "compare the marked runs (or all shown)"),
-            ("/", "filter by words in name, model, strategy, status"),
-            ("s  S", "sort by the next column / reverse (or click a header)"),
-            ("d", "delete the run (asks first; never a live one)"),
-        ],
-    ),
-    (
-        "Compare",
-        [
-            ("escape", "back"),
-        ],
-    ),
+    ("Anywhere", [
+        ("?", "this help"),
+        ("t", "next theme: dark, light, colour-blind-safe (remembered)"),
+        ("r", "runs screen"),
+        ("q  ctrl+q", "quit the dashboard (the run goes on)"),
+        ("tab  shift+tab", "move focus between panels"),
+    ]),
+    ("Live run", [
+        ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
+        ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
+        ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
+        ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
+        ("y", "loss log scale"),
+        ("a", "approve the proposed layer"),
+        ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
+        ("", "highlighted in the candidate list when that has focus (asks first)"),
+        ("m", "decision mode: manual, auto, auto-after N seconds"),
+        ("p", "pause / resume the engine"),
+        ("X", "stop the run (asks first)"),
+    ]),
+    ("Runs", [
+        ("enter  o", "open the run"),
+        ("space", "mark / unmark for comparison"),
+        ("c", "compare the marked runs (or all shown)"),
+        ("w", "write a report (HTML, PNGs, CSVs) of the marked runs (or the highlighted one)"),
+        ("/", "filter by words in name, model, strategy, status"),
+        ("s  S", "sort by the next column / reverse (or click a header)"),
+        ("d", "delete the run (asks first; never a live one)"),
+    ]),
+    ("Compare", [
+        ("escape", "back"),
+    ]),
 ]
 
 LEGEND = (

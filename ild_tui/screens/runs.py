@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from rich.style import Style
@@ -42,6 +43,7 @@ class RunsScreen(Screen):
         Binding("o", "open", "open"),
         Binding("space", "mark", "mark"),
         Binding("c", "compare", "compare"),
+        Binding("w", "report", "report"),
         Binding("slash", "filter", "filter"),
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
@@ -145,7 +147,7 @@ class RunsScreen(Screen):
         if self.filter_text:
             t.append(f"   filter: {self.filter_text!r}", Style(italic=True))
         if self.marked:
-            t.append(f"   {len(self.marked)} marked for compare", Style(bold=True))
+            t.append(f"   {len(self.marked)} marked", Style(bold=True))
         self.query_one("#runs-title", Static).update(t)
 
     def _fill(self) -> None:
@@ -292,6 +294,42 @@ class RunsScreen(Screen):
             self.notify("mark two or more runs with space to compare them", severity="warning")
             return
         self.app.open_compare(paths)
+
+    def action_report(self) -> None:
+        paths = list(self.marked) or ([self.current_path()] if self.current_path() else [])
+        if not paths:
+            self.notify("no run to report on", severity="warning")
+            return
+        from .dialogs import ReportScreen
+
+        names = [next((r.name for r in self.rows if r.path == p), Path(p).name) for p in paths]
+        default = self.root.resolve().parent / "reports" / time.strftime("report-%Y%m%d-%H%M%S")
+
+        def chosen(answer: tuple[str, bool] | None) -> None:
+            if answer:
+                where, measure = answer
+                self.notify(f"writing a report of {len(paths)} run{'s' if len(paths) > 1 else ''} to {where}"
+                            + (" (timing the models)" if measure else ""))
+                self._write_report(paths, Path(where).expanduser(), measure)
+
+        self.app.push_screen(ReportScreen(names, str(default)), chosen)
+
+    @work(thread=True, group="report", exit_on_error=False)
+    def _write_report(self, paths: list[str], out: Path, measure: bool) -> None:
+        # Matplotlib's object API (no pyplot) and the measuring subprocesses are safe off the UI thread.
+        from ..report import ReportError, write_report
+
+        try:
+            result = write_report([Path(p) for p in paths], out, measure=measure)
+        except ReportError as exc:
+            self.app.call_from_thread(self.notify, f"no report: {exc}", severity="error", timeout=10)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed report must not take the dashboard down
+            self.app.call_from_thread(self.notify, f"report failed: {type(exc).__name__}: {exc}", severity="error",
+                                      timeout=10)
+            return
+        notes = "".join(f"\n{n}" for n in result.notes[:3])
+        self.app.call_from_thread(self.notify, f"report written: {result.page}{notes}", timeout=10)
 
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)

@@ -1,0 +1,221 @@
+"""Task drop that stops scoring the candidates that cannot win (racing, successive halving).
+
+Full task drop scores every "skip layer i" candidate on every item. Most candidates are clearly
+important after a fraction of the items, so racing scores every candidate on a first slice of each
+task's items, keeps only those whose drop could still be the lowest, scores them on the next slice
+(each slice's cumulative share ``growth`` times the last), and so on until the survivors have seen
+every item. The model itself (the base of every drop) is scored on every slice.
+
+The bound: all candidates still in the race are scored on the same items, so each is compared with
+the current best ``b`` by paired per-item differences. Per task ``t`` with items ``j`` (weights
+``w``: scored tokens for language modelling, 1 otherwise) the gap is
+``D_t = sum_j w_j (v_j(b) - v_j(c)) / sum_j w_j``, its variance
+``n/(n-1) * sum_j (w_j/W)^2 (d_j - D_t)^2 * (1 - n/N_t)`` (the last factor: the items are a finite
+set, so a fully scored task has no error left), and for the aggregate (the mean over ``T`` tasks)
+``G = sum_t D_t / T`` with ``se = sqrt(sum_t var_t) / T``. A candidate leaves the race when
+``G > z * se``: its drop is, with high confidence, above the best one's. The survivors are scored on
+every item, so the proposal is the full-scoring proposal whenever the true best was not dropped;
+near ties are never dropped (they stay within the bound) and are decided on all items. Every
+elimination is logged with its gap and standard error (``RoundLog``).
+
+Layers dropped early keep the value measured on the items they saw (``partial``): their per-task
+scores and drop (against the model's score on the same items) are estimates on fewer items.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from engine.models.adapters import adapter_for
+from engine.tasks.evaluate import ForwardCount, ItemScores, Progress, SuiteEvaluator, aggregate, task_score
+
+
+@dataclass(frozen=True)
+class RacingSettings:
+    """How task drop races the candidates (``scoring.racing`` in a run's config).
+
+    ``enabled``: False scores every candidate on every item (full scoring).
+    ``first_fraction``: the share of each task's items in the first slice.
+    ``growth``: each later slice brings the cumulative share to ``growth`` times the last.
+    ``min_items``: at least this many items of each task in the first slice (all of a smaller task).
+    ``z``: a candidate leaves the race when its gap to the best exceeds ``z`` standard errors.
+    ``seed``: the order of each task's items (a seeded shuffle, so slices mix the whole source).
+    """
+
+    enabled: bool = True
+    first_fraction: float = 0.15
+    growth: float = 2.0
+    min_items: int = 3
+    z: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.first_fraction <= 1:
+            raise ValueError("racing.first_fraction must be in (0, 1]")
+        if self.growth <= 1:
+            raise ValueError("racing.growth must be above 1")
+        if self.min_items < 2:
+            raise ValueError("racing.min_items must be at least 2 (a standard error needs two items)")
+        if self.z <= 0:
+            raise ValueError("racing.z must be positive")
+
+
+@dataclass
+class RoundLog:
+    """One slice of the race: what was scored and who left, with the bound."""
+
+    items: int  # items scored so far, all tasks together
+    total: int  # items in all
+    scored: list[int]  # layers (current indices) scored in this round
+    best: int | None  # the best layer after this round (None after the last)
+    eliminated: dict[int, tuple[float, float]]  # layer -> (gap to the best's aggregate, its standard error)
+    layer_forwards: int  # decoder layers x sequences run in this round
+
+    def as_dict(self, name=lambda i: i) -> dict:
+        """JSON-ready, with layers renamed by ``name`` (e.g. current -> original index)."""
+        return {
+            "items": self.items,
+            "total": self.total,
+            "scored": [name(i) for i in self.scored],
+            "best": None if self.best is None else name(self.best),
+            "eliminated": {str(name(i)): {"gap": g, "se": se} for i, (g, se) in self.eliminated.items()},
+            "layer_forwards": self.layer_forwards,
+        }
+
+
+@dataclass
+class TaskDrop:
+    """Task-drop importance of every current layer.
+
+    ``drops[i]``: the aggregate of the model minus that with layer i skipped, on the items layer i
+    was scored on (the model's score restricted to the same items). ``per_task[i]``: the task
+    scores with layer i skipped, on those items. ``current``: the model's task scores on every item.
+    ``items[i]``: how many items layer i was scored on (all tasks together) of ``total_items``;
+    ``partial``: the layers scored on fewer (left the race early). ``proposal``: the layer with the
+    lowest drop among the fully scored ones. ``rounds``: the race, slice by slice (one round for
+    full scoring). ``forwards``: the decoder-layer work of the whole scoring.
+    """
+
+    drops: dict[int, float]
+    per_task: dict[int, dict[str, float]]
+    current: dict[str, float]
+    items: dict[int, int]
+    total_items: int
+    partial: set[int]
+    proposal: int
+    rounds: list[RoundLog] = field(default_factory=list)
+    forwards: ForwardCount = field(default_factory=ForwardCount)
+
+    def ranked(self) -> list[tuple[int, float]]:
+        """(layer, drop), least important first: the fully scored layers by drop (the proposal
+        first), then the partial ones by their estimated drop."""
+        key = lambda i: (self.drops[i], i)  # noqa: E731
+        complete = sorted((i for i in self.drops if i not in self.partial), key=key)
+        return [(i, self.drops[i]) for i in complete + sorted(self.partial, key=key)]
+
+
+def task_drop(evaluator: SuiteEvaluator, racing: RacingSettings | None = None, shared: bool = True,
+              progress: Progress | None = None) -> TaskDrop:
+    """Task-drop scores of every current layer of ``evaluator.model`` on the evaluator's items.
+
+    ``racing`` None or disabled: every candidate on every item (full scoring). Otherwise the race
+    described in the module docstring. Scoring runs from the shared prefix either way.
+    """
+    n = adapter_for(evaluator.model).num_layers
+    layers = list(range(n))
+    specs = {t.spec.name: t.spec for t in evaluator.tasks}
+    all_items = evaluator.items()
+    total = sum(len(v) for v in all_items.values())
+    start = evaluator.forwards.copy()
+    scored: dict[int | None, dict[str, ItemScores]] = {c: {t: ItemScores() for t in all_items} for c in [None, *layers]}
+    rounds: list[RoundLog] = []
+
+    if racing is None or not racing.enabled:
+        results = evaluator.evaluate_items([None, *layers], shared=shared, progress=progress)
+        for c, tasks in results.items():
+            for t, values in tasks.items():
+                scored[c][t].extend(values)
+        rounds.append(RoundLog(total, total, layers, None, {}, (evaluator.forwards - start).layer_forwards))
+        return _result(scored, specs, layers, total, rounds, evaluator.forwards - start)
+
+    order = {t: _shuffled(items, racing.seed, t) for t, items in all_items.items()}
+    done = {t: 0 for t in order}
+    alive = list(layers)
+    share = racing.first_fraction
+    while True:
+        target = {t: _slice_end(len(order[t]), share, racing.min_items) for t in order}
+        new = {t: order[t][done[t] : target[t]] for t in order if target[t] > done[t]}
+        before = evaluator.forwards.copy()
+        results = evaluator.evaluate_items([None, *alive], shared=shared, progress=progress, items=new)
+        for c, tasks in results.items():
+            for t, values in tasks.items():
+                scored[c][t].extend(values)
+        done = target
+        so_far = sum(done.values())
+        work = (evaluator.forwards - before).layer_forwards
+        if so_far >= total:
+            rounds.append(RoundLog(so_far, total, alive, None, {}, work))
+            break
+        best, eliminated = _eliminate(scored, alive, specs, {t: len(o) for t, o in order.items()}, racing.z)
+        rounds.append(RoundLog(so_far, total, alive, best, eliminated, work))
+        alive = [c for c in alive if c not in eliminated]
+        share *= racing.growth
+    return _result(scored, specs, layers, total, rounds, evaluator.forwards - start)
+
+
+def _shuffled(items: list[int], seed: int, task: str) -> list[int]:
+    out = list(items)
+    random.Random(f"{seed}:{task}").shuffle(out)
+    return out
+
+
+def _slice_end(n: int, share: float, min_items: int) -> int:
+    if share >= 1:
+        return n
+    return min(n, max(min(min_items, n), math.ceil(share * n)))
+
+
+def _eliminate(scored, alive: list[int], specs, sizes: dict[str, int], z: float) -> tuple[int, dict[int, tuple[float, float]]]:
+    """The best candidate so far and those confidently worse than it (gap, standard error)."""
+    tasks = [t for t in sizes if scored[alive[0]][t].items]
+    estimate = {c: aggregate({t: task_score(specs[t], scored[c][t]) for t in tasks}) for c in alive}
+    best = max(alive, key=lambda c: (estimate[c], -c))
+    out = {}
+    for c in alive:
+        if c == best:
+            continue
+        gap, variance = 0.0, 0.0
+        for t in tasks:
+            b, o = scored[best][t], scored[c][t]
+            weights = b.weights
+            total = sum(weights)
+            diffs = [vb - vo for vb, vo in zip(b.values, o.values)]
+            mean = sum(w * d for w, d in zip(weights, diffs)) / total
+            count = len(diffs)
+            gap += mean
+            if count < 2:
+                variance = math.inf
+                continue
+            spread = sum((w / total) ** 2 * (d - mean) ** 2 for w, d in zip(weights, diffs))
+            variance += count / (count - 1) * spread * max(0.0, 1 - count / sizes[t])
+        gap /= len(tasks)
+        se = math.sqrt(variance) / len(tasks)
+        if gap > 0 and gap > z * se:
+            out[c] = (gap, se)
+    return best, out
+
+
+def _result(scored, specs, layers: list[int], total: int, rounds: list[RoundLog], forwards: ForwardCount) -> TaskDrop:
+    current = {t: task_score(specs[t], s) for t, s in scored[None].items()}
+    per_task, drops, items = {}, {}, {}
+    for c in layers:
+        per_task[c] = {t: task_score(specs[t], s) for t, s in scored[c].items()}
+        base = {t: task_score(specs[t], scored[None][t].subset(s.items)) for t, s in scored[c].items()}
+        drops[c] = aggregate(base) - aggregate(per_task[c])
+        items[c] = sum(len(s.items) for s in scored[c].values())
+    partial = {c for c in layers if items[c] < total}
+    complete = [c for c in layers if c not in partial]
+    proposal = min(complete, key=lambda c: (drops[c], c))
+    return TaskDrop(drops, per_task, current, items, total, partial, proposal, rounds, forwards)

@@ -1,0 +1,240 @@
+"""The report's figures (matplotlib, Agg, no pyplot: safe in the dashboard's worker thread).
+
+Each function writes one PNG and returns its path, or None when the runs have nothing to draw.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+
+from engine.runlog.schema import REPORT, SELECT  # noqa: E402
+
+from .facts import ReportRun  # noqa: E402
+
+DPI = 110
+# Okabe-Ito: told apart with every common colour-vision deficiency.
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+MARKERS = "os^DvP*X"
+PARTS_WORDS = {REPORT: "report part (held-out items)", SELECT: "selection part (the items that chose the layers)"}
+
+
+def colour(i: int) -> str:
+    return COLOURS[i % len(COLOURS)]
+
+
+def _figure(width: float, height: float, **margins) -> Figure:
+    """Fixed margins, no layout engine: measuring every label to place the axes (constrained or
+    tight layout) costs more than drawing the figure."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(**{"left": 0.09, "right": 0.97, "bottom": 0.12, "top": 0.92, **margins})
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    # Fast zlib: the figures are mostly flat colour, so the files stay small anyway.
+    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None}, pil_kwargs={"compress_level": 3})
+    return path
+
+
+def _teachers(runs: list[ReportRun], part: str) -> dict[str, float]:
+    """The teacher's aggregate per distinct model (the first run of each model tells it)."""
+    out: dict[str, float] = {}
+    for r in runs:
+        teacher = r.state.teacher_eval(part)
+        if r.model not in out and teacher and teacher["aggregate"] is not None:
+            out[r.model] = teacher["aggregate"]
+    return out
+
+
+def _curves(ax, runs: list[ReportRun], part: str) -> bool:
+    drawn = False
+    for i, r in enumerate(runs):
+        points = r.state.curve(part)
+        if not points:
+            continue
+        ax.plot([p["removed"] for p in points], [p["aggregate"] for p in points], marker=MARKERS[i % len(MARKERS)],
+                markersize=4, linewidth=1.6, color=colour(i), label=r.label)
+        drawn = True
+    for j, (model, value) in enumerate(_teachers(runs, part).items()):
+        ax.axhline(value, linestyle="--", linewidth=1.1, color="0.35" if j == 0 else colour(len(runs) + j),
+                   label=f"teacher ({model})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("layers removed")
+    ax.grid(alpha=0.3)
+    return drawn
+
+
+def aggregate_figure(runs: list[ReportRun], path: Path) -> Path | None:
+    """The paper's Figure 9: the aggregate against layers removed, the teacher dashed, the
+    parameter count on a second axis."""
+    fig = _figure(8.0, 4.6, right=0.9)
+    ax = fig.add_subplot()
+    if not _curves(ax, runs, REPORT):
+        return None
+    ax.set_ylabel("aggregate (report part)")
+    params = _params(runs)
+    handles, labels = ax.get_legend_handles_labels()
+    if params:
+        ax2 = ax.twinx()
+        for model, points in params.items():
+            xs = sorted(points)
+            ax2.plot(xs, [points[x] / 1e6 for x in xs], linestyle=":", linewidth=1.3, color="0.45")
+        ax2.set_ylabel("parameters (millions)")
+        handles.append(Line2D([], [], linestyle=":", color="0.45"))
+        labels.append("parameters (right axis)")
+    ax.legend(handles, labels, fontsize=8, loc="lower left")
+    ax.set_title("Aggregate against layers removed")
+    return _save(fig, path)
+
+
+def _params(runs: list[ReportRun]) -> dict[str, dict[int, float]]:
+    """Parameters against layers removed, per model (every run of a model tells some points)."""
+    out: dict[str, dict[int, float]] = {}
+    for r in runs:
+        for p in r.state.curve(REPORT):
+            if p["params"]:
+                out.setdefault(r.model, {}).setdefault(p["removed"], p["params"])
+    return {m: pts for m, pts in out.items() if len(pts) > 1}
+
+
+def select_report_figure(runs: list[ReportRun], path: Path) -> Path | None:
+    """The selection part beside the report part, on one scale: how much the choosing items flatter."""
+    if not any(r.has_part(SELECT) for r in runs):
+        return None
+    fig = _figure(10.0, 4.2, left=0.07, wspace=0.05)
+    left, right = fig.subplots(1, 2, sharey=True)
+    for ax, part in ((left, SELECT), (right, REPORT)):
+        _curves(ax, runs, part)
+        ax.set_title(PARTS_WORDS[part], fontsize=10)
+    left.set_ylabel("aggregate")
+    right.legend(fontsize=8, loc="lower left")
+    return _save(fig, path)
+
+
+def removal_figure(runs: list[ReportRun], path: Path) -> Path | None:
+    """The paper's Figure 10: how often each original layer was removed, stacked by run."""
+    depth = max((r.state.start_layers or 0 for r in runs), default=0)
+    if not depth or not any(r.state.removed_layers for r in runs):
+        return None
+    fig = _figure(max(6.0, 0.22 * depth + 2), 3.6, bottom=0.14)
+    ax = fig.add_subplot()
+    bottom = [0] * depth
+    for i, r in enumerate(runs):
+        heights = [1 if layer in set(r.state.removed_layers) else 0 for layer in range(depth)]
+        ax.bar(range(depth), heights, bottom=bottom, color=colour(i), label=r.label, width=0.8)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xlabel("original layer")
+    ax.set_ylabel("runs that removed it")
+    ax.set_xticks(range(0, depth, 1 if depth <= 40 else 5))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(1, max(bottom)) + 0.2)
+    ax.legend(fontsize=8)
+    ax.set_title("How often each layer was removed")
+    return _save(fig, path)
+
+
+def importance_figure(run: ReportRun, path: Path) -> Path | None:
+    """The importance heatmap: one row per original layer, one column per iteration, coloured by
+    the layer's rank within the iteration (dark = least important); removed layers are gaps,
+    × marks the layer removed in that iteration, ○ a layer scored on part of the items only."""
+    s = run.state
+    iterations = sorted(s.importance)
+    depth = s.start_layers or 0
+    if not iterations or not depth:
+        return None
+    grid = [[math.nan] * len(iterations) for _ in range(depth)]
+    for j, it in enumerate(iterations):
+        scores = {k: v for k, v in s.scores(it).items() if v is not None and 0 <= k < depth}
+        ranked = sorted(scores, key=lambda k: (scores[k], k))
+        for rank, layer in enumerate(ranked):
+            grid[layer][j] = rank / max(1, len(ranked) - 1)
+    width, height = min(14.0, max(5.0, 0.42 * len(iterations) + 2.5)), min(14.0, max(3.5, 0.2 * depth + 1.2))
+    fig = _figure(width, height, left=0.9 / width, right=1 - 0.3 / width, bottom=0.6 / height, top=1 - 0.5 / height)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # NaN: a removed layer, a gap
+    image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest", origin="lower")
+    removed = {x["iteration"]: x["layer"] for x in s.removed}
+    xs = [j for j, it in enumerate(iterations) if it in removed]
+    ax.scatter(xs, [removed[iterations[j]] for j in xs], marker="x", s=28, color="#D55E00", linewidths=1.6)
+    partial = [(j, layer) for j, it in enumerate(iterations) for layer in s.partial_layers(it)]
+    if partial:
+        ax.scatter([p[0] for p in partial], [p[1] for p in partial], marker="o", s=16, facecolors="none",
+                   edgecolors="white", linewidths=0.9)
+    ax.set_xticks(range(len(iterations)), [str(it) for it in iterations], fontsize=7)
+    ax.set_yticks(range(0, depth, 1 if depth <= 40 else 4))
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("original layer")
+    metric = s.importance[iterations[0]].get("metric", "")
+    marks = "× removed" + (", ○ scored on part of the items" if partial else "")
+    ax.set_title(f"{run.label}: importance ({metric}); {marks}", fontsize=9)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.02, fraction=0.05)
+    bar.set_label("rank in the iteration (0 = least important)", fontsize=8)
+    return _save(fig, path)
+
+
+def loss_figure(run: ReportRun, path: Path) -> Path | None:
+    """The healing losses in step order across iterations (log scale), iterations marked."""
+    steps = run.state.train_curve()
+    if not steps:
+        return None
+    weighted = any(st.get("kl_term") is not None for st in steps)
+    series = [("loss", "total loss")] + ([("kl_term", "KL term"), ("mse_term", "MSE term")] if weighted
+                                         else [("kl", "KL"), ("mse", "MSE")])
+    fig = _figure(8.0, 3.6, bottom=0.14)
+    ax = fig.add_subplot()
+    positive = True
+    for i, (key, label) in enumerate(series):
+        pts = [(x, st[key]) for x, st in enumerate(steps) if isinstance(st.get(key), (int, float))]
+        if pts:
+            positive &= all(v > 0 for _, v in pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.0, color=colour(i), label=label)
+    if positive:
+        ax.set_yscale("log")
+        # Plain numbers, not mathtext powers of ten: each of those is parsed, and costs ~10 ms.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    starts = [x for x, st in enumerate(steps) if x == 0 or steps[x - 1]["iteration"] != st["iteration"]]
+    for x in starts:
+        ax.axvline(x, color="0.7", linewidth=0.7, linestyle=":")
+        ax.annotate(str(steps[x]["iteration"]), (x, 1), xycoords=("data", "axes fraction"), fontsize=7, color="0.4",
+                    xytext=(2, -10), textcoords="offset points")
+    ax.set_xlabel("healing step (all iterations; dotted lines start an iteration)")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{run.label}: healing losses", fontsize=10)
+    return _save(fig, path)
+
+
+def cost_figure(rows: list[dict], path: Path) -> Path | None:
+    """Each student's parameters, peak memory and speeds as a share of its teacher's."""
+    students = [r for r in rows if r["role"] == "student" and r["params_pct"] is not None]
+    if not students:
+        return None
+    measures = [("params_pct", "parameters", 1.0), ("peak_memory_pct", "peak memory", 1.0),
+                ("prefill_speedup", "prefill tokens/s", 100.0), ("decode_speedup", "decode tokens/s", 100.0)]
+    fig = _figure(max(6.0, 1.6 * len(students) + 3), 3.8, bottom=0.25)
+    ax = fig.add_subplot()
+    width = 0.8 / len(measures)
+    for k, (key, label, scale) in enumerate(measures):
+        xs = [i + (k - (len(measures) - 1) / 2) * width for i in range(len(students))]
+        ax.bar(xs, [(s[key] or 0) * scale for s in students], width=width, color=colour(k), label=label)
+    ax.axhline(100, linestyle="--", color="0.35", linewidth=1.0, label="teacher = 100 %")
+    ax.set_xticks(range(len(students)), [s["run"] for s in students], fontsize=8)
+    ax.set_ylabel("% of the teacher")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    ax.set_title("What the smaller model buys (this machine)", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,104 @@
+"""`ild study`: every strategy as an ordinary run, detached, killed mid-run, resumed without redoing a
+finished strategy, then reported; other arguments on the same directory are refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import time
+
+from engine.runlog.tailer import read_all
+from tests.support import ild
+
+STRATEGIES = ("shortgpt", "iterative-pruning")
+
+
+def _args(tiny, out, *extra, strategies=",".join(STRATEGIES)):
+    return ["study", "--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml"), "--strategies", strategies,
+            "--target-layers", "3", "--out", str(out), "--no-measure", "--set", "heal.train_tokens=192", *extra]
+
+
+def _events(run):
+    path = run / "events.jsonl"
+    return read_all(path) if path.is_file() else []
+
+
+def _wait(predicate, timeout=300.0, what="the study"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not get there in {timeout:.0f}s")
+
+
+def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_strategy(tiny, tmp_path):
+    out = tmp_path / "study"
+    first, second = (out / "runs" / s for s in STRATEGIES)
+    started = ild(*_args(tiny, out, "--detach"))
+    assert started.returncode == 0, started.stderr
+    pid = int(re.search(r"\(pid (\d+)\)", started.stdout).group(1))
+    assert json.loads((out / "study.json").read_text())["strategies"] == list(STRATEGIES)
+
+    # Kill the whole study (its process group: the study and its engine) in the second run's
+    # second iteration, after the first iteration's checkpoint.
+    def second_iteration_scoring():
+        return any(e["type"] == "phase" and e["iteration"] == 2 and e["phase"] == "scoring" for e in _events(second))
+
+    _wait(second_iteration_scoring)
+    os.killpg(pid, signal.SIGKILL)
+    _wait(lambda: not (out / "study.lock").exists() or _lock_free(out), 30, "the lock")
+    assert _events(first)[-1]["type"] == "run_finished"
+    assert not any(e["type"] == "run_finished" for e in _events(second)), "the second run ended before the kill"
+    finished_log = (first / "events.jsonl").read_bytes()
+    listed = ild("ls", "--runs-dir", str(out / "runs"))
+    assert re.search(r"shortgpt\s+finished", listed.stdout) and re.search(r"iterative-pruning\s+died", listed.stdout)
+
+    again = ild(*_args(tiny, out))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[1/2] shortgpt: finished already, skipped" in again.stdout
+    assert f"[2/2] iterative-pruning: resuming {second}" in again.stdout
+    assert (first / "events.jsonl").read_bytes() == finished_log  # not redone, not even touched
+    events = _events(second)
+    resumed = [e for e in events if e["type"] == "engine_started"]
+    assert len(resumed) == 2 and resumed[1]["resumed_from"] == "1"
+    assert [e["iteration"] for e in events if e["type"] == "layer_removed"] == [1, 2, 3]  # iteration 1 kept
+    assert events[-1]["type"] == "run_finished"
+    listed = ild("ls", "--runs-dir", str(out / "runs"))
+    assert len(re.findall(r"\bfinished\b", listed.stdout)) == 2
+
+    with open(out / "report" / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["strategy"], r["layers"], r["part"]) for r in rows} == \
+        {(s, str(n), p) for s in STRATEGIES for n in (5, 4, 3) for p in ("select", "report")}
+    assert (out / "report" / "report.html").is_file()
+    log = (out / "study.log").read_text()  # what the detached study printed before the kill
+    assert f"[1/2] shortgpt: starting {first}" in log and f"[2/2] iterative-pruning: starting {second}" in log
+
+    # The same directory with other arguments: refused in one line, nothing run.
+    other = ild(*_args(tiny, out, strategies="shortgpt"))
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
+    assert "strategies: shortgpt,iterative-pruning in the study, shortgpt given" in other.stderr
+
+
+def _lock_free(out) -> bool:
+    from ild_tui.study import StudyLock
+
+    return StudyLock(out).holder() is None
+
+
+def test_bad_input_leaves_no_study_behind(tiny, tmp_path):
+    out = tmp_path / "bad"
+    unknown = ild(*_args(tiny, out, strategies="shortgpt,best-one"))
+    assert unknown.returncode == 2 and "unknown strategy 'best-one'" in unknown.stderr and not out.exists()
+    missing = ild(*[a.replace(str(tiny / "model"), "nope/missing-model") for a in _args(tiny, out)])
+    assert missing.returncode == 2, missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "cannot load model" in missing.stderr
+    assert not out.exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    full = ild(*_args(tiny, tmp_path / "full"))
+    assert full.returncode == 2 and "is not empty and holds no study" in full.stderr
