@@ -49,14 +49,27 @@ def main() -> int:
     counts = [int(n) for n in args.processes.split(",")]
     results = {}
     for n in counts:
-        forwarded = [a for a in sys.argv[1:]]
-        script = [str(Path(__file__).resolve()), *forwarded, "--worker"]
+        script = [str(Path(__file__).resolve()), *sys.argv[1:], "--worker"]
         if n == 1:
             command = [sys.executable, *script]
         else:
-            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-                       "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
-                       *script]
+            command = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--multi_gpu",
+                "--num_processes",
+                str(n),
+                "--num_machines",
+                "1",
+                "--main_process_port",
+                "0",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                *script,
+            ]
         started = time.perf_counter()
         out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -72,28 +85,40 @@ def main() -> int:
 def report(results: dict, counts: list[int]) -> None:
     one = results[counts[0]]
     print(f"machine: {one['machine']}; model {one['model']}, {one['layers']} layers; device {one['device']}")
-    print(f"scoring: {one['candidates']} candidates on {one['items']} items ({one['tokens']} scored-sequence tokens); "
-          f"healing: layer {one['removed']} removed, {one['batch']} x {one['seq_len']} tokens a step")
-    print(f"{'processes':>9} {'threads':>7} {'scoring s':>10} {'vs 1':>6} {'gathered B':>11} {'step s':>8} {'vs 1':>6} "
-          f"{'all-reduce B/step':>18} {'objects B/step':>15} {'wall s':>7}")
+    print(
+        f"scoring: {one['candidates']} candidates on {one['items']} items ({one['tokens']} scored-sequence tokens); "
+        f"healing: layer {one['removed']} removed, {one['batch']} x {one['seq_len']} tokens a step"
+    )
+    print(
+        f"{'processes':>9} {'threads':>7} {'scoring s':>10} {'vs 1':>6} {'gathered B':>11} {'step s':>8} {'vs 1':>6} "
+        f"{'all-reduce B/step':>18} {'objects B/step':>15} {'wall s':>7}"
+    )
     for n in counts:
         r = results[n]
-        print(f"{n:>9} {r['threads']:>7} {r['scoring_s']:>10.2f} {one['scoring_s'] / r['scoring_s']:>5.2f}x "
-              f"{r['scoring_bytes']:>11,} {r['step_s']:>8.3f} {one['step_s'] / r['step_s']:>5.2f}x "
-              f"{r['allreduce_bytes'] if n > 1 else 0:>18,} {r['step_object_bytes']:>15,} {r['wall']:>7.0f}")
+        print(
+            f"{n:>9} {r['threads']:>7} {r['scoring_s']:>10.2f} {one['scoring_s'] / r['scoring_s']:>5.2f}x "
+            f"{r['scoring_bytes']:>11,} {r['step_s']:>8.3f} {one['step_s'] / r['step_s']:>5.2f}x "
+            f"{r['allreduce_bytes'] if n > 1 else 0:>18,} {r['step_object_bytes']:>15,} {r['wall']:>7.0f}"
+        )
     same = all(results[n]["scores"] == one["scores"] for n in counts)
     print(f"importance values identical to one process, bit for bit: {same}")
-    print(f"healing losses, largest relative difference to one process: "
-          f"{max(_rel(results[n]['losses'], one['losses']) for n in counts):.2e}")
+    print(
+        f"healing losses, largest relative difference to one process: "
+        f"{max(_rel(results[n]['losses'], one['losses']) for n in counts):.2e}"
+    )
     # The 8-process model: the measured seconds per layer-forward unit (one decoder layer on every
     # scored sequence) times the busiest rank's units under the sharing a run uses.
     unit = one["scoring_s"] / one["units"]
-    print(f"one process: {unit * 1000:.1f} ms per layer over the {one['sequences']} scored sequences, {one['units']} such units a pass "
-          f"({one['scoring_s'] / one['candidates']:.2f} s per candidate)")
+    print(
+        f"one process: {unit * 1000:.1f} ms per layer over the {one['sequences']} scored sequences, {one['units']} such units a pass "
+        f"({one['scoring_s'] / one['candidates']:.2f} s per candidate)"
+    )
     for n in (2, 4, 8):
         units = one["units_by_size"][str(n)]
-        print(f"  modelled on {n} processes (one GPU each, same per-layer cost): busiest rank {units} units -> "
-              f"{units * unit:.1f} s a pass, {one['units'] / units:.2f}x")
+        print(
+            f"  modelled on {n} processes (one GPU each, same per-layer cost): busiest rank {units} units -> "
+            f"{units * unit:.1f} s a pass, {one['units'] / units:.2f}x"
+        )
 
 
 def _rel(a: list[float], b: list[float]) -> float:
@@ -104,7 +129,7 @@ def worker(args) -> int:
     import torch
 
     from engine.distill.data import DataConfig, distill_blocks
-    from engine.distill.heal import Healer, HealConfig, TeacherCache
+    from engine.distill.heal import HealConfig, Healer, TeacherCache
     from engine.distill.trainable import TrainableConfig, choose_trainable
     from engine.distributed.evaluator import SharedEvaluator, assign_candidates, candidate_cost
     from engine.distributed.ranks import apply_threads, default_threads, from_environment, resolve_device
@@ -141,13 +166,18 @@ def worker(args) -> int:
 
     def units(size: int) -> int:
         shares = assign_candidates(candidates, n, size)
-        return max(max(candidate_cost(c, n)[0] for c in s) + sum(candidate_cost(c, n)[1] for c in s) for s in shares if s)
+        return max(
+            max(candidate_cost(c, n)[0] for c in s) + sum(candidate_cost(c, n)[1] for c in s) for s in shares if s
+        )
 
     # --- healing: steps after one removal, the global batch shared out -----------------------------
     remove_layers(student, args.remove)
     trainable = choose_trainable(layer_map(student), n, args.remove, TrainableConfig())
-    data = DataConfig(seq_len=args.seq_len, train_tokens=(args.steps + 1) * args.batch_size * args.seq_len,
-                      heldout_tokens=args.seq_len)
+    data = DataConfig(
+        seq_len=args.seq_len,
+        train_tokens=(args.steps + 1) * args.batch_size * args.seq_len,
+        heldout_tokens=args.seq_len,
+    )
     train, heldout = distill_blocks(data, teacher.tokenizer)
     config = HealConfig(batch_size=args.batch_size, data=data, warmup_steps=1, early_stop=False)
     cache = TeacherCache(teacher.model, train, heldout, None, 1 << 34, args.batch_size)
@@ -173,15 +203,27 @@ def worker(args) -> int:
     if ranks.is_main:
         result = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-                       + (f", {torch.cuda.get_device_name(device)}" if cuda else ""),
-            "model": args.model, "layers": n, "device": str(device), "threads": torch.get_num_threads(),
-            "candidates": len(candidates), "items": sum(len(v) for v in chosen.values()), "tokens": tokens,
-            "removed": args.remove, "batch": args.batch_size, "seq_len": args.seq_len,
-            "scoring_s": scoring_s, "scoring_bytes": scoring_bytes,
+            + (f", {torch.cuda.get_device_name(device)}" if cuda else ""),
+            "model": args.model,
+            "layers": n,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "candidates": len(candidates),
+            "items": sum(len(v) for v in chosen.values()),
+            "tokens": tokens,
+            "removed": args.remove,
+            "batch": args.batch_size,
+            "seq_len": args.seq_len,
+            "scoring_s": scoring_s,
+            "scoring_bytes": scoring_bytes,
             "scores": {str(c): s for c, s in scores.items()},
-            "units": units(1), "sequences": sequences, "units_by_size": {str(k): units(k) for k in (2, 4, 8)},
-            "step_s": step_s, "losses": losses,
-            "allreduce_bytes": trainable_bytes, "step_object_bytes": step_objects,
+            "units": units(1),
+            "sequences": sequences,
+            "units_by_size": {str(k): units(k) for k in (2, 4, 8)},
+            "step_s": step_s,
+            "losses": losses,
+            "allreduce_bytes": trainable_bytes,
+            "step_object_bytes": step_objects,
         }
         print("RESULT " + json.dumps(result), flush=True)
     return 0

@@ -160,12 +160,17 @@ def validate_config(data: dict) -> RunConfig:
 
 
 def check_processes(config: RunConfig, processes: int) -> None:
-    """Healing keeps the global batch whatever the number of processes, each taking an equal slice
+    """What running on ``processes`` engine processes needs of the config; one line when it cannot.
+
+    Healing keeps the global batch whatever the number of processes, each taking an equal slice
     (so that their averaged gradient is one process's): the batch must divide among them."""
     if processes > 1 and get_strategy(config.strategy).heal and config.heal.batch_size % processes:
         raise ConfigError(f"heal.batch_size {config.heal.batch_size} does not divide among {processes} processes: "
                           f"set --set heal.batch_size to a multiple of {processes}")
     settings = config.distributed
+    if processes > 1 and (config.device or "").startswith("cuda:"):
+        raise ConfigError(f"--device {config.device} names one GPU, but each of the {processes} processes takes its own "
+                          "(cuda:LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
     if settings.heal == "fsdp" and (config.heal.train_norm or config.heal.train_head):
         raise ConfigError("distributed.heal=fsdp shards the trainable decoder layers; heal.train_norm and heal.train_head "
                           "need distributed.heal=ddp")

@@ -152,7 +152,8 @@ def _join_ranks(config):
     import torch
 
     from engine.config import ConfigError, check_processes
-    from engine.distributed.ranks import DistributedError, apply_threads, default_threads, from_environment, launched_size
+    from engine.distributed.ranks import (DistributedError, apply_threads, default_threads, from_environment, launched_size,
+                                         resolve_device)
 
     settings = config.distributed
     cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
@@ -171,6 +172,10 @@ def _join_ranks(config):
     if settings.gpus_per_process > 1:
         os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"  # DDP over processes whose model spans several GPUs
     ranks = from_environment(cpu=not cuda, timeout_s=settings.timeout_s)
+    try:
+        resolve_device(config.device, ranks, settings.gpus_per_process)  # enough GPUs for every rank?
+    except DistributedError as exc:
+        raise SystemExit(_fail(str(exc)))
     apply_threads(config.threads or default_threads(ranks.local_size))
     return ranks
 

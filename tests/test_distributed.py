@@ -28,8 +28,14 @@ from tests.support import ild
 pytestmark = pytest.mark.xdist_group("distributed")
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {"train_tokens": 1536, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001,
-        "checkpoint_every_s": 0.001}
+HEAL = {
+    "train_tokens": 1536,
+    "seq_len": 32,
+    "batch_size": 4,
+    "heldout_tokens": 256,
+    "lr": 0.001,
+    "checkpoint_every_s": 0.001,
+}
 # Fewer tasks than the shared tiny suite (every kind still there): each run here is two processes on two cores.
 SUITE = """
 name: tiny-dist
@@ -63,12 +69,21 @@ def suite(tiny):
 
 
 def _config(tiny, suite, name, strategy, **extra):
-    return {"name": name, "model": str(tiny / "model"), "strategy": strategy, "target_layers": 4, "suite": str(suite),
-            "heal": HEAL, **extra}
+    return {
+        "name": name,
+        "model": str(tiny / "model"),
+        "strategy": strategy,
+        "target_layers": 4,
+        "suite": str(suite),
+        "heal": HEAL,
+        **extra,
+    }
 
 
 def _one_process(run_dir, config):
-    created = subprocess.run([*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True)
+    created = subprocess.run(
+        [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True
+    )
     assert created.returncode == 0, created.stderr
     done = subprocess.run([*ENGINE, str(run_dir)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -142,7 +157,11 @@ def test_threads_and_launch_command(tmp_path):
     assert default_threads(1, cores=16) is None  # one process: torch's own choice
     assert default_threads(2, cores=16) == 8 and default_threads(4, cores=2) == 1
     command = launch_command(tmp_path, 2, threads=1)
-    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[-3:] == ["-m", "engine.worker", str(tmp_path)]
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[-3:] == [
+        "-m",
+        "engine.worker",
+        str(tmp_path),
+    ]
     assert "--num_processes" in command and command[command.index("--num_processes") + 1] == "2"
     assert command[command.index("--main_process_port") + 1] == "0"  # runs sharing a host never share a port
     multi = launch_command(tmp_path, 16, accelerate_config="cluster.yaml", machine_rank=1)
@@ -166,15 +185,34 @@ def test_the_documented_accelerate_configs_load(tmp_path):
     "args,message",
     [
         (["--processes", "3"], "heal.batch_size 4 does not divide among 3 processes"),
-        (["--processes", "2", "--set", "distributed.heal=fsdp", "--set", "heal.train_norm=true"],
-         "fsdp shards the trainable decoder layers"),
-        (["--set", "distributed.gpus_per_process=2", "--device", "cpu"], "gpus_per_process > 1 spreads a model over GPUs"),
+        (
+            ["--processes", "2", "--set", "distributed.heal=fsdp", "--set", "heal.train_norm=true"],
+            "fsdp shards the trainable decoder layers",
+        ),
+        (
+            ["--set", "distributed.gpus_per_process=2", "--device", "cpu"],
+            "gpus_per_process > 1 spreads a model over GPUs",
+        ),
+        (["--processes", "2", "--device", "cuda:1"], "--device cuda:1 names one GPU"),
     ],
 )
 def test_bad_distributed_settings_are_one_line(tiny, suite, tmp_path, args, message):
     runs = tmp_path / "runs"
-    result = ild("run", "--model", str(tiny / "model"), "--target-layers", "4", "--suite", str(suite),
-                 "--runs-dir", str(runs), "--name", "bad", "--headless", *args)
+    result = ild(
+        "run",
+        "--model",
+        str(tiny / "model"),
+        "--target-layers",
+        "4",
+        "--suite",
+        str(suite),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "bad",
+        "--headless",
+        *args,
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (runs / "bad").exists()
@@ -186,14 +224,37 @@ def test_two_processes_score_decide_and_export_as_one(tiny, suite, tmp_path):
     runs = tmp_path / "runs"
     reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-pruning"))
     two = runs / "two"
-    command = ["run", "--model", str(tiny / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
-               "--suite", str(suite), "--runs-dir", str(runs), "--name", "two", "--processes", "2", "--threads", "1",
-               "--mode", "manual", "--detach"]
+    command = [
+        "run",
+        "--model",
+        str(tiny / "model"),
+        "--strategy",
+        "iterative-pruning",
+        "--target-layers",
+        "4",
+        "--suite",
+        str(suite),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "two",
+        "--processes",
+        "2",
+        "--threads",
+        "1",
+        "--mode",
+        "manual",
+        "--detach",
+    ]
     started = ild(*command)
     assert started.returncode == 0, started.stderr
     tailer = EventTailer(two / "events.jsonl")
     for iteration in (1, 2):
-        _wait(tailer, lambda e, i=iteration: e["type"] == "awaiting_decision" and e["iteration"] == i, f"a decision {iteration}")
+        _wait(
+            tailer,
+            lambda e, i=iteration: e["type"] == "awaiting_decision" and e["iteration"] == i,
+            f"a decision {iteration}",
+        )
         if iteration == 2:
             assert ild("pause", "two", "--runs-dir", str(runs)).returncode == 0
             time.sleep(1.5)
@@ -229,14 +290,24 @@ def test_healing_on_two_processes_survives_a_killed_rank_and_resumes_on_one(tiny
     runs = tmp_path / "runs"
     reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-distill"))
     two = runs / "two"
-    created = subprocess.run([*ENGINE, str(two), "--create"], capture_output=True, text=True,
-                             input=json.dumps(_config(tiny, suite, "two", "iterative-distill",
-                                                      distributed={"processes": 2})))
+    created = subprocess.run(
+        [*ENGINE, str(two), "--create"],
+        capture_output=True,
+        text=True,
+        input=json.dumps(_config(tiny, suite, "two", "iterative-distill", distributed={"processes": 2})),
+    )
     assert created.returncode == 0, created.stderr
-    supervisor = subprocess.Popen([sys.executable, "-m", "engine.distributed.supervise", str(two)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "engine.distributed.supervise", str(two)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tailer = EventTailer(two / "events.jsonl")
-    _wait(tailer, lambda e: e["type"] == "train_step" and e["iteration"] == 2 and e["step"] >= 4, "healing step 4 of iteration 2")
+    _wait(
+        tailer,
+        lambda e: e["type"] == "train_step" and e["iteration"] == 2 and e["step"] >= 4,
+        "healing step 4 of iteration 2",
+    )
     _rank(supervisor.pid, 1).send_signal(signal.SIGKILL)
     assert supervisor.wait(timeout=120) == 1
     events = read_all(two / "events.jsonl")
@@ -272,12 +343,20 @@ def test_sharded_healing_stops_on_sigterm_and_resumes_on_one_process(tiny, suite
     fixed = {"target_layers": None, "removals": [2]}  # no scoring: straight to healing
     reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-distill", **fixed))
     run = runs / "term"
-    created = subprocess.run([*ENGINE, str(run), "--create"], capture_output=True, text=True,
-                             input=json.dumps(_config(tiny, suite, "term", "iterative-distill", **fixed,
-                                                      distributed={"processes": 2, "heal": "fsdp"})))
+    created = subprocess.run(
+        [*ENGINE, str(run), "--create"],
+        capture_output=True,
+        text=True,
+        input=json.dumps(
+            _config(tiny, suite, "term", "iterative-distill", **fixed, distributed={"processes": 2, "heal": "fsdp"})
+        ),
+    )
     assert created.returncode == 0, created.stderr
-    supervisor = subprocess.Popen([sys.executable, "-m", "engine.distributed.supervise", str(run)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "engine.distributed.supervise", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tailer = EventTailer(run / "events.jsonl")
     _wait(tailer, lambda e: e["type"] == "train_step" and e["step"] >= 3, "healing step 3")
     supervisor.send_signal(signal.SIGTERM)

@@ -17,9 +17,17 @@ the per-item results are gathered on every rank, and merged into the order one p
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-from engine.tasks.evaluate import Candidate, ForwardCount, ItemScores, ItemSelection, Progress, SuiteEvaluator, task_score
+from engine.tasks.evaluate import (
+    Candidate,
+    ForwardCount,
+    ItemScores,
+    ItemSelection,
+    Progress,
+    SuiteEvaluator,
+    task_score,
+)
 
 from .ranks import Ranks
 
@@ -58,7 +66,13 @@ def merge_item_scores(parts: list[ItemScores], order: dict[int, int]) -> ItemSco
     rows = []
     for part in parts:
         for k, item in enumerate(part.items):
-            rows.append((order.get(item, len(order)), item, [getattr(part, c)[k] if getattr(part, c) else None for c in _COLUMNS[1:]]))
+            rows.append(
+                (
+                    order.get(item, len(order)),
+                    item,
+                    [getattr(part, c)[k] if getattr(part, c) else None for c in _COLUMNS[1:]],
+                )
+            )
     rows.sort(key=lambda r: (r[0], r[1]))
     out = ItemScores()
     for _, item, values in rows:
@@ -88,17 +102,32 @@ class SharedEvaluator:
 
     def _item_order(self) -> dict[str, dict[int, int]]:
         if self._order is None:
-            self._order = {task: {item: k for k, item in enumerate(items)} for task, items in self.inner.items().items()}
+            self._order = {
+                task: {item: k for k, item in enumerate(items)} for task, items in self.inner.items().items()
+            }
         return self._order
 
-    def evaluate(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None,
-                 items: ItemSelection | None = None) -> dict[Candidate, dict[str, float]]:
+    def evaluate(
+        self,
+        candidates: Iterable[Candidate] = (None,),
+        shared: bool = True,
+        progress: Progress | None = None,
+        items: ItemSelection | None = None,
+    ) -> dict[Candidate, dict[str, float]]:
         per_item = self.evaluate_items(candidates, shared=shared, progress=progress, items=items)
         specs = {t.spec.name: t.spec for t in self.inner.tasks}
-        return {c: {name: task_score(specs[name], scores) for name, scores in tasks.items()} for c, tasks in per_item.items()}
+        return {
+            c: {name: task_score(specs[name], scores) for name, scores in tasks.items()}
+            for c, tasks in per_item.items()
+        }
 
-    def evaluate_items(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None,
-                       items: ItemSelection | None = None) -> dict[Candidate, dict[str, ItemScores]]:
+    def evaluate_items(
+        self,
+        candidates: Iterable[Candidate] = (None,),
+        shared: bool = True,
+        progress: Progress | None = None,
+        items: ItemSelection | None = None,
+    ) -> dict[Candidate, dict[str, ItemScores]]:
         candidates = list(dict.fromkeys(candidates))
         size, rank = self.ranks.size, self.ranks.rank
         if size == 1:
@@ -106,7 +135,9 @@ class SharedEvaluator:
             out = self.inner.evaluate_items(candidates, shared=shared, progress=progress, items=items)
             self._count(self.inner.forwards - before)
             return out
-        selection = {task: list(chosen) for task, chosen in (items if items is not None else self.inner.items()).items()}
+        selection = {
+            task: list(chosen) for task, chosen in (items if items is not None else self.inner.items()).items()
+        }
         if len(candidates) >= size:
             from engine.models.adapters import adapter_for
 

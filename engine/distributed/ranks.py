@@ -109,8 +109,9 @@ def from_environment(cpu: bool, timeout_s: float) -> Ranks:
 
     state = PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s))
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-    return Ranks(size=state.num_processes, rank=state.process_index, local_rank=state.local_process_index,
-                 local_size=local_size)
+    return Ranks(
+        size=state.num_processes, rank=state.process_index, local_rank=state.local_process_index, local_size=local_size
+    )
 
 
 def available_cores() -> int:
@@ -154,8 +155,10 @@ def resolve_device(requested: str | None, ranks: Ranks, gpus_per_process: int = 
         return torch.device(requested) if requested else best_device()
     kind = torch.device(requested).type if requested else best_device().type
     if requested and requested.startswith("cuda:") and ranks.distributed:
-        raise DistributedError(f"--device {requested} names one GPU, but every process takes its own "
-                               "(cuda:LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
+        raise DistributedError(
+            f"--device {requested} names one GPU, but every process takes its own "
+            "(cuda:LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     if kind != "cuda":
         if gpus_per_process > 1:
             raise DistributedError("distributed.gpus_per_process > 1 places a model across GPUs; there are none here")
@@ -163,8 +166,10 @@ def resolve_device(requested: str | None, ranks: Ranks, gpus_per_process: int = 
     first = ranks.local_rank * gpus_per_process
     needed = (ranks.local_rank + 1) * gpus_per_process
     if torch.cuda.device_count() < needed:
-        raise DistributedError(f"{ranks.local_size} processes x {gpus_per_process} GPU(s) each need {ranks.local_size * gpus_per_process} "
-                               f"GPUs on this host; {torch.cuda.device_count()} are visible")
+        raise DistributedError(
+            f"{ranks.local_size} processes x {gpus_per_process} GPU(s) each need {ranks.local_size * gpus_per_process} "
+            f"GPUs on this host; {torch.cuda.device_count()} are visible"
+        )
     torch.cuda.set_device(first)
     return torch.device("cuda", first)
 

@@ -99,7 +99,11 @@ def shard_optimizer_state(saved: dict, params: list[nn.Parameter]) -> dict:
     for i, state in saved["state"].items():
         p = params[int(i)]
         if isinstance(p, DTensor):
-            state = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
-                     if torch.is_tensor(v) and v.shape == p.shape else v for k, v in state.items()}
+            state = {
+                k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                if torch.is_tensor(v) and v.shape == p.shape
+                else v
+                for k, v in state.items()
+            }
         out["state"][i] = state
     return out

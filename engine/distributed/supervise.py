@@ -67,9 +67,16 @@ def processes_in(accelerate_config: str) -> int:
     return int(data.get("num_processes") or 1)
 
 
-def launch_command(run_dir: Path, processes: int, accelerate_config: str | None = None, machine_rank: int | None = None,
-                   threads: int | None = None, explicit_processes: bool = False, main_process_ip: str | None = None,
-                   main_process_port: int | None = None) -> list[str]:
+def launch_command(
+    run_dir: Path,
+    processes: int,
+    accelerate_config: str | None = None,
+    machine_rank: int | None = None,
+    threads: int | None = None,
+    explicit_processes: bool = False,
+    main_process_ip: str | None = None,
+    main_process_port: int | None = None,
+) -> list[str]:
     """The ``accelerate launch`` command line that starts the engine's ranks."""
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
@@ -85,8 +92,19 @@ def launch_command(run_dir: Path, processes: int, accelerate_config: str | None 
     else:
         # One machine: torchrun's launcher (accelerate's --multi_gpu path; on a CPU-only host the
         # ranks then join over gloo), a free port so that several runs can share a host.
-        command += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-                    "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command += [
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            "0",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     if threads:
         command += ["--num_cpu_threads_per_process", str(threads)]
     return [*command, *WORKER, str(run_dir)]
@@ -144,8 +162,9 @@ def supervise(run_dir: Path, command: list[str], machine_rank: int | None = None
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env, process_group=0)
+    launcher = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, process_group=0
+    )
     output = _Output(launcher.stdout)
     last_forward = [0.0]
 
@@ -173,7 +192,9 @@ def supervise(run_dir: Path, command: list[str], machine_rank: int | None = None
         # The engine refused to start (bad input, run already live): its ranks said why.
         return (EXIT_USAGE if output.said else EXIT_FAILED) if code else 0
     detail = output.cause
-    error = f"an engine process ended without a final event (launcher exit code {code})" + (f": {detail}" if detail else "")
+    error = f"an engine process ended without a final event (launcher exit code {code})" + (
+        f": {detail}" if detail else ""
+    )
     return _record_failure(rd, offset, error, events)
 
 
@@ -190,27 +211,37 @@ def _record_failure(rd, offset: int, error: str, events: list[dict], wait_s: flo
             break
         except LockHeld:
             if time.monotonic() > deadline:
-                return _fail(f"{error}; an engine process still holds {rd.lock_file}, so nothing was written", EXIT_FAILED)
+                return _fail(
+                    f"{error}; an engine process still holds {rd.lock_file}, so nothing was written", EXIT_FAILED
+                )
     try:
         events = _events_from(rd.events_file, offset)  # rank 0 may have said it while we waited
         if any(e.get("type") in FINAL for e in events):
             return EXIT_FAILED
         iteration = max((e["iteration"] for e in events if isinstance(e.get("iteration"), int)), default=0)
         with EventWriter(rd.events_file) as writer:
-            writer.emit("run_failed", error=error, iteration=iteration,
-                        hint="the run can be resumed from its last checkpoint with `ild resume RUN` (any number of processes)")
+            writer.emit(
+                "run_failed",
+                error=error,
+                iteration=iteration,
+                hint="the run can be resumed from its last checkpoint with `ild resume RUN` (any number of processes)",
+            )
     finally:
         lock.release()
     return _fail(f"run failed: {error}", EXIT_FAILED)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.distributed.supervise",
-                                     description="Start a run's engine processes (accelerate launch) and answer for them.")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.distributed.supervise",
+        description="Start a run's engine processes (accelerate launch) and answer for them.",
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--processes", type=int, help="engine processes (default: the run's distributed.processes)")
     parser.add_argument("--accelerate-config", help="an accelerate config file (machines, processes, FSDP, ...)")
-    parser.add_argument("--machine-rank", type=int, help="this machine's rank in a multi-node run (with --accelerate-config)")
+    parser.add_argument(
+        "--machine-rank", type=int, help="this machine's rank in a multi-node run (with --accelerate-config)"
+    )
     parser.add_argument("--main-process-ip", help="the first machine's address (overrides the accelerate config's)")
     parser.add_argument("--main-process-port", type=int, help="its port (overrides the accelerate config's)")
     args = parser.parse_args(argv)
@@ -235,9 +266,16 @@ def main(argv: list[str] | None = None) -> int:
         from engine.distributed.ranks import default_threads
 
         threads = default_threads(processes)
-    command = launch_command(args.run_dir, processes, accelerate_config, args.machine_rank, threads,
-                             explicit_processes=args.processes is not None, main_process_ip=args.main_process_ip,
-                             main_process_port=args.main_process_port)
+    command = launch_command(
+        args.run_dir,
+        processes,
+        accelerate_config,
+        args.machine_rank,
+        threads,
+        explicit_processes=args.processes is not None,
+        main_process_ip=args.main_process_ip,
+        main_process_port=args.main_process_port,
+    )
     return supervise(args.run_dir, command, args.machine_rank)
 
 
