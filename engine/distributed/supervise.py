@@ -186,6 +186,12 @@ def supervise(run_dir: Path, command: list[str], machine_rank: int | None = None
         return 0 if code == 0 else EXIT_FAILED
     events = _events_from(rd.events_file, offset)
     final = [e for e in events if e.get("type") in FINAL]
+    if final and final[-1].get("reason") == "stopped" and code and not last_forward[0] and output.cause:
+        # Nobody asked for a stop: a rank died and the launcher stopped the others with SIGTERM,
+        # which rank 0 took for a stop (it cannot tell the two apart). Say what happened.
+        message = f"{output.cause}; the launcher then stopped the other ranks. `ild resume` continues the run"
+        _write_as_engine(rd, offset, "alert", {"level": "error", "message": message}, after_final=True)
+        return _fail(message, EXIT_FAILED)
     if final:
         return 0 if final[-1]["type"] == "run_finished" else EXIT_FAILED
     if not any(e.get("type") == "engine_started" for e in events):
@@ -195,11 +201,16 @@ def supervise(run_dir: Path, command: list[str], machine_rank: int | None = None
     error = f"an engine process ended without a final event (launcher exit code {code})" + (
         f": {detail}" if detail else ""
     )
-    return _record_failure(rd, offset, error, events)
+    hint = "the run can be resumed from its last checkpoint with `ild resume RUN` (any number of processes)"
+    if not _write_as_engine(rd, offset, "run_failed", {"error": error, "hint": hint}):
+        return _fail(f"{error}; an engine process still holds {rd.lock_file}, so nothing was written", EXIT_FAILED)
+    return _fail(f"run failed: {error}", EXIT_FAILED)
 
 
-def _record_failure(rd, offset: int, error: str, events: list[dict], wait_s: float = 60.0) -> int:
-    """Write ``run_failed`` for the dead engine, as the run's only writer (holding its lock)."""
+def _write_as_engine(rd, offset: int, kind: str, fields: dict, after_final: bool = False, wait_s: float = 60.0) -> bool:
+    """Append one event for the engine that ended, as the run's only writer: holding its lock, which
+    rank 0 held until it ended. Nothing when the lock stays held, or (unless ``after_final``) when
+    rank 0 wrote its final event meanwhile. True when the log has its word."""
     from engine.runlog.events import EventWriter
     from engine.runlog.lock import EngineLock, LockHeld
 
@@ -211,24 +222,17 @@ def _record_failure(rd, offset: int, error: str, events: list[dict], wait_s: flo
             break
         except LockHeld:
             if time.monotonic() > deadline:
-                return _fail(
-                    f"{error}; an engine process still holds {rd.lock_file}, so nothing was written", EXIT_FAILED
-                )
+                return False
     try:
-        events = _events_from(rd.events_file, offset)  # rank 0 may have said it while we waited
-        if any(e.get("type") in FINAL for e in events):
-            return EXIT_FAILED
+        events = _events_from(rd.events_file, offset)
+        if not after_final and any(e.get("type") in FINAL for e in events):
+            return True
         iteration = max((e["iteration"] for e in events if isinstance(e.get("iteration"), int)), default=0)
         with EventWriter(rd.events_file) as writer:
-            writer.emit(
-                "run_failed",
-                error=error,
-                iteration=iteration,
-                hint="the run can be resumed from its last checkpoint with `ild resume RUN` (any number of processes)",
-            )
+            writer.emit(kind, **fields, iteration=iteration)
     finally:
         lock.release()
-    return _fail(f"run failed: {error}", EXIT_FAILED)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
