@@ -75,6 +75,21 @@ class HealSettings(_Strict):
     min_delta: float = Field(default=0.002, ge=0)
 
 
+class DistributedSettings(_Strict):
+    """How many engine processes share a run, and how (see docs/distributed.md).
+
+    ``processes`` and ``accelerate_config`` are how ``ild run`` launched the run and what ``ild
+    resume`` launches again unless told otherwise: a run can continue on another number of
+    processes from its checkpoints.
+    """
+
+    processes: int = Field(default=1, ge=1)  # engine processes on this host, one per GPU (accelerate launch)
+    accelerate_config: str | None = None  # an `accelerate config` file: machines, processes, ... (multi-node)
+    gpus_per_process: int = Field(default=1, ge=1)  # > 1: each process spreads its model over that many GPUs (device_map)
+    heal: Literal["ddp", "fsdp"] = "ddp"  # how the ranks share healing: replicas (DDP) or shards (FSDP, GPUs only)
+    timeout_s: float = Field(default=900.0, gt=0)  # a collective waiting longer fails the run instead of hanging
+
+
 def heal_default(name: str):
     """The default of one healing setting, for the dataclasses that mirror parts of it."""
     return HealSettings.model_fields[name].default
@@ -102,6 +117,8 @@ class RunConfig(_Strict):
     device: str | None = None
     notify_cmd: str | None = None
     stall_seconds: float = Field(default=900.0, gt=0)
+    threads: int | None = Field(default=None, ge=1)  # CPU threads per engine process (None: torch's choice, or cores / processes)
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
     def importance_metric(self) -> str:
         return self.importance or get_strategy(self.strategy).importance
@@ -138,7 +155,29 @@ def validate_config(data: dict) -> RunConfig:
         )
     if config.mode == "auto-after" and not config.auto_after_seconds:
         raise ConfigError("mode auto-after needs a number of seconds")
+    check_processes(config, config.distributed.processes)
     return config
+
+
+def check_processes(config: RunConfig, processes: int) -> None:
+    """What running on ``processes`` engine processes needs of the config; one line when it cannot.
+
+    Healing keeps the global batch whatever the number of processes, each taking an equal slice
+    (so that their averaged gradient is one process's): the batch must divide among them."""
+    if processes > 1 and get_strategy(config.strategy).heal and config.heal.batch_size % processes:
+        raise ConfigError(f"heal.batch_size {config.heal.batch_size} does not divide among {processes} processes: "
+                          f"set --set heal.batch_size to a multiple of {processes}")
+    settings = config.distributed
+    if processes > 1 and (config.device or "").startswith("cuda:"):
+        raise ConfigError(f"--device {config.device} names one GPU, but each of the {processes} processes takes its own "
+                          "(cuda:LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
+    if settings.heal == "fsdp" and (config.heal.train_norm or config.heal.train_head):
+        raise ConfigError("distributed.heal=fsdp shards the trainable decoder layers; heal.train_norm and heal.train_head "
+                          "need distributed.heal=ddp")
+    if settings.heal == "fsdp" and settings.gpus_per_process > 1:
+        raise ConfigError("distributed.heal=fsdp and distributed.gpus_per_process > 1 are two ways to fit a model: choose one")
+    if settings.gpus_per_process > 1 and config.device == "cpu":
+        raise ConfigError("distributed.gpus_per_process > 1 spreads a model over GPUs; it cannot with --device cpu")
 
 
 def _check_removals(config: RunConfig) -> None:

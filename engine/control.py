@@ -126,6 +126,12 @@ class Controller:
                 self.stop_signal = "reported"
             raise StopRequested()
 
+    def lockstep_point(self) -> None:
+        """A safe point where every engine process of the run is at the same place of the recipe
+        (between phases, each healing step): where several ranks agree on pause and stop (see
+        ``engine.distributed.control``). One process: a safe point that reads the inbox now."""
+        self.safe_point(force=True)
+
     def poll(self) -> None:
         for command in self.inbox.pending():
             reason = self.inbox.validate(command)

@@ -22,7 +22,9 @@ import torch
 from engine import faults
 from engine.checkpoints import Checkpoint, CheckpointStore, layer_group
 from engine.config import RunConfig
-from engine.control import Controller, Decision, StopRequested
+from engine.control import Decision, StopRequested
+from engine.distributed.control import RankedController
+from engine.distributed.ranks import SINGLE, Ranks
 from engine.evaluation import Evaluation, summary
 from engine.models.adapters import adapter_for
 from engine.models.export import export_model
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 class Progress:
     """Throttled progress as `phase` events (a few a second at most), and a safe point per call."""
 
-    control: Controller
+    control: RankedController
     iteration: int = 0
     phase: str = ""
     last: float = 0.0
@@ -58,7 +60,8 @@ class Progress:
 
 
 class Runner:
-    def __init__(self, run_dir: str | Path, config: RunConfig):
+    def __init__(self, run_dir: str | Path, config: RunConfig, ranks: Ranks = SINGLE):
+        self.ranks = ranks  # the engine processes of this run; rank 0 alone writes the run directory
         self.rundir = RunDir(run_dir)
         self.config = config
         self.strategy = get_strategy(config.strategy)
@@ -83,8 +86,8 @@ class Runner:
     def run(self) -> str:
         """Run to the end; returns the reason the run finished."""
         config = self.config
-        self.control = Controller(self.rundir, config.mode, config.auto_after_seconds, notify_cmd=config.notify_cmd,
-                                  stall_seconds=config.stall_seconds)
+        self.control = RankedController(self.ranks, self.rundir, config.mode, config.auto_after_seconds,
+                                        notify_cmd=config.notify_cmd, stall_seconds=config.stall_seconds)
         with self.control:
             try:
                 return self._run()
@@ -130,16 +133,19 @@ class Runner:
         torch.manual_seed(config.seed)
         self.progress = Progress(self.control)
         self._logged = read_all(self.rundir.events_file)
-        for name in self.store.clean_leftovers():
-            log.info("removed %s, left half-written by an engine that was killed", name)
+        if self.ranks.is_main:
+            for name in self.store.clean_leftovers():
+                log.info("removed %s, left half-written by an engine that was killed", name)
+        self.ranks.barrier()  # every rank has read the log and sees the cleaned checkpoints
         checkpoint = self.store.latest()
-        self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint.name if checkpoint else None)
+        self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint.name if checkpoint else None,
+                  threads=torch.get_num_threads(), **({"processes": self.ranks.size} if self.ranks.distributed else {}))
         if checkpoint is not None and checkpoint.note:
             self.say(checkpoint.note, level="warning")
-        self.control.safe_point(force=True)
+        self.control.lockstep_point()
 
         self._phase("loading", f"loading {config.model}")
-        loaded = load_model(config.model, device=config.device)
+        loaded = self._load()
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         if checkpoint is None and not self._logged_event("run_started"):
             self.emit("run_started", name=config.name, model=config.model, model_version=model_version(config.model),
@@ -153,9 +159,13 @@ class Runner:
         self._phase("preparing", f"tokenising suite '{config.suite}'")
         self.evaluation = Evaluation(self.model, self.tokenizer, config.suite, config.report_suite, config.batch_tokens,
                                      config.split_seed)
+        if self.ranks.distributed:
+            from engine.distributed.evaluator import share_evaluation
+
+            share_evaluation(self.evaluation, self.ranks, self.control.lockstep_point)
         self.teacher = None
         if self.metric == "loss_kl" or self.strategy.heal:
-            self.teacher = load_model(config.model, device=config.device).model
+            self.teacher = self._load().model
         self.calibration = self._calibration() if self._needs_calibration() else []
         self.healer = self._healer() if self.strategy.heal else None
         from engine.importance.racing import RacingSettings
@@ -300,7 +310,7 @@ class Runner:
 
             untie_head(self.model)
             self.modified.add("head")
-        return Healer(self.model, cache, self.heal_config)
+        return Healer(self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp")
 
     def heal(self, decision: Decision, partial) -> None:
         from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
@@ -319,13 +329,15 @@ class Runner:
 
         def save_partial(state: HealState) -> None:
             faults.point("partial_checkpoint")
+            if not self.ranks.is_main:
+                return
             self.store.save_partial(self.iteration, state.step, chosen, trainable, state.to_saved())
             self.emit("checkpoint", iteration=self.iteration, name=f"partial-{self.iteration}-{state.step}", partial=True,
                       step=state.step)
 
         def interrupt() -> bool:
             try:
-                self.control.safe_point()
+                self.control.lockstep_point()
             except StopRequested:
                 return True
             return False
@@ -374,7 +386,7 @@ class Runner:
                  f"{self.config.min_retention:.0%} of the teacher's {self.teacher_report:.4f}: keeping the student of "
                  f"iteration {self.iteration - 1}")
         checkpoint = self.store.latest()
-        self.model = load_model(self.config.model, device=self.config.device).model
+        self.model = self._load().model
         self.removed, self.iteration = list(checkpoint.removed), checkpoint.iteration
         self.store.restore(self.model, checkpoint)
         self.export()
@@ -386,13 +398,16 @@ class Runner:
     def checkpoint(self) -> None:
         faults.point("checkpoint")
         extra = {"one_shot": {str(k): v for k, v in self.one_shot.items()}} if self.one_shot else {}
-        path = self.store.save(self.iteration, self.removed, self.model, sorted(self.modified), extra)
-        self.emit("checkpoint", iteration=self.iteration, name=str(self.iteration), path=str(path))
-        self._write_state()
+        if self.ranks.is_main:
+            path = self.store.save(self.iteration, self.removed, self.model, sorted(self.modified), extra)
+            self.emit("checkpoint", iteration=self.iteration, name=str(self.iteration), path=str(path))
+            self._write_state()
 
     def export(self) -> None:
         self._phase("exporting", str(self.rundir.export_dir))
         faults.point("export")
+        if not self.ranks.is_main:
+            return
         export_model(self.model, self.tokenizer, self.rundir.export_dir, {
             "teacher": self.config.model, "strategy": self.config.strategy, "run": self.config.name,
             "removal_order": self.removed_layers,
@@ -408,10 +423,20 @@ class Runner:
         self.control.notify("stopped" if reason == "stopped" else "finished", message)
 
     def _write_state(self, finished: bool = False) -> None:
+        if not self.ranks.is_main:
+            return
         write_state(self.rundir, {"iteration": self.iteration, "removed": self.removed_layers, "mapping": layer_map(self.model),
                                   "last_checkpoint": str(self.iteration), "mode": self.control.mode, "finished": finished})
 
     # --- helpers --------------------------------------------------------------------------------
+    def _load(self):
+        """The model on this rank's device (rank 0 first: downloads and GGUF caches happen once)."""
+        from engine.distributed.ranks import resolve_device
+
+        gpus = self.config.distributed.gpus_per_process
+        with self.ranks.main_first():
+            return load_model(self.config.model, device=resolve_device(self.config.device, self.ranks, gpus), gpus=gpus)
+
     @property
     def depth(self) -> int:
         return adapter_for(self.model).num_layers

@@ -104,8 +104,14 @@ def create(run_dir: Path, data: dict) -> int:
     return 0
 
 
-def _setup_logging(run_dir: Path) -> None:
-    handler = logging.FileHandler(RunDir(run_dir).log_file)
+def _log_file(run_dir: Path, rank: int = 0) -> Path:
+    """Rank 0 writes the run's engine.log; the other ranks of a multi-process run one each."""
+    log_file = RunDir(run_dir).log_file
+    return log_file if rank == 0 else log_file.with_name(f"{log_file.stem}.rank{rank}{log_file.suffix}")
+
+
+def _setup_logging(run_dir: Path, rank: int = 0) -> None:
+    handler = logging.FileHandler(_log_file(run_dir, rank))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -140,6 +146,40 @@ def _load_config(run_dir: Path):
         raise SystemExit(_fail(f"{path}: {str(exc).splitlines()[0]}"))
 
 
+def _join_ranks(config):
+    """This process's place among the run's processes (one, or those ``accelerate launch`` started),
+    with its share of the CPU threads."""
+    import torch
+
+    from engine.config import ConfigError, check_processes
+    from engine.distributed.ranks import (DistributedError, apply_threads, default_threads, from_environment, launched_size,
+                                         resolve_device)
+
+    settings = config.distributed
+    cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
+    # An accelerate config's own engines: FSDP is ours to apply (to the trainable layers, see
+    # engine.distributed.sharding), not accelerate's to wrap the whole student with.
+    if os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        settings.heal = "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise SystemExit(_fail("DeepSpeed is not supported: use distributed_type MULTI_GPU (DDP) or FSDP in the accelerate config"))
+    try:
+        if settings.gpus_per_process > 1 and not cuda:
+            raise DistributedError("distributed.gpus_per_process > 1 spreads a model over GPUs and this host has none")
+        check_processes(config, launched_size())
+    except (DistributedError, ConfigError) as exc:
+        raise SystemExit(_fail(str(exc)))
+    if settings.gpus_per_process > 1:
+        os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"  # DDP over processes whose model spans several GPUs
+    ranks = from_environment(cpu=not cuda, timeout_s=settings.timeout_s)
+    try:
+        resolve_device(config.device, ranks, settings.gpus_per_process)  # enough GPUs for every rank?
+    except DistributedError as exc:
+        raise SystemExit(_fail(str(exc)))
+    apply_threads(config.threads or default_threads(ranks.local_size))
+    return ranks
+
+
 def run(run_dir: Path) -> int:
     import signal
 
@@ -153,22 +193,30 @@ def run(run_dir: Path) -> int:
 
     config = _load_config(run_dir)
     _quiet_libraries()
-    _setup_logging(run_dir)
+    ranks = _join_ranks(config)
+    _setup_logging(run_dir, ranks.rank)
+    who = f"rank {ranks.rank}: " if ranks.rank else ""
     lock = EngineLock(run_dir)
-    try:
-        lock.acquire()
-    except LockHeld:
-        return _fail(f"an engine is already running on {run_dir}")
+    refused = None
+    if ranks.is_main:  # rank 0 owns the run directory; the others follow its answer
+        try:
+            lock.acquire()
+        except LockHeld:
+            refused = f"an engine is already running on {run_dir}"
+    refused = ranks.broadcast(refused)
+    if refused:
+        return _fail(refused) if ranks.is_main else EXIT_USAGE
     try:
         from engine.runner import Runner
 
-        Runner(run_dir, config).run()
+        Runner(run_dir, config, ranks).run()
         return 0
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # recorded as run_failed by the runner; one line here
+    except Exception as exc:  # recorded as run_failed by the runner (rank 0); one line here
         logging.getLogger(__name__).exception("run failed")
-        return _fail(f"run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (details in {run_dir / 'engine.log'})", EXIT_FAILED)
+        return _fail(f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                     f"(details in {_log_file(run_dir, ranks.rank)})", EXIT_FAILED)
     finally:
         lock.release()
 

@@ -195,6 +195,22 @@ def attach(ctx, run_ref, runs_dir, theme):
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best there is).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Engine processes, one per GPU (accelerate launch); on a CPU each takes its share of the cores.",
+)
+@click.option(
+    "--accelerate-config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="An `accelerate config` file (machines, processes): multi-node runs, see docs/distributed.md.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine process.")
+@click.option(
+    "--create-only", is_flag=True, help="Make the run directory and print it; start it later (a scheduler, ild resume)."
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -221,6 +237,10 @@ def run(
     mode=None,
     auto_after=None,
     notify_cmd=None,
+    processes=None,
+    accelerate_config=None,
+    threads=None,
+    create_only=False,
 ):
     """Start a pruning run.
 
@@ -273,6 +293,13 @@ def run(
         config["importance"] = importance
     if device:
         config["device"] = device
+    if threads:
+        config["threads"] = threads
+    if processes or accelerate_config:
+        config["distributed"] = {
+            **({"processes": processes} if processes else {}),
+            **({"accelerate_config": str(Path(accelerate_config).resolve())} if accelerate_config else {}),
+        }
     try:
         _apply_overrides(config, overrides)
     except ValueError as exc:
@@ -281,6 +308,9 @@ def run(
         create_run(run_dir, config)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
+    if create_only:
+        click.echo(run_dir)
+        return
     if not headless:
         from .launch import start_detached
 
@@ -343,7 +373,19 @@ def _console():
 @main.command()
 @click.argument("run_ref", metavar="RUN", required=False)
 @runs_dir_option
-def resume(run_ref, runs_dir):
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Continue on this many engine processes (default: as the run was started).",
+)
+@click.option(
+    "--accelerate-config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Continue with this accelerate config file.",
+)
+def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
     """Resume a paused run, or continue a stopped, failed or dead one from its last checkpoint."""
     from engine.runlog.lock import is_alive
 
@@ -361,9 +403,11 @@ def resume(run_ref, runs_dir):
     row, _ = summarise(run_dir)
     if row.status == "finished":
         raise Failure(f"run {run_dir.name} already finished", EXIT_USAGE)
+    from .launch import launch_args
+
     with HeadlessView() as view:
         view.line(f"resuming {run_dir.path}")
-        outcome = run_foreground(run_dir.path, view.handle)
+        outcome = run_foreground(run_dir.path, view.handle, launch=launch_args(processes, accelerate_config))
     if outcome.code == 130:
         raise Failure(f"interrupted; continue with: ild resume {run_dir.name}", 130)
     if outcome.code != 0:

@@ -15,6 +15,15 @@ from engine.runlog.layout import RunDir
 from engine.runlog.tailer import EventTailer
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
+# Starts a run's engine: itself (exec) for one process, `accelerate launch` for several (and then
+# records a rank's death as run_failed).
+SUPERVISOR = [sys.executable, "-m", "engine.distributed.supervise"]
+
+
+def launch_args(processes: int | None = None, accelerate_config: str | None = None) -> list[str]:
+    """What ``ild resume --processes`` passes on (None: what the run's config says)."""
+    args = ["--processes", str(processes)] if processes is not None else []
+    return [*args, *(["--accelerate-config", accelerate_config] if accelerate_config else [])]
 
 
 class LaunchError(Exception):
@@ -64,7 +73,7 @@ class EngineExit:
     message: str | None  # the engine's own one-line reason (``ild: ...`` on its stderr), if it gave one
 
 
-def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> EngineExit:
+def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str] = ()) -> EngineExit:
     """Run the engine as a child and feed every event to ``on_event``; return how it ended.
 
     Ctrl-C is passed on to the engine, which records it; the run resumes later from its
@@ -74,9 +83,15 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> EngineExit:
     log = _open_out(rd)
     start = log.tell()  # what this engine writes, not an earlier one's
     child = subprocess.Popen(
-        [*ENGINE, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
+        [*SUPERVISOR, str(run_dir), *launch], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
     )
     tailer = EventTailer(rd.events_file)
+    # SIGTERM (a scheduler's preemption, `kill`) is the engine's to handle: it stops at its next
+    # safe point with a checkpoint, and this process follows it to the end.
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    except ValueError:  # not the main thread: signals are not ours to take
+        previous = None
     try:
         while True:
             for event in tailer.poll():
@@ -96,6 +111,8 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2) -> EngineExit:
             on_event(event)
         return EngineExit(run_dir, 130, None)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         log.close()
 
 
@@ -116,11 +133,11 @@ def _ignore_hangup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def start_detached(run_dir: Path) -> int:
+def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
     """Start the engine in its own session: closing the terminal, SIGHUP or an SSH drop leave it running."""
     with _open_out(RunDir(run_dir)) as log:
         child = subprocess.Popen(
-            [*ENGINE, str(run_dir)],
+            [*SUPERVISOR, str(run_dir), *launch],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -17,6 +17,7 @@ benchmark and as the reference the tests compare against.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -27,8 +28,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from engine.models.adapters import adapter_for
 from engine.config import heal_default
+from engine.distributed.ranks import SINGLE, Ranks
+from engine.distributed.sharding import ShardedLayers, full, full_optimizer_state, shard_optimizer_state
+from engine.models.adapters import adapter_for
 
 from .cache import BlockStore
 from .data import DataConfig
@@ -277,10 +280,26 @@ def _bf16_head(choice: str, device: torch.device) -> bool:
 
 
 class Healer:
-    def __init__(self, student: nn.Module, cache: TeacherCache, config: HealConfig):
+    """Heals the student; with several ranks, data-parallel (DDP through accelerate).
+
+    Data parallelism keeps what one process computes: the global batch stays ``batch_size`` and the
+    data order stays the seeded permutation whatever the number of ranks; each rank takes an equal
+    slice of every step's batch, so DDP's averaged gradient is one process's gradient (a summed KL
+    is scaled by the number of ranks to stay a sum). Losses are reported averaged over the ranks,
+    the held-out loss is shared out by batch and summed in one process's order, and every rank
+    takes the same early-stopping decision. A partial checkpoint holds no rank's state: one written
+    by N processes resumes on M.
+    """
+
+    def __init__(self, student: nn.Module, cache: TeacherCache, config: HealConfig, ranks: Ranks | None = None,
+                 shard: bool = False):
         self.student = student
         self.cache = cache
         self.config = config
+        self.ranks = ranks or SINGLE
+        self.shard = shard and self.ranks.distributed  # FSDP2 over the trainable layers (engine.distributed.sharding)
+        self._sharded_now = False
+        self.train_loss = config.loss  # the loss the steps minimise (see heal)
         self._head_cast: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- what the student is compared with ------------------------------------------------------
@@ -341,8 +360,12 @@ class Healer:
         device = next(self.student.parameters()).device
         fused = self._fused()
         runner = StudentFromPrefix(self.student, 0, pairs, self.config.loss.final_norm, fused=fused)
-        totals = {"loss": 0.0, "kl": 0.0, "mse": 0.0}
-        for b in range(0, len(blocks), self.config.batch_size):
+        starts = list(range(0, len(blocks), self.config.batch_size))
+        # Shared out by batch; not while layers are sharded: their forwards are collectives then,
+        # and every rank must run the same ones.
+        split = self.ranks.distributed and not self._sharded_now
+        rows = []  # (batch start, loss, kl, mse weighted by the batch's blocks)
+        for b in starts[self.ranks.rank :: self.ranks.size] if split else starts:
             index = slice(b, b + self.config.batch_size)
             ids = blocks[index].to(device)
             mask = torch.ones_like(ids)
@@ -353,8 +376,13 @@ class Healer:
                 loss, kl, mse = total_loss(None, None, hidden, t_hidden, mask, self.config.loss, kl=kl)
             else:
                 loss, kl, mse = total_loss(out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss)
-            for key, value in (("loss", loss), ("kl", kl), ("mse", mse)):
-                totals[key] += float(value) * len(ids)
+            rows.append((b, float(loss) * len(ids), float(kl) * len(ids), float(mse) * len(ids)))
+        if split:
+            rows = sorted(row for part in self.ranks.gather(rows) for row in part)
+        totals = {"loss": 0.0, "kl": 0.0, "mse": 0.0}
+        for _, *values in rows:  # summed in one process's order, so every rank gets one process's number
+            for key, value in zip(totals, values):
+                totals[key] += value
         result = {k: v / len(blocks) for k, v in totals.items()}
         return {**result, **weighted_terms(result["kl"], result["mse"], self.config.loss)}
 
@@ -383,7 +411,8 @@ class Healer:
         pairs = hidden_pairs(config.loss, trainable, adapter.num_layers)
         params = freeze_except(self.student, trainable, config.trainable)
         names = {id(p): n for n, p in self.student.named_parameters()}
-        weights = lambda: {names[id(p)]: p.detach().clone() for p in params}  # noqa: E731
+        # Full tensors, gathered when sharded (every rank at once: a collective then).
+        weights = lambda: {names[id(p)]: full(p.detach()).clone() for p in params}  # noqa: E731
         snapshot = weights()
         device = next(self.student.parameters()).device
         accelerator = Accelerator(
@@ -395,8 +424,19 @@ class Healer:
         n = len(blocks)
         total_steps = max(1, n // config.batch_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + iteration))
-        loop = _loop_for(self, pairs, layer_map, trainable, device)
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        size, rank = self.ranks.size, self.ranks.rank
+        if config.batch_size % size:
+            raise ValueError(f"heal.batch_size {config.batch_size} does not divide among {size} processes")
+        share = config.batch_size // size  # this rank's slice of every step's batch
+
+        def my_slice(step: int) -> torch.Tensor:
+            return order[step * config.batch_size + rank * share : step * config.batch_size + (rank + 1) * share]
+
+        # A summed KL over a slice is 1/size of the summed KL over the batch once DDP averages.
+        scaled = size > 1 and config.loss.reduction == "sum"
+        self.train_loss = dataclasses.replace(config.loss, kl_scale=config.loss.kl_scale * size) if scaled else config.loss
+        needed = torch.cat([my_slice(s) for s in range(total_steps)]) if size > 1 else None
+        loop = _loop_for(self, pairs, layer_map, trainable, device, needed)
 
         step, early = 0, None
         if resume is not None:
@@ -405,44 +445,60 @@ class Healer:
                 with torch.no_grad():
                     for p in params:
                         p.copy_(resume.trainable[names[id(p)]])
-            if resume.optimizer:
-                optimizer.load_state_dict(resume.optimizer)
         if config.early_stop and early is None:
             early = EarlyStop(best_loss=baseline if baseline is not None else self.heldout_loss(pairs)["loss"])
+        shards, plain = None, params
+        if self.shard:
+            if config.trainable.train_norm or config.trainable.train_head:
+                raise ValueError("distributed.heal=fsdp shards the trainable decoder layers; train_norm and train_head "
+                                 "need distributed.heal=ddp")
+            shards = ShardedLayers(self.student, trainable, self.ranks)
+            params = shards.parameters()
+            names.update({id(p): n for n, p in self.student.named_parameters()})
+            self._sharded_now = True
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        if resume is not None and resume.optimizer:
+            optimizer.load_state_dict(shard_optimizer_state(resume.optimizer, params) if shards else resume.optimizer)
         every = config.eval_every or max(1, total_steps // 8)
-        runner, optimizer = accelerator.prepare(loop.runner, optimizer)
+        if shards is not None:  # FSDP2 reduces the gradients itself
+            runner, optimizer = loop.runner, accelerator.prepare(optimizer)
+        else:
+            if self.ranks.distributed:
+                _ddp_ignore_frozen(loop.runner)
+            runner, optimizer = accelerator.prepare(loop.runner, optimizer)
 
         def state() -> HealState:
-            return HealState(step, optimizer.state_dict(), weights(), early)
+            return HealState(step, full_optimizer_state(optimizer) if shards else optimizer.state_dict(), weights(), early)
 
         last_save = time.monotonic()
         tokens = 0
         started = time.perf_counter()
         last: dict = {}
-        stopped_early = False
+        stopped_early = failed = False
         try:
             while step < total_steps:
                 lr = lr_at(step, total_steps, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                picked = order[step * config.batch_size : (step + 1) * config.batch_size]
+                picked = my_slice(step)
                 ids = blocks[picked].to(device)
                 mask = torch.ones_like(ids)
                 hidden, target = loop.inputs(picked, ids)
                 with accelerator.accumulate(runner), accelerator.autocast():
                     out, student_hidden = runner(hidden, ids)
                     loss, kl, mse = loop.loss(out, student_hidden, target, mask)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLoss(f"loss became {float(loss.detach())} at step {step + 1}")
+                    loss_value, kl, mse = self._step_figures(loss, kl, mse)
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLoss(f"loss became {loss_value} at step {step + 1}")
                     accelerator.backward(loss)
                     grad_norm = accelerator.clip_grad_norm_(params, config.clip) if config.clip else torch.tensor(0.0)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens += ids.numel()
+                tokens += len(picked) * size * blocks.shape[1]
                 elapsed = time.perf_counter() - started
                 last = {
-                    "iteration": iteration, "step": step, "steps": total_steps, "loss": float(loss.detach()), "kl": float(kl),
+                    "iteration": iteration, "step": step, "steps": total_steps, "loss": loss_value, "kl": float(kl),
                     "mse": float(mse), **weighted_terms(kl, mse, config.loss), "lr": lr, "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens / max(elapsed, 1e-9),
                 }
@@ -459,16 +515,27 @@ class Healer:
                     if on_checkpoint:
                         on_checkpoint(state())
                     raise HealInterrupted(f"stopped at step {step}")
-                if on_checkpoint and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps:
+                due = on_checkpoint is not None and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps
+                if shards is not None:  # gathering the sharded state takes every rank: rank 0's clock decides
+                    due = self.ranks.broadcast(due)
+                if due:
                     on_checkpoint(state())
                     last_save = time.monotonic()
         except NonFiniteLoss:
-            _put(params, names, snapshot)
+            failed = True
             raise
         finally:
             loop.close()
+            if shards is not None:
+                shards.restore()
+                params, self._sharded_now = plain, False
+            if failed:
+                _put(params, names, snapshot)
             for p in self.student.parameters():
                 p.requires_grad_(False)
+            # Drop the DDP wrapper now: its gradient hooks must not outlive this iteration.
+            del runner
+            accelerator.free_memory()
         kept = step
         if early is not None and early.checks and early.checks[-1][1] > early.best_loss:
             # The last check is not the best one: keep the best weights (those from before healing
@@ -478,6 +545,28 @@ class Healer:
         return {"steps": step, "tokens": tokens, "seconds": time.perf_counter() - started, "last": last, "pairs": pairs,
                 "stopped_early": stopped_early, "kept_step": kept,
                 "checks": list(early.checks) if early is not None else []}
+
+
+    def _step_figures(self, loss: torch.Tensor, kl: torch.Tensor, mse: torch.Tensor) -> tuple[float, float, float]:
+        """The step's (loss, KL, MSE) over the whole batch: one process's own, or the ranks' mean
+        (a summed KL: their sum). Every rank gets the same numbers, so a non-finite loss stops all."""
+        if not self.ranks.distributed:
+            return float(loss.detach()), float(kl), float(mse)
+        figures = self.ranks.reduce_mean(torch.stack([loss.detach().float(), kl.detach().float(), mse.detach().float()]))
+        loss_value, kl_value, mse_value = (float(v) for v in figures.cpu())
+        if self.config.loss.reduction == "sum":
+            kl_value *= self.ranks.size
+        return loss_value, kl_value, mse_value
+
+
+def _ddp_ignore_frozen(module: nn.Module) -> None:
+    """DDP broadcasts every parameter and buffer at construction and the buffers at every forward;
+    the frozen ones are the same on every rank already (same weights, same surgery), so only the
+    trainable ones are its business."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [n for n, p in module.named_parameters() if not p.requires_grad] + [n for n, _ in module.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
 
 
 def _put(params: list[nn.Parameter], names: dict[int, str], values: dict[str, torch.Tensor]) -> None:
@@ -516,7 +605,7 @@ class _PlainLoop:
 
     def loss(self, out, student_hidden, target, mask):
         teacher_logits, teacher_hidden = target
-        return total_loss(out, teacher_logits, student_hidden, teacher_hidden, mask, self.healer.config.loss)
+        return total_loss(out, teacher_logits, student_hidden, teacher_hidden, mask, self.healer.train_loss)
 
     def close(self) -> None:
         pass
@@ -526,28 +615,37 @@ class _CachedLoop(_PlainLoop):
     """The teacher's outputs from the cache, each step from the cached output of the frozen layers
     below the lowest trainable one; dense head and KL."""
 
-    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device):
+    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device,
+                 needed: torch.Tensor | None = None):
         self.healer, self.pairs, self.layer_map, self.device = healer, pairs, layer_map, device
         config = healer.config
         cache = healer.cache
         cache.ensure(healer._needed(pairs, layer_map), "train")
         self.start = min(trainable)
-        self.prefix = self._prefix(device) if self.start > 0 else None
+        self.prefix = self._prefix(device, needed) if self.start > 0 else None
         self.runner = StudentFromPrefix(healer.student, self.start, pairs, config.loss.final_norm, fused=self.fused)
 
     fused = False
 
     @torch.no_grad()
-    def _prefix(self, device) -> BlockStore:
-        """The frozen layers below the lowest trainable one: once per iteration."""
+    def _prefix(self, device, needed: torch.Tensor | None = None) -> BlockStore:
+        """The frozen layers below the lowest trainable one: once per iteration, on the blocks this
+        rank trains on (``needed``; None: all)."""
         healer, adapter = self.healer, adapter_for(self.healer.student)
         blocks, batch = healer.cache.blocks["train"], healer.config.batch_size
         store = BlockStore(len(blocks), (blocks.shape[1], healer.student.config.hidden_size), torch.float32,
                            healer.cache.spill_dir, healer.cache.limit)
-        for b in range(0, len(blocks), batch):
-            ids = blocks[b : b + batch].to(device)
-            inputs = adapter.prepare(ids, None)
-            store[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()
+        if needed is None:
+            for b in range(0, len(blocks), batch):
+                ids = blocks[b : b + batch].to(device)
+                inputs = adapter.prepare(ids, None)
+                store[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()
+            return store
+        needed = needed.sort().values
+        for b in range(0, len(needed), batch):
+            index = needed[b : b + batch]
+            inputs = adapter.prepare(blocks[index].to(device), None)
+            store[index.numpy()] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()
         return store
 
     def inputs(self, picked, ids):
@@ -569,8 +667,9 @@ class _FusedLoop(_CachedLoop):
 
     fused = True
 
-    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device):
-        super().__init__(healer, pairs, layer_map, trainable, device)
+    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device,
+                 needed: torch.Tensor | None = None):
+        super().__init__(healer, pairs, layer_map, trainable, device, needed)
         config = healer.config
         if config.teacher_topk:
             healer.cache.ensure_topk("train", config.teacher_topk, config.loss.temperature)
@@ -584,12 +683,12 @@ class _FusedLoop(_CachedLoop):
     def loss(self, out, student_hidden, target, mask):
         kl_target, teacher_hidden = target
         kl = self.healer._fused_kl(out, kl_target, mask, self.device)
-        return total_loss(None, None, student_hidden, teacher_hidden, mask, self.healer.config.loss, kl=kl)
+        return total_loss(None, None, student_hidden, teacher_hidden, mask, self.healer.train_loss, kl=kl)
 
 
-def _loop_for(healer: Healer, pairs, layer_map, trainable, device):
+def _loop_for(healer: Healer, pairs, layer_map, trainable, device, needed: torch.Tensor | None = None):
     if not healer.config.cached:
         return _PlainLoop(healer, pairs, layer_map, device)
     if healer._fused():
-        return _FusedLoop(healer, pairs, layer_map, trainable, device)
-    return _CachedLoop(healer, pairs, layer_map, trainable, device)
+        return _FusedLoop(healer, pairs, layer_map, trainable, device, needed)
+    return _CachedLoop(healer, pairs, layer_map, trainable, device, needed)

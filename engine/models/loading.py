@@ -144,7 +144,10 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     )
 
 
-def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+               gpus: int = 1) -> LoadedModel:
+    """The model and its tokenizer on ``device``; with ``gpus`` > 1 spread over that many GPUs from
+    ``device`` on (accelerate's big-model placement, ``device_map="auto"``: a model larger than one GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .adapters import adapter_for
@@ -158,11 +161,13 @@ def load_model(spec: str, device: torch.device | str | None = None, dtype: torch
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+        placement = _placement(device, gpus) if gpus > 1 else {}
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **placement)
     except Exception as exc:
         where = {"hub": "the Hugging Face Hub" + (" (HF_HUB_OFFLINE is set)" if offline else "")}.get(kind, directory)
         raise ModelSpecError(f"cannot load model '{spec}' from {where}: {_first_line(exc)}") from exc
-    model.to(device)
+    if gpus <= 1:
+        model.to(device)
     model.eval()
     if device.type == "cpu":
         keep_freed_host_memory()
@@ -171,6 +176,16 @@ def load_model(spec: str, device: torch.device | str | None = None, dtype: torch
         tokenizer.pad_token = tokenizer.eos_token
     adapter_for(model)  # fail early, with the supported list, on an unknown architecture
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source, kind=kind)
+
+
+def _placement(device: torch.device, gpus: int) -> dict:
+    """``from_pretrained`` arguments that spread the model over GPUs device.index .. +gpus-1 only
+    (never the CPU or the disk: offloaded layers would be slower than another process)."""
+    if device.type != "cuda":
+        raise ModelSpecError(f"spreading a model over {gpus} GPUs needs CUDA (device {device})")
+    first = device.index or 0
+    budget = {g: int(torch.cuda.get_device_properties(g).total_memory * 0.85) for g in range(first, first + gpus)}
+    return {"device_map": "auto", "max_memory": budget}
 
 
 def model_version(spec: str) -> str | None:

@@ -76,6 +76,8 @@ class EngineStarted(TypedDict, total=False):
     pid: Required[Annotated[int, "the engine's process id"]]
     host: Required[Annotated[str, "the host it runs on"]]
     resumed_from: Annotated[str | None, "the checkpoint it continues from, or null for a fresh start"]
+    processes: Annotated[int, "engine processes (ranks) sharing the run, when more than one"]
+    threads: Annotated[int, "CPU threads of each engine process"]
 
 
 class RunStarted(TypedDict, total=False):
