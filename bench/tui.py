@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.runlog.layout import RunDir  # noqa: E402
+
 WRITER = r'''
 import random, sys, time
 from engine.runlog.events import EventWriter
@@ -115,7 +117,7 @@ async def measure(run: Path, rate: float, seconds: float) -> dict:
         app.set_interval(0.01, beat)
         before = screen.model.state.events_seen
         it = screen.model.state.iteration or 1
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run / "events.jsonl"), str(rate), str(seconds), str(it)],
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(RunDir(run).events_file), str(rate), str(seconds), str(it)],
                                   cwd=ROOT, stdout=subprocess.PIPE, text=True)
         hm = screen.query_one(Heatmap)
         hm.focus()
@@ -164,12 +166,12 @@ def main() -> int:
         t = time.perf_counter()
         run = make_run(Path(tmp), args.events)
         gen_s = time.perf_counter() - t
-        size = (run / "events.jsonl").stat().st_size
+        size = (RunDir(run).events_file).stat().st_size
         from ild_tui.live.model import LiveModel
         from ild_tui.live.screen import replay
 
         t = time.perf_counter()
-        events, _ = replay(run / "events.jsonl")
+        events, _ = replay(RunDir(run).events_file)
         LiveModel().apply(events)
         alone_s = time.perf_counter() - t
         del events

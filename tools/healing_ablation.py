@@ -71,9 +71,10 @@ def run_variant(runs: Path, name: str, settings: dict, args) -> Path:
 
 def _events(run: Path) -> list[dict]:
     sys.path.insert(0, str(ROOT))
+    from engine.runlog.layout import RunDir
     from engine.runlog.tailer import read_all
 
-    return read_all(run / "events.jsonl")
+    return read_all(RunDir(run).events_file)
 
 
 def _finished(run: Path) -> bool:

@@ -1,6 +1,6 @@
 """Healing a student against the frozen teacher after a removal (accelerate, AdamW, warmup + cosine).
 
-The cached loop (default) follows the performance principles of DESIGN.md:
+The cached loop (default) computes nothing twice that it can keep:
   * the teacher's final hidden state on the distillation data is computed once per run, and its
     logits are recomputed through the frozen LM head at each step (a 576-float row instead of a
     49,152-float one per token for SmolLM2; exact); or, with ``teacher_topk`` k > 0, its k most
