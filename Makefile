@@ -37,7 +37,8 @@ browser:
 	  echo "no chromium/chromedriver and no root apt-get: the report's browser test will skip"; \
 	fi
 
-test: install browser
+# Style is kept by the tool: the suite does not start while ruff finds anything.
+test: install browser lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # ruff, as configured in pyproject.toml: `make lint LINT_PATHS="engine/runlog ild_tui"` for a part.

@@ -42,12 +42,16 @@ def main() -> int:
 
     loaded = load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
-    data = DataConfig(seq_len=args.seq_len, train_tokens=args.sequences * args.seq_len, heldout_tokens=args.heldout * args.seq_len)
+    data = DataConfig(
+        seq_len=args.seq_len, train_tokens=args.sequences * args.seq_len, heldout_tokens=args.heldout * args.seq_len
+    )
     calibration, heldout = distill_blocks(data, tokenizer)
     device = next(model.parameters()).device
     heldout = heldout[: args.heldout].to(device)
-    print(f"{args.model} on {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads); "
-          f"calibration {tuple(calibration.shape)}, held-out {tuple(heldout.shape)}")
+    print(
+        f"{args.model} on {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads); "
+        f"calibration {tuple(calibration.shape)}, held-out {tuple(heldout.shape)}"
+    )
 
     with torch.no_grad():
         reference = torch.log_softmax(model(heldout).logits.float(), -1)
@@ -73,9 +77,11 @@ def main() -> int:
         bridged = quick
         plain = copy.deepcopy(model)
         remove_layers(plain, [layer])
-        print(f"layer {layer}: estimate+fuse {quick_s:.1f} s ({measured_s:.1f} s estimate with the measuring pass), "
-              f"{fit.tokens} tokens; relative residual {fit.relative_residual:.4f} (plain {fit.plain_relative_residual:.4f}), "
-              f"cosine {fit.cosine:.5f} (plain {fit.plain_cosine:.5f}); held-out KL bridged {kl(bridged):.5f}, plain {kl(plain):.5f}")
+        print(
+            f"layer {layer}: estimate+fuse {quick_s:.1f} s ({measured_s:.1f} s estimate with the measuring pass), "
+            f"{fit.tokens} tokens; relative residual {fit.relative_residual:.4f} (plain {fit.plain_relative_residual:.4f}), "
+            f"cosine {fit.cosine:.5f} (plain {fit.plain_cosine:.5f}); held-out KL bridged {kl(bridged):.5f}, plain {kl(plain):.5f}"
+        )
         del bridged, plain, quick
     return 0
 

@@ -35,7 +35,9 @@ MODES = ("plain", "cached-fp32", "cached")
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--remove", default="7,15,22", help="original layers to remove before healing, one measurement each")
+    parser.add_argument(
+        "--remove", default="7,15,22", help="original layers to remove before healing, one measurement each"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -51,8 +53,11 @@ def main() -> int:
         for remove in [int(x) for x in args.remove.split(",")]:
             speeds = {}
             for mode in MODES:
-                out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--remove-one", str(remove), "--mode", mode],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], "--remove-one", str(remove), "--mode", mode],
+                    capture_output=True,
+                    text=True,
+                )
                 first = not ratios and not speeds  # the machine and model lines, once
                 for line in out.stdout.splitlines():
                     if line.startswith("RESULT"):
@@ -64,9 +69,14 @@ def main() -> int:
                     return 1
             ratios[remove] = speeds["plain"] / speeds["cached"]
             ratios_fp32[remove] = speeds["plain"] / speeds["cached-fp32"]
-            print(f"removed layer {remove}: cached loop {ratios[remove]:.2f}x the plain loop's steps per second "
-                  f"({ratios_fp32[remove]:.2f}x with its head in float32)")
-        for label, table in (("ratio cached/plain steps per second", ratios), ("  with the fused head in float32", ratios_fp32)):
+            print(
+                f"removed layer {remove}: cached loop {ratios[remove]:.2f}x the plain loop's steps per second "
+                f"({ratios_fp32[remove]:.2f}x with its head in float32)"
+            )
+        for label, table in (
+            ("ratio cached/plain steps per second", ratios),
+            ("  with the fused head in float32", ratios_fp32),
+        ):
             mean = sum(table.values()) / len(table)
             print(f"{label}: " + ", ".join(f"layer {k} {v:.2f}x" for k, v in table.items()) + f"; mean {mean:.2f}x")
         return 0
@@ -74,7 +84,7 @@ def main() -> int:
     import torch
 
     from engine.distill.data import DataConfig, distill_blocks
-    from engine.distill.heal import Healer, HealConfig, TeacherCache
+    from engine.distill.heal import HealConfig, Healer, TeacherCache
     from engine.distill.trainable import TrainableConfig, choose_trainable
     from engine.models.loading import load_model
     from engine.models.surgery import layer_map, remove_layers
@@ -84,9 +94,13 @@ def main() -> int:
     loaded = load_model(args.model, device=args.device)
     teacher = loaded.model
     device = next(teacher.parameters()).device
-    data = DataConfig(seq_len=args.seq_len, train_tokens=args.steps * args.batch_size * args.seq_len, heldout_tokens=args.seq_len)
+    data = DataConfig(
+        seq_len=args.seq_len, train_tokens=args.steps * args.batch_size * args.seq_len, heldout_tokens=args.seq_len
+    )
     train, heldout = distill_blocks(data, loaded.tokenizer)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+    )
     print(f"model {args.model}, {args.steps} steps of {args.batch_size}x{args.seq_len} tokens")
 
     results = {}
@@ -94,8 +108,13 @@ def main() -> int:
         student = copy.deepcopy(teacher)
         remove_layers(student, args.remove_one)
         trainable = choose_trainable(layer_map(student), len(layer_map(teacher)), args.remove_one, TrainableConfig())
-        config = HealConfig(batch_size=args.batch_size, cached=(mode != "plain"), data=data, warmup_steps=1,
-                            head_matmul="fp32" if mode == "cached-fp32" else "auto")
+        config = HealConfig(
+            batch_size=args.batch_size,
+            cached=(mode != "plain"),
+            data=data,
+            warmup_steps=1,
+            head_matmul="fp32" if mode == "cached-fp32" else "auto",
+        )
         cache = TeacherCache(teacher, train, heldout, None, 1 << 34, args.batch_size)
         healer = Healer(student, cache, config)
         if device.type == "cuda":
@@ -108,14 +127,20 @@ def main() -> int:
             cache.ensure({layer_map(student)[j] for j in pairs}, "train")
         setup = time.perf_counter() - start
         times = []
-        healer.heal(trainable, iteration=1, seed=0, on_step=lambda r: times.append(time.perf_counter()))
+        healer.heal(trainable, iteration=1, seed=0, on_step=lambda r, times=times: times.append(time.perf_counter()))
         # The first step also pays the per-iteration prefix cache (cached loop): report steady state.
         step_s = (times[-1] - times[0]) / max(1, len(times) - 1)
         first = times[0] - start - setup
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**20
+            if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
         results[mode] = step_s
-        print(f"layer {args.remove_one} {mode:>11}: {1 / step_s:6.2f} steps/s ({step_s:.2f} s/step), first step incl. per-iteration caches "
-              f"{first:.1f} s, one-off teacher cache {setup:.1f} s, peak memory so far {peak:.0f} MiB")
+        print(
+            f"layer {args.remove_one} {mode:>11}: {1 / step_s:6.2f} steps/s ({step_s:.2f} s/step), first step incl. per-iteration caches "
+            f"{first:.1f} s, one-off teacher cache {setup:.1f} s, peak memory so far {peak:.0f} MiB"
+        )
         cache.close()
         print(f"RESULT {step_s}")
     return 0

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def cpu_flags() -> str:
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
     except (OSError, StopIteration):
         return "unknown"
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
@@ -55,10 +57,15 @@ def main() -> int:
     model = loaded.model
     evaluator = SuiteEvaluator(model, loaded.tokenizer, load_suite(args.suite), part="select")
     settings = RacingSettings() if args.z is None else RacingSettings(z=args.z)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {next(model.parameters()).device}")
-    print(f"model {args.model} ({adapter_for(model).num_layers} layers) -> {args.target}; suite {args.suite}, selection part: "
-          + ", ".join(f"{t} {len(v)}" for t, v in evaluator.items().items()) + f" items; {settings}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {next(model.parameters()).device}"
+    )
+    print(
+        f"model {args.model} ({adapter_for(model).num_layers} layers) -> {args.target}; suite {args.suite}, selection part: "
+        + ", ".join(f"{t} {len(v)}" for t, v in evaluator.items().items())
+        + f" items; {settings}"
+    )
 
     totals = {"full": [0, 0.0], "racing": [0, 0.0]}
     same = 0
@@ -67,7 +74,7 @@ def main() -> int:
         iteration += 1
         mapping = layer_map(model)
         runs = {}
-        for mode in (("full", "racing") if iteration % 2 else ("racing", "full")):
+        for mode in ("full", "racing") if iteration % 2 else ("racing", "full"):
             start = time.perf_counter()
             runs[mode] = task_drop(evaluator, racing=None if mode == "full" else settings)
             elapsed = time.perf_counter() - start
@@ -78,21 +85,30 @@ def main() -> int:
         agree = full.proposal == raced.proposal
         same += agree
         second = sorted(full.drops, key=lambda i: (full.drops[i], i))[1]
-        print(f"iter {iteration}: {len(mapping)} layers; proposal full {mapping[full.proposal]} (drop {full.drops[full.proposal]:.4f}, "
-              f"next {mapping[second]} at {full.drops[second]:.4f}), racing {mapping[raced.proposal]} -> {'same' if agree else 'DIFFERENT'}; "
-              f"layer-forwards {full.forwards.layer_forwards} vs {raced.forwards.layer_forwards} "
-              f"({full.forwards.layer_forwards / raced.forwards.layer_forwards:.2f}x); "
-              f"time {full.seconds:.1f} s vs {raced.seconds:.1f} s ({full.seconds / raced.seconds:.2f}x); "
-              f"partial {len(raced.partial)}/{len(mapping)}", flush=True)
+        print(
+            f"iter {iteration}: {len(mapping)} layers; proposal full {mapping[full.proposal]} (drop {full.drops[full.proposal]:.4f}, "
+            f"next {mapping[second]} at {full.drops[second]:.4f}), racing {mapping[raced.proposal]} -> {'same' if agree else 'DIFFERENT'}; "
+            f"layer-forwards {full.forwards.layer_forwards} vs {raced.forwards.layer_forwards} "
+            f"({full.forwards.layer_forwards / raced.forwards.layer_forwards:.2f}x); "
+            f"time {full.seconds:.1f} s vs {raced.seconds:.1f} s ({full.seconds / raced.seconds:.2f}x); "
+            f"partial {len(raced.partial)}/{len(mapping)}",
+            flush=True,
+        )
         for number, r in enumerate(raced.rounds, 1):
-            bounds = ", ".join(f"{mapping[i]}: {g:.4f}>{settings.z:g}x{se:.4f}" for i, (g, se) in sorted(r.eliminated.items())[:4])
+            bounds = ", ".join(
+                f"{mapping[i]}: {g:.4f}>{settings.z:g}x{se:.4f}" for i, (g, se) in sorted(r.eliminated.items())[:4]
+            )
             more = f" (+{len(r.eliminated) - 4} more)" if len(r.eliminated) > 4 else ""
-            print(f"    round {number}: {r.items}/{r.total} items, {len(r.scored)} candidates, {r.layer_forwards} layer-forwards; "
-                  f"eliminated {len(r.eliminated)}" + (f" [{bounds}{more}]" if r.eliminated else ""))
+            print(
+                f"    round {number}: {r.items}/{r.total} items, {len(r.scored)} candidates, {r.layer_forwards} layer-forwards; "
+                f"eliminated {len(r.eliminated)}" + (f" [{bounds}{more}]" if r.eliminated else "")
+            )
         remove_layers(model, mapping[full.proposal])  # by original index
-    print(f"whole run ({iteration} iterations): layer-forwards full {totals['full'][0]}, racing {totals['racing'][0]} "
-          f"(**{totals['full'][0] / totals['racing'][0]:.2f}x** fewer); time full {totals['full'][1]:.1f} s, racing {totals['racing'][1]:.1f} s "
-          f"({totals['full'][1] / totals['racing'][1]:.2f}x); same proposal in {same}/{iteration} iterations")
+    print(
+        f"whole run ({iteration} iterations): layer-forwards full {totals['full'][0]}, racing {totals['racing'][0]} "
+        f"(**{totals['full'][0] / totals['racing'][0]:.2f}x** fewer); time full {totals['full'][1]:.1f} s, racing {totals['racing'][1]:.1f} s "
+        f"({totals['full'][1] / totals['racing'][1]:.2f}x); same proposal in {same}/{iteration} iterations"
+    )
     return 0 if same >= 0.9 * iteration else 1
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.runlog.layout import RunDir  # noqa: E402
 
-WRITER = r'''
+WRITER = r"""
 import random, sys, time
 from engine.runlog.events import EventWriter
 path, rate, seconds, it = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
@@ -55,14 +55,14 @@ while True:
     time.sleep(0.002)
 w.close()
 print(n)
-'''
+"""
 
 
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 def make_run(root: Path, target_events: int) -> Path:
@@ -71,8 +71,15 @@ def make_run(root: Path, target_events: int) -> Path:
     # ~30 events of scoring/evals per iteration; the rest are training steps
     steps = max(1, (target_events - 10 * 60) // 10)
     run = root / "bench-100k"
-    synth_run(run, name="bench-100k", strategy="iterative-distill", mode="auto", steps_per_iter=steps, seed=7,
-              seconds_per_step=0.5)
+    synth_run(
+        run,
+        name="bench-100k",
+        strategy="iterative-distill",
+        mode="auto",
+        steps_per_iter=steps,
+        seed=7,
+        seconds_per_step=0.5,
+    )
     return run
 
 
@@ -80,9 +87,9 @@ async def measure(run: Path, rate: float, seconds: float) -> dict:
     from textual import events
 
     from ild_tui.app import IldApp
+    from ild_tui.live.heatmap import Heatmap
     from ild_tui.live.screen import LiveScreen
     from ild_tui.settings import Settings
-    from ild_tui.live.heatmap import Heatmap
 
     out: dict = {}
     t0 = time.perf_counter()
@@ -117,8 +124,12 @@ async def measure(run: Path, rate: float, seconds: float) -> dict:
         app.set_interval(0.01, beat)
         before = screen.model.state.events_seen
         it = screen.model.state.iteration or 1
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(RunDir(run).events_file), str(rate), str(seconds), str(it)],
-                                  cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(RunDir(run).events_file), str(rate), str(seconds), str(it)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         hm = screen.query_one(Heatmap)
         hm.focus()
         latencies: list[float] = []
@@ -187,22 +198,34 @@ def main() -> int:
         else:
             r = asyncio.run(measure(run, args.rate, args.seconds))
 
-    ms = lambda v: f"{v * 1000:.1f} ms"  # noqa: E731
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"synthetic run: {r['events']:,} events ({size / 1e6:.1f} MB, {r['loss_points']:,} train steps), written in {gen_s:.1f} s")
+    ms = lambda v: f"{v * 1000:.1f} ms"
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"synthetic run: {r['events']:,} events ({size / 1e6:.1f} MB, {r['loss_points']:,} train steps), written in {gen_s:.1f} s"
+    )
     print()
-    print(f"attach: time to first full paint          {r['paint_s']:.2f} s   (limit 2 s: {'OK' if r['paint_s'] < 2 else 'OVER'})")
+    print(
+        f"attach: time to first full paint          {r['paint_s']:.2f} s   (limit 2 s: {'OK' if r['paint_s'] < 2 else 'OVER'})"
+    )
     print(f"          of which read + fold (thread)   {r['load_s']:.2f} s   (the same alone, no UI: {alone_s:.2f} s)")
     print(f"        importing the dashboard           {import_s:.2f} s   (before the app starts)")
     print()
     lat, draws, lags = r["latency"], r["draws"], r["lags"]
     print(f"live: {r['written']:,} events at {args.rate:.0f}/s for {args.seconds:.0f} s, {r['folded']:,} folded")
-    print(f"  key -> heatmap cursor moved   median {ms(statistics.median(lat))}, p95 {ms(pct(lat, 95))}, "
-          f"max {ms(max(lat))}  (n={len(lat)})")
-    print(f"  redraw pass (4 Hz, dirty)     median {ms(statistics.median(draws))}, p95 {ms(pct(draws, 95))}, "
-          f"max {ms(max(draws))}  (n={len(draws)})")
-    print(f"  event-loop lag (10 ms timer)  median {ms(statistics.median(lags))}, p95 {ms(pct(lags, 95))}, "
-          f"max {ms(max(lags))}")
+    print(
+        f"  key -> heatmap cursor moved   median {ms(statistics.median(lat))}, p95 {ms(pct(lat, 95))}, "
+        f"max {ms(max(lat))}  (n={len(lat)})"
+    )
+    print(
+        f"  redraw pass (4 Hz, dirty)     median {ms(statistics.median(draws))}, p95 {ms(pct(draws, 95))}, "
+        f"max {ms(max(draws))}  (n={len(draws)})"
+    )
+    print(
+        f"  event-loop lag (10 ms timer)  median {ms(statistics.median(lags))}, p95 {ms(pct(lags, 95))}, "
+        f"max {ms(max(lags))}"
+    )
     ok = r["paint_s"] < 2 and pct(lat, 95) < 0.1
     print(f"\nresponsive (p95 key latency < 100 ms): {'yes' if pct(lat, 95) < 0.1 else 'NO'}")
     return 0 if ok else 1

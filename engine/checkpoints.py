@@ -21,9 +21,9 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -149,8 +149,15 @@ class CheckpointStore:
         from safetensors.torch import save_file
 
         tensors = module_tensors(model, modified)
-        manifest = {"format": FORMAT, "name": str(iteration), "iteration": iteration, "removed": removed,
-                    "layer_map": layer_map(model), "modified": modified, "extra": extra or {}}
+        manifest = {
+            "format": FORMAT,
+            "name": str(iteration),
+            "iteration": iteration,
+            "removed": removed,
+            "layer_map": layer_map(model),
+            "modified": modified,
+            "extra": extra or {},
+        }
 
         def write(tmp: Path) -> dict:
             files = {}
@@ -164,12 +171,19 @@ class CheckpointStore:
         self.drop_partials()
         return path
 
-    def save_partial(self, iteration: int, step: int, decision: dict, trainable: list[int], state: dict,
-                     extra: dict | None = None) -> Path:
+    def save_partial(
+        self, iteration: int, step: int, decision: dict, trainable: list[int], state: dict, extra: dict | None = None
+    ) -> Path:
         """Write the healing state of iteration ``iteration`` at ``step``, then point ``PARTIAL`` at it."""
         name = f"{PARTIAL_PREFIX}{iteration}-{step}"
-        manifest = {"format": FORMAT, "iteration": iteration, "step": step, "decision": decision,
-                    "trainable": trainable, "extra": extra or {}}
+        manifest = {
+            "format": FORMAT,
+            "iteration": iteration,
+            "step": step,
+            "decision": decision,
+            "trainable": trainable,
+            "extra": extra or {},
+        }
 
         def write(tmp: Path) -> dict:
             torch.save(state, tmp / HEAL_STATE)
@@ -303,12 +317,20 @@ class CheckpointStore:
         try:
             _verify_files(path, manifest, f"partial checkpoint {name}")
             state = torch.load(path / HEAL_STATE, weights_only=True, map_location="cpu")
-            return Partial(iteration=iteration, step=int(manifest["step"]), decision=dict(manifest["decision"]),
-                           trainable=[int(j) for j in manifest["trainable"]], state=state,
-                           extra=dict(manifest.get("extra") or {}), path=path)
-        except Exception as exc:  # noqa: BLE001 - unreadable for whatever reason: redo the iteration
+            return Partial(
+                iteration=iteration,
+                step=int(manifest["step"]),
+                decision=dict(manifest["decision"]),
+                trainable=[int(j) for j in manifest["trainable"]],
+                state=state,
+                extra=dict(manifest.get("extra") or {}),
+                path=path,
+            )
+        except Exception as exc:
             # The iteration is redone from its start: slower, never wrong.
-            log.warning("ignoring partial checkpoint %s: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning(
+                "ignoring partial checkpoint %s: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            )
             return None
 
     # rebuilding a student -----------------------------------------------------------------------
@@ -365,4 +387,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-

@@ -61,7 +61,9 @@ class HealSettings(_Strict):
     direction: Literal["forward", "reverse"] = "forward"
     temperature: float = Field(default=1.0, gt=0)
     reduction: Literal["token_mean", "sum"] = "token_mean"
-    hidden: Literal["last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none"] = "last_trainable+last"
+    hidden: Literal["last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none"] = (
+        "last_trainable+last"
+    )
     final_norm: bool = True
     cached: bool = True
     fused_head: bool = True
@@ -85,7 +87,9 @@ class DistributedSettings(_Strict):
 
     processes: int = Field(default=1, ge=1)  # engine processes on this host, one per GPU (accelerate launch)
     accelerate_config: str | None = None  # an `accelerate config` file: machines, processes, ... (multi-node)
-    gpus_per_process: int = Field(default=1, ge=1)  # > 1: each process spreads its model over that many GPUs (device_map)
+    gpus_per_process: int = Field(
+        default=1, ge=1
+    )  # > 1: each process spreads its model over that many GPUs (device_map)
     heal: Literal["ddp", "fsdp"] = "ddp"  # how the ranks share healing: replicas (DDP) or shards (FSDP, GPUs only)
     timeout_s: float = Field(default=900.0, gt=0)  # a collective waiting longer fails the run instead of hanging
 
@@ -117,7 +121,9 @@ class RunConfig(_Strict):
     device: str | None = None
     notify_cmd: str | None = None
     stall_seconds: float = Field(default=900.0, gt=0)
-    threads: int | None = Field(default=None, ge=1)  # CPU threads per engine process (None: torch's choice, or cores / processes)
+    threads: int | None = Field(
+        default=None, ge=1
+    )  # CPU threads per engine process (None: torch's choice, or cores / processes)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
     def importance_metric(self) -> str:
@@ -165,17 +171,25 @@ def check_processes(config: RunConfig, processes: int) -> None:
     Healing keeps the global batch whatever the number of processes, each taking an equal slice
     (so that their averaged gradient is one process's): the batch must divide among them."""
     if processes > 1 and get_strategy(config.strategy).heal and config.heal.batch_size % processes:
-        raise ConfigError(f"heal.batch_size {config.heal.batch_size} does not divide among {processes} processes: "
-                          f"set --set heal.batch_size to a multiple of {processes}")
+        raise ConfigError(
+            f"heal.batch_size {config.heal.batch_size} does not divide among {processes} processes: "
+            f"set --set heal.batch_size to a multiple of {processes}"
+        )
     settings = config.distributed
     if processes > 1 and (config.device or "").startswith("cuda:"):
-        raise ConfigError(f"--device {config.device} names one GPU, but each of the {processes} processes takes its own "
-                          "(cuda:LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"--device {config.device} names one GPU, but each of the {processes} processes takes its own "
+            "(cuda:LOCAL_RANK); choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     if settings.heal == "fsdp" and (config.heal.train_norm or config.heal.train_head):
-        raise ConfigError("distributed.heal=fsdp shards the trainable decoder layers; heal.train_norm and heal.train_head "
-                          "need distributed.heal=ddp")
+        raise ConfigError(
+            "distributed.heal=fsdp shards the trainable decoder layers; heal.train_norm and heal.train_head "
+            "need distributed.heal=ddp"
+        )
     if settings.heal == "fsdp" and settings.gpus_per_process > 1:
-        raise ConfigError("distributed.heal=fsdp and distributed.gpus_per_process > 1 are two ways to fit a model: choose one")
+        raise ConfigError(
+            "distributed.heal=fsdp and distributed.gpus_per_process > 1 are two ways to fit a model: choose one"
+        )
     if settings.gpus_per_process > 1 and config.device == "cpu":
         raise ConfigError("distributed.gpus_per_process > 1 spreads a model over GPUs; it cannot with --device cpu")
 
@@ -188,10 +202,14 @@ def _check_removals(config: RunConfig) -> None:
         raise ConfigError(f"--removals names a layer twice: {removals}")
     bad = [o for o in removals if not 0 <= o < config.start_layers]
     if bad:
-        raise ConfigError(f"--removals: layer {bad[0]} does not exist (the model has layers 0-{config.start_layers - 1})")
+        raise ConfigError(
+            f"--removals: layer {bad[0]} does not exist (the model has layers 0-{config.start_layers - 1})"
+        )
     target = config.start_layers - len(removals)
     if target < 1:
         raise ConfigError("--removals would remove every layer")
     if config.target_layers is not None and config.target_layers != target:
-        raise ConfigError(f"--target-layers {config.target_layers} disagrees with --removals ({len(removals)} of {config.start_layers} layers leave {target})")
+        raise ConfigError(
+            f"--target-layers {config.target_layers} disagrees with --removals ({len(removals)} of {config.start_layers} layers leave {target})"
+        )
     config.target_layers = target

@@ -55,8 +55,16 @@ def check_notify_cmd(command: str) -> None:
 
 
 class Controller:
-    def __init__(self, run_dir, mode: str, auto_after: float | None, notify_cmd: str | None = None,
-                 poll_interval: float = 0.25, stall_seconds: float = 900.0, writer: EventWriter | None = None):
+    def __init__(
+        self,
+        run_dir,
+        mode: str,
+        auto_after: float | None,
+        notify_cmd: str | None = None,
+        poll_interval: float = 0.25,
+        stall_seconds: float = 900.0,
+        writer: EventWriter | None = None,
+    ):
         self.rundir = RunDir(run_dir)
         self.inbox = CommandInbox(run_dir)
         self.writer = writer if writer is not None else EventWriter(self.rundir.events_file)
@@ -76,6 +84,7 @@ class Controller:
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
         self._previous_handlers: dict[int, object] = {}
+        self._first_signal_at = 0.0
 
     # --- the one way out ----------------------------------------------------------------------
     def emit(self, type_: str, **fields) -> dict:
@@ -94,13 +103,22 @@ class Controller:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
+    # One stop often arrives as several signals at once: `timeout` and SLURM signal the whole
+    # process group, and the CLI and the supervisor also pass it on. Only a signal that comes later
+    # than this is a second request, which ends the process at once.
+    DUPLICATE_SIGNAL_S = 2.0
+
     def _on_signal(self, signum, frame) -> None:
+        now = time.monotonic()
         if self.stop_requested and self.stop_signal:
+            if now - self._first_signal_at < self.DUPLICATE_SIGNAL_S:
+                return
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
         self.stop_requested = True
         self.stop_signal = signal.Signals(signum).name
+        self._first_signal_at = now
 
     def _restore_signals(self) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -202,10 +220,19 @@ class Controller:
     def _announce_wait(self) -> None:
         a = self.awaiting
         self._deadline = time.time() + float(self.auto_after) if self.mode == "auto-after" and self.auto_after else None
-        self.emit("awaiting_decision", iteration=a.iteration, layer=a.proposal, mode=self.mode, deadline=self._deadline,
-                  remaining=a.remaining, candidates=[c["layer"] for c in self._candidates[:10]])
+        self.emit(
+            "awaiting_decision",
+            iteration=a.iteration,
+            layer=a.proposal,
+            mode=self.mode,
+            deadline=self._deadline,
+            remaining=a.remaining,
+            candidates=[c["layer"] for c in self._candidates[:10]],
+        )
         if self.mode != "auto":
-            self.notify("awaiting_decision", f"iteration {a.iteration}: remove layer {a.proposal}? (ild approve / ild override)")
+            self.notify(
+                "awaiting_decision", f"iteration {a.iteration}: remove layer {a.proposal}? (ild approve / ild override)"
+            )
 
     # --- notifications and the stall watchdog ---------------------------------------------------
     def notify(self, event: str, message: str) -> None:
@@ -218,9 +245,15 @@ class Controller:
             return
         env = dict(os.environ, ILD_EVENT=event, ILD_RUN=str(self.rundir.path), ILD_MESSAGE=message)
         try:
-            subprocess.Popen(["/bin/sh", "-c", self.notify_cmd], env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        except Exception as exc:  # noqa: BLE001 - whatever the notifier does, the run goes on
+            subprocess.Popen(
+                ["/bin/sh", "-c", self.notify_cmd],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except Exception as exc:
             log.warning("notify command failed: %s", exc)
 
     def start(self) -> None:
@@ -229,6 +262,7 @@ class Controller:
 
     def _start_watchdog(self) -> None:
         """A stuck main thread (hung kernel, dead data loader) emits nothing: say so once per stall."""
+
         def watch():
             reported = False
             while not self._closed.wait(min(30.0, self.stall_seconds / 4)):
@@ -252,7 +286,7 @@ class Controller:
         self._restore_signals()
         self.writer.close()
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         self.start()
         return self
 

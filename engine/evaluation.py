@@ -17,8 +17,12 @@ PARTS = ("select", "report")
 class Evaluation:
     def __init__(self, model, tokenizer, suite: str, report_suite: str | None, batch_tokens: int, split_seed: int):
         main = load_suite(suite)
-        self.select = SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="select", split_seed=split_seed)
-        self.report = [SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="report", split_seed=split_seed)]
+        self.select = SuiteEvaluator(
+            model, tokenizer, main, batch_tokens=batch_tokens, part="select", split_seed=split_seed
+        )
+        self.report = [
+            SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="report", split_seed=split_seed)
+        ]
         extra = load_report_suite(main, report_suite)
         if extra is not None:
             self.report.append(SuiteEvaluator(model, tokenizer, extra, batch_tokens=batch_tokens, part=None))

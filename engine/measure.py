@@ -24,7 +24,9 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def measure_here(spec: str, device: str | None, prompt_tokens: int, new_tokens: int, batch: int, repeats: int, threads: int | None) -> dict:
+def measure_here(
+    spec: str, device: str | None, prompt_tokens: int, new_tokens: int, batch: int, repeats: int, threads: int | None
+) -> dict:
     """Measure one model in this process."""
     import torch
 
@@ -37,7 +39,9 @@ def measure_here(spec: str, device: str | None, prompt_tokens: int, new_tokens: 
     model = loaded.model.eval()
     dev = next(model.parameters()).device
     vocab = model.config.vocab_size
-    ids = torch.randint(10, min(vocab, 30000), (batch, prompt_tokens), generator=torch.Generator().manual_seed(0)).to(dev)
+    ids = torch.randint(10, min(vocab, 30000), (batch, prompt_tokens), generator=torch.Generator().manual_seed(0)).to(
+        dev
+    )
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -74,7 +78,9 @@ def measure_here(spec: str, device: str | None, prompt_tokens: int, new_tokens: 
         "layers": model.config.num_hidden_layers,
         "params": parameter_count(model),
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or platform.machine(),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "batch": batch,
@@ -86,28 +92,50 @@ def measure_here(spec: str, device: str | None, prompt_tokens: int, new_tokens: 
     }
 
 
-def measure(specs: list[str], device: str | None = None, prompt_tokens: int = 256, new_tokens: int = 64, batch: int = 1,
-            repeats: int = 3, threads: int | None = None) -> list[dict]:
+def measure(
+    specs: list[str],
+    device: str | None = None,
+    prompt_tokens: int = 256,
+    new_tokens: int = 64,
+    batch: int = 1,
+    repeats: int = 3,
+    threads: int | None = None,
+) -> list[dict]:
     """Measure each model in a fresh process (one at a time: they would compete for the cores)."""
     results = []
     for spec in specs:
-        command = [sys.executable, "-m", "engine.measure", spec, "--json", "--here", "--prompt-tokens", str(prompt_tokens),
-                   "--new-tokens", str(new_tokens), "--batch", str(batch), "--repeats", str(repeats)]
+        command = [
+            sys.executable,
+            "-m",
+            "engine.measure",
+            spec,
+            "--json",
+            "--here",
+            "--prompt-tokens",
+            str(prompt_tokens),
+            "--new-tokens",
+            str(new_tokens),
+            "--batch",
+            str(batch),
+            "--repeats",
+            str(repeats),
+        ]
         if device:
             command += ["--device", device]
         if threads:
             command += ["--threads", str(threads)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            lines = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])
+            lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
             raise RuntimeError(f"measuring {spec}: {lines[-1]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.measure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.measure", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("models", nargs="+", help="model specs or exported student directories")
     parser.add_argument("--device", default=None)
     parser.add_argument("--prompt-tokens", type=int, default=256)
@@ -123,21 +151,33 @@ def main(argv: list[str] | None = None) -> int:
             from engine.worker import _quiet_libraries
 
             _quiet_libraries()  # imports transformers: only the process that loads a model pays for it
-            results = [measure_here(args.models[0], args.device, args.prompt_tokens, args.new_tokens, args.batch,
-                                    args.repeats, args.threads)]
+            results = [
+                measure_here(
+                    args.models[0],
+                    args.device,
+                    args.prompt_tokens,
+                    args.new_tokens,
+                    args.batch,
+                    args.repeats,
+                    args.threads,
+                )
+            ]
         else:
-            results = measure(args.models, args.device, args.prompt_tokens, args.new_tokens, args.batch, args.repeats,
-                              args.threads)
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+            results = measure(
+                args.models, args.device, args.prompt_tokens, args.new_tokens, args.batch, args.repeats, args.threads
+            )
+    except Exception as exc:
         print(f"ild: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
         return 1
     for r in results:
         if args.json:
             print(json.dumps(r))
         else:
-            print(f"{r['model']}: {r['layers']} layers, {r['params'] / 1e6:.1f}M params, prefill "
-                  f"{r['prefill_tokens_per_s']:.0f} tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s, "
-                  f"peak {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['device']}, {r['dtype']})")
+            print(
+                f"{r['model']}: {r['layers']} layers, {r['params'] / 1e6:.1f}M params, prefill "
+                f"{r['prefill_tokens_per_s']:.0f} tok/s, decode {r['decode_tokens_per_s']:.1f} tok/s, "
+                f"peak {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['device']}, {r['dtype']})"
+            )
     return 0
 
 

@@ -32,9 +32,9 @@ from engine.models.loading import load_model, model_version
 from engine.models.surgery import layer_map, parameter_count, remove_layers
 from engine.runlog.layout import RunDir
 from engine.runlog.state import write_state
+from engine.runlog.strategies import get_strategy
 from engine.runlog.tailer import read_all
 from engine.scoring import Ranking, Scorer, reuse
-from engine.runlog.strategies import get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class Progress:
         if done < total and now - self.last < self.interval:
             return
         self.last = now
-        self.control.emit("phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra)
+        self.control.emit(
+            "phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra
+        )
 
 
 class Runner:
@@ -86,8 +88,14 @@ class Runner:
     def run(self) -> str:
         """Run to the end; returns the reason the run finished."""
         config = self.config
-        self.control = RankedController(self.ranks, self.rundir, config.mode, config.auto_after_seconds,
-                                        notify_cmd=config.notify_cmd, stall_seconds=config.stall_seconds)
+        self.control = RankedController(
+            self.ranks,
+            self.rundir,
+            config.mode,
+            config.auto_after_seconds,
+            notify_cmd=config.notify_cmd,
+            stall_seconds=config.stall_seconds,
+        )
         with self.control:
             try:
                 return self._run()
@@ -108,7 +116,9 @@ class Runner:
             partial = self.store.partial(self.iteration)
             if partial is not None:
                 decision = self.redo_removal(partial.decision)
-                self.say(f"resuming iteration {self.iteration} at healing step {partial.step} (layer {decision.layer} already removed)")
+                self.say(
+                    f"resuming iteration {self.iteration} at healing step {partial.step} (layer {decision.layer} already removed)"
+                )
             else:
                 ranking = self.score()
                 decision = self.decide(ranking)
@@ -122,8 +132,11 @@ class Runner:
                 return self.stop_at_floor()
             self.checkpoint()
         self.export()
-        self._finish("target", f"finished: {self.depth} layers, removed {self.removed_layers}",
-                     export=str(self.rundir.export_dir))
+        self._finish(
+            "target",
+            f"finished: {self.depth} layers, removed {self.removed_layers}",
+            export=str(self.rundir.export_dir),
+        )
         return "target"
 
     # --- start: load, restore, prepare ----------------------------------------------------------
@@ -138,8 +151,14 @@ class Runner:
                 log.info("removed %s, left half-written by an engine that was killed", name)
         self.ranks.barrier()  # every rank has read the log and sees the cleaned checkpoints
         checkpoint = self.store.latest()
-        self.emit("engine_started", pid=os.getpid(), host=socket.gethostname(), resumed_from=checkpoint.name if checkpoint else None,
-                  threads=torch.get_num_threads(), **({"processes": self.ranks.size} if self.ranks.distributed else {}))
+        self.emit(
+            "engine_started",
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            resumed_from=checkpoint.name if checkpoint else None,
+            threads=torch.get_num_threads(),
+            **({"processes": self.ranks.size} if self.ranks.distributed else {}),
+        )
         if checkpoint is not None and checkpoint.note:
             self.say(checkpoint.note, level="warning")
         self.control.lockstep_point()
@@ -148,17 +167,27 @@ class Runner:
         loaded = self._load()
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         if checkpoint is None and not self._logged_event("run_started"):
-            self.emit("run_started", name=config.name, model=config.model, model_version=model_version(config.model),
-                      strategy=config.strategy, importance=self.metric, start_layers=config.start_layers,
-                      target_layers=config.target_layers, mode=config.mode, mode_seconds=config.auto_after_seconds,
-                      params=parameter_count(self.model),
-                      config=config.model_dump())
+            self.emit(
+                "run_started",
+                name=config.name,
+                model=config.model,
+                model_version=model_version(config.model),
+                strategy=config.strategy,
+                importance=self.metric,
+                start_layers=config.start_layers,
+                target_layers=config.target_layers,
+                mode=config.mode,
+                mode_seconds=config.auto_after_seconds,
+                params=parameter_count(self.model),
+                config=config.model_dump(),
+            )
         if checkpoint is not None:
             self.restore(checkpoint)
 
         self._phase("preparing", f"tokenising suite '{config.suite}'")
-        self.evaluation = Evaluation(self.model, self.tokenizer, config.suite, config.report_suite, config.batch_tokens,
-                                     config.split_seed)
+        self.evaluation = Evaluation(
+            self.model, self.tokenizer, config.suite, config.report_suite, config.batch_tokens, config.split_seed
+        )
         if self.ranks.distributed:
             from engine.distributed.evaluator import share_evaluation
 
@@ -170,10 +199,18 @@ class Runner:
         self.healer = self._healer() if self.strategy.heal else None
         from engine.importance.racing import RacingSettings
 
-        self.scorer = Scorer(self.metric, self.model, self.evaluation.select, self.calibration, self.evaluation.pad_id,
-                             config.batch_tokens, teacher=self.teacher,
-                             racing=RacingSettings(enabled=config.scoring.racing, seed=config.seed),
-                             block=config.start_layers - config.target_layers, progress=self.progress)
+        self.scorer = Scorer(
+            self.metric,
+            self.model,
+            self.evaluation.select,
+            self.calibration,
+            self.evaluation.pad_id,
+            config.batch_tokens,
+            teacher=self.teacher,
+            racing=RacingSettings(enabled=config.scoring.racing, seed=config.seed),
+            block=config.start_layers - config.target_layers,
+            progress=self.progress,
+        )
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.store.restore(self.model, checkpoint)
@@ -182,7 +219,9 @@ class Runner:
         self.modified = set(checkpoint.modified)
         scores = checkpoint.extra.get("one_shot")
         self.one_shot = {int(k): v for k, v in scores.items()} if scores else None
-        self.say(f"resumed from checkpoint {checkpoint.name} (iteration {self.iteration}, removed {self.removed_layers})")
+        self.say(
+            f"resumed from checkpoint {checkpoint.name} (iteration {self.iteration}, removed {self.removed_layers})"
+        )
 
     # --- 5. evaluate (the teacher first) --------------------------------------------------------
     def evaluate_teacher(self) -> None:
@@ -199,7 +238,12 @@ class Runner:
         self._phase("evaluating", stage.replace("_", " "))
         select = free_select if free_select is not None else self.evaluation.scores("select", self.progress)
         report = self.evaluation.scores("report", self.progress)
-        common = {"iteration": self.iteration, "stage": stage, "layers": self.depth, "params": parameter_count(self.model)}
+        common = {
+            "iteration": self.iteration,
+            "stage": stage,
+            "layers": self.depth,
+            "params": parameter_count(self.model),
+        }
         self.emit("eval", part="select", aggregate=summary(select), tasks=select, **common)
         self.emit("eval", part="report", aggregate=summary(report), tasks=report, **common, **extra)
         if stage == "teacher":
@@ -219,9 +263,17 @@ class Runner:
             if not self.strategy.rescore:
                 self.one_shot = {int(k): v for k, v in ranking.event["scores"].items()}
         self.emit("importance", iteration=self.iteration, **ranking.event)
-        candidates = [{"layer": layer, "score": score, **({"tasks": ranking.per_task[layer]} if layer in ranking.per_task else {})}
-                      for layer, score in ranking.ranked]
-        self.emit("proposal", iteration=self.iteration, layer=ranking.proposal, metric=self.metric, candidates=candidates)
+        candidates = [
+            {
+                "layer": layer,
+                "score": score,
+                **({"tasks": ranking.per_task[layer]} if layer in ranking.per_task else {}),
+            }
+            for layer, score in ranking.ranked
+        ]
+        self.emit(
+            "proposal", iteration=self.iteration, layer=ranking.proposal, metric=self.metric, candidates=candidates
+        )
         return ranking
 
     # --- 3. decide ------------------------------------------------------------------------------
@@ -231,10 +283,20 @@ class Runner:
         if self.config.removals is not None:
             decision = Decision(ranking.proposal, "fixed")
         else:
-            decision = self.control.decide(self.iteration, ranking.proposal, layer_map(self.model),
-                                           [{"layer": layer, "score": score} for layer, score in ranking.ranked])
-        self.emit("decision", iteration=self.iteration, layer=decision.layer, by=decision.by, proposed=ranking.proposal,
-                  command_id=decision.command_id)
+            decision = self.control.decide(
+                self.iteration,
+                ranking.proposal,
+                layer_map(self.model),
+                [{"layer": layer, "score": score} for layer, score in ranking.ranked],
+            )
+        self.emit(
+            "decision",
+            iteration=self.iteration,
+            layer=decision.layer,
+            by=decision.by,
+            proposed=ranking.proposal,
+            command_id=decision.command_id,
+        )
         self._proposed = ranking.proposal
         return decision
 
@@ -245,11 +307,24 @@ class Runner:
             bridge = self._remove_with_bridge(decision.layer)
         else:
             remove_layers(self.model, decision.layer)
-        self.removed.append({"iteration": self.iteration, "layer": decision.layer, "by": decision.by,
-                             "proposed": getattr(self, "_proposed", decision.layer)})
+        self.removed.append(
+            {
+                "iteration": self.iteration,
+                "layer": decision.layer,
+                "by": decision.by,
+                "proposed": getattr(self, "_proposed", decision.layer),
+            }
+        )
         mapping = layer_map(self.model)
-        self.emit("layer_removed", iteration=self.iteration, layer=decision.layer, remaining=mapping, layers=len(mapping),
-                  params=parameter_count(self.model), **({"bridge": bridge} if bridge else {}))
+        self.emit(
+            "layer_removed",
+            iteration=self.iteration,
+            layer=decision.layer,
+            remaining=mapping,
+            layers=len(mapping),
+            params=parameter_count(self.model),
+            **({"bridge": bridge} if bridge else {}),
+        )
 
     def redo_removal(self, decision: dict) -> Decision:
         """Iteration k's removal again, as it was decided before the engine died (bridges are
@@ -260,7 +335,9 @@ class Runner:
             self._remove_with_bridge(redone.layer)
         else:
             remove_layers(self.model, redone.layer)
-        self.removed.append({"iteration": self.iteration, "layer": redone.layer, "by": redone.by, "proposed": self._proposed})
+        self.removed.append(
+            {"iteration": self.iteration, "layer": redone.layer, "by": redone.by, "proposed": self._proposed}
+        )
         return redone
 
     def _remove_with_bridge(self, layer: int) -> dict | None:
@@ -275,10 +352,14 @@ class Runner:
             remove_layers(self.model, layer)
             self.say(f"layer {layer} removed without a bridge: {exc}")
             return None
-        fit = remove_with_bridge(self.model, [layer], self.calibration, self.evaluation.pad_id, self.config.batch_tokens)
+        fit = remove_with_bridge(
+            self.model, [layer], self.calibration, self.evaluation.pad_id, self.config.batch_tokens
+        )
         self.modified.add(layer_group(fit.into))
-        self.say(f"layer {layer} replaced by a linear map fused into layer {fit.into}: relative residual "
-                 f"{fit.relative_residual:.3f} (plain removal {fit.plain_relative_residual:.3f})")
+        self.say(
+            f"layer {layer} replaced by a linear map fused into layer {fit.into}: relative residual "
+            f"{fit.relative_residual:.3f} (plain removal {fit.plain_relative_residual:.3f})"
+        )
         return fit.summary()
 
     def evaluates_now(self) -> bool:
@@ -295,7 +376,7 @@ class Runner:
 
     def _healer(self):
         from engine.distill.data import distill_blocks
-        from engine.distill.heal import Healer, HealConfig, TeacherCache
+        from engine.distill.heal import HealConfig, Healer, TeacherCache
 
         self.heal_config = HealConfig.from_settings(self.config.heal)
         self._phase("preparing", "distillation data")
@@ -303,14 +384,22 @@ class Runner:
             train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
         except (ValueError, OSError) as exc:
             raise RuntimeError(f"distillation data: {exc}") from exc
-        cache = TeacherCache(self.teacher, train, heldout, self.rundir.cache_dir, self.config.heal.cache_limit_mb << 20,
-                             self.heal_config.batch_size)
+        cache = TeacherCache(
+            self.teacher,
+            train,
+            heldout,
+            self.rundir.cache_dir,
+            self.config.heal.cache_limit_mb << 20,
+            self.heal_config.batch_size,
+        )
         if self.config.heal.untie_head:
             from engine.models.surgery import untie_head
 
             untie_head(self.model)
             self.modified.add("head")
-        return Healer(self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp")
+        return Healer(
+            self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp"
+        )
 
     def heal(self, decision: Decision, partial) -> None:
         from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
@@ -332,8 +421,13 @@ class Runner:
             if not self.ranks.is_main:
                 return
             self.store.save_partial(self.iteration, state.step, chosen, trainable, state.to_saved())
-            self.emit("checkpoint", iteration=self.iteration, name=f"partial-{self.iteration}-{state.step}", partial=True,
-                      step=state.step)
+            self.emit(
+                "checkpoint",
+                iteration=self.iteration,
+                name=f"partial-{self.iteration}-{state.step}",
+                partial=True,
+                step=state.step,
+            )
 
         def interrupt() -> bool:
             try:
@@ -343,8 +437,16 @@ class Runner:
             return False
 
         try:
-            summary_ = self.healer.heal(trainable, self.iteration, self.config.seed, on_step=lambda r: self.emit("train_step", **r),
-                                        on_checkpoint=save_partial, resume=resume, interrupt=interrupt, baseline=before["loss"])
+            summary_ = self.healer.heal(
+                trainable,
+                self.iteration,
+                self.config.seed,
+                on_step=lambda r: self.emit("train_step", **r),
+                on_checkpoint=save_partial,
+                resume=resume,
+                interrupt=interrupt,
+                baseline=before["loss"],
+            )
             note = f"healed {summary_['steps']} steps ({summary_['tokens']} tokens) in {summary_['seconds']:.0f}s"
             if summary_["stopped_early"]:
                 note += f", stopped early (no held-out gain in {self.heal_config.patience} checks)"
@@ -382,16 +484,22 @@ class Runner:
         """The student of this iteration fell below the floor: the last checkpoint is the answer."""
         layer = self.removed[-1]["layer"]
         rejected = {"iteration": self.iteration, "layer": layer, "aggregate": self.last_report}
-        self.say(f"removing layer {layer} left the report aggregate at {self.last_report:.4f}, below "
-                 f"{self.config.min_retention:.0%} of the teacher's {self.teacher_report:.4f}: keeping the student of "
-                 f"iteration {self.iteration - 1}")
+        self.say(
+            f"removing layer {layer} left the report aggregate at {self.last_report:.4f}, below "
+            f"{self.config.min_retention:.0%} of the teacher's {self.teacher_report:.4f}: keeping the student of "
+            f"iteration {self.iteration - 1}"
+        )
         checkpoint = self.store.latest()
         self.model = self._load().model
         self.removed, self.iteration = list(checkpoint.removed), checkpoint.iteration
         self.store.restore(self.model, checkpoint)
         self.export()
-        self._finish("floor", f"stopped at the quality floor with {self.depth} layers", export=str(self.rundir.export_dir),
-                     rejected=rejected)
+        self._finish(
+            "floor",
+            f"stopped at the quality floor with {self.depth} layers",
+            export=str(self.rundir.export_dir),
+            rejected=rejected,
+        )
         return "floor"
 
     # --- 6. checkpoint, export, finish ----------------------------------------------------------
@@ -408,10 +516,17 @@ class Runner:
         faults.point("export")
         if not self.ranks.is_main:
             return
-        export_model(self.model, self.tokenizer, self.rundir.export_dir, {
-            "teacher": self.config.model, "strategy": self.config.strategy, "run": self.config.name,
-            "removal_order": self.removed_layers,
-        })
+        export_model(
+            self.model,
+            self.tokenizer,
+            self.rundir.export_dir,
+            {
+                "teacher": self.config.model,
+                "strategy": self.config.strategy,
+                "run": self.config.name,
+                "removal_order": self.removed_layers,
+            },
+        )
 
     def _finish(self, reason: str, message: str, **extra) -> None:
         fields = {"reason": reason, "iteration": self.iteration, "removed": self.removed_layers}
@@ -425,8 +540,17 @@ class Runner:
     def _write_state(self, finished: bool = False) -> None:
         if not self.ranks.is_main:
             return
-        write_state(self.rundir, {"iteration": self.iteration, "removed": self.removed_layers, "mapping": layer_map(self.model),
-                                  "last_checkpoint": str(self.iteration), "mode": self.control.mode, "finished": finished})
+        write_state(
+            self.rundir,
+            {
+                "iteration": self.iteration,
+                "removed": self.removed_layers,
+                "mapping": layer_map(self.model),
+                "last_checkpoint": str(self.iteration),
+                "mode": self.control.mode,
+                "finished": finished,
+            },
+        )
 
     # --- helpers --------------------------------------------------------------------------------
     def _load(self):
@@ -467,8 +591,18 @@ class Runner:
 
         cal = self.config.calibration
         path = Path(cal.path)
-        source = FileSource(type="jsonl", path=str(path)) if path.is_file() else EmbeddedSource(type="embedded", path=cal.path)
-        spec = TaskSpec(name="calibration", kind="language_modeling", source=source, metric="next_token_accuracy", samples=cal.samples)
+        source = (
+            FileSource(type="jsonl", path=str(path))
+            if path.is_file()
+            else EmbeddedSource(type="embedded", path=cal.path)
+        )
+        spec = TaskSpec(
+            name="calibration",
+            kind="language_modeling",
+            source=source,
+            metric="next_token_accuracy",
+            samples=cal.samples,
+        )
         sequences = []
         for i, row in enumerate(read_rows(spec, limit=cal.samples)):
             ids = self.tokenizer(row["text"])["input_ids"][: cal.max_tokens]

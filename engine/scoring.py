@@ -7,8 +7,8 @@ event. Metrics that score the teacher once (``rescore`` false in the strategy) r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from engine.models.surgery import layer_map
 
@@ -31,8 +31,19 @@ def _keyed(scores: dict[int, float] | None) -> dict[str, float]:
 class Scorer:
     """Scores the student as it is now, by the run's metric."""
 
-    def __init__(self, metric: str, model, select_evaluator, calibration, pad_id: int, batch_tokens: int,
-                 teacher=None, racing=None, block: int = 1, progress: Callable | None = None):
+    def __init__(
+        self,
+        metric: str,
+        model,
+        select_evaluator,
+        calibration,
+        pad_id: int,
+        batch_tokens: int,
+        teacher=None,
+        racing=None,
+        block: int = 1,
+        progress: Callable | None = None,
+    ):
         self.metric = metric
         self.model = model
         self.evaluator = select_evaluator
@@ -58,8 +69,15 @@ class Scorer:
         if self.metric in ("loss_nll", "loss_kl"):
             from engine.importance.scores import loss_drop_scores
 
-            drops = loss_drop_scores(self.model, self.calibration, self.pad_id, kind=self.metric.removeprefix("loss_"),
-                                     teacher=self.teacher, batch_tokens=self.batch_tokens, progress=self.progress)
+            drops = loss_drop_scores(
+                self.model,
+                self.calibration,
+                self.pad_id,
+                kind=self.metric.removeprefix("loss_"),
+                teacher=self.teacher,
+                batch_tokens=self.batch_tokens,
+                progress=self.progress,
+            )
             return self._ranking({mapping[i]: v for i, v in drops.items()})
         if self.metric == "position":
             from engine.models.surgery import reverse_order_candidates
@@ -86,17 +104,29 @@ class Scorer:
 
         racing = self.racing if self.racing is not None else RacingSettings(enabled=False)
         result = task_drop(self.evaluator, racing=racing, progress=self.progress)
-        name = lambda i: mapping[i]  # noqa: E731
+        name = lambda i: mapping[i]
         ranked = [(mapping[i], drop) for i, drop in result.ranked()]
         by_layer = {mapping[i]: result.per_task[i] for i in result.per_task if i not in result.partial}
-        by_task = {task: {str(mapping[i]): result.per_task[i][task] for i in result.per_task} for task in self.evaluator.task_names}
-        event = {"metric": self.metric, "scores": _keyed({mapping[i]: d for i, d in result.drops.items()}), "per_task": by_task,
-                 "aggregates": {str(mapping[i]): aggregate(result.per_task[i]) for i in result.per_task}}
+        by_task = {
+            task: {str(mapping[i]): result.per_task[i][task] for i in result.per_task}
+            for task in self.evaluator.task_names
+        }
+        event = {
+            "metric": self.metric,
+            "scores": _keyed({mapping[i]: d for i, d in result.drops.items()}),
+            "per_task": by_task,
+            "aggregates": {str(mapping[i]): aggregate(result.per_task[i]) for i in result.per_task},
+        }
         if racing.enabled:
-            event.update(partial=sorted(mapping[i] for i in result.partial),
-                         items={str(mapping[i]): n for i, n in sorted(result.items.items())},
-                         racing={"total_items": result.total_items, "layer_forwards": result.forwards.layer_forwards,
-                                 "rounds": [r.as_dict(name=name) for r in result.rounds]})
+            event.update(
+                partial=sorted(mapping[i] for i in result.partial),
+                items={str(mapping[i]): n for i, n in sorted(result.items.items())},
+                racing={
+                    "total_items": result.total_items,
+                    "layer_forwards": result.forwards.layer_forwards,
+                    "rounds": [r.as_dict(name=name) for r in result.rounds],
+                },
+            )
         return Ranking(ranked, by_layer, event)
 
     def _block(self, mapping: list[int]) -> Ranking:
@@ -106,8 +136,10 @@ class Scorer:
 
         distances = block_distances(self.model, self.block, self.calibration, self.pad_id, self.batch_tokens)
         start = min(distances, key=lambda s: (distances[s], s))
-        chosen = mapping[mapping.index(start): mapping.index(start) + self.block]
-        scores = {o: float(chosen.index(o)) if o in chosen else float(self.block + distances.get(o, 1.0)) for o in mapping}
+        chosen = mapping[mapping.index(start) : mapping.index(start) + self.block]
+        scores = {
+            o: float(chosen.index(o)) if o in chosen else float(self.block + distances.get(o, 1.0)) for o in mapping
+        }
         return self._ranking(scores, block=chosen, block_distance=_keyed(distances))
 
 

@@ -19,7 +19,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _offline() -> bool:
-    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--suite", default="default")
     parser.add_argument("--report-suite", default=None, help="a report suite (default: the suite's own `report:`)")
-    parser.add_argument("--layers", default=None, help="comma-separated current layer indices to skip (default: 1 and the middle one)")
+    parser.add_argument(
+        "--layers", default=None, help="comma-separated current layer indices to skip (default: 1 and the middle one)"
+    )
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-only", action="store_true", help="check the data and print the plan; load no model")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [x for x in layers if not 0 <= x < depth]
         if bad:
             raise ValueError(f"layer {bad[0]} does not exist (the model has {depth} layers)")
-        make = lambda s, part: SuiteEvaluator(loaded.model, loaded.tokenizer, s, part=part, split_seed=args.split_seed)  # noqa: E731
+        make = lambda s, part: SuiteEvaluator(loaded.model, loaded.tokenizer, s, part=part, split_seed=args.split_seed)
         parts = [("selection part", make(suite, "select")), ("report part", make(suite, "report"))]
         if report:
             parts.append(("report suite", make(report, None)))
@@ -88,7 +92,11 @@ def _table(title: str, evaluator, layers: list[int]) -> None:
     for name in names:
         values = [results[None][name]] + [results[x][name] for x in layers]
         moves = max(values) - min(values)
-        print(f"{name:<{width}}  " + "  ".join(f"{v:8.3f}" for v in values) + f"  {'yes' if moves >= 0.02 else 'no'} ({moves:.3f})")
+        print(
+            f"{name:<{width}}  "
+            + "  ".join(f"{v:8.3f}" for v in values)
+            + f"  {'yes' if moves >= 0.02 else 'no'} ({moves:.3f})"
+        )
     aggregates = [aggregate(results[None])] + [aggregate(results[x]) for x in layers]
     print(f"{'aggregate':<{width}}  " + "  ".join(f"{v:8.3f}" for v in aggregates))
 

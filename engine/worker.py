@@ -62,7 +62,7 @@ def _resolve(data: dict):
             _check_distill_data(config)
         return config
     except (ConfigError, ModelSpecError, UnsupportedArchitecture, TaskFileError, ValueError) as exc:
-        raise SystemExit(_fail(str(exc)))
+        raise SystemExit(_fail(str(exc))) from None
 
 
 def _check_distill_data(config) -> None:
@@ -75,7 +75,9 @@ def _check_distill_data(config) -> None:
     try:
         texts = load_texts(DataConfig(source=source, text_field=config.heal.text_field, max_documents=10**9))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        detail = f"no '{config.heal.text_field}' field in a row" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        detail = (
+            f"no '{config.heal.text_field}' field in a row" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        )
         raise ValueError(f"heal.data {source}: {detail}") from None
     if not texts:
         raise ValueError(f"heal.data {source}: no text")
@@ -143,7 +145,7 @@ def _load_config(run_dir: Path):
     try:
         return validate_config(yaml.safe_load(path.read_text()))
     except (ConfigError, yaml.YAMLError) as exc:
-        raise SystemExit(_fail(f"{path}: {str(exc).splitlines()[0]}"))
+        raise SystemExit(_fail(f"{path}: {str(exc).splitlines()[0]}")) from None
 
 
 def _join_ranks(config):
@@ -152,8 +154,14 @@ def _join_ranks(config):
     import torch
 
     from engine.config import ConfigError, check_processes
-    from engine.distributed.ranks import (DistributedError, apply_threads, default_threads, from_environment, launched_size,
-                                         resolve_device)
+    from engine.distributed.ranks import (
+        DistributedError,
+        apply_threads,
+        default_threads,
+        from_environment,
+        launched_size,
+        resolve_device,
+    )
 
     settings = config.distributed
     cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
@@ -162,20 +170,22 @@ def _join_ranks(config):
     if os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true":
         settings.heal = "fsdp"
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        raise SystemExit(_fail("DeepSpeed is not supported: use distributed_type MULTI_GPU (DDP) or FSDP in the accelerate config"))
+        raise SystemExit(
+            _fail("DeepSpeed is not supported: use distributed_type MULTI_GPU (DDP) or FSDP in the accelerate config")
+        )
     try:
         if settings.gpus_per_process > 1 and not cuda:
             raise DistributedError("distributed.gpus_per_process > 1 spreads a model over GPUs and this host has none")
         check_processes(config, launched_size())
     except (DistributedError, ConfigError) as exc:
-        raise SystemExit(_fail(str(exc)))
+        raise SystemExit(_fail(str(exc))) from None
     if settings.gpus_per_process > 1:
         os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"  # DDP over processes whose model spans several GPUs
     ranks = from_environment(cpu=not cuda, timeout_s=settings.timeout_s)
     try:
         resolve_device(config.device, ranks, settings.gpus_per_process)  # enough GPUs for every rank?
     except DistributedError as exc:
-        raise SystemExit(_fail(str(exc)))
+        raise SystemExit(_fail(str(exc))) from None
     apply_threads(config.threads or default_threads(ranks.local_size))
     return ranks
 
@@ -215,8 +225,11 @@ def run(run_dir: Path) -> int:
         return 130
     except Exception as exc:  # recorded as run_failed by the runner (rank 0); one line here
         logging.getLogger(__name__).exception("run failed")
-        return _fail(f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                     f"(details in {_log_file(run_dir, ranks.rank)})", EXIT_FAILED)
+        return _fail(
+            f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"(details in {_log_file(run_dir, ranks.rank)})",
+            EXIT_FAILED,
+        )
     finally:
         lock.release()
 
@@ -241,9 +254,19 @@ def export(run_dir: Path, out: Path, force: bool = False) -> int:
 
     loaded = load_model(config.model, device="cpu")
     CheckpointStore(run_dir).restore(loaded.model, checkpoint)
-    export_model(loaded.model, loaded.tokenizer, out, {"teacher": config.model, "strategy": config.strategy, "run": config.name,
-                                                       "removal_order": checkpoint.removed_layers,
-                                                       "checkpoint": checkpoint.name}, force=force)
+    export_model(
+        loaded.model,
+        loaded.tokenizer,
+        out,
+        {
+            "teacher": config.model,
+            "strategy": config.strategy,
+            "run": config.name,
+            "removal_order": checkpoint.removed_layers,
+            "checkpoint": checkpoint.name,
+        },
+        force=force,
+    )
     print(out)
     return 0
 
@@ -251,10 +274,14 @@ def export(run_dir: Path, out: Path, force: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.worker", description="The ild engine process.")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--create", action="store_true", help="validate a JSON config from stdin and create the run directory")
+    parser.add_argument(
+        "--create", action="store_true", help="validate a JSON config from stdin and create the run directory"
+    )
     parser.add_argument("--export", action="store_true", help="export the student of the last checkpoint")
     parser.add_argument("--out", type=Path, help="where --export writes")
-    parser.add_argument("--force", action="store_true", help="--export may replace a non-empty directory that is not an ild export")
+    parser.add_argument(
+        "--force", action="store_true", help="--export may replace a non-empty directory that is not an ild export"
+    )
     args = parser.parse_args(argv)
     if args.create:
         try:

@@ -20,6 +20,7 @@ from engine.runlog.strategies import DEFAULT_STRATEGY, IMPORTANCE_METRICS, STRAT
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
 
+
 # Commands whose issue has not landed yet: they say so instead of pretending.
 class Failure(click.ClickException):
     """One clear line on stderr, then a non-zero exit."""
@@ -262,7 +263,9 @@ def run(
         try:
             removals = [int(x) for x in removals.split(",")]
         except ValueError:
-            raise Failure(f"--removals expects original layer indices like 12,5 (got '{removals}')", EXIT_USAGE) from None
+            raise Failure(
+                f"--removals expects original layer indices like 12,5 (got '{removals}')", EXIT_USAGE
+            ) from None
     if mode is None:
         mode = "auto" if (headless or detach) else "manual"
     if mode == "auto-after" and not auto_after:
@@ -281,8 +284,12 @@ def run(
         "batch_tokens": batch_tokens,
         "seed": seed,
     }
-    for key, value in (("target_layers", target_layers), ("removals", removals), ("min_retention", min_retention),
-                       ("report_suite", report_suite)):
+    for key, value in (
+        ("target_layers", target_layers),
+        ("removals", removals),
+        ("min_retention", min_retention),
+        ("report_suite", report_suite),
+    ):
         if value is not None:
             config[key] = value
     if auto_after:
@@ -667,10 +674,18 @@ def export(run_ref, out, force, runs_dir):
 
 @main.command()
 @click.argument("run_refs", metavar="RUN [RUN...]", nargs=-1, required=True)
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Directory for report.html, its PNGs and CSVs (made if missing; an earlier report there is replaced).")
-@click.option("--no-measure", "no_measure", is_flag=True,
-              help="Skip timing the teacher and the exported students (parameters, tokens/s, peak memory).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Directory for report.html, its PNGs and CSVs (made if missing; an earlier report there is replaced).",
+)
+@click.option(
+    "--no-measure",
+    "no_measure",
+    is_flag=True,
+    help="Skip timing the teacher and the exported students (parameters, tokens/s, peak memory).",
+)
 @click.option("--device", default=None, help="Where to measure: cpu, cuda, cuda:1 ... (default: the best there is).")
 @click.option("--title", default=None, help="The page's title.")
 @runs_dir_option
@@ -694,8 +709,14 @@ def report(run_refs, out, no_measure, device, title, runs_dir):
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     try:
-        result = write_report(paths, Path(out), measure=not no_measure, device=device, title=title,
-                              progress=lambda text: click.echo(text, err=True))
+        result = write_report(
+            paths,
+            Path(out),
+            measure=not no_measure,
+            device=device,
+            title=title,
+            progress=lambda text: click.echo(text, err=True),
+        )
     except ReportError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     for note in result.notes:
@@ -707,20 +728,35 @@ def report(run_refs, out, no_measure, device, title, runs_dir):
 @click.option("--model", default="smollm2-135m", show_default=True, help="The teacher every strategy starts from.")
 @click.option("--strategies", required=True, help=f"Comma-separated, from: {', '.join(STRATEGIES)}.")
 @click.option("--target-layers", type=int, required=True, help="Every run stops at this many layers.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="The study's directory: study.json, runs/<strategy>/, report/.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="The study's directory: study.json, runs/<strategy>/, report/.",
+)
 @click.option("--suite", default="default", show_default=True, help="Embedded suite name or a suite/task file.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--split-seed", type=int, default=0, show_default=True,
-              help="Which items of each task choose the layers and which report (the same for every run).")
+@click.option(
+    "--split-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Which items of each task choose the layers and which report (the same for every run).",
+)
 @click.option("--batch-tokens", type=int, default=4096, show_default=True, help="Tokens per forward batch.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... for the runs and the measurement.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value in every run, e.g. --set heal.train_tokens=65536 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value in every run, e.g. --set heal.train_tokens=65536 (repeatable).",
+)
 @click.option("--detach", is_flag=True, help="Run the whole study in the background (it outlives the terminal).")
 @click.option("--no-measure", "no_measure", is_flag=True, help="Write the report without timing the models.")
-def study(model, strategies, target_layers, out, suite, seed, split_seed, batch_tokens, device, overrides, detach,
-          no_measure):
+def study(
+    model, strategies, target_layers, out, suite, seed, split_seed, batch_tokens, device, overrides, detach, no_measure
+):
     """Run several strategies with the same suite, split, seed and budget, one after another, then
     write their report (the paper's Table 2 in one command).
 
@@ -746,9 +782,17 @@ def study(model, strategies, target_layers, out, suite, seed, split_seed, batch_
         names = parse_strategies(strategies)
     except (ValueError, StudyError) as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
-    plan = Plan(model=local_or_as_given(model), strategies=names, target_layers=target_layers,
-                suite=local_or_as_given(suite, files_only=True), seed=seed, split_seed=split_seed, batch_tokens=batch_tokens,
-                device=device, settings=settings)
+    plan = Plan(
+        model=local_or_as_given(model),
+        strategies=names,
+        target_layers=target_layers,
+        suite=local_or_as_given(suite, files_only=True),
+        seed=seed,
+        split_seed=split_seed,
+        batch_tokens=batch_tokens,
+        device=device,
+        settings=settings,
+    )
     out_dir = Path(out)
     try:
         new = prepare(out_dir, plan)
@@ -758,8 +802,10 @@ def study(model, strategies, target_layers, out, suite, seed, split_seed, batch_
         raise Failure(str(exc), exc.code) from None
     if detach:
         click.echo(f"{'started' if new else 'continuing'} study in {out_dir} (pid {pid}): {', '.join(names)}")
-        click.echo(f"follow it with:  ild ls --runs-dir {out_dir / 'runs'}   ild attach --runs-dir {out_dir / 'runs'}"
-                   f"   tail -f {out_dir / 'study.log'}")
+        click.echo(
+            f"follow it with:  ild ls --runs-dir {out_dir / 'runs'}   ild attach --runs-dir {out_dir / 'runs'}"
+            f"   tail -f {out_dir / 'study.log'}"
+        )
         return
     with HeadlessView() as view:
         code = finish(out_dir, view, measure=not no_measure)
@@ -827,7 +873,9 @@ def suite_list():
 )
 @click.option("--device", default=None)
 @click.option("--report-suite", default=None, help="A report suite (default: the suite's own).")
-@click.option("--split-seed", type=int, default=0, show_default=True, help="Which items are the selection / report part.")
+@click.option(
+    "--split-seed", type=int, default=0, show_default=True, help="Which items are the selection / report part."
+)
 @click.option("--data-only", is_flag=True, help="Check the data and print what would be loaded; load no model.")
 def suite_check(model, suite_name, layers, device, report_suite, split_seed, data_only):
     """Score a suite's selection part, report part and report suite on the full model, with layer 1
@@ -836,8 +884,17 @@ def suite_check(model, suite_name, layers, device, report_suite, split_seed, dat
 
     from .launch import ENGINE, _engine_env
 
-    command = [ENGINE[0], "-m", "engine.suite_check", "--model", model, "--suite", suite_name,
-               "--split-seed", str(split_seed)]
+    command = [
+        ENGINE[0],
+        "-m",
+        "engine.suite_check",
+        "--model",
+        model,
+        "--suite",
+        suite_name,
+        "--split-seed",
+        str(split_seed),
+    ]
     for flag, value in (("--layers", layers), ("--device", device), ("--report-suite", report_suite)):
         if value:
             command += [flag, value]

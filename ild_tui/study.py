@@ -57,12 +57,21 @@ class Plan:
     settings: dict = field(default_factory=dict)  # the --set overrides, as the nested mapping they make
 
     def run_config(self, strategy: str) -> dict:
-        config = {"name": strategy, "model": self.model, "strategy": strategy, "target_layers": self.target_layers,
-                  "suite": self.suite, "mode": "auto", "batch_tokens": self.batch_tokens, "seed": self.seed,
-                  "split_seed": self.split_seed, **({"device": self.device} if self.device else {})}
+        config = {
+            "name": strategy,
+            "model": self.model,
+            "strategy": strategy,
+            "target_layers": self.target_layers,
+            "suite": self.suite,
+            "mode": "auto",
+            "batch_tokens": self.batch_tokens,
+            "seed": self.seed,
+            "split_seed": self.split_seed,
+            **({"device": self.device} if self.device else {}),
+        }
         return _merge(config, self.settings)
 
-    def differences(self, other: "Plan") -> list[str]:
+    def differences(self, other: Plan) -> list[str]:
         mine, theirs = asdict(self), asdict(other)
         return [f"{k}: {_show(mine[k])} in the study, {_show(theirs[k])} given" for k in mine if mine[k] != theirs[k]]
 
@@ -138,8 +147,10 @@ def prepare(out: Path, plan: Plan) -> bool:
     if stored is not None:
         diffs = stored.differences(plan)
         if diffs:
-            raise StudyError(f"{out} holds a study with other settings ({'; '.join(diffs)}): "
-                             "rerun it with the same arguments, or pick another --out")
+            raise StudyError(
+                f"{out} holds a study with other settings ({'; '.join(diffs)}): "
+                "rerun it with the same arguments, or pick another --out"
+            )
         return False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StudyError(f"--out {out} is not empty and holds no study; pick another directory")
@@ -181,7 +192,7 @@ class StudyLock:
             os.close(fd)
         return None
 
-    def __enter__(self) -> "StudyLock":
+    def __enter__(self) -> StudyLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -291,10 +302,18 @@ def start_detached(out: Path, measure: bool = True) -> int:
     holder = StudyLock(out).holder()
     if holder is not None:
         raise StudyError(f"a study is already running in {out} (pid {holder})", EXIT_FAILED)
-    log = open(out / LOG, "ab")
+    log = open(out / LOG, "ab")  # noqa: SIM115 (the detached study writes to it after we return)
     command = [sys.executable, "-m", "ild_tui.study", str(out), *([] if measure else ["--no-measure"])]
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env(),
-                             start_new_session=True, close_fds=True, preexec_fn=_ignore_hangup)
+    child = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=_engine_env(),
+        start_new_session=True,
+        close_fds=True,
+        preexec_fn=_ignore_hangup,
+    )
     log.close()
     return child.pid
 
@@ -314,8 +333,11 @@ def finish(out: Path, view, measure: bool) -> int:
     else:
         view.line(f"no report: {outcome.report_problem}")
     if outcome.unfinished:
-        view.line("not finished: " + "; ".join(f"{s} ({why})" for s, why in outcome.unfinished)
-                  + " - run the same command again to continue")
+        view.line(
+            "not finished: "
+            + "; ".join(f"{s} ({why})" for s, why in outcome.unfinished)
+            + " - run the same command again to continue"
+        )
         return EXIT_FAILED
     return 0 if outcome.report is not None else EXIT_FAILED
 

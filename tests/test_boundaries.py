@@ -40,7 +40,22 @@ def test_cli_help_imports_neither_torch_nor_textual():
         "print([m for m in ('torch', 'transformers', 'textual', 'matplotlib') if m in sys.modules], file=sys.stderr)"
     )
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
-    for command in ("run", "ls", "show", "attach", "approve", "override", "mode", "pause", "resume", "stop", "export", "report", "study", "demo"):
+    for command in (
+        "run",
+        "ls",
+        "show",
+        "attach",
+        "approve",
+        "override",
+        "mode",
+        "pause",
+        "resume",
+        "stop",
+        "export",
+        "report",
+        "study",
+        "demo",
+    ):
         assert command in result.stdout
 
 

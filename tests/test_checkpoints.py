@@ -148,12 +148,19 @@ def test_a_crafted_partial_runs_no_code_and_escapes_no_directory(model, tmp_path
 
 def test_partial_round_trip_and_replacement(model, tmp_path):
     store = _store(tmp_path)
-    state = {"step": 2, "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]},
-             "trainable": {"w": torch.arange(4.0)}}
+    state = {
+        "step": 2,
+        "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]},
+        "trainable": {"w": torch.arange(4.0)},
+    }
     store.save_partial(1, 2, {"layer": 3, "by": "auto", "proposed": 3}, [2, 3], state)
     store.save_partial(1, 4, {"layer": 3, "by": "auto", "proposed": 3}, [2, 3], {**state, "step": 4})
     partial = store.partial(1)
-    assert partial.step == 4 and partial.trainable == [2, 3] and torch.equal(partial.state["trainable"]["w"], torch.arange(4.0))
+    assert (
+        partial.step == 4
+        and partial.trainable == [2, 3]
+        and torch.equal(partial.state["trainable"]["w"], torch.arange(4.0))
+    )
     assert [p.name for p in store.root.glob("partial-*")] == ["partial-1-4"]
     assert store.partial(2) is None
     store.save(1, _removed(3), model, [])

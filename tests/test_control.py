@@ -65,12 +65,20 @@ def test_no_false_stall_alert_on_a_busy_run(tmp_path):
     assert len(alerts) == 1 and alerts[0]["kind"] == "stall"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("", "name"), ("x" * 300, "name"), ("../up", "name"), ("a b", "name"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("", "name"),
+        ("x" * 300, "name"),
+        ("../up", "name"),
+        ("a b", "name"),
+    ],
+)
 def test_run_names_are_checked_with_one_line(name, message):
     with pytest.raises(ConfigError, match=message):
-        validate_config({"name": name, "model": "m", "strategy": "iterative-pruning", "target_layers": 4, "start_layers": 6})
+        validate_config(
+            {"name": name, "model": "m", "strategy": "iterative-pruning", "target_layers": 4, "start_layers": 6}
+        )
 
 
 def test_fixed_removals_set_the_target_and_are_checked():
@@ -82,3 +90,15 @@ def test_fixed_removals_set_the_target_and_are_checked():
     with pytest.raises(ConfigError, match="disagrees"):
         validate_config({**base, "removals": [3], "target_layers": 4})
 
+
+def test_one_stop_delivered_twice_at_once_is_still_a_clean_stop(tmp_path):
+    """`timeout` and SLURM signal the process group while the CLI passes the signal on: the engine
+    gets SIGTERM twice within milliseconds, which must not count as the second, killing, request."""
+    control = _controller(tmp_path)
+    with control:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        with pytest.raises(StopRequested):
+            control.safe_point()
+    assert read_all(tmp_path / "run" / "events.jsonl")[-1]["message"].startswith("received SIGTERM")

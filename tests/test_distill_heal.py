@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.distill.data import DataConfig
-from engine.distill.heal import Healer, HealConfig, NonFiniteLoss, TeacherCache
+from engine.distill.heal import HealConfig, Healer, NonFiniteLoss, TeacherCache
 from engine.distill.trainable import TrainableConfig, choose_trainable
 from engine.models.surgery import layer_map, remove_layers
 
@@ -33,7 +33,7 @@ def _setup(cached=True, lr=1e-3, seed=0, **heal):
 def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
     runs = {}
     for cached in (True, False):
-        teacher, student, healer = _setup(cached=cached)
+        _teacher, student, healer = _setup(cached=cached)
         before = {k: v.clone() for k, v in student.state_dict().items()}
         trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig())
         steps = []
@@ -58,7 +58,7 @@ def test_cached_variants_equal_the_plain_loop(heal):
     (an empty tail: the bucketed KL is then exact), the cached loop still trains as the plain loop."""
     runs = {}
     for cached in (True, False):
-        teacher, student, healer = _setup(cached=cached, **heal)
+        _teacher, student, healer = _setup(cached=cached, **heal)
         assert healer._fused() == heal.get("fused_head", True)
         steps = []
         healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
@@ -85,18 +85,18 @@ def test_bf16_head_matmul_trains_like_fp32():
 
 def test_topk_teacher_cache_heals_with_a_lower_bound_of_the_kl():
     _, _, exact = _setup()
-    _, student, healer = _setup(teacher_topk=8)
+    _, _student, healer = _setup(teacher_topk=8)
     steps, exact_steps = [], []
     healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
     exact.heal([2, 3], iteration=1, seed=0, on_step=exact_steps.append)
     # Step 1 sees the same weights: the bucketed KL is at most the exact one.
     assert steps[0]["kl"] <= exact_steps[0]["kl"] + 1e-6
-    logp, ids, tail = healer.cache.topk["train"]
+    logp, _ids, tail = healer.cache.topk["train"]
     assert logp[:].shape[-1] == 8 and torch.all(tail[:] <= 0)
 
 
 def test_healing_lowers_the_heldout_distillation_loss():
-    teacher, student, healer = _setup()
+    _teacher, student, healer = _setup()
     trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig())
     pairs = [max(trainable), 4]
     before = healer.heldout_loss(pairs)["loss"]
@@ -106,7 +106,7 @@ def test_healing_lowers_the_heldout_distillation_loss():
 
 
 def test_non_finite_loss_restores_the_weights(monkeypatch):
-    teacher, student, healer = _setup()
+    _teacher, student, healer = _setup()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     import engine.distill.heal as heal_module
 
@@ -131,7 +131,7 @@ def test_resume_mid_iteration_matches_an_uninterrupted_heal():
     _, student_a, healer_a = _setup()
     healer_a.heal([2, 3], iteration=1, seed=0)
 
-    _, student_b, healer_b = _setup()
+    _, _student_b, healer_b = _setup()
     saved = []
 
     class Killed(Exception):

@@ -1,5 +1,3 @@
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,5 +101,5 @@ def test_hidden_choices():
     assert hidden_pairs(LossConfig(hidden="all_trainable"), [5, 4], 10) == [4, 5]
     assert hidden_pairs(LossConfig(hidden="all"), [4], 3) == [0, 1, 2]
     assert hidden_pairs(LossConfig(hidden="none"), [4], 10) == []
-    with pytest.raises(ValueError, match="loss.hidden"):
+    with pytest.raises(ValueError, match=r"loss\.hidden"):
         LossConfig(hidden="middle")

@@ -14,13 +14,28 @@ from engine.runlog.tailer import EventTailer, read_all
 from tests.support import ild
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {"train_tokens": 1536, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001, "checkpoint_every_s": 0.001}
+HEAL = {
+    "train_tokens": 1536,
+    "seq_len": 32,
+    "batch_size": 4,
+    "heldout_tokens": 256,
+    "lr": 0.001,
+    "checkpoint_every_s": 0.001,
+}
 
 
 def _create(run_dir, tiny_root, name):
-    config = {"name": name, "model": str(tiny_root / "model"), "strategy": "iterative-distill", "target_layers": 4,
-              "suite": str(tiny_root / "suite.yaml"), "heal": HEAL}
-    result = subprocess.run([*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True)
+    config = {
+        "name": name,
+        "model": str(tiny_root / "model"),
+        "strategy": "iterative-distill",
+        "target_layers": 4,
+        "suite": str(tiny_root / "suite.yaml"),
+        "heal": HEAL,
+    }
+    result = subprocess.run(
+        [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -72,5 +87,7 @@ def test_kill_during_healing_then_resume_matches_uninterrupted(tiny, tmp_path):
     assert sorted(set(_key_events(a))) == sorted(set(_key_events(b)))
     evals = fold(b).evals
     assert {stage for _, stage, _ in evals} == {"teacher", "after_removal", "after_healing"}
-    assert json.loads((killed / "export" / "config.json").read_text())["ild_layer_map"] == \
-        json.loads((whole / "export" / "config.json").read_text())["ild_layer_map"]
+    assert (
+        json.loads((killed / "export" / "config.json").read_text())["ild_layer_map"]
+        == json.loads((whole / "export" / "config.json").read_text())["ild_layer_map"]
+    )

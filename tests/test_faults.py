@@ -13,11 +13,16 @@ import pytest
 
 from engine.runlog.fold import fold
 from engine.runlog.tailer import read_all
-from tests.support import ild
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {"train_tokens": 768, "seq_len": 32, "batch_size": 4, "heldout_tokens": 256, "lr": 0.001,
-        "checkpoint_every_s": 0.001}
+HEAL = {
+    "train_tokens": 768,
+    "seq_len": 32,
+    "batch_size": 4,
+    "heldout_tokens": 256,
+    "lr": 0.001,
+    "checkpoint_every_s": 0.001,
+}
 # Two cheap tasks: every kill restarts an engine, so the run itself must cost little.
 LEAN_SUITE = """
 name: lean
@@ -37,9 +42,18 @@ def _create(run_dir, tiny_root, **extra):
     suite = tiny_root / "lean.yaml"
     if not suite.exists():
         suite.write_text(LEAN_SUITE)
-    config = {"name": run_dir.name, "model": str(tiny_root / "model"), "strategy": "iterative-distill", "target_layers": 4,
-              "suite": str(suite), "heal": HEAL, **extra}
-    result = subprocess.run([*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True)
+    config = {
+        "name": run_dir.name,
+        "model": str(tiny_root / "model"),
+        "strategy": "iterative-distill",
+        "target_layers": 4,
+        "suite": str(suite),
+        "heal": HEAL,
+        **extra,
+    }
+    result = subprocess.run(
+        [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return run_dir
 
@@ -55,11 +69,20 @@ def _outcome(run_dir):
 
     events = read_all(run_dir / "events.jsonl")
     assert [e["seq"] for e in events] == list(range(len(events))), "seq has gaps or repeats"
-    evals = sorted({json.dumps({k: v for k, v in e.items() if k not in ("seq", "t", "heldout")}, sort_keys=True)
-                    for e in events if e["type"] == "eval"})
+    evals = sorted(
+        {
+            json.dumps({k: v for k, v in e.items() if k not in ("seq", "t", "heldout")}, sort_keys=True)
+            for e in events
+            if e["type"] == "eval"
+        }
+    )
     weights = load_file(str(run_dir / "export" / "model.safetensors"))
-    return {"removed": fold(events).removed_layers, "evals": evals, "weights": weights,
-            "finished": events[-1]["type"] == "run_finished"}
+    return {
+        "removed": fold(events).removed_layers,
+        "evals": evals,
+        "weights": weights,
+        "finished": events[-1]["type"] == "run_finished",
+    }
 
 
 def _same(a, b):
@@ -111,7 +134,9 @@ def test_sigkill_at_twenty_points_then_resume_ends_as_an_uninterrupted_run(tiny,
     while kills < 20:
         what, trigger, env = KILLS[kills % len(KILLS)] if kills < len(KILLS) else rng.choice(KILLS)
         offset = len(read_all(run / "events.jsonl"))
-        proc = subprocess.Popen([*ENGINE, str(run)], env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*ENGINE, str(run)], env=_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         if trigger is None:
             proc.wait(timeout=300)
         elif _wait_new(run, offset, trigger, proc):
@@ -134,8 +159,9 @@ def test_sigkill_at_twenty_points_then_resume_ends_as_an_uninterrupted_run(tiny,
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny, tmp_path, reference):
     run = _create(tmp_path / "full", tiny)
     # The second checkpoint (after iteration 1) meets a disk with no room left for its weights.
-    proc = subprocess.run([*ENGINE, str(run)], capture_output=True, text=True,
-                          env=_env(ILD_FULL_DISK_AT="checkpoint:2:4096"))
+    proc = subprocess.run(
+        [*ENGINE, str(run)], capture_output=True, text=True, env=_env(ILD_FULL_DISK_AT="checkpoint:2:4096")
+    )
     assert proc.returncode != 0
     assert (run / "LATEST").read_text().strip() == "0"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
@@ -145,7 +171,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny, tmp_path, 
 
 def test_sigterm_stops_with_a_checkpoint_and_resume_finishes_the_run(tiny, tmp_path, reference):
     run = _create(tmp_path / "term", tiny)
-    proc = subprocess.Popen([*ENGINE, str(run)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*ENGINE, str(run)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     assert _wait_new(run, 0, lambda e: e["type"] == "train_step" and e["step"] >= 2, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
@@ -183,6 +211,8 @@ def test_export_of_a_run_whose_latest_is_broken_never_writes_the_teacher(tiny, t
         if name.isdigit():
             (run / "checkpoints" / name / "checkpoint.json").write_text("{")
     out = tmp_path / "out"
-    result = subprocess.run([*ENGINE, str(run), "--export", "--out", str(out)], capture_output=True, text=True, env=_env())
+    result = subprocess.run(
+        [*ENGINE, str(run), "--export", "--out", str(out)], capture_output=True, text=True, env=_env()
+    )
     assert result.returncode == 1 and "no other checkpoint verifies" in result.stderr and not out.exists()
     assert len(result.stderr.strip().splitlines()) == 1

@@ -12,9 +12,25 @@ from tests.support import ild
 
 
 def _run(tiny, runs, name, *args):
-    result = ild("run", "--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs),
-                 "--name", name, "--headless", "--set", "heal.train_tokens=192", "--set", "heal.seq_len=24",
-                 "--set", "heal.heldout_tokens=48", *args)
+    result = ild(
+        "run",
+        "--model",
+        str(tiny / "model"),
+        "--suite",
+        str(tiny / "suite.yaml"),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        "--headless",
+        "--set",
+        "heal.train_tokens=192",
+        "--set",
+        "heal.seq_len=24",
+        "--set",
+        "heal.heldout_tokens=48",
+        *args,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     return read_all(runs / name / "events.jsonl")
 
@@ -36,8 +52,18 @@ def test_fixed_removals_remove_exactly_those_layers_and_heal_once(tiny, tmp_path
 
 def test_bad_fixed_removals_are_one_line(tiny, tmp_path):
     for removals, message in (("4,4", "twice"), ("9", "does not exist"), ("a,b", "original layer indices")):
-        result = ild("run", "--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml"), "--runs-dir",
-                     str(tmp_path / "runs"), "--headless", "--removals", removals)
+        result = ild(
+            "run",
+            "--model",
+            str(tiny / "model"),
+            "--suite",
+            str(tiny / "suite.yaml"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--headless",
+            "--removals",
+            removals,
+        )
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
@@ -68,7 +94,7 @@ def trained(tiny, tmp_path_factory):
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(150):
+    for _ in range(150):
         rows = torch.randint(0, len(batch), (32,))
         loss = model(input_ids=batch[rows], labels=labels[rows]).loss
         loss.backward()
@@ -83,15 +109,26 @@ def trained(tiny, tmp_path_factory):
 def test_the_floor_stops_before_the_report_aggregate_falls_below_it(trained, tmp_path):
     runs = tmp_path / "runs"
     free = fold(_run(trained, runs, "free", "--strategy", "iterative-pruning", "--target-layers", "2"))
-    values = [free.teacher_eval()["aggregate"]] + [free.final_evals()[k]["aggregate"] for k in sorted(free.final_evals())]
+    values = [free.teacher_eval()["aggregate"]] + [
+        free.final_evals()[k]["aggregate"] for k in sorted(free.final_evals())
+    ]
     # The first iteration after the first whose student is worse than every earlier student: a floor
     # between the two stops there, keeping the students before it.
     k = next((i for i in range(2, len(values)) if values[i] < min(values[1:i])), None)
     assert k is not None and values[-1] < values[0], f"removals should cost the trained model quality: {values}"
     teacher = values[0]
     floor = (values[k] + min(values[1:k])) / 2 / teacher
-    events = _run(trained, runs, "floored", "--strategy", "iterative-pruning", "--target-layers", "2",
-                  "--min-retention", f"{floor:.6f}")
+    events = _run(
+        trained,
+        runs,
+        "floored",
+        "--strategy",
+        "iterative-pruning",
+        "--target-layers",
+        "2",
+        "--min-retention",
+        f"{floor:.6f}",
+    )
     finished = events[-1]
     assert finished["type"] == "run_finished" and finished["reason"] == "floor"
     kept = free.removed_layers[: k - 1]
@@ -108,10 +145,20 @@ def test_the_suites_own_report_suite_is_kept_unless_none_is_asked(tiny, tmp_path
 
     (tmp_path / "extra.yaml").write_text(
         "{name: extra, kind: language_modeling, source: {type: jsonl, path: %s}, metric: perplexity_score}"
-        % (tiny / "text.jsonl"))
-    (tmp_path / "with_report.yaml").write_text((tiny / "suite.yaml").read_text().replace("name: tiny", "name: tiny\nreport: extra.yaml")
-                                               .replace("path: ", f"path: {tiny}/"))
-    base = {"name": "r", "model": str(tiny / "model"), "strategy": "iterative-pruning", "target_layers": 4,
-            "suite": str(tmp_path / "with_report.yaml")}
+        % (tiny / "text.jsonl")
+    )
+    (tmp_path / "with_report.yaml").write_text(
+        (tiny / "suite.yaml")
+        .read_text()
+        .replace("name: tiny", "name: tiny\nreport: extra.yaml")
+        .replace("path: ", f"path: {tiny}/")
+    )
+    base = {
+        "name": "r",
+        "model": str(tiny / "model"),
+        "strategy": "iterative-pruning",
+        "target_layers": 4,
+        "suite": str(tmp_path / "with_report.yaml"),
+    }
     assert _resolve(dict(base)).report_suite is None  # the suite's own, extra.yaml, is evaluated
     assert _resolve({**base, "report_suite": "none"}).report_suite == ""

@@ -67,7 +67,9 @@ def test_leading_dims_and_padding_content_ignored(data):
     want, want_grad = _fused_value_and_grad(h, w, th, mask, chunk=7)
     garbage = h.clone()
     garbage[mask == 0] = torch.nan
-    got, got_grad = _fused_value_and_grad(garbage.reshape(2, N // 2, D), w, th.reshape(2, N // 2, D), mask.reshape(2, N // 2), chunk=7)
+    got, got_grad = _fused_value_and_grad(
+        garbage.reshape(2, N // 2, D), w, th.reshape(2, N // 2, D), mask.reshape(2, N // 2), chunk=7
+    )
     torch.testing.assert_close(got, want)
     assert got_grad.shape == (2, N // 2, D)
     torch.testing.assert_close(got_grad.reshape(N, D), want_grad.nan_to_num(0.0))
@@ -172,7 +174,9 @@ def test_backward_scales_with_grad_output(data):
     (3.0 * fused_head_kl(hg, w, th, mask)).backward()
     torch.testing.assert_close(hg.grad, 3.0 * grad)
     hg = h.clone().requires_grad_(True)
-    (scaled,) = torch.autograd.grad(fused_head_kl(hg, w, th, mask), hg, grad_outputs=torch.tensor(-0.5, dtype=torch.float64))
+    (scaled,) = torch.autograd.grad(
+        fused_head_kl(hg, w, th, mask), hg, grad_outputs=torch.tensor(-0.5, dtype=torch.float64)
+    )
     torch.testing.assert_close(scaled, -0.5 * grad)
 
 

@@ -10,21 +10,49 @@ from tests.support import ild
 
 def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     runs = tmp_path / "runs"
-    result = ild("run", "--model", str(tiny / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
-                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "t1", "--headless")
+    result = ild(
+        "run",
+        "--model",
+        str(tiny / "model"),
+        "--strategy",
+        "iterative-pruning",
+        "--target-layers",
+        "4",
+        "--suite",
+        str(tiny / "suite.yaml"),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "t1",
+        "--headless",
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "removed layer" in result.stdout and "finished" in result.stdout
 
     events = read_all(runs / "t1" / "events.jsonl")
     assert [e["seq"] for e in events] == list(range(len(events)))
     types = {e["type"] for e in events}
-    assert {"run_started", "phase", "importance", "proposal", "decision", "layer_removed", "eval", "checkpoint", "run_finished"} <= types
+    assert {
+        "run_started",
+        "phase",
+        "importance",
+        "proposal",
+        "decision",
+        "layer_removed",
+        "eval",
+        "checkpoint",
+        "run_finished",
+    } <= types
     removed = [e["layer"] for e in events if e["type"] == "layer_removed"]
     assert len(removed) == 2 and len(set(removed)) == 2
     importance = [e for e in events if e["type"] == "importance"]
-    assert importance[0]["metric"] == "task_drop" and len(importance[0]["scores"]) == 6 and len(importance[1]["scores"]) == 5
+    assert (
+        importance[0]["metric"] == "task_drop"
+        and len(importance[0]["scores"]) == 6
+        and len(importance[1]["scores"]) == 5
+    )
     assert set(importance[0]["per_task"]) == {"lm", "ppl", "lm_ctx", "copy_tf", "mc", "mc_letter", "copy", "translate"}
-    proposal = [e for e in events if e["type"] == "proposal"][0]
+    proposal = next(e for e in events if e["type"] == "proposal")
     assert proposal["layer"] == min(proposal["candidates"], key=lambda c: (c["score"], c["layer"]))["layer"]
 
     export = json.loads((runs / "t1" / "export" / "config.json").read_text())
@@ -45,17 +73,50 @@ def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     assert json.loads((out / "config.json").read_text())["ild_layer_map"] == export["ild_layer_map"]
 
 
-METRICS = {"iterative-distill": "task_drop", "iterative-distill-bridge": "task_drop", "reverse-order": "position",
-           "replaceme": "block_distance"}
+METRICS = {
+    "iterative-distill": "task_drop",
+    "iterative-distill-bridge": "task_drop",
+    "reverse-order": "position",
+    "replaceme": "block_distance",
+}
 
 
-@pytest.mark.parametrize("strategy", ["shortgpt", "iterative-bi", "iterative-bi-distill", "iterative-distill", "reverse-order",
-                                      "replaceme", "iterative-distill-bridge"])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "shortgpt",
+        "iterative-bi",
+        "iterative-bi-distill",
+        "iterative-distill",
+        "reverse-order",
+        "replaceme",
+        "iterative-distill-bridge",
+    ],
+)
 def test_strategies_finish(tiny, tmp_path, strategy):
     runs = tmp_path / "runs"
-    result = ild("run", "--model", str(tiny / "model"), "--strategy", strategy, "--target-layers", "4",
-                 "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "r", "--headless",
-                 "--set", "heal.train_tokens=192", "--set", "heal.seq_len=24", "--set", "heal.heldout_tokens=48")
+    result = ild(
+        "run",
+        "--model",
+        str(tiny / "model"),
+        "--strategy",
+        strategy,
+        "--target-layers",
+        "4",
+        "--suite",
+        str(tiny / "suite.yaml"),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "r",
+        "--headless",
+        "--set",
+        "heal.train_tokens=192",
+        "--set",
+        "heal.seq_len=24",
+        "--set",
+        "heal.heldout_tokens=48",
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     events = read_all(runs / "r" / "events.jsonl")
     importance = [e for e in events if e["type"] == "importance"]
@@ -89,12 +150,24 @@ def test_strategies_finish(tiny, tmp_path, strategy):
     "args, message",
     [
         (["--strategy", "best-one", "--target-layers", "4"], "unknown strategy 'best-one'"),
-        (["--strategy", "iterative-pruning", "--target-layers", "6"], "must be below the model's current depth (6 layers)"),
+        (
+            ["--strategy", "iterative-pruning", "--target-layers", "6"],
+            "must be below the model's current depth (6 layers)",
+        ),
         (["--strategy", "iterative-pruning", "--target-layers", "0"], "at least 1"),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "nosuch"], "unknown suite 'nosuch'"),
-        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADFIELD"], "unknown task field 'colour'"),
-        (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADMETRIC"], "unknown metric 'meteor'"),
-        (["--strategy", "iterative-pruning", "--target-layers", "4", "--model", "nope/missing-model"], "cannot load model"),
+        (
+            ["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADFIELD"],
+            "unknown task field 'colour'",
+        ),
+        (
+            ["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADMETRIC"],
+            "unknown metric 'meteor'",
+        ),
+        (
+            ["--strategy", "iterative-pruning", "--target-layers", "4", "--model", "nope/missing-model"],
+            "cannot load model",
+        ),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "NOFILE"], "not found"),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BROKENJSONL"], ":2: bad JSON"),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "NOCOLUMN"], "no column 'words'"),
@@ -106,11 +179,13 @@ def test_strategies_finish(tiny, tmp_path, strategy):
 )
 def test_bad_input_is_one_line_and_leaves_no_run_directory(tiny, tmp_path, args, message, monkeypatch):
     (tmp_path / "badfield.yaml").write_text(
-        "{name: t, kind: multiple_choice, source: {type: jsonl, path: x.jsonl}, metric: accuracy, fields: {colour: c}}")
+        "{name: t, kind: multiple_choice, source: {type: jsonl, path: x.jsonl}, metric: accuracy, fields: {colour: c}}"
+    )
     (tmp_path / "badmetric.yaml").write_text(
-        "{name: t, kind: generation, prompt: p, source: {type: jsonl, path: x.jsonl}, metric: meteor}")
+        "{name: t, kind: generation, prompt: p, source: {type: jsonl, path: x.jsonl}, metric: meteor}"
+    )
     (tmp_path / "lines.jsonl").write_text('{"text": "a b c"}\n{"text": \n')
-    (tmp_path / "rows.jsonl").write_text(''.join(f'{{"text": "a b c {i}"}}\n' for i in range(12)))
+    (tmp_path / "rows.jsonl").write_text("".join(f'{{"text": "a b c {i}"}}\n' for i in range(12)))
     (tmp_path / "notext.jsonl").write_text('{"body": "a b c"}\n')
     lm = "{name: t, kind: language_modeling, metric: next_token_accuracy, "
     files = {
@@ -121,9 +196,13 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(tiny, tmp_path, args,
     }
     for key, text in files.items():
         (tmp_path / f"{key.lower()}.yaml").write_text(text)
-    replacements = {"BADFIELD": tmp_path / "badfield.yaml", "BADMETRIC": tmp_path / "badmetric.yaml",
-                    "NODISTILL": tmp_path / "missing.jsonl", "NOTEXT": tmp_path / "notext.jsonl",
-                    **{key: tmp_path / f"{key.lower()}.yaml" for key in files}}
+    replacements = {
+        "BADFIELD": tmp_path / "badfield.yaml",
+        "BADMETRIC": tmp_path / "badmetric.yaml",
+        "NODISTILL": tmp_path / "missing.jsonl",
+        "NOTEXT": tmp_path / "notext.jsonl",
+        **{key: tmp_path / f"{key.lower()}.yaml" for key in files},
+    }
     for key, path in replacements.items():
         args = [a.replace(key, str(path)) for a in args]
     if "--model" not in args:

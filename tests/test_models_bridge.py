@@ -60,7 +60,9 @@ def test_fuse_carries_a_down_projection_bias():
     from tests.tiny_models import tiny_config
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama").__class__(**{**tiny_config("llama").to_dict(), "mlp_bias": True})).eval()
+    model = AutoModelForCausalLM.from_config(
+        tiny_config("llama").__class__(**{**tiny_config("llama").to_dict(), "mlp_bias": True})
+    ).eval()
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.bias.normal_()
     transform = torch.eye(64, dtype=torch.float64) + 0.1 * torch.randn(64, 64, dtype=torch.float64)
@@ -135,7 +137,7 @@ def test_bridge_recovers_a_block_that_is_linear_on_the_data():
 
 
 def test_fit_figures_match_a_direct_computation_and_padding_is_left_out():
-    from engine.models.bridge import _block_activations, _batches, _rows
+    from engine.models.bridge import _batches, _block_activations, _rows
 
     model = tiny_model("qwen2")
     calibration = _calibration(seed=3)
@@ -158,7 +160,9 @@ def test_fit_figures_match_a_direct_computation_and_padding_is_left_out():
     assert packed.plain_relative_residual == pytest.approx(float((m - r).norm() / r.norm()), rel=1e-6)
     cos = torch.nn.functional.cosine_similarity(out - m + m @ t, target, dim=-1).mean()
     assert packed.cosine == pytest.approx(float(cos), abs=1e-9)
-    assert packed.plain_cosine == pytest.approx(float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean()), abs=1e-9)
+    assert packed.plain_cosine == pytest.approx(
+        float(torch.nn.functional.cosine_similarity(out, target, dim=-1).mean()), abs=1e-9
+    )
     # Least squares beats the identity on the data it was fit on.
     assert packed.relative_residual < packed.plain_relative_residual and packed.cosine > packed.plain_cosine
 
@@ -251,7 +255,9 @@ def test_bridge_beats_plain_removal_on_held_out_text_of_the_real_model():
 
     loaded = load_model("smollm2-135m", device="cpu")
     model = loaded.model
-    calibration, heldout = distill_blocks(DataConfig(seq_len=128, train_tokens=16 * 128, heldout_tokens=4 * 128), loaded.tokenizer)
+    calibration, heldout = distill_blocks(
+        DataConfig(seq_len=128, train_tokens=16 * 128, heldout_tokens=4 * 128), loaded.tokenizer
+    )
     heldout = heldout[:4]
     with torch.no_grad():
         reference = torch.log_softmax(model(heldout).logits, -1)

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -18,7 +16,7 @@ def test_unknown_spec_names_what_was_tried(tmp_path):
 def test_missing_gguf_and_non_model_directory(tmp_path):
     with pytest.raises(ModelSpecError, match="no such GGUF"):
         resolve_spec(str(tmp_path / "x.gguf"))
-    with pytest.raises(ModelSpecError, match="no config.json"):
+    with pytest.raises(ModelSpecError, match=r"no config\.json"):
         resolve_spec(str(tmp_path))
 
 
@@ -31,8 +29,8 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch):
 
 
 def test_local_directory_round_trip(tmp_path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     from tests.tiny_models import tiny_model
 
@@ -78,3 +76,20 @@ def test_embedded_smollm2_loads_removes_exports_and_generates(tmp_path, monkeypa
         assert torch.equal(model(**ids).logits, reloaded(**ids).logits)
         text = tok.decode(reloaded.generate(**ids, max_new_tokens=8, do_sample=False)[0])
     assert text.startswith("The capital of France is") and len(text) > len("The capital of France is")
+
+
+def test_gguf_conversion_is_keyed_by_content_not_path_or_mtime(tmp_path, monkeypatch):
+    import os
+
+    from engine.models import loading
+
+    monkeypatch.setattr(loading, "cache_root", lambda: tmp_path / "cache")
+    data = os.urandom(3 << 20)
+    first, second = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    os.utime(second, (1, 1))  # a reinstall: same bytes, another place and time
+    assert loading._gguf_cache_dir(first) == loading._gguf_cache_dir(second)
+    second.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # other weights at the end
+    assert loading._gguf_cache_dir(first) != loading._gguf_cache_dir(second)

@@ -71,7 +71,9 @@ def test_training_the_untied_head_and_last_layers_leaves_the_embedding_alone():
     params = freeze_except(model, trainable, config)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "lm_head.weight" in names and "model.embed_tokens.weight" not in names
-    assert all(n == "lm_head.weight" or n.startswith(("model.layers.3.", "model.layers.4.", "model.layers.5.")) for n in names)
+    assert all(
+        n == "lm_head.weight" or n.startswith(("model.layers.3.", "model.layers.4.", "model.layers.5.")) for n in names
+    )
 
     embedding = model.model.embed_tokens.weight.detach().clone()
     head = model.lm_head.weight.detach().clone()

@@ -46,7 +46,10 @@ def test_reading_some_positions_matches_the_whole_layer(family):
             assert read.shape == (5, full.shape[-1])
             assert torch.allclose(read, full[rows, cols], atol=1e-5)
         # Nothing left to run: the given state, read at the positions.
-        assert torch.equal(adapter.run_layers(inputs.hidden, inputs, start=adapter.num_layers, rows=rows, cols=cols), inputs.hidden[rows, cols])
+        assert torch.equal(
+            adapter.run_layers(inputs.hidden, inputs, start=adapter.num_layers, rows=rows, cols=cols),
+            inputs.hidden[rows, cols],
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

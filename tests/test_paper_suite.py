@@ -56,7 +56,16 @@ def byte_model():
     from tests.tiny_models import COMMON
 
     torch.manual_seed(0)
-    config = t.LlamaConfig(**{**COMMON, "vocab_size": 260, "max_position_embeddings": 8192, "pad_token_id": 256, "eos_token_id": 257, "bos_token_id": 258})
+    config = t.LlamaConfig(
+        **{
+            **COMMON,
+            "vocab_size": 260,
+            "max_position_embeddings": 8192,
+            "pad_token_id": 256,
+            "eos_token_id": 257,
+            "bos_token_id": 258,
+        }
+    )
     return t.AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -88,7 +97,11 @@ def test_mmlu_prompt_is_llmtfs_five_shot_of_the_same_subject():
     def block(row, answer):
         options = "\n".join(f"{l}. {c}" for l, c in zip("ABCD", row["choices_en"]))
         user = f"<start_of_turn>user\n{row['question_en']}\n{options}\t\n"
-        return user + ("<start_of_turn>assistant\nAnswer: " + "ABCD"[row["answer"]] + "\t\n" if answer else "<start_of_turn>assistant\nAnswer:")
+        return user + (
+            "<start_of_turn>assistant\nAnswer: " + "ABCD"[row["answer"]] + "\t\n"
+            if answer
+            else "<start_of_turn>assistant\nAnswer:"
+        )
 
     headline = "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
     expected = block(dev[0], True).replace("user\n", "user\n" + headline, 1) + block(dev[1], True) + block(test, False)
@@ -97,7 +110,9 @@ def test_mmlu_prompt_is_llmtfs_five_shot_of_the_same_subject():
 
 def test_ru_mmlu_headline_uses_llmtfs_russian_subject_names():
     text, _ = _prompt(_task(paper_on_fixtures(), "ru_mmlu"), byte_tokenizer())
-    assert text.startswith("<start_of_turn>user\nНиже приведены вопросы с множественным выбором (с ответами) по абстрактной алгебре.\n\n")
+    assert text.startswith(
+        "<start_of_turn>user\nНиже приведены вопросы с множественным выбором (с ответами) по абстрактной алгебре.\n\n"
+    )
     assert text.endswith("<start_of_turn>assistant\nОтвет:")
 
 
@@ -105,7 +120,9 @@ def test_copy_and_flores_use_the_rows_own_messages_and_shots_nearest_first():
     suite = paper_on_fixtures()
     text, _ = _prompt(_task(suite, "cp_para_ru").model_copy(update={"few_shot": 2}), byte_tokenizer())
     prompt_rows = [json.loads(line) for line in (FIXTURES / "darumeru/cp_para_ru/prompt.jsonl").open()]
-    shot = lambda r: f"<start_of_turn>user\nСкопируй текст без изменений.\nТекст: {r['inputs']['text']}\t\n<start_of_turn>assistant\n{r['inputs']['text']}\t\n"  # noqa: E731
+    shot = lambda r: (
+        f"<start_of_turn>user\nСкопируй текст без изменений.\nТекст: {r['inputs']['text']}\t\n<start_of_turn>assistant\n{r['inputs']['text']}\t\n"
+    )
     query = "<start_of_turn>user\nСкопируй текст без изменений.\nТекст: Мама мыла раму, а кот сидел на окне.\t\n<start_of_turn>assistant\n\n"
     assert text == shot(prompt_rows[1]) + shot(prompt_rows[0]) + query  # base.py prepends each shot
     text, _ = _prompt(_task(suite, "flores_ru_en").model_copy(update={"few_shot": 1}), byte_tokenizer())
@@ -126,7 +143,9 @@ def test_treeway_joins_the_sentence_lists_and_continues_tldr_with_a_chat_templat
 
 def test_the_paper_suite_evaluates_end_to_end_on_a_tiny_model():
     suite = paper_on_fixtures()
-    suite = suite.model_copy(update={"tasks": [t.model_copy(update={"max_new_tokens": 8, "few_shot": 1}) for t in suite.tasks]})
+    suite = suite.model_copy(
+        update={"tasks": [t.model_copy(update={"max_new_tokens": 8, "few_shot": 1}) for t in suite.tasks]}
+    )
     tok, model = byte_tokenizer(), byte_model()
     for part in ("select", "report"):
         scores = SuiteEvaluator(model, tok, suite, part=part).evaluate([None, 2])
@@ -152,10 +171,15 @@ def test_llmtf_metrics():
     # Copying is binary: 1 when 99% of the copy's characters match, as Table 3's 1.0 / 0.02.
     assert copy_match(["Мама мыла раму."], ["Мама мыла раму."]) == 1.0
     assert copy_match(["Мама мыла раму. Папа тоже."], ["Мама мыла раму."]) == 0.0
-    assert copy_match(["Утром шёл дождь.\n\nК обеду выглянуло солнце."], ["Утром шёл дождь.\n\nК обеду выглянуло солнце."]) == 1.0
+    assert (
+        copy_match(["Утром шёл дождь.\n\nК обеду выглянуло солнце."], ["Утром шёл дождь.\n\nК обеду выглянуло солнце."])
+        == 1.0
+    )
     assert copy_match([""], ["x"]) == 0.0
     # ROUGE-L on lemmas: inflection and punctuation do not count.
     assert rouge_l_lemmas(["Кошки сидели на коврах!"], ["кошка сидит на ковре"]) == 1.0
     assert rouge_l_lemmas(["собака"], ["кошка"]) == 0.0
     # MMLU: subjects, then categories (abstract_algebra and astronomy are STEM, anatomy is "other").
-    assert mmlu_category_mean([1, 0, 1, 1, 0], ["abstract_algebra", "abstract_algebra", "astronomy", "anatomy", "anatomy"]) == pytest.approx(((0.5 + 1) / 2 + 0.5) / 2)
+    assert mmlu_category_mean(
+        [1, 0, 1, 1, 0], ["abstract_algebra", "abstract_algebra", "astronomy", "anatomy", "anatomy"]
+    ) == pytest.approx(((0.5 + 1) / 2 + 0.5) / 2)

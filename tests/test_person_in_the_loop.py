@@ -7,17 +7,32 @@ import sys
 import time
 
 from engine.control import Controller
-from engine.runlog.layout import create
 from engine.runlog.fold import fold
 from engine.runlog.inbox import send_command
+from engine.runlog.layout import create
 from engine.runlog.lock import is_alive
 from engine.runlog.tailer import read_all
 from tests.support import ILD, ild
 
 
 def _start(tiny_root, runs, name, *extra):
-    result = ild("run", "--model", str(tiny_root / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
-                 "--suite", str(tiny_root / "suite.yaml"), "--runs-dir", str(runs), "--name", name, "--detach", *extra)
+    result = ild(
+        "run",
+        "--model",
+        str(tiny_root / "model"),
+        "--strategy",
+        "iterative-pruning",
+        "--target-layers",
+        "4",
+        "--suite",
+        str(tiny_root / "suite.yaml"),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        "--detach",
+        *extra,
+    )
     assert result.returncode == 0, result.stderr
     assert f"ild attach {name}" in result.stdout
     return runs / name
@@ -46,9 +61,28 @@ def test_engine_survives_the_hangup_of_the_session_that_started_it(tiny, tmp_pat
     # The starting process runs in a session of its own, like a terminal's; it exits, then the
     # whole session is hung up, as an SSH drop does.
     starter = subprocess.Popen(
-        [ILD, "run", "--model", str(tiny / "model"), "--strategy", "iterative-pruning", "--target-layers", "4",
-         "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs), "--name", "hup", "--detach"],
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            ILD,
+            "run",
+            "--model",
+            str(tiny / "model"),
+            "--strategy",
+            "iterative-pruning",
+            "--target-layers",
+            "4",
+            "--suite",
+            str(tiny / "suite.yaml"),
+            "--runs-dir",
+            str(runs),
+            "--name",
+            "hup",
+            "--detach",
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = starter.communicate(timeout=120)
     assert starter.returncode == 0, err
     try:
@@ -79,7 +113,10 @@ def test_manual_run_driven_from_the_shell(tiny, tmp_path):
     # Rejected: an unknown layer, a malformed command file; the run goes on.
     assert ild("override", "manual", "--layer", "99", "--runs-dir", str(runs)).returncode == 1
     (run_dir / "commands" / "0000-garbage.json").write_text("{not json")
-    _wait_for(run_dir, lambda e: e["type"] == "command_rejected" and "garbage" in str(e.get("command_id")) + str(e.get("reason")))
+    _wait_for(
+        run_dir,
+        lambda e: e["type"] == "command_rejected" and "garbage" in str(e.get("command_id")) + str(e.get("reason")),
+    )
     approved = ild("approve", "manual", "--runs-dir", str(runs))
     assert approved.returncode == 0, approved.stderr
     assert "approve applied" in approved.stdout
@@ -145,8 +182,12 @@ def test_approve_when_nothing_is_awaited_is_rejected(tmp_path):
 def test_notify_command_runs_on_awaited_decision(tmp_path):
     marker = tmp_path / "notified"
     create(tmp_path)
-    control = Controller(tmp_path, "auto-after", 0.2,
-                         notify_cmd=f"{sys.executable} -c \"import os; open('{marker}', 'a').write(os.environ['ILD_EVENT'] + '\\n')\"")
+    control = Controller(
+        tmp_path,
+        "auto-after",
+        0.2,
+        notify_cmd=f"{sys.executable} -c \"import os; open('{marker}', 'a').write(os.environ['ILD_EVENT'] + '\\n')\"",
+    )
     decision = control.decide(1, 3, [0, 1, 2, 3], [{"layer": 3, "score": 0.1}])
     assert decision.by == "timeout" and decision.layer == 3
     deadline = time.time() + 10

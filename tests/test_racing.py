@@ -13,15 +13,39 @@ from engine.tasks.spec import load_suite
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import word_tokenizer
 
-WORDS = "the cat sat on a mat and dog ran to big red house with small green tree in park".split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "dog",
+    "ran",
+    "to",
+    "big",
+    "red",
+    "house",
+    "with",
+    "small",
+    "green",
+    "tree",
+    "in",
+    "park",
+]
 
 
 def _suite(tmp_path, n=48):
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))) for _ in range(n)]
     (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    (tmp_path / "mc.jsonl").write_text("".join(
-        json.dumps({"q": t, "options": [rng.choice(WORDS) for _ in range(3)], "label": rng.randint(0, 2)}) + "\n" for t in texts))
+    (tmp_path / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"q": t, "options": [rng.choice(WORDS) for _ in range(3)], "label": rng.randint(0, 2)}) + "\n"
+            for t in texts
+        )
+    )
     (tmp_path / "suite.yaml").write_text("""
 name: tiny
 tasks:
@@ -62,7 +86,9 @@ def test_layer_forwards_are_counted_exactly(tmp_path):
 
 def test_generation_decoding_is_counted(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"the cat sat {w}"}) + "\n" for w in WORDS[:6]))
-    (tmp_path / "t.yaml").write_text("{name: g, kind: generation, source: {type: jsonl, path: d.jsonl}, fields: {input: text, target: text}, prompt: '{input} :', metric: lcs_ratio, samples: 6, max_new_tokens: 4, stop: []}")
+    (tmp_path / "t.yaml").write_text(
+        "{name: g, kind: generation, source: {type: jsonl, path: d.jsonl}, fields: {input: text, target: text}, prompt: '{input} :', metric: lcs_ratio, samples: 6, max_new_tokens: 4, stop: []}"
+    )
     tok = word_tokenizer(WORDS + ["the cat sat :"])
     evaluator = SuiteEvaluator(tiny_model("llama"), tok, load_suite(str(tmp_path / "t.yaml")))
     evaluator.evaluate([None])
@@ -78,7 +104,7 @@ def test_racing_disabled_is_full_scoring(tmp_path):
     drops, per_task, current = task_drop_scores(SuiteEvaluator(model, tok, suite))
     assert full.partial == set() and full.drops == drops and full.per_task == per_task and full.current == current
     assert full.proposal == min(drops, key=lambda i: (drops[i], i))
-    assert full.items == {i: full.total_items for i in drops}
+    assert full.items == dict.fromkeys(drops, full.total_items)
 
 
 def test_racing_never_eliminating_equals_full_scoring(tmp_path):
@@ -108,7 +134,9 @@ def test_racing_finds_the_full_proposal_with_fewer_layer_forwards(tmp_path):
     # Complete layers match full scoring; the ranked list starts with the proposal.
     for i in set(full.drops) - raced.partial:
         assert raced.drops[i] == pytest.approx(full.drops[i], abs=1e-5)
-    assert raced.ranked()[0][0] == 3 and [i for i, _ in raced.ranked()[-len(raced.partial):]] == sorted(raced.partial, key=lambda i: (raced.drops[i], i))
+    assert raced.ranked()[0][0] == 3 and [i for i, _ in raced.ranked()[-len(raced.partial) :]] == sorted(
+        raced.partial, key=lambda i: (raced.drops[i], i)
+    )
     assert json.dumps([r.as_dict() for r in raced.rounds])
 
 

@@ -49,8 +49,9 @@ def _finals(evals: dict[tuple, dict], part: str) -> dict[int, dict]:
 
 @pytest.fixture
 def report_runs(runs):
-    synth_run(runs / SPLIT, name=SPLIT, strategy="iterative-distill", split=True, steps_per_iter=12, seed=7,
-              target_layers=24)
+    synth_run(
+        runs / SPLIT, name=SPLIT, strategy="iterative-distill", split=True, steps_per_iter=12, seed=7, target_layers=24
+    )
     return runs
 
 
@@ -61,18 +62,30 @@ def canned_report(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("report")
     runs = copy_all(root / "runs")
-    synth_run(runs / SPLIT, name=SPLIT, strategy="iterative-distill", split=True, steps_per_iter=12, seed=7,
-              target_layers=24)
+    synth_run(
+        runs / SPLIT, name=SPLIT, strategy="iterative-distill", split=True, steps_per_iter=12, seed=7, target_layers=24
+    )
     paths = [runs / n for n in (*CANNED, SPLIT)]
     result = write_report(paths, root / "out", measure=False)
     return paths, result
 
 
 def test_the_report_writes_every_file_and_the_page_embeds_every_figure(canned_report):
-    paths, result = canned_report
+    _paths, result = canned_report
     out = result.out
-    for name in ("report.html", "summary.csv", "runs.csv", "evals.csv", "importance.csv", "removals.csv",
-                 "train_steps.csv", "fig9_aggregate.png", "fig10_removals.png", "select_vs_report.png", "report.json"):
+    for name in (
+        "report.html",
+        "summary.csv",
+        "runs.csv",
+        "evals.csv",
+        "importance.csv",
+        "removals.csv",
+        "train_steps.csv",
+        "fig9_aggregate.png",
+        "fig10_removals.png",
+        "select_vs_report.png",
+        "report.json",
+    ):
         assert (out / name).is_file(), name
     for label in (*CANNED, SPLIT):
         assert (out / f"importance_{label}.png").is_file()
@@ -116,8 +129,9 @@ def test_csv_rows_match_the_events(canned_report):
             teacher = evals[(0, "teacher", part)]["aggregate"]
             finals = _finals(evals, part)
             rows = [r for r in summary if r["run"] == label and r["part"] == part]
-            assert [(int(r["layers"]), _num(r["aggregate"])) for r in rows] == \
-                [(e["layers"], e["aggregate"]) for _, e in sorted(finals.items())]
+            assert [(int(r["layers"]), _num(r["aggregate"])) for r in rows] == [
+                (e["layers"], e["aggregate"]) for _, e in sorted(finals.items())
+            ]
             assert all(_num(r["teacher_aggregate"]) == teacher and r["strategy"] == events[2]["strategy"] for r in rows)
             last = finals[max(finals)]["aggregate"]
             prefix = "" if part == "report" else "select_"
@@ -131,8 +145,9 @@ def test_csv_rows_match_the_events(canned_report):
         mine = [r for r in importance if r["run"] == label]
         assert len(mine) == sum(len(e["scores"]) for e in scored.values())
         removed = {e["iteration"]: e["layer"] for e in events if e["type"] == "layer_removed"}
-        assert {(int(r["iteration"]), int(r["layer"])) for r in mine if r["removed_here"] == "1"} == \
-            {(it, layer) for it, layer in removed.items() if it in scored}
+        assert {(int(r["iteration"]), int(r["layer"])) for r in mine if r["removed_here"] == "1"} == {
+            (it, layer) for it, layer in removed.items() if it in scored
+        }
         if label == SPLIT:
             partial = {(it, layer) for it, e in scored.items() for layer in e.get("partial", [])}
             assert partial and {(int(r["iteration"]), int(r["layer"])) for r in mine if r["partial"] == "1"} == partial
@@ -163,8 +178,10 @@ def test_the_page_opens_in_a_headless_browser_without_errors(canned_report, tmp_
     found = _chromium()
     if found is None:
         if os.geteuid() == 0 and shutil.which("apt-get"):
-            pytest.fail("chromium and chromedriver are missing on a root machine with apt-get: `make test` installs "
-                        "them (apt-get install -y chromium chromium-driver)")
+            pytest.fail(
+                "chromium and chromedriver are missing on a root machine with apt-get: `make test` installs "
+                "them (apt-get install -y chromium chromium-driver)"
+            )
         pytest.skip("no chromium/chromedriver here and no root apt-get to install them: the browser check cannot run")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -172,9 +189,17 @@ def test_the_page_opens_in_a_headless_browser_without_errors(canned_report, tmp_
     browser, driver_path = found
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
@@ -182,7 +207,8 @@ def test_the_page_opens_in_a_headless_browser_without_errors(canned_report, tmp_
         driver.get((canned_report[1].page).resolve().as_uri())
         assert driver.title.startswith("ild report")
         widths = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+        )
         assert len(widths) == len(list(canned_report[1].out.glob("*.png")))
         broken = [alt for alt, complete, width in widths if not complete or width == 0]
         assert not broken, f"images that did not load: {broken}"
@@ -212,8 +238,9 @@ def test_a_report_replaces_an_earlier_one_and_refuses_a_foreign_directory(report
 
 def test_the_cli_writes_a_report_and_says_bad_input_in_one_line(report_runs, tmp_path):
     out = tmp_path / "cli"
-    done = ild("report", FINISHED, str(report_runs / SPLIT), "--runs-dir", str(report_runs), "--out", str(out),
-               "--no-measure")
+    done = ild(
+        "report", FINISHED, str(report_runs / SPLIT), "--runs-dir", str(report_runs), "--out", str(out), "--no-measure"
+    )
     assert done.returncode == 0, done.stderr
     assert f"wrote {out / 'report.html'}" in done.stdout
     assert [r["run"] for r in _csv(out / "runs.csv")] == [FINISHED, SPLIT]
@@ -234,8 +261,9 @@ def test_the_cost_is_measured_on_the_exported_student(tiny, tmp_path):
     runs = tmp_path / "runs"
     teacher = str(tiny / "model")
     for name in ("with-export", "no-export"):
-        synth_run(runs / name, name=name, strategy="iterative-pruning", start_layers=6, target_layers=4, model=teacher,
-                  seed=3)
+        synth_run(
+            runs / name, name=name, strategy="iterative-pruning", start_layers=6, target_layers=4, model=teacher, seed=3
+        )
     export = runs / "with-export" / "export"
     shutil.copytree(tiny / "model", export)  # the tokenizer
     config = tiny_config("llama")
@@ -243,8 +271,10 @@ def test_the_cost_is_measured_on_the_exported_student(tiny, tmp_path):
     torch.manual_seed(1)
     student = AutoModelForCausalLM.from_config(config)
     student.save_pretrained(export)
-    expected = {"teacher": (6, sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(teacher).parameters())),
-                "student": (4, sum(p.numel() for p in student.parameters()))}
+    expected = {
+        "teacher": (6, sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(teacher).parameters())),
+        "student": (4, sum(p.numel() for p in student.parameters())),
+    }
 
     out = tmp_path / "out"
     done = ild("report", "with-export", "no-export", "--runs-dir", str(runs), "--out", str(out), "--device", "cpu")
@@ -259,6 +289,8 @@ def test_the_cost_is_measured_on_the_exported_student(tiny, tmp_path):
         assert int(row["peak_memory_bytes"]) > 50 * 2**20 and row["device"] == "cpu" and row["note"] == ""
     t, s = rows
     assert float(s["params_pct"]) == pytest.approx(100 * int(s["params"]) / int(t["params"]))
-    assert float(s["decode_speedup"]) == pytest.approx(float(s["decode_tokens_per_s"]) / float(t["decode_tokens_per_s"]))
+    assert float(s["decode_speedup"]) == pytest.approx(
+        float(s["decode_tokens_per_s"]) / float(t["decode_tokens_per_s"])
+    )
     page = (out / "report.html").read_text()
     assert "What the compression buys" in page and "decode" in page and (out / "cost.png").is_file()

@@ -241,10 +241,22 @@ def test_fold_from_real_log(tmp_path):
 
 
 def test_a_floor_finish_leaves_the_rejected_iteration_out_of_the_student():
-    events = START + iteration(1, 3, 10, aggregate=0.66) + iteration(2, 4, 20, aggregate=0.55) + [
-        ev("run_finished", 30, reason="floor", iteration=1, removed=[3], layers=5,
-           rejected={"iteration": 2, "layer": 4, "aggregate": 0.55}),
-    ]
+    events = (
+        START
+        + iteration(1, 3, 10, aggregate=0.66)
+        + iteration(2, 4, 20, aggregate=0.55)
+        + [
+            ev(
+                "run_finished",
+                30,
+                reason="floor",
+                iteration=1,
+                removed=[3],
+                layers=5,
+                rejected={"iteration": 2, "layer": 4, "aggregate": 0.55},
+            ),
+        ]
+    )
     s = fold(with_seq(events))
     assert s.removed_layers == [3] and s.layers_now == 5
     assert list(s.final_evals()) == [1] and s.best_aggregate() == 0.66
@@ -254,8 +266,15 @@ def test_a_floor_finish_leaves_the_rejected_iteration_out_of_the_student():
 
 def test_final_eval_retention_and_curve():
     events = with_seq(START + iteration(1, 4, 10, aggregate=0.56) + iteration(2, 2, 20, aggregate=0.35))
-    events.insert(8, {"seq": 8, **ev("eval", 17.5, iteration=1, stage="after_removal", aggregate=0.3, tasks={"a": 0.3},
-                                     layers=5, params=990)})
+    events.insert(
+        8,
+        {
+            "seq": 8,
+            **ev(
+                "eval", 17.5, iteration=1, stage="after_removal", aggregate=0.3, tasks={"a": 0.3}, layers=5, params=990
+            ),
+        },
+    )
     s = fold([{**e, "seq": i} for i, e in enumerate(events)])
     assert s.final_eval()["aggregate"] == 0.35
     assert abs(s.retention() - 0.35 / 0.7) < 1e-12
@@ -263,7 +282,9 @@ def test_final_eval_retention_and_curve():
     # layers removed: from the eval's layers when given, else the count of removals so far
     assert [(p["removed"], p["aggregate"]) for p in s.curve()] == [(0, 0.7), (1, 0.56), (2, 0.35)]
     assert s.curve()[0]["params"] == 1000 and s.curve()[0]["iteration"] == 0
-    assert fold(with_seq(START)).curve() == [{"removed": 0, "iteration": 0, "layers": 6, "params": 1000, "aggregate": 0.7}]
+    assert fold(with_seq(START)).curve() == [
+        {"removed": 0, "iteration": 0, "layers": 6, "params": 1000, "aggregate": 0.7}
+    ]
 
 
 def test_train_steps_are_kept_only_when_asked_and_a_resume_replaces_them():

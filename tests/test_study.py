@@ -16,9 +16,24 @@ from tests.support import ild
 STRATEGIES = ("shortgpt", "iterative-pruning")
 
 
-def _args(tiny, out, *extra, strategies=",".join(STRATEGIES)):
-    return ["study", "--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml"), "--strategies", strategies,
-            "--target-layers", "3", "--out", str(out), "--no-measure", "--set", "heal.train_tokens=192", *extra]
+def _args(tiny, out, *extra, strategies=",".join(STRATEGIES)):  # noqa: B008 (a constant)
+    return [
+        "study",
+        "--model",
+        str(tiny / "model"),
+        "--suite",
+        str(tiny / "suite.yaml"),
+        "--strategies",
+        strategies,
+        "--target-layers",
+        "3",
+        "--out",
+        str(out),
+        "--no-measure",
+        "--set",
+        "heal.train_tokens=192",
+        *extra,
+    ]
 
 
 def _events(run):
@@ -72,8 +87,9 @@ def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_stra
 
     with open(out / "report" / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {(r["strategy"], r["layers"], r["part"]) for r in rows} == \
-        {(s, str(n), p) for s in STRATEGIES for n in (5, 4, 3) for p in ("select", "report")}
+    assert {(r["strategy"], r["layers"], r["part"]) for r in rows} == {
+        (s, str(n), p) for s in STRATEGIES for n in (5, 4, 3) for p in ("select", "report")
+    }
     assert (out / "report" / "report.html").is_file()
     log = (out / "study.log").read_text()  # what the detached study printed before the kill
     assert f"[1/2] shortgpt: starting {first}" in log and f"[2/2] iterative-pruning: starting {second}" in log

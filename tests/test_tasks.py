@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -85,7 +86,7 @@ def test_head_chunks_cover_the_positions_in_equal_pieces():
     for n in (1, 15, 127, 128, 129, 300, 1457):
         chunks = head_chunks(n, 49152, "cpu")
         assert chunks[0][0] == 0 and chunks[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
         sizes = [stop - start for start, stop in chunks]
         assert max(sizes) <= 256 and max(sizes) - min(sizes) < len(chunks)
     assert [stop - start for start, stop in head_chunks(600, 49152, "cpu")] == [200, 200, 200]
@@ -138,11 +139,23 @@ def test_metrics_against_known_values():
     "task, message",
     [
         ("{name: t, kind: sorting, source: {type: embedded, path: x.jsonl}, metric: accuracy}", "kind"),
-        ("{name: t, kind: generation, source: {type: embedded, path: x.jsonl}, metric: meteor, prompt: p}", "unknown metric 'meteor'"),
-        ("{name: t, kind: multiple_choice, source: {type: embedded, path: x.jsonl}, metric: accuracy, fields: {colour: c}}", "unknown task field 'colour'"),
+        (
+            "{name: t, kind: generation, source: {type: embedded, path: x.jsonl}, metric: meteor, prompt: p}",
+            "unknown metric 'meteor'",
+        ),
+        (
+            "{name: t, kind: multiple_choice, source: {type: embedded, path: x.jsonl}, metric: accuracy, fields: {colour: c}}",
+            "unknown task field 'colour'",
+        ),
         ("{name: t, kind: multiple_choice, source: {type: ftp, path: x}, metric: accuracy}", "source type"),
-        ("{name: t, kind: language_modeling, source: {type: embedded, path: x.jsonl}, metric: next_token_accuracy, sample: 3}", "unknown key 'sample'"),
-        ("{name: t, kind: generation, source: {type: embedded, path: x.jsonl}, metric: chrf, prompt: '{nope}'}", "unknown field '{nope}'"),
+        (
+            "{name: t, kind: language_modeling, source: {type: embedded, path: x.jsonl}, metric: next_token_accuracy, sample: 3}",
+            "unknown key 'sample'",
+        ),
+        (
+            "{name: t, kind: generation, source: {type: embedded, path: x.jsonl}, metric: chrf, prompt: '{nope}'}",
+            "unknown field '{nope}'",
+        ),
     ],
 )
 def test_bad_task_files_are_one_clear_line(tmp_path, task, message):
@@ -160,7 +173,9 @@ def test_unknown_suite_is_clear():
 
 def test_missing_column_is_clear(tmp_path):
     _write(tmp_path, "d.jsonl", [{"a": 1}])
-    (tmp_path / "t.yaml").write_text("{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy, fields: {text: body}}")
+    (tmp_path / "t.yaml").write_text(
+        "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy, fields: {text: body}}"
+    )
     suite = load_suite(str(tmp_path / "t.yaml"))
     from engine.tasks.sources import task_rows
 

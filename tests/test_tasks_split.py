@@ -12,7 +12,27 @@ from engine.tasks.spec import TaskFileError, embedded_suites, load_report_suite,
 from tests.tiny_models import tiny_model
 from tests.tiny_tokenizer import word_tokenizer
 
-WORDS = "the cat sat on a mat and dog ran to big red house with small green tree in park".split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "dog",
+    "ran",
+    "to",
+    "big",
+    "red",
+    "house",
+    "with",
+    "small",
+    "green",
+    "tree",
+    "in",
+    "park",
+]
 
 
 def _rows(n, seed=0):
@@ -23,7 +43,8 @@ def _rows(n, seed=0):
 def _task_file(tmp_path, rows, samples=1000, extra=""):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "t.yaml").write_text(
-        "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_probability, samples: %d%s}" % (samples, extra)
+        "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_probability, samples: %d%s}"  # noqa: UP031 (YAML braces)
+        % (samples, extra)
     )
     return load_suite(str(tmp_path / "t.yaml")).tasks[0]
 
@@ -88,7 +109,9 @@ def test_evaluator_parts_score_disjoint_items(tmp_path):
 
 def test_embedded_path_outside_the_data_folder_is_refused(tmp_path):
     for path in ("../../etc/passwd", "/etc/passwd", "../suites/default.yaml"):
-        (tmp_path / "t.yaml").write_text("{name: t, kind: language_modeling, source: {type: embedded, path: '%s'}, metric: next_token_accuracy}" % path)
+        (tmp_path / "t.yaml").write_text(
+            f"{{name: t, kind: language_modeling, source: {{type: embedded, path: '{path}'}}, metric: next_token_accuracy}}"
+        )
         with pytest.raises(TaskFileError) as err:
             load_suite(str(tmp_path / "t.yaml"))
         assert "inside engine/tasks/data" in str(err.value) and "\n" not in str(err.value)
@@ -108,7 +131,9 @@ def test_report_suite_loads_and_task_names_must_not_collide(tmp_path):
     with pytest.raises(TaskFileError) as err:
         load_report_suite(load_suite(str(tmp_path / "main.yaml")))
     assert "task 'lm_en' is in both" in str(err.value) and "\n" not in str(err.value)
-    assert load_report_suite(load_suite(str(tmp_path / "main.yaml")), override="default-report").name == "default-report"
+    assert (
+        load_report_suite(load_suite(str(tmp_path / "main.yaml")), override="default-report").name == "default-report"
+    )
 
 
 def test_every_embedded_suite_passes_the_data_check():
@@ -120,12 +145,36 @@ def test_every_embedded_suite_passes_the_data_check():
 @pytest.mark.parametrize(
     "data, task, message",
     [
-        (None, "{name: t, kind: language_modeling, source: {type: jsonl, path: gone.jsonl}, metric: next_token_accuracy}", "gone.jsonl not found"),
-        ('{"text": "a b"}\n{"text": "a b"\n', "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy}", "d.jsonl:2: bad JSON"),
-        ('{"text": "a b"}\n{"body": "c d"}\n', "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy}", "d.jsonl:2: template field 'text' missing"),
-        ('{"q": "a", "c": ["x", "y"], "a": 0}\n{"q": "b", "a": 1}\n', "{name: t, kind: multiple_choice, source: {type: jsonl, path: d.jsonl}, fields: {question: q, choices: c, answer: a}, prompt: '{question}', metric: accuracy}", "d.jsonl:2: no column 'c' (for field 'choices'"),
-        ('{"src": "a", "dst": "b"}\n', "{name: t, kind: generation, source: {type: jsonl, path: d.jsonl}, fields: {input: src}, prompt: '{input} {summary}', metric: chrf}", "d.jsonl:1: template field 'summary' missing"),
-        ('[1, 2]\n', "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy}", "d.jsonl:1: a row must be a JSON object"),
+        (
+            None,
+            "{name: t, kind: language_modeling, source: {type: jsonl, path: gone.jsonl}, metric: next_token_accuracy}",
+            "gone.jsonl not found",
+        ),
+        (
+            '{"text": "a b"}\n{"text": "a b"\n',
+            "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy}",
+            "d.jsonl:2: bad JSON",
+        ),
+        (
+            '{"text": "a b"}\n{"body": "c d"}\n',
+            "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy}",
+            "d.jsonl:2: template field 'text' missing",
+        ),
+        (
+            '{"q": "a", "c": ["x", "y"], "a": 0}\n{"q": "b", "a": 1}\n',
+            "{name: t, kind: multiple_choice, source: {type: jsonl, path: d.jsonl}, fields: {question: q, choices: c, answer: a}, prompt: '{question}', metric: accuracy}",
+            "d.jsonl:2: no column 'c' (for field 'choices'",
+        ),
+        (
+            '{"src": "a", "dst": "b"}\n',
+            "{name: t, kind: generation, source: {type: jsonl, path: d.jsonl}, fields: {input: src}, prompt: '{input} {summary}', metric: chrf}",
+            "d.jsonl:1: template field 'summary' missing",
+        ),
+        (
+            "[1, 2]\n",
+            "{name: t, kind: language_modeling, source: {type: jsonl, path: d.jsonl}, metric: next_token_accuracy}",
+            "d.jsonl:1: a row must be a JSON object",
+        ),
     ],
 )
 def test_data_problems_are_one_line_before_any_model(tmp_path, data, task, message):

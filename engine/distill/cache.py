@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 # numpy has no bfloat16: such a store is kept as float32 on disk.
 _ON_DISK = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.float32, torch.int32: np.int32}
 _AS_TORCH = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32}

@@ -47,7 +47,11 @@ def load_texts(config: DataConfig) -> list[str]:
         import datasets
 
         parts = config.source[3:].split(":")
-        name, subset, split = parts[0], (parts[1] or None) if len(parts) > 1 else None, parts[2] if len(parts) > 2 else "train"
+        name, subset, split = (
+            parts[0],
+            (parts[1] or None) if len(parts) > 1 else None,
+            parts[2] if len(parts) > 2 else "train",
+        )
         data = datasets.load_dataset(name, subset, split=split, streaming=True)
         texts = []
         for row in data:
@@ -59,7 +63,9 @@ def load_texts(config: DataConfig) -> list[str]:
     if not path.is_file():
         raise ValueError(f"distillation data {path}: no such file")
     if path.suffix == ".jsonl":
-        return [json.loads(line)[config.text_field] for line in path.open(encoding="utf-8") if line.strip()][: config.max_documents]
+        return [json.loads(line)[config.text_field] for line in path.open(encoding="utf-8") if line.strip()][
+            : config.max_documents
+        ]
     return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
 
 

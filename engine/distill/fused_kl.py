@@ -107,7 +107,9 @@ def fused_head_kl(
     if chunk < 1:
         raise ValueError("chunk must be at least 1")
     if weight.requires_grad and torch.is_grad_enabled():
-        raise ValueError("fused_head_kl treats the LM head as frozen: pass weight.detach(), or use the dense kl_loss to train it")
+        raise ValueError(
+            "fused_head_kl treats the LM head as frozen: pass weight.detach(), or use the dense kl_loss to train it"
+        )
     args = (hidden, weight, target, mask, temperature, reduction, chunk, matmul_dtype)
     if torch.is_grad_enabled() and hidden.requires_grad:
         return _FusedHeadKL.apply(*args)
@@ -120,7 +122,9 @@ class _FusedHeadKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, target, mask, temperature, reduction, chunk, matmul_dtype):
-        loss, grad_hidden = _loss_and_grad(hidden, weight, target, mask, temperature, reduction, chunk, matmul_dtype, want_grad=True)
+        loss, grad_hidden = _loss_and_grad(
+            hidden, weight, target, mask, temperature, reduction, chunk, matmul_dtype, want_grad=True
+        )
         ctx.save_for_backward(grad_hidden)
         return loss
 

@@ -21,9 +21,9 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -53,9 +53,15 @@ class HealConfig:
     clip: float = heal_default("clip")
     weight_decay: float = 0.0
     cached: bool = heal_default("cached")
-    fused_head: bool = heal_default("fused_head")  # the cached loop's head + KL fused and chunked (where the loss allows it)
-    head_matmul: str = heal_default("head_matmul")  # the fused head's matmuls: "bf16", "fp32" or "auto" (bf16 on CUDA and on CPUs with native bf16)
-    teacher_topk: int = heal_default("teacher_topk")  # > 0: store the teacher's top-k tokens instead of recomputing its logits
+    fused_head: bool = heal_default(
+        "fused_head"
+    )  # the cached loop's head + KL fused and chunked (where the loss allows it)
+    head_matmul: str = heal_default(
+        "head_matmul"
+    )  # the fused head's matmuls: "bf16", "fp32" or "auto" (bf16 on CUDA and on CPUs with native bf16)
+    teacher_topk: int = heal_default(
+        "teacher_topk"
+    )  # > 0: store the teacher's top-k tokens instead of recomputing its logits
     cache_limit_mb: int = heal_default("cache_limit_mb")
     checkpoint_every_s: float = heal_default("checkpoint_every_s")
     # Early stopping: the held-out distillation loss every ``eval_every`` steps (0: about eight checks
@@ -67,20 +73,49 @@ class HealConfig:
     min_delta: float = heal_default("min_delta")
 
     @classmethod
-    def from_settings(cls, h) -> "HealConfig":
+    def from_settings(cls, h) -> HealConfig:
         """The one conversion from the validated run config's ``heal`` section to the healing parts."""
         return cls(
-            loss=LossConfig(kl_scale=h.kl_scale, mse_scale=h.mse_scale, kl_input=h.kl_input, direction=h.direction,
-                            temperature=h.temperature, reduction=h.reduction, hidden=h.hidden, final_norm=h.final_norm,
-                            kl_reference_tokens=h.kl_reference_tokens),
-            trainable=TrainableConfig(choice=h.trainable, k=h.trainable_k, train_norm=h.train_norm, train_head=h.train_head,
-                                      allow_tied=h.untie_head),
-            data=DataConfig(source=h.data, text_field=h.text_field, seq_len=h.seq_len, train_tokens=h.train_tokens,
-                            heldout_tokens=h.heldout_tokens),
-            lr=h.lr, warmup_steps=h.warmup_steps, batch_size=h.batch_size, grad_accum=h.grad_accum, clip=h.clip,
-            cached=h.cached, fused_head=h.fused_head, head_matmul=h.head_matmul, teacher_topk=h.teacher_topk,
-            cache_limit_mb=h.cache_limit_mb, checkpoint_every_s=h.checkpoint_every_s, early_stop=h.early_stop,
-            eval_every=h.eval_every, patience=h.patience, min_delta=h.min_delta,
+            loss=LossConfig(
+                kl_scale=h.kl_scale,
+                mse_scale=h.mse_scale,
+                kl_input=h.kl_input,
+                direction=h.direction,
+                temperature=h.temperature,
+                reduction=h.reduction,
+                hidden=h.hidden,
+                final_norm=h.final_norm,
+                kl_reference_tokens=h.kl_reference_tokens,
+            ),
+            trainable=TrainableConfig(
+                choice=h.trainable,
+                k=h.trainable_k,
+                train_norm=h.train_norm,
+                train_head=h.train_head,
+                allow_tied=h.untie_head,
+            ),
+            data=DataConfig(
+                source=h.data,
+                text_field=h.text_field,
+                seq_len=h.seq_len,
+                train_tokens=h.train_tokens,
+                heldout_tokens=h.heldout_tokens,
+            ),
+            lr=h.lr,
+            warmup_steps=h.warmup_steps,
+            batch_size=h.batch_size,
+            grad_accum=h.grad_accum,
+            clip=h.clip,
+            cached=h.cached,
+            fused_head=h.fused_head,
+            head_matmul=h.head_matmul,
+            teacher_topk=h.teacher_topk,
+            cache_limit_mb=h.cache_limit_mb,
+            checkpoint_every_s=h.checkpoint_every_s,
+            early_stop=h.early_stop,
+            eval_every=h.eval_every,
+            patience=h.patience,
+            min_delta=h.min_delta,
         )
 
 
@@ -123,7 +158,15 @@ class StudentFromPrefix(nn.Module):
 class TeacherCache:
     """The teacher's outputs on the training and held-out blocks, computed once per run."""
 
-    def __init__(self, teacher: nn.Module, train: torch.Tensor, heldout: torch.Tensor, spill_dir: Path | None, limit_bytes: int, batch_size: int):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        train: torch.Tensor,
+        heldout: torch.Tensor,
+        spill_dir: Path | None,
+        limit_bytes: int,
+        batch_size: int,
+    ):
         self.teacher = teacher
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -170,9 +213,11 @@ class TeacherCache:
             return
         self.ensure(set(), split)
         n, t = self.blocks[split].shape
-        stores = (BlockStore(n, (t, k), torch.float32, self.spill_dir, self.limit),
-                  BlockStore(n, (t, k), torch.int32, self.spill_dir, self.limit),
-                  BlockStore(n, (t,), torch.float32, self.spill_dir, self.limit))
+        stores = (
+            BlockStore(n, (t, k), torch.float32, self.spill_dir, self.limit),
+            BlockStore(n, (t, k), torch.int32, self.spill_dir, self.limit),
+            BlockStore(n, (t,), torch.float32, self.spill_dir, self.limit),
+        )
         device = next(self.teacher.parameters()).device
         for b in range(0, n, self.batch_size):
             index = slice(b, b + self.batch_size)
@@ -206,7 +251,9 @@ def lr_at(step: int, total: int, config: HealConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return config.lr * (
+        config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    )
 
 
 @dataclass
@@ -216,18 +263,26 @@ class HealState:
     step: int = 0
     optimizer: dict | None = None
     trainable: dict[str, torch.Tensor] | None = None
-    early: "EarlyStop | None" = None
+    early: EarlyStop | None = None
 
     def to_saved(self) -> dict:
         """Tensors, numbers and lists only: loadable with ``torch.load(weights_only=True)``."""
-        return {"step": self.step, "optimizer": self.optimizer, "trainable": self.trainable,
-                "early": self.early.to_saved() if self.early is not None else None}
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer,
+            "trainable": self.trainable,
+            "early": self.early.to_saved() if self.early is not None else None,
+        }
 
     @classmethod
-    def from_saved(cls, saved: dict) -> "HealState":
+    def from_saved(cls, saved: dict) -> HealState:
         early = saved.get("early")
-        return cls(step=int(saved["step"]), optimizer=saved.get("optimizer"), trainable=saved.get("trainable"),
-                   early=EarlyStop.from_saved(early) if early else None)
+        return cls(
+            step=int(saved["step"]),
+            optimizer=saved.get("optimizer"),
+            trainable=saved.get("trainable"),
+            early=EarlyStop.from_saved(early) if early else None,
+        )
 
 
 @dataclass
@@ -250,13 +305,23 @@ class EarlyStop:
         return False
 
     def to_saved(self) -> dict:
-        return {"best_loss": self.best_loss, "best_step": self.best_step, "misses": self.misses, "best": self.best,
-                "checks": [[s, v] for s, v in self.checks]}
+        return {
+            "best_loss": self.best_loss,
+            "best_step": self.best_step,
+            "misses": self.misses,
+            "best": self.best,
+            "checks": [[s, v] for s, v in self.checks],
+        }
 
     @classmethod
-    def from_saved(cls, saved: dict) -> "EarlyStop":
-        return cls(best_loss=float(saved["best_loss"]), best_step=int(saved["best_step"]), misses=int(saved["misses"]),
-                   best=saved.get("best"), checks=[(int(s), float(v)) for s, v in saved.get("checks", [])])
+    def from_saved(cls, saved: dict) -> EarlyStop:
+        return cls(
+            best_loss=float(saved["best_loss"]),
+            best_step=int(saved["best_step"]),
+            misses=int(saved["misses"]),
+            best=saved.get("best"),
+            checks=[(int(s), float(v)) for s, v in saved.get("checks", [])],
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -291,8 +356,14 @@ class Healer:
     by N processes resumes on M.
     """
 
-    def __init__(self, student: nn.Module, cache: TeacherCache, config: HealConfig, ranks: Ranks | None = None,
-                 shard: bool = False):
+    def __init__(
+        self,
+        student: nn.Module,
+        cache: TeacherCache,
+        config: HealConfig,
+        ranks: Ranks | None = None,
+        shard: bool = False,
+    ):
         self.student = student
         self.cache = cache
         self.config = config
@@ -304,7 +375,9 @@ class Healer:
 
     # --- what the student is compared with ------------------------------------------------------
     @torch.no_grad()
-    def _teacher_hiddens(self, split: str, index, pairs: list[int], layer_map: list[int], device) -> dict[int, torch.Tensor]:
+    def _teacher_hiddens(
+        self, split: str, index, pairs: list[int], layer_map: list[int], device
+    ) -> dict[int, torch.Tensor]:
         """What each compared student layer is compared with: the student's last layer with the
         teacher's output (the model output), any other with the teacher's output of the same original layer."""
         last = len(layer_map) - 1
@@ -333,7 +406,9 @@ class Healer:
             and torch.equal(adapter_for(self.student).lm_head.weight, adapter.lm_head.weight)
         )
 
-    def _fused_kl(self, student_normed: torch.Tensor, target, mask: torch.Tensor, device, exact: bool = False) -> torch.Tensor:
+    def _fused_kl(
+        self, student_normed: torch.Tensor, target, mask: torch.Tensor, device, exact: bool = False
+    ) -> torch.Tensor:
         loss = self.config.loss
         weight = self.cache.adapter.lm_head.weight.detach()
         matmul_dtype = torch.bfloat16 if not exact and _bf16_head(self.config.head_matmul, device) else None
@@ -341,7 +416,9 @@ class Healer:
             if self._head_cast is None or self._head_cast[0] is not weight:
                 self._head_cast = (weight, weight.to(matmul_dtype))  # cast once, not at every step
             weight = self._head_cast[1]
-        return fused_head_kl(student_normed, weight, target, mask, loss.temperature, loss.reduction, matmul_dtype=matmul_dtype)
+        return fused_head_kl(
+            student_normed, weight, target, mask, loss.temperature, loss.reduction, matmul_dtype=matmul_dtype
+        )
 
     def _exact_target(self, split: str, index, device) -> torch.Tensor:
         """The exact KL's target: the fused loss recomputes the teacher's logits from it chunk by chunk."""
@@ -375,7 +452,9 @@ class Healer:
                 kl = self._fused_kl(out, self._exact_target("heldout", index, device), mask, device, exact=True)
                 loss, kl, mse = total_loss(None, None, hidden, t_hidden, mask, self.config.loss, kl=kl)
             else:
-                loss, kl, mse = total_loss(out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss)
+                loss, kl, mse = total_loss(
+                    out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss
+                )
             rows.append((b, float(loss) * len(ids), float(kl) * len(ids), float(mse) * len(ids)))
         if split:
             rows = sorted(row for part in self.ranks.gather(rows) for row in part)
@@ -412,7 +491,7 @@ class Healer:
         params = freeze_except(self.student, trainable, config.trainable)
         names = {id(p): n for n, p in self.student.named_parameters()}
         # Full tensors, gathered when sharded (every rank at once: a collective then).
-        weights = lambda: {names[id(p)]: full(p.detach()).clone() for p in params}  # noqa: E731
+        weights = lambda: {names[id(p)]: full(p.detach()).clone() for p in params}
         snapshot = weights()
         device = next(self.student.parameters()).device
         accelerator = Accelerator(
@@ -434,7 +513,9 @@ class Healer:
 
         # A summed KL over a slice is 1/size of the summed KL over the batch once DDP averages.
         scaled = size > 1 and config.loss.reduction == "sum"
-        self.train_loss = dataclasses.replace(config.loss, kl_scale=config.loss.kl_scale * size) if scaled else config.loss
+        self.train_loss = (
+            dataclasses.replace(config.loss, kl_scale=config.loss.kl_scale * size) if scaled else config.loss
+        )
         needed = torch.cat([my_slice(s) for s in range(total_steps)]) if size > 1 else None
         loop = _loop_for(self, pairs, layer_map, trainable, device, needed)
 
@@ -450,8 +531,10 @@ class Healer:
         shards, plain = None, params
         if self.shard:
             if config.trainable.train_norm or config.trainable.train_head:
-                raise ValueError("distributed.heal=fsdp shards the trainable decoder layers; train_norm and train_head "
-                                 "need distributed.heal=ddp")
+                raise ValueError(
+                    "distributed.heal=fsdp shards the trainable decoder layers; train_norm and train_head "
+                    "need distributed.heal=ddp"
+                )
             shards = ShardedLayers(self.student, trainable, self.ranks)
             params = shards.parameters()
             names.update({id(p): n for n, p in self.student.named_parameters()})
@@ -468,7 +551,9 @@ class Healer:
             runner, optimizer = accelerator.prepare(loop.runner, optimizer)
 
         def state() -> HealState:
-            return HealState(step, full_optimizer_state(optimizer) if shards else optimizer.state_dict(), weights(), early)
+            return HealState(
+                step, full_optimizer_state(optimizer) if shards else optimizer.state_dict(), weights(), early
+            )
 
         last_save = time.monotonic()
         tokens = 0
@@ -498,8 +583,15 @@ class Healer:
                 tokens += len(picked) * size * blocks.shape[1]
                 elapsed = time.perf_counter() - started
                 last = {
-                    "iteration": iteration, "step": step, "steps": total_steps, "loss": loss_value, "kl": float(kl),
-                    "mse": float(mse), **weighted_terms(kl, mse, config.loss), "lr": lr, "grad_norm": float(grad_norm),
+                    "iteration": iteration,
+                    "step": step,
+                    "steps": total_steps,
+                    "loss": loss_value,
+                    "kl": float(kl),
+                    "mse": float(mse),
+                    **weighted_terms(kl, mse, config.loss),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
                     "tokens_per_s": tokens / max(elapsed, 1e-9),
                 }
                 if early is not None and (step % every == 0 or step == total_steps):
@@ -515,7 +607,11 @@ class Healer:
                     if on_checkpoint:
                         on_checkpoint(state())
                     raise HealInterrupted(f"stopped at step {step}")
-                due = on_checkpoint is not None and time.monotonic() - last_save > config.checkpoint_every_s and step < total_steps
+                due = (
+                    on_checkpoint is not None
+                    and time.monotonic() - last_save > config.checkpoint_every_s
+                    and step < total_steps
+                )
                 if shards is not None:  # gathering the sharded state takes every rank: rank 0's clock decides
                     due = self.ranks.broadcast(due)
                 if due:
@@ -542,17 +638,25 @@ class Healer:
             # when no check beat them), so healing never leaves the held-out loss worse.
             _put(params, names, early.best if early.best is not None else snapshot)
             kept = early.best_step
-        return {"steps": step, "tokens": tokens, "seconds": time.perf_counter() - started, "last": last, "pairs": pairs,
-                "stopped_early": stopped_early, "kept_step": kept,
-                "checks": list(early.checks) if early is not None else []}
-
+        return {
+            "steps": step,
+            "tokens": tokens,
+            "seconds": time.perf_counter() - started,
+            "last": last,
+            "pairs": pairs,
+            "stopped_early": stopped_early,
+            "kept_step": kept,
+            "checks": list(early.checks) if early is not None else [],
+        }
 
     def _step_figures(self, loss: torch.Tensor, kl: torch.Tensor, mse: torch.Tensor) -> tuple[float, float, float]:
         """The step's (loss, KL, MSE) over the whole batch: one process's own, or the ranks' mean
         (a summed KL: their sum). Every rank gets the same numbers, so a non-finite loss stops all."""
         if not self.ranks.distributed:
             return float(loss.detach()), float(kl), float(mse)
-        figures = self.ranks.reduce_mean(torch.stack([loss.detach().float(), kl.detach().float(), mse.detach().float()]))
+        figures = self.ranks.reduce_mean(
+            torch.stack([loss.detach().float(), kl.detach().float(), mse.detach().float()])
+        )
         loss_value, kl_value, mse_value = (float(v) for v in figures.cpu())
         if self.config.loss.reduction == "sum":
             kl_value *= self.ranks.size
@@ -615,8 +719,15 @@ class _CachedLoop(_PlainLoop):
     """The teacher's outputs from the cache, each step from the cached output of the frozen layers
     below the lowest trainable one; dense head and KL."""
 
-    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device,
-                 needed: torch.Tensor | None = None):
+    def __init__(
+        self,
+        healer: Healer,
+        pairs: list[int],
+        layer_map: list[int],
+        trainable: list[int],
+        device,
+        needed: torch.Tensor | None = None,
+    ):
         self.healer, self.pairs, self.layer_map, self.device = healer, pairs, layer_map, device
         config = healer.config
         cache = healer.cache
@@ -633,8 +744,13 @@ class _CachedLoop(_PlainLoop):
         rank trains on (``needed``; None: all)."""
         healer, adapter = self.healer, adapter_for(self.healer.student)
         blocks, batch = healer.cache.blocks["train"], healer.config.batch_size
-        store = BlockStore(len(blocks), (blocks.shape[1], healer.student.config.hidden_size), torch.float32,
-                           healer.cache.spill_dir, healer.cache.limit)
+        store = BlockStore(
+            len(blocks),
+            (blocks.shape[1], healer.student.config.hidden_size),
+            torch.float32,
+            healer.cache.spill_dir,
+            healer.cache.limit,
+        )
         if needed is None:
             for b in range(0, len(blocks), batch):
                 ids = blocks[b : b + batch].to(device)
@@ -667,8 +783,15 @@ class _FusedLoop(_CachedLoop):
 
     fused = True
 
-    def __init__(self, healer: Healer, pairs: list[int], layer_map: list[int], trainable: list[int], device,
-                 needed: torch.Tensor | None = None):
+    def __init__(
+        self,
+        healer: Healer,
+        pairs: list[int],
+        layer_map: list[int],
+        trainable: list[int],
+        device,
+        needed: torch.Tensor | None = None,
+    ):
         super().__init__(healer, pairs, layer_map, trainable, device, needed)
         config = healer.config
         if config.teacher_topk:

@@ -43,8 +43,12 @@ class LossConfig:
     temperature: float = heal_default("temperature")
     reduction: str = heal_default("reduction")  # "token_mean" | "sum"
     hidden: str = heal_default("hidden")
-    final_norm: bool = heal_default("final_norm")  # "last" compares the final hidden state after the final norm (the paper's code)
-    kl_reference_tokens: int = heal_default("kl_reference_tokens")  # token_mean: the KL term weighs kl_scale * this (the paper's tokens per device)
+    final_norm: bool = heal_default(
+        "final_norm"
+    )  # "last" compares the final hidden state after the final norm (the paper's code)
+    kl_reference_tokens: int = heal_default(
+        "kl_reference_tokens"
+    )  # token_mean: the KL term weighs kl_scale * this (the paper's tokens per device)
 
     @property
     def kl_weight(self) -> float:
@@ -67,7 +71,9 @@ class LossConfig:
             raise ValueError("loss.kl_reference_tokens must be at least 1")
 
 
-def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, config: LossConfig) -> torch.Tensor:
+def kl_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, config: LossConfig
+) -> torch.Tensor:
     """KL over the vocabulary at each real token, reduced as configured. Shapes (..., V) and (...)."""
     t = config.temperature
     s = student_logits.float() / t

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from engine.models.adapters import adapter_for
 from engine.config import heal_default
+from engine.models.adapters import adapter_for
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ def newest_gap(layer_map: list[int], removed_original: int) -> int:
     return sum(1 for o in layer_map if o < removed_original)
 
 
-def choose_trainable(layer_map: list[int], teacher_layers: int, removed_original: int | list[int], config: TrainableConfig) -> list[int]:
+def choose_trainable(
+    layer_map: list[int], teacher_layers: int, removed_original: int | list[int], config: TrainableConfig
+) -> list[int]:
     """Current indices of the layers to train; ``removed_original``: the layer(s) this healing
     repairs (adjacent trains the two neighbours of each of their gaps)."""
     n = len(layer_map)
@@ -57,7 +59,9 @@ def choose_trainable(layer_map: list[int], teacher_layers: int, removed_original
     if config.choice == "last":
         return list(range(max(0, n - config.k), n))
     removed = [removed_original] if isinstance(removed_original, int) else list(removed_original)
-    centres = [newest_gap(layer_map, o) for o in removed] if config.choice == "adjacent" else gaps(layer_map, teacher_layers)
+    centres = (
+        [newest_gap(layer_map, o) for o in removed] if config.choice == "adjacent" else gaps(layer_map, teacher_layers)
+    )
     radius = 1 if config.choice == "adjacent" else config.k
     chosen = set()
     for g in centres:
@@ -84,8 +88,10 @@ def freeze_except(model: nn.Module, trainable: list[int], config: TrainableConfi
     if config.train_head:
         tied = adapter.lm_head.weight is adapter.embed_tokens.weight
         if tied and not config.allow_tied:
-            raise ValueError("the LM head is tied to the input embedding: training it moves the embedding too "
-                             "(set trainable.allow_tied to do it anyway)")
+            raise ValueError(
+                "the LM head is tied to the input embedding: training it moves the embedding too "
+                "(set trainable.allow_tied to do it anyway)"
+            )
         for p in adapter.lm_head.parameters():
             p.requires_grad_(True)
             params.append(p)

@@ -111,13 +111,17 @@ class TaskDrop:
     def ranked(self) -> list[tuple[int, float]]:
         """(layer, drop), least important first: the fully scored layers by drop (the proposal
         first), then the partial ones by their estimated drop."""
-        key = lambda i: (self.drops[i], i)  # noqa: E731
+        key = lambda i: (self.drops[i], i)
         complete = sorted((i for i in self.drops if i not in self.partial), key=key)
         return [(i, self.drops[i]) for i in complete + sorted(self.partial, key=key)]
 
 
-def task_drop(evaluator: SuiteEvaluator, racing: RacingSettings | None = None, shared: bool = True,
-              progress: Progress | None = None) -> TaskDrop:
+def task_drop(
+    evaluator: SuiteEvaluator,
+    racing: RacingSettings | None = None,
+    shared: bool = True,
+    progress: Progress | None = None,
+) -> TaskDrop:
     """Task-drop scores of every current layer of ``evaluator.model`` on the evaluator's items.
 
     ``racing`` None or disabled: every candidate on every item (full scoring). Otherwise the race
@@ -141,7 +145,7 @@ def task_drop(evaluator: SuiteEvaluator, racing: RacingSettings | None = None, s
         return _result(scored, specs, layers, total, rounds, evaluator.forwards - start)
 
     order = {t: _shuffled(items, racing.seed, t) for t, items in all_items.items()}
-    done = {t: 0 for t in order}
+    done = dict.fromkeys(order, 0)
     alive = list(layers)
     share = racing.first_fraction
     while True:
@@ -177,7 +181,9 @@ def _slice_end(n: int, share: float, min_items: int) -> int:
     return min(n, max(min(min_items, n), math.ceil(share * n)))
 
 
-def _eliminate(scored, alive: list[int], specs, sizes: dict[str, int], z: float) -> tuple[int, dict[int, tuple[float, float]]]:
+def _eliminate(
+    scored, alive: list[int], specs, sizes: dict[str, int], z: float
+) -> tuple[int, dict[int, tuple[float, float]]]:
     """The best candidate so far and those confidently worse than it (gap, standard error)."""
     tasks = [t for t in sizes if scored[alive[0]][t].items]
     estimate = {c: aggregate({t: task_score(specs[t], scored[c][t]) for t in tasks}) for c in alive}

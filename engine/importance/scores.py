@@ -15,7 +15,7 @@ proposal is always the lowest score. Callers convert indices to original teacher
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -40,7 +40,9 @@ def _batches(sequences: list[ScoredSequence], batch_tokens: int) -> list[list[Sc
 
 
 @torch.no_grad()
-def similarity_scores(model, sequences: list[ScoredSequence], pad_id: int, batch_tokens: int = 4096, progress: Progress | None = None) -> dict[str, dict[int, float]]:
+def similarity_scores(
+    model, sequences: list[ScoredSequence], pad_id: int, batch_tokens: int = 4096, progress: Progress | None = None
+) -> dict[str, dict[int, float]]:
     """Block Influence and angular distance of every current layer, over real (unpadded) tokens."""
     adapter = adapter_for(model)
     device = next(model.parameters()).device
@@ -88,7 +90,7 @@ def loss_drop_scores(
     adapter = adapter_for(model)
     device = next(model.parameters()).device
     candidates = [None, *range(adapter.num_layers)]
-    totals = {c: 0.0 for c in candidates}
+    totals = dict.fromkeys(candidates, 0.0)
     count = 0
     batches = _batches(sequences, batch_tokens)
     for number, batch in enumerate(batches):
@@ -116,7 +118,9 @@ def loss_drop_scores(
     return {c: totals[c] / count - base for c in candidates if c is not None}
 
 
-def task_drop_scores(evaluator: SuiteEvaluator, shared: bool = True, progress: Progress | None = None) -> tuple[dict[int, float], dict[int, dict[str, float]], dict[str, float]]:
+def task_drop_scores(
+    evaluator: SuiteEvaluator, shared: bool = True, progress: Progress | None = None
+) -> tuple[dict[int, float], dict[int, dict[str, float]], dict[str, float]]:
     """(drop of the aggregate per layer, per-task scores per layer, the current model's scores),
     every candidate on every item. ``engine.importance.racing.task_drop`` is the same with racing
     and a richer result (partial layers, item counts, the bound)."""

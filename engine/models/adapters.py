@@ -31,7 +31,13 @@ SUPPORTED = {
 
 # Decoder layers computed as h = x + attn(norm(x)); out = h + mlp(norm(h)) (Phi-3's residual dropouts
 # are the identity in eval mode), so the MLP can run at a subset of positions.
-PLAIN_RESIDUAL_LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "Phi3DecoderLayer"}
+PLAIN_RESIDUAL_LAYERS = {
+    "LlamaDecoderLayer",
+    "MistralDecoderLayer",
+    "Qwen2DecoderLayer",
+    "Qwen3DecoderLayer",
+    "Phi3DecoderLayer",
+}
 
 
 @dataclass
@@ -127,10 +133,12 @@ class DecoderAdapter:
             rotary = {kind: self.rotary_emb(hidden, position_ids, kind) for kind in kinds}
         else:
             shared = self.rotary_emb(hidden, position_ids=position_ids)
-            rotary = {kind: shared for kind in kinds}
+            rotary = dict.fromkeys(kinds, shared)
         return StackInputs(hidden, position_ids, masks, rotary, attention_mask)
 
-    def run_layer(self, index: int, hidden: torch.Tensor, inputs: StackInputs, layer: nn.Module | None = None) -> torch.Tensor:
+    def run_layer(
+        self, index: int, hidden: torch.Tensor, inputs: StackInputs, layer: nn.Module | None = None
+    ) -> torch.Tensor:
         kind = self.layer_type(index)
         layer = self.layers[index] if layer is None else layer
         out = layer(
@@ -143,7 +151,9 @@ class DecoderAdapter:
         )
         return out[0] if isinstance(out, tuple) else out
 
-    def run_layer_at(self, index: int, hidden: torch.Tensor, inputs: StackInputs, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def run_layer_at(
+        self, index: int, hidden: torch.Tensor, inputs: StackInputs, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
         """Layer ``index`` when only its output at positions (rows, cols) is read: [len(rows), hidden].
 
         Attention still runs at every position (the read positions attend to all earlier ones), but
@@ -165,8 +175,16 @@ class DecoderAdapter:
         read = (hidden + attended)[rows, cols]
         return read + layer.mlp(layer.post_attention_layernorm(read))
 
-    def run_layers(self, hidden: torch.Tensor, inputs: StackInputs, start: int = 0, stop: int | None = None, skip: int | None = None,
-                   rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        inputs: StackInputs,
+        start: int = 0,
+        stop: int | None = None,
+        skip: int | None = None,
+        rows: torch.Tensor | None = None,
+        cols: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run layers [start, stop), leaving out ``skip`` (a current index) if given; with ``rows``
         and ``cols``, return only those positions (the last layer run by ``run_layer_at``)."""
         stop = self.num_layers if stop is None else stop
@@ -186,7 +204,9 @@ class DecoderAdapter:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def forward_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, skip: int | None = None) -> torch.Tensor:
+    def forward_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, skip: int | None = None
+    ) -> torch.Tensor:
         inputs = self.prepare(input_ids, attention_mask)
         return self.head(self.run_layers(inputs.hidden, inputs, skip=skip))
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -86,7 +86,9 @@ class BridgeFit:
 def _rows(calibration: Calibration) -> list[list[int]]:
     if isinstance(calibration, torch.Tensor):
         if calibration.dim() != 2:
-            raise ValueError(f"calibration tokens must be a 2-D (sequences, tokens) tensor, not {tuple(calibration.shape)}")
+            raise ValueError(
+                f"calibration tokens must be a 2-D (sequences, tokens) tensor, not {tuple(calibration.shape)}"
+            )
         rows = calibration.tolist()
     else:
         rows = [list(getattr(row, "ids", row)) for row in calibration]
@@ -158,8 +160,14 @@ def check_bridgeable(model, originals: list[int] | int) -> tuple[int, int]:
 
 
 # --- activations of one batch ----------------------------------------------------------------------
-def _block_activations(adapter: DecoderAdapter, first: int, last: int, ids: torch.Tensor, mask: torch.Tensor,
-                       before_input: torch.Tensor | None = None):
+def _block_activations(
+    adapter: DecoderAdapter,
+    first: int,
+    last: int,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    before_input: torch.Tensor | None = None,
+):
     """At the real tokens: M (MLP output of layer first-1), that layer's output Y + M, L (layer last's
     output); and the whole input of layer first-1, from which a later pass over the batch can start."""
     inputs = adapter.prepare(ids, mask)
@@ -228,7 +236,9 @@ def estimate_bridge(
     try:
         transform = torch.linalg.solve(gram + lam * eye, cross + lam * eye)
     except torch.linalg.LinAlgError as exc:
-        raise SurgeryError(f"the bridge's least squares is singular on this calibration (raise the ridge above {ridge})") from exc
+        raise SurgeryError(
+            f"the bridge's least squares is singular on this calibration (raise the ridge above {ridge})"
+        ) from exc
 
     def relative(t: torch.Tensor) -> float:
         # ||M T - R||^2 = tr(T^T M^T M T) - 2 tr(T^T M^T R) + ||R||^2
@@ -350,7 +360,9 @@ def block_distances(
             hidden = adapter.run_layer(j, hidden, inputs)
             states.append(hidden[real])
             if j + 1 >= n:
-                cos = torch.nn.functional.cosine_similarity(states[0].double(), states[-1].double(), dim=-1).clamp(-1, 1)
+                cos = torch.nn.functional.cosine_similarity(states[0].double(), states[-1].double(), dim=-1).clamp(
+                    -1, 1
+                )
                 value = torch.arccos(cos) / math.pi if metric == "angular" else 1 - cos
                 sums[j + 1 - n] += value.sum().cpu()
         tokens += int(real.sum())

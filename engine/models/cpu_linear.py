@@ -17,7 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_op = (
+    getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available()
+    else None
+)
 
 
 def onednn_available() -> bool:
@@ -57,9 +61,16 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or weight.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")
+        ):
             return F.linear(x, weight, self.bias)
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (self.bias is not None and self.bias.requires_grad)):
+        if torch.is_grad_enabled() and (
+            x.requires_grad or weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        ):
             return _OneDNNLinearFunction.apply(x, weight, self.bias)
         return _op(x, weight, self.bias, "none", [], "")
 

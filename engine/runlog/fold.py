@@ -236,12 +236,22 @@ class RunState:
                 continue
             layers = rec.get("layers")
             removed = self.start_layers - layers if layers is not None and self.start_layers else order.get(it, it)
-            points[removed] = {"removed": removed, "iteration": it, "layers": layers, "params": rec.get("params"),
-                               "aggregate": rec["aggregate"]}
+            points[removed] = {
+                "removed": removed,
+                "iteration": it,
+                "layers": layers,
+                "params": rec.get("params"),
+                "aggregate": rec["aggregate"],
+            }
         teacher = self.teacher_eval(part)
         if teacher is not None and teacher["aggregate"] is not None:
-            points[0] = {"removed": 0, "iteration": 0, "layers": teacher.get("layers", self.start_layers),
-                         "params": teacher.get("params", self.start_params), "aggregate": teacher["aggregate"]}
+            points[0] = {
+                "removed": 0,
+                "iteration": 0,
+                "layers": teacher.get("layers", self.start_layers),
+                "params": teacher.get("params", self.start_params),
+                "aggregate": teacher["aggregate"],
+            }
         return [points[k] for k in sorted(points)]
 
     def partial_layers(self, iteration: int) -> list[int]:
@@ -403,8 +413,12 @@ def _run_finished(s: RunState, e: dict, n: int) -> None:
         # The student of that iteration fell below the floor and is not the answer: every view of
         # the run (layers, final and best aggregate) is of the student that was kept.
         it = rejected["iteration"]
-        s.rejected = {"iteration": it, "removal": s.removals.pop(it, None), "decision": s.decisions.pop(it, None),
-                      "evals": {k: s.evals.pop(k) for k in [k for k in s.evals if k[0] == it]}}
+        s.rejected = {
+            "iteration": it,
+            "removal": s.removals.pop(it, None),
+            "decision": s.decisions.pop(it, None),
+            "evals": {k: s.evals.pop(k) for k in [k for k in s.evals if k[0] == it]},
+        }
     if "params" in e:
         s.params = e["params"]
 

@@ -28,14 +28,30 @@ STRATEGIES = {
         Strategy("iterative-bi-distill", "bi", True, True, "iterative Block Influence, healed by distillation"),
         Strategy("iterative-pruning", "task_drop", True, False, "task-score drop re-scored after every removal"),
         Strategy("iterative-distill", "task_drop", True, True, "the paper's method: task drop + distillation"),
-        Strategy("reverse-order", "position", False, True,
-                 "remove the last layers before the final one; heal the LM head and the last three layers (Lu et al., ICLR 2026)",
-                 heal_settings={"trainable": "last", "trainable_k": 3, "train_head": True, "untie_head": True}),
-        Strategy("replaceme", "block_distance", False, False,
-                 "training-free: the most redundant block, each layer replaced by a least-squares linear map (ReplaceMe)",
-                 bridge=True),
-        Strategy("iterative-distill-bridge", "task_drop", True, True,
-                 "the paper's method, healing from a least-squares linear bridge fused at each removal", bridge=True),
+        Strategy(
+            "reverse-order",
+            "position",
+            False,
+            True,
+            "remove the last layers before the final one; heal the LM head and the last three layers (Lu et al., ICLR 2026)",
+            heal_settings={"trainable": "last", "trainable_k": 3, "train_head": True, "untie_head": True},
+        ),
+        Strategy(
+            "replaceme",
+            "block_distance",
+            False,
+            False,
+            "training-free: the most redundant block, each layer replaced by a least-squares linear map (ReplaceMe)",
+            bridge=True,
+        ),
+        Strategy(
+            "iterative-distill-bridge",
+            "task_drop",
+            True,
+            True,
+            "the paper's method, healing from a least-squares linear bridge fused at each removal",
+            bridge=True,
+        ),
     )
 }
 DEFAULT_STRATEGY = "iterative-distill"

@@ -70,7 +70,9 @@ def render_row(task: TaskSpec, row: dict) -> None:
     if task.kind == "multiple_choice":
         choices = row.get("choices")
         if not isinstance(choices, (list, tuple)) or len(choices) < 2:
-            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: field 'choices' must be a list of at least two choices")
+            raise TaskFileError(
+                f"task '{task.name}': {row.get('_where', 'a row')}: field 'choices' must be a list of at least two choices"
+            )
         if len(choices) > len(LETTERS):
             raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: more than {len(LETTERS)} choices")
         _answer_index(row, len(choices), task, -1)
@@ -87,4 +89,4 @@ def render_row(task: TaskSpec, row: dict) -> None:
     _format(task.target, row, task)
 
 
-__all__ = ["check_suite_data", "describe_suite_data", "describe_source", "render_row", "embedded_path"]
+__all__ = ["check_suite_data", "describe_source", "describe_suite_data", "embedded_path", "render_row"]

@@ -20,8 +20,8 @@ the baseline of ``bench/importance.py`` and gives bit-identical scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -55,10 +55,10 @@ class ForwardCount:
         self.layer_forwards += layers * sequences
         self.layer_tokens += layers * tokens
 
-    def copy(self) -> "ForwardCount":
+    def copy(self) -> ForwardCount:
         return ForwardCount(self.layer_forwards, self.layer_tokens)
 
-    def __sub__(self, other: "ForwardCount") -> "ForwardCount":
+    def __sub__(self, other: ForwardCount) -> ForwardCount:
         return ForwardCount(self.layer_forwards - other.layer_forwards, self.layer_tokens - other.layer_tokens)
 
 
@@ -78,11 +78,11 @@ class ItemScores:
     references: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)  # per item, for metrics that average by group
 
-    def extend(self, other: "ItemScores") -> None:
+    def extend(self, other: ItemScores) -> None:
         for name in ("items", "values", "weights", "predictions", "references", "groups"):
             getattr(self, name).extend(getattr(other, name))
 
-    def subset(self, items: Iterable[int]) -> "ItemScores":
+    def subset(self, items: Iterable[int]) -> ItemScores:
         keep = set(items)
         out = ItemScores()
         for k, item in enumerate(self.items):
@@ -130,8 +130,16 @@ class SuiteEvaluator:
     layer removals done in place. ``forwards`` counts the decoder-layer work of every call.
     """
 
-    def __init__(self, model, tokenizer, suite: SuiteSpec, batch_tokens: int = 4096, max_batch: int = 16,
-                 part: Part = None, split_seed: int = 0):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        suite: SuiteSpec,
+        batch_tokens: int = 4096,
+        max_batch: int = 16,
+        part: Part = None,
+        split_seed: int = 0,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.suite = suite
@@ -155,22 +163,36 @@ class SuiteEvaluator:
         return {t.spec.name: _task_items(t) for t in self.tasks}
 
     # --- public -------------------------------------------------------------------------------
-    def evaluate(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None,
-                 items: ItemSelection | None = None) -> dict[Candidate, dict[str, float]]:
+    def evaluate(
+        self,
+        candidates: Iterable[Candidate] = (None,),
+        shared: bool = True,
+        progress: Progress | None = None,
+        items: ItemSelection | None = None,
+    ) -> dict[Candidate, dict[str, float]]:
         """Scores per candidate and task, each in [0, 1] (on the given items only, if ``items``)."""
         per_item = self.evaluate_items(candidates, shared=shared, progress=progress, items=items)
         specs = {t.spec.name: t.spec for t in self.tasks}
-        return {c: {name: task_score(specs[name], scores) for name, scores in tasks.items()} for c, tasks in per_item.items()}
+        return {
+            c: {name: task_score(specs[name], scores) for name, scores in tasks.items()}
+            for c, tasks in per_item.items()
+        }
 
     @torch.no_grad()
-    def evaluate_items(self, candidates: Iterable[Candidate] = (None,), shared: bool = True, progress: Progress | None = None,
-                       items: ItemSelection | None = None) -> dict[Candidate, dict[str, ItemScores]]:
+    def evaluate_items(
+        self,
+        candidates: Iterable[Candidate] = (None,),
+        shared: bool = True,
+        progress: Progress | None = None,
+        items: ItemSelection | None = None,
+    ) -> dict[Candidate, dict[str, ItemScores]]:
         """Per-item results per candidate and task. ``items`` (task name -> item indices) limits
         the work to those items; a task it does not name is not evaluated. None: every item."""
         candidates = list(dict.fromkeys(candidates))
         results: dict[Candidate, dict[str, ItemScores]] = {c: {} for c in candidates}
         tasks = [t for t in self.tasks if items is None or t.spec.name in items]
         for number, task in enumerate(tasks):
+
             def step(done, total, _name=task.spec.name, _n=number):
                 if progress:
                     progress(f"{_name} ({_n + 1}/{len(tasks)})", done, total)
@@ -180,7 +202,9 @@ class SuiteEvaluator:
                 scores = self._generation_scores(task, candidates, shared, step, wanted)
             else:
                 sequences = [s for s in task.sequences if wanted is None or s.item in wanted]
-                per_seq = self._forward(sequences, candidates, shared, step) if sequences else {c: [] for c in candidates}
+                per_seq = (
+                    self._forward(sequences, candidates, shared, step) if sequences else {c: [] for c in candidates}
+                )
                 scores = {c: _forward_items(task, sequences, per_seq[c]) for c in candidates}
             for c in candidates:
                 results[c][task.spec.name] = scores[c]
@@ -201,7 +225,9 @@ class SuiteEvaluator:
             batches.append(current)
         return batches
 
-    def _forward(self, sequences: list[ScoredSequence], candidates: list[Candidate], shared: bool, progress) -> dict[Candidate, list[SequenceResult]]:
+    def _forward(
+        self, sequences: list[ScoredSequence], candidates: list[Candidate], shared: bool, progress
+    ) -> dict[Candidate, list[SequenceResult]]:
         adapter = adapter_for(self.model)
         device = next(self.model.parameters()).device
         out: dict[Candidate, list] = {c: [None] * len(sequences) for c in candidates}
@@ -220,7 +246,9 @@ class SuiteEvaluator:
         return out
 
     # --- generation -----------------------------------------------------------------------------
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, stop: list[str], skip: Candidate = None) -> list[list[int]]:
+    def _generate(
+        self, prompts: list[list[int]], max_new_tokens: int, stop: list[str], skip: Candidate = None
+    ) -> list[list[int]]:
         """Greedy continuations (new tokens only, cut after EOS), in batches, left-padded."""
         device = next(self.model.parameters()).device
         results: list[list[int]] = [[] for _ in prompts]
@@ -264,10 +292,15 @@ class SuiteEvaluator:
         return any(s in text for s in stop)
 
     def _finished(self, tokens: list[int], max_new_tokens: int, stop: list[str]) -> bool:
-        return (tokens and tokens[-1] == self.eos_id) or len(tokens) >= max_new_tokens or (bool(stop) and self._stopped(tokens, stop))
+        return (
+            (tokens and tokens[-1] == self.eos_id)
+            or len(tokens) >= max_new_tokens
+            or (bool(stop) and self._stopped(tokens, stop))
+        )
 
-    def _generation_scores(self, task: PreparedTask, candidates: list[Candidate], shared: bool, progress,
-                           wanted: set[int] | None = None) -> dict[Candidate, ItemScores]:
+    def _generation_scores(
+        self, task: PreparedTask, candidates: list[Candidate], shared: bool, progress, wanted: set[int] | None = None
+    ) -> dict[Candidate, ItemScores]:
         spec = task.spec
         requests: list[GenerationRequest] = [r for r in task.generations if wanted is None or r.item in wanted]
         if not requests:
@@ -373,7 +406,9 @@ def letter_rows(seqs: list[ScoredSequence]) -> dict[int, list[int]]:
     return rows
 
 
-def per_sequence(seqs: list[ScoredSequence], chosen: torch.Tensor, argmax: torch.Tensor, letters: dict[int, int]) -> list[SequenceResult]:
+def per_sequence(
+    seqs: list[ScoredSequence], chosen: torch.Tensor, argmax: torch.Tensor, letters: dict[int, int]
+) -> list[SequenceResult]:
     """Split the packed rows of one batch (``pack_right`` order) back into one result per sequence."""
     results, start = [], 0
     for s in seqs:
@@ -403,7 +438,9 @@ def head_chunks(n: int, vocab: int, device: torch.device | str) -> list[tuple[in
     return [(start, min(n, start + step)) for start in range(0, n, step)]
 
 
-def score_positions(adapter, hidden: torch.Tensor, targets: torch.Tensor, letter_at: dict[int, list[int]] | None = None):
+def score_positions(
+    adapter, hidden: torch.Tensor, targets: torch.Tensor, letter_at: dict[int, list[int]] | None = None
+):
     """The LM head at the scored positions, a chunk of rows at a time (``head_chunks``): the
     log-probability of each target, the greedy token, and for the rows in ``letter_at`` the best of
     the given letter tokens.
@@ -427,8 +464,16 @@ def score_positions(adapter, hidden: torch.Tensor, targets: torch.Tensor, letter
     return chosen, argmax, letters
 
 
-def candidate_hidden(adapter, ids, mask, candidates: list[Candidate], shared: bool, rows: torch.Tensor | None = None,
-                     cols: torch.Tensor | None = None, counter: ForwardCount | None = None) -> dict[Candidate, torch.Tensor]:
+def candidate_hidden(
+    adapter,
+    ids,
+    mask,
+    candidates: list[Candidate],
+    shared: bool,
+    rows: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
+    counter: ForwardCount | None = None,
+) -> dict[Candidate, torch.Tensor]:
     """The last hidden state (before the final norm) of each candidate on one batch; with ``rows``
     and ``cols`` only at those positions (each candidate's last layer then runs its MLP only there).
 
@@ -546,9 +591,14 @@ def _forward_items(task: PreparedTask, sequences: list[ScoredSequence], results:
             totals = {s.choice: float(r.logprobs.sum()) for s, r in pairs}
             if spec.metric == "choice_probability":
                 # The model's probability of the right choice among the offered ones.
-                value = float(torch.softmax(torch.tensor([totals[k] for k in sorted(totals)]), 0)[sorted(totals).index(answer)])
+                value = float(
+                    torch.softmax(torch.tensor([totals[k] for k in sorted(totals)]), 0)[sorted(totals).index(answer)]
+                )
             else:
-                ranked = {s.choice: totals[s.choice] / (max(1, s.chars) if spec.normalize == "length" else 1) for s, _ in pairs}
+                ranked = {
+                    s.choice: totals[s.choice] / (max(1, s.chars) if spec.normalize == "length" else 1)
+                    for s, _ in pairs
+                }
                 value = float(max(ranked, key=lambda k: (ranked[k], -k)) == answer)
         out.items.append(item)
         out.values.append(value)

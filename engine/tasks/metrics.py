@@ -81,7 +81,7 @@ class _LemmaTokenizer:
 
         import pymorphy3
 
-        self.punctuation = re.compile("[%s]" % re.escape(string.punctuation))
+        self.punctuation = re.compile(f"[{re.escape(string.punctuation)}]")
         self.morph = pymorphy3.MorphAnalyzer()
 
     def tokenize(self, text: str) -> list[str]:
@@ -129,18 +129,18 @@ def copy_match(predictions: list[str], references: list[str]) -> float:
 # subject -> subcategory -> one of four categories.
 MMLU_CATEGORIES = {
     "STEM": "abstract_algebra astronomy college_biology college_chemistry college_computer_science college_mathematics "
-            "college_physics computer_security conceptual_physics electrical_engineering elementary_mathematics "
-            "high_school_biology high_school_chemistry high_school_computer_science high_school_mathematics "
-            "high_school_physics high_school_statistics machine_learning",
+    "college_physics computer_security conceptual_physics electrical_engineering elementary_mathematics "
+    "high_school_biology high_school_chemistry high_school_computer_science high_school_mathematics "
+    "high_school_physics high_school_statistics machine_learning",
     "humanities": "formal_logic high_school_european_history high_school_us_history high_school_world_history "
-                  "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
-                  "prehistory professional_law world_religions",
+    "international_law jurisprudence logical_fallacies moral_disputes moral_scenarios philosophy "
+    "prehistory professional_law world_religions",
     "social sciences": "econometrics high_school_geography high_school_government_and_politics high_school_macroeconomics "
-                       "high_school_microeconomics high_school_psychology human_sexuality professional_psychology "
-                       "public_relations security_studies sociology us_foreign_policy",
+    "high_school_microeconomics high_school_psychology human_sexuality professional_psychology "
+    "public_relations security_studies sociology us_foreign_policy",
     "other (business, health, misc.)": "anatomy business_ethics clinical_knowledge college_medicine global_facts human_aging "
-                                       "management marketing medical_genetics miscellaneous nutrition professional_accounting "
-                                       "professional_medicine virology",
+    "management marketing medical_genetics miscellaneous nutrition professional_accounting "
+    "professional_medicine virology",
 }
 MMLU_CATEGORY_OF = {subject: category for category, subjects in MMLU_CATEGORIES.items() for subject in subjects.split()}
 
@@ -159,8 +159,14 @@ def mmlu_category_mean(values: list[float], subjects: list[str]) -> float:
     return sum(sum(means) / len(means) for means in per_category.values()) / len(per_category)
 
 
-GENERATION_METRICS = {"rouge_l": rouge_l, "lcs_ratio": lcs_ratio, "chrf": chrf, "bleu": bleu,
-                      "copy_match": copy_match, "rouge_l_lemmas": rouge_l_lemmas}
+GENERATION_METRICS = {
+    "rouge_l": rouge_l,
+    "lcs_ratio": lcs_ratio,
+    "chrf": chrf,
+    "bleu": bleu,
+    "copy_match": copy_match,
+    "rouge_l_lemmas": rouge_l_lemmas,
+}
 
 # Metrics defined on the whole corpus (not a mean over items): the task score is computed from all
 # the texts at once; their per-item values (SENTENCE_METRICS) only serve confidence bounds.

@@ -62,13 +62,17 @@ def _format(template: str, row: dict, task: TaskSpec) -> str:
         where = row.get("_where", "a row")
         raise TaskFileError(f"task '{task.name}': {where}: template field {exc} missing in the data") from None
     except (IndexError, ValueError) as exc:
-        raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: bad template {template!r} ({exc})") from None
+        raise TaskFileError(
+            f"task '{task.name}': {row.get('_where', 'a row')}: bad template {template!r} ({exc})"
+        ) from None
 
 
 def _names(row: dict, task: TaskSpec) -> dict:
     """What a template may name: the row's fields (a list other than ``choices`` written as its
     items joined by ``join``, as LLMTF joins Daru Treeway's sentences) and the task's ``vars``."""
-    names = {k: (task.join.join(str(x) for x in v) if isinstance(v, list) and k != "choices" else v) for k, v in row.items()}
+    names = {
+        k: (task.join.join(str(x) for x in v) if isinstance(v, list) and k != "choices" else v) for k, v in row.items()
+    }
     for name, var in task.vars.items():
         if isinstance(var, LookupVar):
             if var.field not in names:
@@ -88,7 +92,9 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
 
 
 def _chat(tokenizer, text: str) -> list[int]:
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
     return _encode(tokenizer, rendered, special=False)
 
 
@@ -106,7 +112,9 @@ def _answer_index(row: dict, n: int, task: TaskSpec, index: int) -> int:
             return LETTERS.index(text.upper())
         if text in row["choices"]:
             return list(row["choices"]).index(text)
-    raise TaskFileError(f"task '{task.name}': {row.get('_where', f'row {index}')}: answer {answer!r} is not a choice index, letter or choice text")
+    raise TaskFileError(
+        f"task '{task.name}': {row.get('_where', f'row {index}')}: answer {answer!r} is not a choice index, letter or choice text"
+    )
 
 
 def _lm_sequence(task: TaskSpec, row: dict, tokenizer, item: int) -> ScoredSequence | None:
@@ -150,9 +158,16 @@ def prepare_task(task: TaskSpec, tokenizer, part: Part = None, fraction: float =
             prepared.generations.append(GenerationRequest(ids, _format(task.target, row, task), item=i, stop=stop))
     else:
         for i, row in enumerate(rows):
-            prefix = "".join(_format(task.prompt, s, task) + _format(task.target, s, task) + "\n\n" for s in shots_for(task, row, shots))
+            prefix = "".join(
+                _format(task.prompt, s, task) + _format(task.target, s, task) + "\n\n"
+                for s in shots_for(task, row, shots)
+            )
             text = prefix + _format(task.prompt, row, task)
-            ids = _chat(tokenizer, text) if task.chat and getattr(tokenizer, "chat_template", None) else _encode(tokenizer, text, special=True)
+            ids = (
+                _chat(tokenizer, text)
+                if task.chat and getattr(tokenizer, "chat_template", None)
+                else _encode(tokenizer, text, special=True)
+            )
             prepared.generations.append(GenerationRequest(ids, _format(task.target, row, task), item=i))
     return prepared
 
@@ -169,13 +184,19 @@ def task_messages(task: TaskSpec, row: dict, shot: bool) -> list[dict]:
         templates = [m.model_dump() for m in task.messages]
     else:
         templates = row.get(task.messages_field)
-        if not isinstance(templates, list) or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in templates):
-            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: field '{task.messages_field}' is not a list of {{role, content}} messages")
+        if not isinstance(templates, list) or not all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in templates
+        ):
+            raise TaskFileError(
+                f"task '{task.name}': {row.get('_where', 'a row')}: field '{task.messages_field}' is not a list of {{role, content}} messages"
+            )
     names = dict(row)
     if task.message_inputs:
         inputs = row.get(task.message_inputs)
         if not isinstance(inputs, dict):
-            raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: field '{task.message_inputs}' is not a mapping")
+            raise TaskFileError(
+                f"task '{task.name}': {row.get('_where', 'a row')}: field '{task.message_inputs}' is not a mapping"
+            )
         names.update(inputs)
     out = []
     for m in templates:
@@ -227,9 +248,12 @@ def render_messages(messages: list[dict], tokenizer=None) -> str:
     LLMTF's foundational layout. A final assistant message is left open (continued)."""
     open_end = messages[-1]["role"] == "assistant"
     if tokenizer is not None:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not open_end, continue_final_message=open_end)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not open_end, continue_final_message=open_end
+        )
     text = "".join(
-        (FOUNDATIONAL_OPEN if open_end and i == len(messages) - 1 else FOUNDATIONAL_MESSAGE).format(**m) for i, m in enumerate(messages)
+        (FOUNDATIONAL_OPEN if open_end and i == len(messages) - 1 else FOUNDATIONAL_MESSAGE).format(**m)
+        for i, m in enumerate(messages)
     )
     return text if open_end else text + FOUNDATIONAL_PROMPT
 
@@ -275,9 +299,19 @@ def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tok
             if _conversation(task):
                 letter_ids, variants = _letter_variants(tokenizer, len(choices)), 2
             else:
-                letter_ids, variants = [_encode(tokenizer, f" {LETTERS[k]}", special=False)[-1] for k in range(len(choices))], 1
+                letter_ids, variants = (
+                    [_encode(tokenizer, f" {LETTERS[k]}", special=False)[-1] for k in range(len(choices))],
+                    1,
+                )
             prepared.sequences.append(
-                ScoredSequence(context_ids, [len(context_ids) - 1], [letter_ids[0]], item=i, letter_ids=letter_ids, letter_variants=variants)
+                ScoredSequence(
+                    context_ids,
+                    [len(context_ids) - 1],
+                    [letter_ids[0]],
+                    item=i,
+                    letter_ids=letter_ids,
+                    letter_variants=variants,
+                )
             )
             continue
         for k, choice in enumerate(choices):

@@ -69,7 +69,13 @@ def _read_file(path: Path, kind: str | None, task: TaskSpec, limit: int | None) 
                     data = json.load(handle)
                 except json.JSONDecodeError as exc:
                     raise TaskFileError(f"task '{task.name}': {path}:{exc.lineno}: bad JSON ({exc.msg})") from None
-                rows = data if isinstance(data, list) else data.get("examples", data.get("data", [])) if isinstance(data, dict) else []
+                rows = (
+                    data
+                    if isinstance(data, list)
+                    else data.get("examples", data.get("data", []))
+                    if isinstance(data, dict)
+                    else []
+                )
                 rows = rows[:limit] if limit is not None else rows
                 where = [f"{path} row {i}" for i in range(len(rows))]
             else:
@@ -82,13 +88,17 @@ def _read_file(path: Path, kind: str | None, task: TaskSpec, limit: int | None) 
     return rows, where
 
 
-def _read_hub(source: HubSource, task: TaskSpec, limit: int | None, split: str | None = None) -> tuple[list[dict], list[str]]:
+def _read_hub(
+    source: HubSource, task: TaskSpec, limit: int | None, split: str | None = None
+) -> tuple[list[dict], list[str]]:
     split = split or source.split
     try:
         import datasets
 
         selected = split if limit is None else f"{split}[:{limit}]"
-        data = datasets.load_dataset(source.name, source.config, split=selected, revision=source.revision, **_data_files(source))
+        data = datasets.load_dataset(
+            source.name, source.config, split=selected, revision=source.revision, **_data_files(source)
+        )
     except Exception as exc:  # offline, unknown id, unknown config: one line, not a traceback
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TaskFileError(f"task '{task.name}': cannot load dataset '{source.name}': {first}") from None
@@ -159,7 +169,9 @@ def task_rows(task: TaskSpec, part: Part = None, fraction: float = 0.5, seed: in
 
 def _group_of(task: TaskSpec, row: dict) -> str:
     if task.group not in row:
-        raise TaskFileError(f"task '{task.name}': {row.get('_where', 'a row')}: no field '{task.group}' (the task's group)")
+        raise TaskFileError(
+            f"task '{task.name}': {row.get('_where', 'a row')}: no field '{task.group}' (the task's group)"
+        )
     return str(row[task.group])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,7 +73,7 @@ class HubSource(_Strict):
     data_files: dict[str, str] | None = None
 
 
-Source = Annotated[Union[EmbeddedSource, FileSource, HubSource], Field(discriminator="type")]
+Source = Annotated[EmbeddedSource | FileSource | HubSource, Field(discriminator="type")]
 
 
 class Message(_Strict):
@@ -125,7 +125,7 @@ class TaskSpec(_Strict):
     shot_order: Literal["source", "reversed"] = "source"  # reversed: the first shot nearest the query
     max_prompt_tokens: int | None = Field(default=None, ge=1)  # shots are added while the prompt stays below
     # --- rows
-    vars: dict[str, Union[str, LookupVar]] = Field(default_factory=dict)  # extra template names
+    vars: dict[str, str | LookupVar] = Field(default_factory=dict)  # extra template names
     join: str = " "  # how a list-valued field (other than choices) is written into a template
     few_shot_split: str | None = None  # shots from this split of the same dataset (hf sources)
     group: str | None = None  # a field: items spread evenly over its values, shots from the same value
@@ -225,7 +225,11 @@ def _one_line(exc: ValidationError, where: str) -> str:
     elif first["type"] == "literal_error":
         message = f"{message} (got {first.get('input')!r})"
     elif first["type"] == "union_tag_invalid":
-        message = f"unknown source type {first.get('input', {}).get('type')!r} (known: embedded, jsonl, csv, json, hf)" if isinstance(first.get("input"), dict) else message
+        message = (
+            f"unknown source type {first.get('input', {}).get('type')!r} (known: embedded, jsonl, csv, json, hf)"
+            if isinstance(first.get("input"), dict)
+            else message
+        )
     return f"{where}: {location + ': ' if location else ''}{message}"
 
 
@@ -287,7 +291,11 @@ def load_suite(name_or_path: str) -> SuiteSpec:
     settings = {key: data[key] for key in ("select_fraction", "report") if key in data}
     try:
         return SuiteSpec(
-            name=data.get("name", path.stem), description=data.get("description", ""), tasks=tasks, base_dir=str(path.parent), **settings
+            name=data.get("name", path.stem),
+            description=data.get("description", ""),
+            tasks=tasks,
+            base_dir=str(path.parent),
+            **settings,
         )
     except ValidationError as exc:
         raise TaskFileError(_one_line(exc, str(path))) from None

@@ -16,9 +16,29 @@ from dataclasses import dataclass, field
 
 from .facts import ReportRun, _pct
 
-COST_COLUMNS = ["model", "role", "run", "strategy", "layers", "params", "params_pct", "prefill_tokens_per_s",
-                "prefill_speedup", "decode_tokens_per_s", "decode_speedup", "peak_memory_bytes", "peak_memory_pct",
-                "device", "device_name", "dtype", "threads", "batch", "prompt_tokens", "new_tokens", "note"]
+COST_COLUMNS = [
+    "model",
+    "role",
+    "run",
+    "strategy",
+    "layers",
+    "params",
+    "params_pct",
+    "prefill_tokens_per_s",
+    "prefill_speedup",
+    "decode_tokens_per_s",
+    "decode_speedup",
+    "peak_memory_bytes",
+    "peak_memory_pct",
+    "device",
+    "device_name",
+    "dtype",
+    "threads",
+    "batch",
+    "prompt_tokens",
+    "new_tokens",
+    "note",
+]
 
 
 @dataclass
@@ -75,11 +95,34 @@ def _ratio(value, base):
 def _row(result: dict, teacher: dict | None, model: str, role: str, run: ReportRun | None) -> dict:
     teacher = teacher if teacher and "error" not in teacher else None
     get = result.get
-    row = {c: get(c) for c in COST_COLUMNS if c in ("layers", "params", "prefill_tokens_per_s", "decode_tokens_per_s",
-                                                   "peak_memory_bytes", "device", "device_name", "dtype", "threads",
-                                                   "batch", "prompt_tokens", "new_tokens")}
-    row.update({"model": model, "role": role, "run": run.label if run else None, "strategy": run.strategy if run else None,
-                "note": get("error")})
+    row = {
+        c: get(c)
+        for c in COST_COLUMNS
+        if c
+        in (
+            "layers",
+            "params",
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+            "peak_memory_bytes",
+            "device",
+            "device_name",
+            "dtype",
+            "threads",
+            "batch",
+            "prompt_tokens",
+            "new_tokens",
+        )
+    }
+    row.update(
+        {
+            "model": model,
+            "role": role,
+            "run": run.label if run else None,
+            "strategy": run.strategy if run else None,
+            "note": get("error"),
+        }
+    )
     if teacher is not None:
         row["params_pct"] = _pct(get("params"), teacher.get("params"))
         row["prefill_speedup"] = _ratio(get("prefill_tokens_per_s"), teacher.get("prefill_tokens_per_s"))

@@ -85,9 +85,27 @@ def tasks_of(runs: list[ReportRun]) -> list[str]:
 
 # -- Table 2: one row per run ----------------------------------------------------------------------
 
-RUN_COLUMNS = ["run", "model", "strategy", "status", "start_layers", "layers", "target_layers", "teacher_params",
-               "params", "params_pct", "teacher_aggregate", "aggregate", "best_aggregate", "retention_pct",
-               "select_teacher_aggregate", "select_aggregate", "select_retention_pct", "removed", "duration_s"]
+RUN_COLUMNS = [
+    "run",
+    "model",
+    "strategy",
+    "status",
+    "start_layers",
+    "layers",
+    "target_layers",
+    "teacher_params",
+    "params",
+    "params_pct",
+    "teacher_aggregate",
+    "aggregate",
+    "best_aggregate",
+    "retention_pct",
+    "select_teacher_aggregate",
+    "select_aggregate",
+    "select_retention_pct",
+    "removed",
+    "duration_s",
+]
 
 
 def run_rows(runs: list[ReportRun], now: float | None = None) -> list[dict]:
@@ -99,23 +117,47 @@ def run_rows(runs: list[ReportRun], now: float | None = None) -> list[dict]:
         layers = (final or {}).get("layers", s.layers_now)
         params = (final or {}).get("params", s.params)
         teacher_params = (teacher or {}).get("params", s.start_params)
-        rows.append({
-            "run": r.label, "model": r.model, "strategy": r.strategy, "status": r.status,
-            "start_layers": s.start_layers, "layers": layers, "target_layers": s.target_layers,
-            "teacher_params": teacher_params, "params": params, "params_pct": _pct(params, teacher_params),
-            "teacher_aggregate": _aggregate(teacher), "aggregate": _aggregate(final),
-            "best_aggregate": s.best_aggregate(REPORT), "retention_pct": _pct(s.retention(REPORT), 1.0),
-            "select_teacher_aggregate": _aggregate(s.teacher_eval(SELECT)), "select_aggregate": _aggregate(s.final_eval(SELECT)),
-            "select_retention_pct": _pct(s.retention(SELECT), 1.0),
-            "removed": " ".join(str(x) for x in s.removed_layers), "duration_s": s.duration(now, r.status == "running"),
-        })
+        rows.append(
+            {
+                "run": r.label,
+                "model": r.model,
+                "strategy": r.strategy,
+                "status": r.status,
+                "start_layers": s.start_layers,
+                "layers": layers,
+                "target_layers": s.target_layers,
+                "teacher_params": teacher_params,
+                "params": params,
+                "params_pct": _pct(params, teacher_params),
+                "teacher_aggregate": _aggregate(teacher),
+                "aggregate": _aggregate(final),
+                "best_aggregate": s.best_aggregate(REPORT),
+                "retention_pct": _pct(s.retention(REPORT), 1.0),
+                "select_teacher_aggregate": _aggregate(s.teacher_eval(SELECT)),
+                "select_aggregate": _aggregate(s.final_eval(SELECT)),
+                "select_retention_pct": _pct(s.retention(SELECT), 1.0),
+                "removed": " ".join(str(x) for x in s.removed_layers),
+                "duration_s": s.duration(now, r.status == "running"),
+            }
+        )
     return rows
 
 
 # -- Table 3: every eval -----------------------------------------------------------------------------
 
-EVAL_COLUMNS = ["run", "strategy", "iteration", "stage", "part", "final", "removed_layer", "by", "layers", "params",
-                "aggregate"]
+EVAL_COLUMNS = [
+    "run",
+    "strategy",
+    "iteration",
+    "stage",
+    "part",
+    "final",
+    "removed_layer",
+    "by",
+    "layers",
+    "params",
+    "aggregate",
+]
 
 
 def eval_rows(runs: list[ReportRun]) -> tuple[list[str], list[dict]]:
@@ -127,13 +169,22 @@ def eval_rows(runs: list[ReportRun]) -> tuple[list[str], list[dict]]:
         s = r.state
         removal = {x["iteration"]: x for x in s.removed}
         finals = {part: s.final_evals(part) for part in PARTS}
-        for (it, stage, part) in sorted(s.evals, key=lambda k: (k[0], STAGES.index(k[1]), PARTS.index(k[2]))):
+        for it, stage, part in sorted(s.evals, key=lambda k: (k[0], STAGES.index(k[1]), PARTS.index(k[2]))):
             rec = s.evals[(it, stage, part)]
             final = stage == "teacher" or finals[part].get(it) is rec
-            row = {"run": r.label, "strategy": r.strategy, "iteration": it, "stage": stage, "part": part,
-                   "final": int(final), "removed_layer": None if stage == "teacher" else removal.get(it, {}).get("layer"),
-                   "by": None if stage == "teacher" else removal.get(it, {}).get("by"),
-                   "layers": rec.get("layers"), "params": rec.get("params"), "aggregate": rec["aggregate"]}
+            row = {
+                "run": r.label,
+                "strategy": r.strategy,
+                "iteration": it,
+                "stage": stage,
+                "part": part,
+                "final": int(final),
+                "removed_layer": None if stage == "teacher" else removal.get(it, {}).get("layer"),
+                "by": None if stage == "teacher" else removal.get(it, {}).get("by"),
+                "layers": rec.get("layers"),
+                "params": rec.get("params"),
+                "aggregate": rec["aggregate"],
+            }
             row.update({t: rec["tasks"].get(t) for t in tasks})
             rows.append(row)
     return EVAL_COLUMNS + tasks, rows
@@ -141,8 +192,18 @@ def eval_rows(runs: list[ReportRun]) -> tuple[list[str], list[dict]]:
 
 # -- summary.csv: strategy x layers x part -----------------------------------------------------------
 
-SUMMARY_COLUMNS = ["strategy", "layers", "part", "aggregate", "teacher_aggregate", "retention_pct", "params",
-                   "layers_removed", "model", "run"]
+SUMMARY_COLUMNS = [
+    "strategy",
+    "layers",
+    "part",
+    "aggregate",
+    "teacher_aggregate",
+    "retention_pct",
+    "params",
+    "layers_removed",
+    "model",
+    "run",
+]
 
 
 def summary_rows(runs: list[ReportRun]) -> list[dict]:
@@ -151,12 +212,25 @@ def summary_rows(runs: list[ReportRun]) -> list[dict]:
     for r in runs:
         s = r.state
         teachers = {part: _aggregate(s.teacher_eval(part)) for part in PARTS}
-        points = sorted((p["removed"], PARTS.index(part), part, p) for part in PARTS for p in s.curve(part) if p["removed"])
+        points = sorted(
+            (p["removed"], PARTS.index(part), part, p) for part in PARTS for p in s.curve(part) if p["removed"]
+        )
         for removed, _, part, point in points:
             layers = point["layers"] if point["layers"] is not None else (s.start_layers or 0) - removed
-            rows.append({"strategy": r.strategy, "layers": layers, "part": part, "aggregate": point["aggregate"],
-                         "teacher_aggregate": teachers[part], "retention_pct": _pct(point["aggregate"], teachers[part]),
-                         "params": point["params"], "layers_removed": removed, "model": r.model, "run": r.label})
+            rows.append(
+                {
+                    "strategy": r.strategy,
+                    "layers": layers,
+                    "part": part,
+                    "aggregate": point["aggregate"],
+                    "teacher_aggregate": teachers[part],
+                    "retention_pct": _pct(point["aggregate"], teachers[part]),
+                    "params": point["params"],
+                    "layers_removed": removed,
+                    "model": r.model,
+                    "run": r.label,
+                }
+            )
     return rows
 
 
@@ -177,9 +251,18 @@ def importance_rows(runs: list[ReportRun]) -> list[dict]:
             rank = {k: i + 1 for i, (_, k) in enumerate(ranked)}
             partial = set(s.partial_layers(it))
             for layer in sorted(scores):
-                rows.append({"run": r.label, "iteration": it, "metric": s.importance[it]["metric"], "layer": layer,
-                             "score": scores[layer], "rank": rank.get(layer), "partial": int(layer in partial),
-                             "removed_here": int(removed_in.get(it) == layer)})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "iteration": it,
+                        "metric": s.importance[it]["metric"],
+                        "layer": layer,
+                        "score": scores[layer],
+                        "rank": rank.get(layer),
+                        "partial": int(layer in partial),
+                        "removed_here": int(removed_in.get(it) == layer),
+                    }
+                )
     return rows
 
 
@@ -197,9 +280,23 @@ def removal_rows(runs: list[ReportRun]) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
-TRAIN_COLUMNS = ["run", "iteration", "step", "loss", "kl", "mse", "kl_term", "mse_term", "lr", "grad_norm",
-                 "tokens_per_s", "heldout_loss"]
+TRAIN_COLUMNS = [
+    "run",
+    "iteration",
+    "step",
+    "loss",
+    "kl",
+    "mse",
+    "kl_term",
+    "mse_term",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "heldout_loss",
+]
 
 
 def train_rows(runs: list[ReportRun]) -> list[dict]:
-    return [{"run": r.label, **{c: step.get(c) for c in TRAIN_COLUMNS[1:]}} for r in runs for step in r.state.train_curve()]
+    return [
+        {"run": r.label, **{c: step.get(c) for c in TRAIN_COLUMNS[1:]}} for r in runs for step in r.state.train_curve()
+    ]

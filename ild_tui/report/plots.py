@@ -12,14 +12,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from engine.runlog.schema import REPORT, SELECT  # noqa: E402
+from engine.runlog.schema import REPORT, SELECT
 
-from .facts import ReportRun  # noqa: E402
+from .facts import ReportRun
 
 DPI = 110
 # Okabe-Ito: told apart with every common colour-vision deficiency.
@@ -63,12 +63,24 @@ def _curves(ax, runs: list[ReportRun], part: str) -> bool:
         points = r.state.curve(part)
         if not points:
             continue
-        ax.plot([p["removed"] for p in points], [p["aggregate"] for p in points], marker=MARKERS[i % len(MARKERS)],
-                markersize=4, linewidth=1.6, color=colour(i), label=r.label)
+        ax.plot(
+            [p["removed"] for p in points],
+            [p["aggregate"] for p in points],
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            linewidth=1.6,
+            color=colour(i),
+            label=r.label,
+        )
         drawn = True
     for j, (model, value) in enumerate(_teachers(runs, part).items()):
-        ax.axhline(value, linestyle="--", linewidth=1.1, color="0.35" if j == 0 else colour(len(runs) + j),
-                   label=f"teacher ({model})")
+        ax.axhline(
+            value,
+            linestyle="--",
+            linewidth=1.1,
+            color="0.35" if j == 0 else colour(len(runs) + j),
+            label=f"teacher ({model})",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layers removed")
     ax.grid(alpha=0.3)
@@ -87,7 +99,7 @@ def aggregate_figure(runs: list[ReportRun], path: Path) -> Path | None:
     handles, labels = ax.get_legend_handles_labels()
     if params:
         ax2 = ax.twinx()
-        for model, points in params.items():
+        for points in params.values():
             xs = sorted(points)
             ax2.plot(xs, [points[x] / 1e6 for x in xs], linestyle=":", linewidth=1.3, color="0.45")
         ax2.set_ylabel("parameters (millions)")
@@ -170,8 +182,15 @@ def importance_figure(run: ReportRun, path: Path) -> Path | None:
     ax.scatter(xs, [removed[iterations[j]] for j in xs], marker="x", s=28, color="#D55E00", linewidths=1.6)
     partial = [(j, layer) for j, it in enumerate(iterations) for layer in s.partial_layers(it)]
     if partial:
-        ax.scatter([p[0] for p in partial], [p[1] for p in partial], marker="o", s=16, facecolors="none",
-                   edgecolors="white", linewidths=0.9)
+        ax.scatter(
+            [p[0] for p in partial],
+            [p[1] for p in partial],
+            marker="o",
+            s=16,
+            facecolors="none",
+            edgecolors="white",
+            linewidths=0.9,
+        )
     ax.set_xticks(range(len(iterations)), [str(it) for it in iterations], fontsize=7)
     ax.set_yticks(range(0, depth, 1 if depth <= 40 else 4))
     ax.tick_params(axis="y", labelsize=7)
@@ -191,8 +210,9 @@ def loss_figure(run: ReportRun, path: Path) -> Path | None:
     if not steps:
         return None
     weighted = any(st.get("kl_term") is not None for st in steps)
-    series = [("loss", "total loss")] + ([("kl_term", "KL term"), ("mse_term", "MSE term")] if weighted
-                                         else [("kl", "KL"), ("mse", "MSE")])
+    series = [("loss", "total loss")] + (
+        [("kl_term", "KL term"), ("mse_term", "MSE term")] if weighted else [("kl", "KL"), ("mse", "MSE")]
+    )
     fig = _figure(8.0, 3.6, bottom=0.14)
     ax = fig.add_subplot()
     positive = True
@@ -209,8 +229,15 @@ def loss_figure(run: ReportRun, path: Path) -> Path | None:
     starts = [x for x, st in enumerate(steps) if x == 0 or steps[x - 1]["iteration"] != st["iteration"]]
     for x in starts:
         ax.axvline(x, color="0.7", linewidth=0.7, linestyle=":")
-        ax.annotate(str(steps[x]["iteration"]), (x, 1), xycoords=("data", "axes fraction"), fontsize=7, color="0.4",
-                    xytext=(2, -10), textcoords="offset points")
+        ax.annotate(
+            str(steps[x]["iteration"]),
+            (x, 1),
+            xycoords=("data", "axes fraction"),
+            fontsize=7,
+            color="0.4",
+            xytext=(2, -10),
+            textcoords="offset points",
+        )
     ax.set_xlabel("healing step (all iterations; dotted lines start an iteration)")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -224,8 +251,12 @@ def cost_figure(rows: list[dict], path: Path) -> Path | None:
     students = [r for r in rows if r["role"] == "student" and r["params_pct"] is not None]
     if not students:
         return None
-    measures = [("params_pct", "parameters", 1.0), ("peak_memory_pct", "peak memory", 1.0),
-                ("prefill_speedup", "prefill tokens/s", 100.0), ("decode_speedup", "decode tokens/s", 100.0)]
+    measures = [
+        ("params_pct", "parameters", 1.0),
+        ("peak_memory_pct", "peak memory", 1.0),
+        ("prefill_speedup", "prefill tokens/s", 100.0),
+        ("decode_speedup", "decode tokens/s", 100.0),
+    ]
     fig = _figure(max(6.0, 1.6 * len(students) + 3), 3.8, bottom=0.25)
     ax = fig.add_subplot()
     width = 0.8 / len(measures)

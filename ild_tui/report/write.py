@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import facts
 
@@ -68,8 +68,15 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
     return path
 
 
-def write_report(run_paths: list[Path], out: Path, *, measure: bool = True, device: str | None = None,
-                 title: str | None = None, progress: Callable[[str], None] | None = None) -> ReportResult:
+def write_report(
+    run_paths: list[Path],
+    out: Path,
+    *,
+    measure: bool = True,
+    device: str | None = None,
+    title: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ReportResult:
     """Write the report of ``run_paths`` into ``out`` (made if missing). ``measure``: time the
     teachers and the exported students on this machine (minutes for large models)."""
     from . import page, plots
@@ -114,17 +121,33 @@ def write_report(run_paths: list[Path], out: Path, *, measure: bool = True, devi
         "removals": plots.removal_figure(runs, out / "fig10_removals.png"),
         "cost": plots.cost_figure(cost_rows, out / "cost.png") if cost_rows else None,
     }
-    per_run = {r.label: {"importance": plots.importance_figure(r, out / f"importance_{r.label}.png"),
-                         "loss": plots.loss_figure(r, out / f"loss_{r.label}.png")} for r in runs}
+    per_run = {
+        r.label: {
+            "importance": plots.importance_figure(r, out / f"importance_{r.label}.png"),
+            "loss": plots.loss_figure(r, out / f"loss_{r.label}.png"),
+        }
+        for r in runs
+    }
     written += [p for p in figures.values() if p] + [p for d in per_run.values() for p in d.values() if p]
 
     names = [p.name for p in written]
-    html = page.render(title=title or _title(runs), runs=runs, run_rows=run_rows, figures=figures, per_run=per_run,
-                       tasks=facts.tasks_of(runs), cost_rows=cost_rows, notes=notes, files=names)
+    html = page.render(
+        title=title or _title(runs),
+        runs=runs,
+        run_rows=run_rows,
+        figures=figures,
+        per_run=per_run,
+        tasks=facts.tasks_of(runs),
+        cost_rows=cost_rows,
+        notes=notes,
+        files=names,
+    )
     (out / PAGE).write_text(html, encoding="utf-8")
     names = [PAGE, *names]
-    (out / MANIFEST).write_text(json.dumps({"files": names, "runs": [str(r.path) for r in runs],
-                                            "written": now, "measured": measure}, indent=1) + "\n")
+    (out / MANIFEST).write_text(
+        json.dumps({"files": names, "runs": [str(r.path) for r in runs], "written": now, "measured": measure}, indent=1)
+        + "\n"
+    )
     return ReportResult(out, out / PAGE, names + [MANIFEST], notes)
 
 

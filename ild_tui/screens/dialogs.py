@@ -8,8 +8,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from rich.style import Style
-from rich.text import Text
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -129,8 +127,7 @@ class ReportScreen(ModalScreen["tuple[str, bool] | None"]):
             yield Label(f"Write a report of {shown}", id="question")
             yield Label("into the directory (an earlier report there is replaced):")
             yield Input(self.default_dir, id="report-dir")
-            yield Checkbox("also time the teacher and each student (loads every model)", False,
-                           id="report-measure")
+            yield Checkbox("also time the teacher and each student (loads every model)", False, id="report-measure")
             with Horizontal(classes="buttons"):
                 yield Button("write (enter)", variant="primary", id="write")
                 yield Button("cancel (escape)", variant="default", id="cancel")
@@ -166,38 +163,50 @@ INTRO = (
 )
 
 HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("Anywhere", [
-        ("?", "this help"),
-        ("t", "next theme: dark, light, colour-blind-safe (remembered)"),
-        ("r", "runs screen"),
-        ("q  ctrl+q", "quit the dashboard (the run goes on)"),
-        ("tab  shift+tab", "move focus between panels"),
-    ]),
-    ("Live run", [
-        ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
-        ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
-        ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
-        ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
-        ("y", "loss log scale"),
-        ("a", "approve the proposed layer"),
-        ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
-        ("", "highlighted in the candidate list when that has focus (asks first)"),
-        ("m", "decision mode: manual, auto, auto-after N seconds"),
-        ("p", "pause / resume the engine"),
-        ("X", "stop the run (asks first)"),
-    ]),
-    ("Runs", [
-        ("enter  o", "open the run"),
-        ("space", "mark / unmark for comparison"),
-        ("c", "compare the marked runs (or all shown)"),
-        ("w", "write a report (HTML, PNGs, CSVs) of the marked runs (or the highlighted one)"),
-        ("/", "filter by words in name, model, strategy, status"),
-        ("s  S", "sort by the next column / reverse (or click a header)"),
-        ("d", "delete the run (asks first; never a live one)"),
-    ]),
-    ("Compare", [
-        ("escape", "back"),
-    ]),
+    (
+        "Anywhere",
+        [
+            ("?", "this help"),
+            ("t", "next theme: dark, light, colour-blind-safe (remembered)"),
+            ("r", "runs screen"),
+            ("q  ctrl+q", "quit the dashboard (the run goes on)"),
+            ("tab  shift+tab", "move focus between panels"),
+        ],
+    ),
+    (
+        "Live run",
+        [
+            ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
+            ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
+            ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
+            ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
+            ("y", "loss log scale"),
+            ("a", "approve the proposed layer"),
+            ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
+            ("", "highlighted in the candidate list when that has focus (asks first)"),
+            ("m", "decision mode: manual, auto, auto-after N seconds"),
+            ("p", "pause / resume the engine"),
+            ("X", "stop the run (asks first)"),
+        ],
+    ),
+    (
+        "Runs",
+        [
+            ("enter  o", "open the run"),
+            ("space", "mark / unmark for comparison"),
+            ("c", "compare the marked runs (or all shown)"),
+            ("w", "write a report (HTML, PNGs, CSVs) of the marked runs (or the highlighted one)"),
+            ("/", "filter by words in name, model, strategy, status"),
+            ("s  S", "sort by the next column / reverse (or click a header)"),
+            ("d", "delete the run (asks first; never a live one)"),
+        ],
+    ),
+    (
+        "Compare",
+        [
+            ("escape", "back"),
+        ],
+    ),
 ]
 
 LEGEND = (

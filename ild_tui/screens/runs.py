@@ -308,8 +308,10 @@ class RunsScreen(Screen):
         def chosen(answer: tuple[str, bool] | None) -> None:
             if answer:
                 where, measure = answer
-                self.notify(f"writing a report of {len(paths)} run{'s' if len(paths) > 1 else ''} to {where}"
-                            + (" (timing the models)" if measure else ""))
+                self.notify(
+                    f"writing a report of {len(paths)} run{'s' if len(paths) > 1 else ''} to {where}"
+                    + (" (timing the models)" if measure else "")
+                )
                 self._write_report(paths, Path(where).expanduser(), measure)
 
         self.app.push_screen(ReportScreen(names, str(default)), chosen)
@@ -324,9 +326,10 @@ class RunsScreen(Screen):
         except ReportError as exc:
             self.app.call_from_thread(self.notify, f"no report: {exc}", severity="error", timeout=10)
             return
-        except Exception as exc:  # noqa: BLE001 - a failed report must not take the dashboard down
-            self.app.call_from_thread(self.notify, f"report failed: {type(exc).__name__}: {exc}", severity="error",
-                                      timeout=10)
+        except Exception as exc:
+            self.app.call_from_thread(
+                self.notify, f"report failed: {type(exc).__name__}: {exc}", severity="error", timeout=10
+            )
             return
         notes = "".join(f"\n{n}" for n in result.notes[:3])
         self.app.call_from_thread(self.notify, f"report written: {result.page}{notes}", timeout=10)
