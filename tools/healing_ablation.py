@@ -41,6 +41,16 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     "mse last": {"hidden": "last"},
     "mse last_trainable": {"hidden": "last_trainable"},
     "trainable radius 2": {"trainable": "radius", "trainable_k": 2},
+    # reverse-order's question (issue: untie the tied head and train it, or the last layers only?),
+    # on the layers reverse-order removes first: the deepest ones before the final layer
+    "reverse-order layers, no healing": {"strategy": "iterative-pruning", "removals": [28, 27, 26]},
+    "reverse-order: untied head + last 3": {"strategy": "reverse-order", "removals": [28, 27, 26]},
+    "reverse-order: last 3 only": {
+        "strategy": "reverse-order",
+        "removals": [28, 27, 26],
+        "train_head": False,
+        "untie_head": False,
+    },
 }
 
 
@@ -52,13 +62,14 @@ def run_variant(runs: Path, name: str, settings: dict, args) -> Path:
     run = runs / slug(name)
     settings = dict(settings)
     strategy = settings.pop("strategy", "iterative-distill")
+    removals = settings.pop("removals", args.removals)
     heal = {"train_tokens": args.train_tokens, **settings}
     if not run.exists():
         config = {
             "name": slug(name),
             "model": args.model,
             "strategy": strategy,
-            "removals": args.removals,
+            "removals": removals,
             "suite": args.suite,
             "heal": heal,
             "seed": args.seed,
@@ -91,7 +102,7 @@ def _finished(run: Path) -> bool:
     return bool(events) and events[-1]["type"] == "run_finished" and events[-1].get("reason") == "target"
 
 
-def row(name: str, settings: dict, run: Path) -> dict:
+def row(name: str, settings: dict, run: Path, removals: list[int]) -> dict:
     events = _events(run)
     evals = {(e["iteration"], e["stage"], e.get("part", "report")): e for e in events if e["type"] == "eval"}
     last = max(i for i, _, _ in evals)
@@ -102,7 +113,8 @@ def row(name: str, settings: dict, run: Path) -> dict:
     stage = "after_healing" if healed else "after_removal"
     out = {
         "variant": name,
-        "settings": json.dumps(settings, sort_keys=True),
+        "removals": " ".join(str(layer) for layer in settings.get("removals", removals)),
+        "settings": json.dumps({k: v for k, v in settings.items() if k != "removals"}, sort_keys=True),
         "teacher_report": round(teacher, 5),
         "report_after_removal": round(evals[(last, "after_removal", "report")]["aggregate"], 5),
         "report_after_healing": round(evals[(last, stage, "report")]["aggregate"], 5),
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, settings in chosen.items():
         run = run_variant(args.runs_dir, name, settings, args)
-        rows.append(row(name, settings, run))
+        rows.append(row(name, settings, run, args.removals))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as f:  # rewritten after every variant: results arrive as they finish
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
