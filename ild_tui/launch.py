@@ -71,6 +71,7 @@ class EngineExit:
     run_dir: Path
     code: int
     message: str | None  # the engine's own one-line reason (``ild: ...`` on its stderr), if it gave one
+    signal: str | None = None  # a SIGTERM this process received and passed on (the engine stopped for it)
 
 
 def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str] = ()) -> EngineExit:
@@ -86,10 +87,11 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
         [*SUPERVISOR, str(run_dir), *launch], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
     )
     tailer = EventTailer(rd.events_file)
+    received: list[str] = []
     # SIGTERM (a scheduler's preemption, `kill`) is the engine's to handle: it stops at its next
     # safe point with a checkpoint, and this process follows it to the end.
     try:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: _pass_on(child, signum, received))
     except ValueError:  # not the main thread: signals are not ours to take
         previous = None
     try:
@@ -99,7 +101,8 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
             if child.poll() is not None:
                 for event in tailer.poll():
                     on_event(event)
-                return EngineExit(run_dir, child.returncode, _said(rd.out_file, start) if child.returncode else None)
+                said = _said(rd.out_file, start) if child.returncode else None
+                return EngineExit(run_dir, child.returncode, said, received[0] if received else None)
             time.sleep(poll)
     except KeyboardInterrupt:
         child.send_signal(signal.SIGINT)
@@ -114,6 +117,11 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         log.close()
+
+
+def _pass_on(child: subprocess.Popen, signum: int, received: list[str]) -> None:
+    received.append(signal.Signals(signum).name)
+    child.send_signal(signum)
 
 
 def _said(path: Path, start: int) -> str | None:

@@ -264,7 +264,8 @@ def run_study(out: Path, view, measure: bool = True) -> StudyOutcome:
                     continue
             view.line(f"{head}: {'resuming' if state.events_seen else 'starting'} {path}")
             outcome = run_foreground(path, view.handle)
-            if outcome.code == EXIT_INTERRUPTED:
+            if outcome.code == EXIT_INTERRUPTED or outcome.signal:
+                # Ctrl-C, or a SIGTERM the engine stopped for: the study stops too, not the next run.
                 raise Interrupted()
             row, _ = summarise(RunDir(path))
             if row.status != "finished":

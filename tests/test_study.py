@@ -11,7 +11,7 @@ import signal
 import time
 
 from engine.runlog.tailer import read_all
-from tests.support import ild
+from tests.support import ILD, ild
 
 STRATEGIES = ("shortgpt", "iterative-pruning")
 
@@ -98,6 +98,27 @@ def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_stra
     other = ild(*_args(tiny, out, strategies="shortgpt"))
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "strategies: shortgpt,iterative-pruning in the study, shortgpt given" in other.stderr
+
+
+def test_sigterm_stops_the_running_strategy_and_the_study_not_only_the_run(tiny, tmp_path):
+    """A scheduler's SIGTERM to `ild study` stops its current run at a safe point with a checkpoint
+    and ends the study; it must not go on to start the next strategy."""
+    import subprocess
+
+    out = tmp_path / "study"
+    first, second = (out / "runs" / s for s in STRATEGIES)
+    study = subprocess.Popen([ILD, *_args(tiny, out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: any(e["type"] == "phase" and e["iteration"] == 1 for e in _events(first)), what="the first run")
+        study.send_signal(signal.SIGTERM)
+        stdout, stderr = study.communicate(timeout=300)
+    finally:
+        study.kill()
+    assert study.returncode == 130, stdout + stderr
+    assert "interrupted; continue with the same `ild study` command" in stdout
+    finished = _events(first)[-1]
+    assert finished["type"] == "run_finished" and finished["reason"] == "stopped"
+    assert not second.exists(), "the study started the next strategy after the stop"
 
 
 def _lock_free(out) -> bool:
