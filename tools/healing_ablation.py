@@ -141,13 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablation")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "healing_ablation.csv")
     parser.add_argument("--only", default=None, help="comma-separated variant names")
+    parser.add_argument(
+        "--table-only", action="store_true", help="run nothing: write the CSV from the variants already finished"
+    )
     args = parser.parse_args(argv)
     args.removals = [int(x) for x in args.removals.split(",")]
     chosen = {k: v for k, v in VARIANTS.items() if args.only is None or k in args.only.split(",")}
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, settings in chosen.items():
-        run = run_variant(args.runs_dir, name, settings, args)
+        if args.table_only:
+            run = args.runs_dir / slug(name)
+            if not run.exists() or not _finished(run):
+                continue
+        else:
+            run = run_variant(args.runs_dir, name, settings, args)
         rows.append(row(name, settings, run, args.removals))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as f:  # rewritten after every variant: results arrive as they finish
