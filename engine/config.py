@@ -87,9 +87,8 @@ class DistributedSettings(_Strict):
 
     processes: int = Field(default=1, ge=1)  # engine processes on this host, one per GPU (accelerate launch)
     accelerate_config: str | None = None  # an `accelerate config` file: machines, processes, ... (multi-node)
-    gpus_per_process: int = Field(
-        default=1, ge=1
-    )  # > 1: each process spreads its model over that many GPUs (device_map)
+    # > 1: each process spreads its model over that many GPUs (device_map)
+    gpus_per_process: int = Field(default=1, ge=1)
     heal: Literal["ddp", "fsdp"] = "ddp"  # how the ranks share healing: replicas (DDP) or shards (FSDP, GPUs only)
     timeout_s: float = Field(default=900.0, gt=0)  # a collective waiting longer fails the run instead of hanging
 
@@ -121,9 +120,8 @@ class RunConfig(_Strict):
     device: str | None = None
     notify_cmd: str | None = None
     stall_seconds: float = Field(default=900.0, gt=0)
-    threads: int | None = Field(
-        default=None, ge=1
-    )  # CPU threads per engine process (None: torch's choice, or cores / processes)
+    # CPU threads per engine process (None: torch's choice, or cores / processes)
+    threads: int | None = Field(default=None, ge=1)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
     def importance_metric(self) -> str:

@@ -53,15 +53,12 @@ class HealConfig:
     clip: float = heal_default("clip")
     weight_decay: float = 0.0
     cached: bool = heal_default("cached")
-    fused_head: bool = heal_default(
-        "fused_head"
-    )  # the cached loop's head + KL fused and chunked (where the loss allows it)
-    head_matmul: str = heal_default(
-        "head_matmul"
-    )  # the fused head's matmuls: "bf16", "fp32" or "auto" (bf16 on CUDA and on CPUs with native bf16)
-    teacher_topk: int = heal_default(
-        "teacher_topk"
-    )  # > 0: store the teacher's top-k tokens instead of recomputing its logits
+    # the cached loop's head + KL fused and chunked (where the loss allows it)
+    fused_head: bool = heal_default("fused_head")
+    # the fused head's matmuls: "bf16", "fp32" or "auto" (bf16 on CUDA and on CPUs with native bf16)
+    head_matmul: str = heal_default("head_matmul")
+    # > 0: store the teacher's top-k tokens instead of recomputing its logits
+    teacher_topk: int = heal_default("teacher_topk")
     cache_limit_mb: int = heal_default("cache_limit_mb")
     checkpoint_every_s: float = heal_default("checkpoint_every_s")
     # Early stopping: the held-out distillation loss every ``eval_every`` steps (0: about eight checks

@@ -43,12 +43,10 @@ class LossConfig:
     temperature: float = heal_default("temperature")
     reduction: str = heal_default("reduction")  # "token_mean" | "sum"
     hidden: str = heal_default("hidden")
-    final_norm: bool = heal_default(
-        "final_norm"
-    )  # "last" compares the final hidden state after the final norm (the paper's code)
-    kl_reference_tokens: int = heal_default(
-        "kl_reference_tokens"
-    )  # token_mean: the KL term weighs kl_scale * this (the paper's tokens per device)
+    # "last" compares the final hidden state after the final norm (the paper's code)
+    final_norm: bool = heal_default("final_norm")
+    # token_mean: the KL term weighs kl_scale * this (the paper's tokens per device)
+    kl_reference_tokens: int = heal_default("kl_reference_tokens")
 
     @property
     def kl_weight(self) -> float:
