@@ -163,7 +163,7 @@ class Runner:
             self.say(checkpoint.note, level="warning")
         self.control.lockstep_point()
 
-        self._phase("loading", f"loading {config.model}")
+        self._phase("loading", config.model)
         loaded = self._load()
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         if checkpoint is None and not self._logged_event("run_started"):

@@ -114,8 +114,9 @@ class HeadlessView:
             self.line(f"{event.get('level', 'info')}: {event.get('message')}")
         elif kind == "run_finished":
             self.finished = event
+            where = f"; model in {event['export']}" if event.get("export") else ""
             self.line(
-                f"finished ({event.get('reason')}): {event.get('layers')} layers, removed {event.get('removed')}; model in {event.get('export')}"
+                f"finished ({event.get('reason')}): {event.get('layers')} layers, removed {event.get('removed')}{where}"
             )
         elif kind == "run_failed":
             self.failed = event
