@@ -11,29 +11,8 @@ from engine.importance.scores import task_drop_scores
 from engine.tasks.evaluate import SuiteEvaluator
 from engine.tasks.spec import load_suite
 from tests.tiny_models import tiny_model
+from tests.tiny_suite import WORDS
 from tests.tiny_tokenizer import word_tokenizer
-
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "and",
-    "dog",
-    "ran",
-    "to",
-    "big",
-    "red",
-    "house",
-    "with",
-    "small",
-    "green",
-    "tree",
-    "in",
-    "park",
-]
 
 
 def _suite(tmp_path, n=48):

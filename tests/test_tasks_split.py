@@ -10,29 +10,8 @@ from engine.tasks.evaluate import SuiteEvaluator
 from engine.tasks.sources import in_selection_part, task_rows
 from engine.tasks.spec import TaskFileError, embedded_suites, load_report_suite, load_suite
 from tests.tiny_models import tiny_model
+from tests.tiny_suite import WORDS
 from tests.tiny_tokenizer import word_tokenizer
-
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "and",
-    "dog",
-    "ran",
-    "to",
-    "big",
-    "red",
-    "house",
-    "with",
-    "small",
-    "green",
-    "tree",
-    "in",
-    "park",
-]
 
 
 def _rows(n, seed=0):

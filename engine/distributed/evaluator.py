@@ -26,7 +26,7 @@ from engine.tasks.evaluate import (
     ItemSelection,
     Progress,
     SuiteEvaluator,
-    task_score,
+    scores_per_task,
 )
 
 from .ranks import Ranks
@@ -115,11 +115,7 @@ class SharedEvaluator:
         items: ItemSelection | None = None,
     ) -> dict[Candidate, dict[str, float]]:
         per_item = self.evaluate_items(candidates, shared=shared, progress=progress, items=items)
-        specs = {t.spec.name: t.spec for t in self.inner.tasks}
-        return {
-            c: {name: task_score(specs[name], scores) for name, scores in tasks.items()}
-            for c, tasks in per_item.items()
-        }
+        return scores_per_task(self.inner.tasks, per_item)
 
     def evaluate_items(
         self,

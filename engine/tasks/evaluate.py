@@ -117,6 +117,15 @@ class SequenceResult:
     letter: int = -1  # letter scoring: the chosen letter
 
 
+def scores_per_task(tasks, per_item: dict[Candidate, dict[str, list]]) -> dict[Candidate, dict[str, float]]:
+    """Each candidate's per-item scores reduced to one score per task, by the task's metric."""
+    specs = {t.spec.name: t.spec for t in tasks}
+    return {
+        c: {name: task_score(specs[name], scores) for name, scores in by_task.items()}
+        for c, by_task in per_item.items()
+    }
+
+
 class SuiteEvaluator:
     """Evaluates one suite (or one part of its split) on ``model`` and on "skip layer i" candidates.
 
@@ -172,11 +181,7 @@ class SuiteEvaluator:
     ) -> dict[Candidate, dict[str, float]]:
         """Scores per candidate and task, each in [0, 1] (on the given items only, if ``items``)."""
         per_item = self.evaluate_items(candidates, shared=shared, progress=progress, items=items)
-        specs = {t.spec.name: t.spec for t in self.tasks}
-        return {
-            c: {name: task_score(specs[name], scores) for name, scores in tasks.items()}
-            for c, tasks in per_item.items()
-        }
+        return scores_per_task(self.tasks, per_item)
 
     @torch.no_grad()
     def evaluate_items(
