@@ -23,6 +23,28 @@ def ild(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([ILD, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
+def run_args(
+    model: Path, suite: Path, runs: Path, name: str, *extra: str, strategy: str = "iterative-pruning"
+) -> list[str]:
+    """``ild run`` on a tiny model down to 4 layers, named ``name`` in ``runs``, plus ``extra``."""
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--strategy",
+        strategy,
+        "--target-layers",
+        "4",
+        "--suite",
+        str(suite),
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        *extra,
+    ]
+
+
 @contextlib.contextmanager
 def hold_lock(run_dir: Path):
     """Hold the run's engine lock like a live engine would (without rewriting the file)."""

@@ -22,7 +22,7 @@ from engine.distributed.supervise import launch_command
 from engine.runlog.fold import fold
 from engine.runlog.tailer import EventTailer, read_all
 from engine.tasks.evaluate import ItemScores
-from tests.support import ild
+from tests.support import ild, run_args
 
 # Each run below is two engine processes (plus the launcher) on a 2-core machine: never two at once.
 pytestmark = pytest.mark.xdist_group("distributed")
@@ -198,21 +198,7 @@ def test_the_documented_accelerate_configs_load(tmp_path):
 )
 def test_bad_distributed_settings_are_one_line(tiny, suite, tmp_path, args, message):
     runs = tmp_path / "runs"
-    result = ild(
-        "run",
-        "--model",
-        str(tiny / "model"),
-        "--target-layers",
-        "4",
-        "--suite",
-        str(suite),
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "bad",
-        "--headless",
-        *args,
-    )
+    result = ild(*run_args(tiny / "model", suite, runs, "bad", "--headless", *args, strategy="iterative-distill"))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (runs / "bad").exists()
@@ -225,19 +211,7 @@ def test_two_processes_score_decide_and_export_as_one(tiny, suite, tmp_path):
     reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-pruning"))
     two = runs / "two"
     command = [
-        "run",
-        "--model",
-        str(tiny / "model"),
-        "--strategy",
-        "iterative-pruning",
-        "--target-layers",
-        "4",
-        "--suite",
-        str(suite),
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "two",
+        *run_args(tiny / "model", suite, runs, "two"),
         "--processes",
         "2",
         "--threads",

@@ -5,27 +5,12 @@ import json
 import pytest
 
 from engine.runlog.tailer import read_all
-from tests.support import ild
+from tests.support import ild, run_args
 
 
 def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     runs = tmp_path / "runs"
-    result = ild(
-        "run",
-        "--model",
-        str(tiny / "model"),
-        "--strategy",
-        "iterative-pruning",
-        "--target-layers",
-        "4",
-        "--suite",
-        str(tiny / "suite.yaml"),
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "t1",
-        "--headless",
-    )
+    result = ild(*run_args(tiny / "model", tiny / "suite.yaml", runs, "t1", "--headless"))
     assert result.returncode == 0, result.stderr + result.stdout
     assert "removed layer" in result.stdout and "finished" in result.stdout
 
@@ -96,19 +81,7 @@ METRICS = {
 def test_strategies_finish(tiny, tmp_path, strategy):
     runs = tmp_path / "runs"
     result = ild(
-        "run",
-        "--model",
-        str(tiny / "model"),
-        "--strategy",
-        strategy,
-        "--target-layers",
-        "4",
-        "--suite",
-        str(tiny / "suite.yaml"),
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "r",
+        *run_args(tiny / "model", tiny / "suite.yaml", runs, "r", strategy=strategy),
         "--headless",
         "--set",
         "heal.train_tokens=192",

@@ -12,7 +12,7 @@ from engine.runlog.inbox import send_command
 from engine.runlog.layout import create
 from engine.runlog.lock import is_alive
 from engine.runlog.tailer import read_all
-from tests.support import ILD, ild
+from tests.support import ILD, ild, run_args
 
 
 def _start(tiny_root, runs, name, *extra):
@@ -61,23 +61,7 @@ def test_engine_survives_the_hangup_of_the_session_that_started_it(tiny, tmp_pat
     # The starting process runs in a session of its own, like a terminal's; it exits, then the
     # whole session is hung up, as an SSH drop does.
     starter = subprocess.Popen(
-        [
-            ILD,
-            "run",
-            "--model",
-            str(tiny / "model"),
-            "--strategy",
-            "iterative-pruning",
-            "--target-layers",
-            "4",
-            "--suite",
-            str(tiny / "suite.yaml"),
-            "--runs-dir",
-            str(runs),
-            "--name",
-            "hup",
-            "--detach",
-        ],
+        [ILD, *run_args(tiny / "model", tiny / "suite.yaml", runs, "hup", "--detach")],
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

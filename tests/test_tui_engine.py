@@ -17,7 +17,7 @@ from engine.runlog.tailer import read_all
 from ild_tui.live.decision import DecisionPanel
 from ild_tui.live.heatmap import Heatmap
 from ild_tui.screens.dialogs import ConfirmScreen
-from tests.support import ild, open_live, wait_for
+from tests.support import ild, open_live, run_args, wait_for
 from tools.synthetic_runs import make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
@@ -167,24 +167,7 @@ def _kill_engine(run: Path) -> None:
 
 async def test_dashboard_steers_the_real_engine(tiny, tmp_path):
     runs = tmp_path / "runs"
-    result = ild(
-        "run",
-        "--model",
-        str(tiny / "model"),
-        "--strategy",
-        "iterative-pruning",
-        "--target-layers",
-        "4",
-        "--suite",
-        str(tiny / "suite.yaml"),
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "real",
-        "--detach",
-        "--mode",
-        "manual",
-    )
+    result = ild(*run_args(tiny / "model", tiny / "suite.yaml", runs, "real", "--detach", "--mode", "manual"))
     assert result.returncode == 0, result.stderr
     run = runs / "real"
     try:
