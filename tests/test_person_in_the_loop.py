@@ -16,23 +16,7 @@ from tests.support import ILD, ild, run_args
 
 
 def _start(tiny_root, runs, name, *extra):
-    result = ild(
-        "run",
-        "--model",
-        str(tiny_root / "model"),
-        "--strategy",
-        "iterative-pruning",
-        "--target-layers",
-        "4",
-        "--suite",
-        str(tiny_root / "suite.yaml"),
-        "--runs-dir",
-        str(runs),
-        "--name",
-        name,
-        "--detach",
-        *extra,
-    )
+    result = ild(*run_args(tiny_root / "model", tiny_root / "suite.yaml", runs, name, "--detach", *extra))
     assert result.returncode == 0, result.stderr
     assert f"ild attach {name}" in result.stdout
     return runs / name
