@@ -57,6 +57,7 @@ class HealSettings(_Strict):
     kl_scale: float = Field(default=0.01, ge=0)
     kl_reference_tokens: int = Field(default=4096, ge=1)
     mse_scale: float = Field(default=1.0, ge=0)
+    mse_norm: Literal["none", "teacher"] = "none"  # "teacher": each layer's MSE over the teacher's mean square
     kl_input: Literal["log_probs", "logits"] = "log_probs"
     direction: Literal["forward", "reverse"] = "forward"
     temperature: float = Field(default=1.0, gt=0)

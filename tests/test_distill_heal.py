@@ -5,6 +5,7 @@ import torch
 
 from engine.distill.data import DataConfig
 from engine.distill.heal import HealConfig, Healer, NonFiniteLoss, TeacherCache
+from engine.distill.losses import LossConfig
 from engine.distill.trainable import TrainableConfig, choose_trainable
 from engine.models.surgery import layer_map, remove_layers
 
@@ -103,6 +104,22 @@ def test_healing_lowers_the_heldout_distillation_loss():
     for epoch in range(3):
         healer.heal(trainable, iteration=1, seed=epoch)
     assert healer.heldout_loss(pairs)["loss"] < 0.9 * before
+
+
+def test_relative_mse_heals_and_reports_the_raw_mse_beside_it():
+    *_, plain = _setup()
+    _teacher, student, healer = _setup(loss=LossConfig(mse_norm="teacher"))
+    trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig())
+    pairs = [max(trainable), 4]
+    raw, relative = plain.heldout_loss(pairs), healer.heldout_loss(pairs)
+    # one model, two weightings: the raw MSE is the same figure; the relative one enters the loss
+    assert relative["mse_raw"] == pytest.approx(raw["mse"], rel=1e-5) == pytest.approx(raw["mse_raw"], rel=1e-5)
+    assert relative["mse"] != pytest.approx(raw["mse"], rel=1e-2)
+    assert relative["loss"] == pytest.approx(relative["kl_term"] + relative["mse_term"], rel=1e-5)
+    for epoch in range(3):
+        healer.heal(trainable, iteration=1, seed=epoch)
+    after = healer.heldout_loss(pairs)
+    assert after["loss"] < 0.9 * relative["loss"] and after["mse_raw"] < relative["mse_raw"]
 
 
 def test_non_finite_loss_restores_the_weights(monkeypatch):

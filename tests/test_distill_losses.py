@@ -82,6 +82,30 @@ def test_total_combines_scales(batch):
     assert float(total) == pytest.approx(0.5 * float(kl) + 2.0)
 
 
+def test_mse_normalised_by_the_teacher_is_scale_free(batch):
+    """mse_norm="teacher": each compared layer's MSE over the teacher's mean square there, so a deep
+    layer whose residual stream is 40x larger weighs what a shallow one does against the KL."""
+    s, t, mask = batch
+    g = torch.Generator().manual_seed(1)
+    student_h, teacher_h = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    config = LossConfig(mse_norm="teacher")
+    _, _, small = total_loss(s, t, {3: student_h}, {3: teacher_h}, mask, config)
+    _, _, large = total_loss(s, t, {3: student_h * 40}, {3: teacher_h * 40}, mask, config)
+    assert float(small) == pytest.approx(float(large), rel=1e-5)
+    # relative error: the masked MSE over the masked mean square of the teacher
+    m = mask.bool()
+    expected = ((student_h - teacher_h) ** 2).mean(-1)[m].mean() / (teacher_h**2).mean(-1)[m].mean()
+    assert float(small) == pytest.approx(float(expected), rel=1e-5)
+    # summed over the compared layers, each on its own scale
+    _, _, two = total_loss(s, t, {3: student_h, 7: student_h * 40}, {3: teacher_h, 7: teacher_h * 40}, mask, config)
+    assert float(two) == pytest.approx(2 * float(expected), rel=1e-5)
+    # the plain MSE is unchanged by the option's existence
+    _, _, raw = total_loss(s, t, {3: student_h * 40}, {3: teacher_h * 40}, mask, LossConfig())
+    assert float(raw) == pytest.approx(1600 * float(mse_loss(student_h, teacher_h, mask)), rel=1e-5)
+    with pytest.raises(ValueError, match=r"loss\.mse_norm"):
+        LossConfig(mse_norm="layer")
+
+
 def test_default_keeps_the_papers_balance_whatever_the_batch_shape():
     """The paper: KL summed over 2 x 2,048 tokens per device, / 100. Token-mean KL weighted
     kl_scale * kl_reference_tokens is the same loss for that batch and the same balance for any other."""

@@ -30,6 +30,11 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     "kl bare 1/100 (before the fix)": {"kl_reference_tokens": 1},
     "mse only": {"kl_scale": 0.0},
     "kl only": {"hidden": "none"},
+    # The raw MSE grows with depth (202 against 2.2 in the committed study), so on deep removals it
+    # swamps the KL; the relative MSE (over the teacher's mean square) keeps one balance.
+    "deep 28,27,26: default": {"removals": [28, 27, 26]},
+    "deep 28,27,26: mse relative": {"removals": [28, 27, 26], "mse_norm": "teacher"},
+    "mse relative": {"mse_norm": "teacher"},
     "trainable all": {"trainable": "all"},
     "kl on logits": {"kl_input": "logits"},
     "reverse kl": {"direction": "reverse"},
@@ -102,6 +107,11 @@ def _finished(run: Path) -> bool:
     return bool(events) and events[-1]["type"] == "run_finished" and events[-1].get("reason") == "target"
 
 
+def _raw_mse(figures: dict) -> float:
+    """The MSE without normalisation, so rows with and without ``mse_norm`` compare."""
+    return figures.get("mse_raw", figures["mse"])
+
+
 def row(name: str, settings: dict, run: Path, removals: list[int]) -> dict:
     events = _events(run)
     evals = {(e["iteration"], e["stage"], e.get("part", "report")): e for e in events if e["type"] == "eval"}
@@ -122,8 +132,8 @@ def row(name: str, settings: dict, run: Path, removals: list[int]) -> dict:
         "select_after_healing": round(evals[(last, stage, "select")]["aggregate"], 5),
         "heldout_kl_before": round(heldout["before"]["kl"], 5) if heldout else "",
         "heldout_kl_after": round(heldout["after"]["kl"], 5) if heldout else "",
-        "heldout_mse_before": round(heldout["before"]["mse"], 5) if heldout else "",
-        "heldout_mse_after": round(heldout["after"]["mse"], 5) if heldout else "",
+        "heldout_mse_before": round(_raw_mse(heldout["before"]), 5) if heldout else "",
+        "heldout_mse_after": round(_raw_mse(heldout["after"]), 5) if heldout else "",
         "kl_share_first_step": round(steps[0]["kl_term"] / steps[0]["loss"], 4) if steps and steps[0]["loss"] else "",
         "steps": len(steps),
         "heal_seconds": round(steps[-1]["t"] - steps[0]["t"], 1) if len(steps) > 1 else 0,

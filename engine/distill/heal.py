@@ -36,7 +36,7 @@ from engine.models.adapters import adapter_for
 from .cache import BlockStore
 from .data import DataConfig
 from .fused_kl import TopK, fused_head_kl, teacher_topk
-from .losses import LossConfig, hidden_pairs, total_loss, weighted_terms
+from .losses import LossConfig, hidden_pairs, mse_loss, total_loss, weighted_terms
 from .trainable import TrainableConfig, freeze_except
 
 
@@ -83,6 +83,7 @@ class HealConfig:
                 hidden=h.hidden,
                 final_norm=h.final_norm,
                 kl_reference_tokens=h.kl_reference_tokens,
+                mse_norm=h.mse_norm,
             ),
             trainable=TrainableConfig(
                 choice=h.trainable,
@@ -426,7 +427,8 @@ class Healer:
 
     @torch.no_grad()
     def heldout_loss(self, pairs: list[int]) -> dict[str, float]:
-        """The distillation loss on held-out text (the exact KL, whatever the training target)."""
+        """The distillation loss on held-out text (the exact KL, whatever the training target), its
+        terms weighted as in the loss, and the raw hidden-state MSE (``mse_raw``) whatever ``mse_norm``."""
         adapter = adapter_for(self.student)
         layer_map = adapter.layer_map()
         self.cache.ensure(self._needed(pairs, layer_map), "heldout")
@@ -452,10 +454,12 @@ class Healer:
                 loss, kl, mse = total_loss(
                     out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss
                 )
-            rows.append((b, float(loss) * len(ids), float(kl) * len(ids), float(mse) * len(ids)))
+            # the raw MSE too, so that runs with and without mse_norm compare on one scale
+            raw = sum(float(mse_loss(h, t_hidden[k], mask)) for k, h in hidden.items())
+            rows.append((b, *(float(v) * len(ids) for v in (loss, kl, mse, raw))))
         if split:
             rows = sorted(row for part in self.ranks.gather(rows) for row in part)
-        totals = {"loss": 0.0, "kl": 0.0, "mse": 0.0}
+        totals = {"loss": 0.0, "kl": 0.0, "mse": 0.0, "mse_raw": 0.0}
         for _, *values in rows:  # summed in one process's order, so every rank gets one process's number
             for key, value in zip(totals, values):
                 totals[key] += value

@@ -162,7 +162,7 @@ class TrainStep(TypedDict, total=False):
     steps: Annotated[int, "steps planned this iteration"]
     loss: Annotated[Score, "the total loss (= kl_term + mse_term)"]
     kl: Annotated[Score, "the KL divergence to the teacher, unweighted"]
-    mse: Annotated[Score, "the hidden-state MSE, unweighted"]
+    mse: Annotated[Score, "the hidden-state MSE, unweighted (relative to the teacher's mean square with mse_norm)"]
     kl_term: Annotated[Score, "the KL's weighted share of the loss"]
     mse_term: Annotated[Score, "the MSE's weighted share of the loss"]
     lr: Annotated[Score, "the learning rate"]
@@ -184,7 +184,9 @@ class Eval(TypedDict, total=False):
     layers: Annotated[int, "layers of the evaluated model"]
     params: Annotated[int, "its parameter count"]
     heldout: Annotated[
-        dict[str, ByTask], "after healing: the held-out distillation loss before and after ({loss, kl, mse} each)"
+        dict[str, ByTask],
+        "after healing: the held-out distillation loss before and after ({loss, kl, mse, kl_term, "
+        "mse_term, mse_raw} each; mse_raw: the MSE without mse_norm, absent in older runs)",
     ]
 
 
