@@ -72,8 +72,22 @@ class Plan:
         return _merge(config, self.settings)
 
     def differences(self, other: Plan) -> list[str]:
+        """What ``other`` (a new invocation) changes that the study's runs cannot share. Strategies may
+        come in another order (the runs go in the new one) and new ones may join; none may leave,
+        since the report covers every run."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {_show(mine[k])} in the study, {_show(theirs[k])} given" for k in mine if mine[k] != theirs[k]]
+        diffs = [
+            f"{k}: {_show(mine[k])} in the study, {_show(theirs[k])} given"
+            for k in mine
+            if k != "strategies" and mine[k] != theirs[k]
+        ]
+        left_out = [s for s in self.strategies if s not in other.strategies]
+        if left_out:
+            diffs.append(
+                f"strategies: the study also holds {','.join(left_out)}; name every one of its strategies "
+                "(in any order; new ones may join)"
+            )
+        return diffs
 
 
 def _show(value) -> str:
@@ -151,6 +165,11 @@ def prepare(out: Path, plan: Plan) -> bool:
                 f"{out} holds a study with other settings ({'; '.join(diffs)}): "
                 "rerun it with the same arguments, or pick another --out"
             )
+        if stored.strategies != plan.strategies:
+            holder = StudyLock(out).holder()
+            if holder is not None:  # it runs the old plan: change nothing under it
+                raise StudyError(f"a study is already running in {out} (pid {holder})", EXIT_FAILED)
+            _write_plan(out, plan)
         return False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StudyError(f"--out {out} is not empty and holds no study; pick another directory")

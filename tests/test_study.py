@@ -97,7 +97,22 @@ def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_stra
     # The same directory with other arguments: refused in one line, nothing run.
     other = ild(*_args(tiny, out, strategies="shortgpt"))
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
-    assert "strategies: shortgpt,iterative-pruning in the study, shortgpt given" in other.stderr
+    assert "the study also holds iterative-pruning; name every one of its strategies" in other.stderr
+    other = ild(*_args(tiny, out, "--seed", "1"))
+    assert other.returncode == 2 and "seed: 0 in the study, 1 given" in other.stderr
+    # Another order, and a strategy joining: the finished runs are kept, the new one runs, all reported.
+    grown = ild(*_args(tiny, out, strategies="iterative-bi,iterative-pruning,shortgpt"))
+    assert grown.returncode == 0, grown.stdout + grown.stderr
+    assert f"[1/3] iterative-bi: starting {out / 'runs' / 'iterative-bi'}" in grown.stdout
+    assert "[3/3] shortgpt: finished already, skipped" in grown.stdout
+    assert (first / "events.jsonl").read_bytes() == finished_log
+    assert json.loads((out / "study.json").read_text())["strategies"] == [
+        "iterative-bi",
+        "iterative-pruning",
+        "shortgpt",
+    ]
+    with open(out / "report" / "summary.csv", newline="") as f:
+        assert {r["strategy"] for r in csv.DictReader(f)} == {"iterative-bi", *STRATEGIES}
 
 
 def test_sigterm_stops_the_running_strategy_and_the_study_not_only_the_run(tiny, tmp_path):
