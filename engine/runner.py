@@ -384,6 +384,12 @@ class Runner:
             train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
         except (ValueError, OSError) as exc:
             raise RuntimeError(f"distillation data: {exc}") from exc
+        store = None
+        # a sharded teacher has no whole weights to key the store with
+        if self.config.heal.teacher_store_mb and self.config.distributed.heal != "fsdp":
+            from engine.distill.teacher_store import TeacherStore, store_root
+
+            store = TeacherStore(store_root(), self.config.heal.teacher_store_mb << 20)
         cache = TeacherCache(
             self.teacher,
             train,
@@ -391,6 +397,7 @@ class Runner:
             self.rundir.cache_dir,
             self.config.heal.cache_limit_mb << 20,
             self.heal_config.batch_size,
+            store=store,
         )
         if self.config.heal.untie_head:
             from engine.models.surgery import untie_head

@@ -1,6 +1,9 @@
 """Fixtures shared by the test modules (helpers are in tests/support.py)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must be set before torch loads: spinning OpenMP threads slow torch 5-10x when pytest-xdist
 # workers (or the engine subprocesses the tests start) share the two cores.
@@ -8,6 +11,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The teacher store lives in the user's cache; the tests (and the engines they start) keep their own,
+# removed by the process that made it (pytest's, which outlives its xdist workers).
+if "ILD_TEACHER_STORE_DIR" not in os.environ:
+    os.environ["ILD_TEACHER_STORE_DIR"] = tempfile.mkdtemp(prefix="ild-teacher-store-")
+    atexit.register(shutil.rmtree, os.environ["ILD_TEACHER_STORE_DIR"], ignore_errors=True)
 
 import time
 

@@ -35,6 +35,14 @@ class BlockStore:
         else:
             self._tensor = torch.empty((n, *shape), dtype=dtype)
 
+    @classmethod
+    def over(cls, array: np.ndarray) -> BlockStore:
+        """A read-only store over an array kept elsewhere (the teacher store's): ``close`` leaves it."""
+        store = cls.__new__(cls)
+        store.n, store.shape, store.dtype = array.shape[0], tuple(array.shape[1:]), _AS_TORCH[array.dtype.type]
+        store.path, store._array, store._tensor = None, array, None
+        return store
+
     @property
     def on_disk(self) -> bool:
         return self.path is not None
@@ -49,7 +57,9 @@ class BlockStore:
     def __getitem__(self, index) -> torch.Tensor:
         if self._tensor is not None:
             return self._tensor[index]
-        return torch.from_numpy(np.ascontiguousarray(self._array[index]))
+        rows = self._array[index]
+        # torch cannot share a read-only buffer: the stored teacher's rows are copied
+        return torch.from_numpy(np.ascontiguousarray(rows) if rows.flags.writeable else np.array(rows))
 
     def close(self) -> None:
         if self.path is not None:

@@ -37,6 +37,7 @@ from .cache import BlockStore
 from .data import DataConfig
 from .fused_kl import TopK, fused_head_kl, teacher_topk
 from .losses import LossConfig, hidden_pairs, mse_loss, total_loss, weighted_terms
+from .teacher_store import StoreEntry, TeacherStore, weights_digest
 from .trainable import TrainableConfig, freeze_except
 
 
@@ -164,8 +165,12 @@ class TeacherCache:
         spill_dir: Path | None,
         limit_bytes: int,
         batch_size: int,
+        store: TeacherStore | None = None,
     ):
         self.teacher = teacher
+        self.store = store  # across runs: the outputs of this teacher on these blocks, once computed
+        self._entries: dict[str, StoreEntry] = {}
+        self._digest: str | None = None
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.adapter = adapter_for(teacher)
@@ -185,6 +190,21 @@ class TeacherCache:
         device = next(self.teacher.parameters()).device
         n, t = blocks.shape
         d = self.teacher.config.hidden_size
+        entry = self._entry(split)
+        if entry is not None:  # what an earlier run of this teacher on these blocks computed
+            for name, key in [("final", None), *((f"layer-{o}", o) for o in missing)]:
+                if key is None and split in self.final:
+                    continue
+                array = entry.load(name, (n, t, d))
+                if array is None:
+                    continue
+                if key is None:
+                    self.final[split] = BlockStore.over(array)
+                else:
+                    self.layers[(split, key)] = BlockStore.over(array)
+                    missing.remove(key)
+            if split in self.final and not missing:
+                return
         if split not in self.final:
             self.final[split] = BlockStore(n, (t, d), torch.float32, self.spill_dir, self.limit)
             todo_final = True
@@ -203,6 +223,20 @@ class TeacherCache:
                     self.layers[(split, j)][b : b + len(ids)] = hidden.float()
             if todo_final:
                 self.final[split][b : b + len(ids)] = hidden.float()
+        if entry is not None:
+            if todo_final:
+                entry.save("final", (n, t, d), self.final[split])
+            for o in missing:
+                entry.save(f"layer-{o}", (n, t, d), self.layers[(split, o)])
+
+    def _entry(self, split: str) -> StoreEntry | None:
+        if self.store is None:
+            return None
+        if split not in self._entries:
+            if self._digest is None:
+                self._digest = weights_digest(self.teacher)
+            self._entries[split] = self.store.entry(self._digest, self.blocks[split])
+        return self._entries[split]
 
     @torch.no_grad()
     def ensure_topk(self, split: str, k: int, temperature: float) -> None:

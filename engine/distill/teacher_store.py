@@ -1,0 +1,142 @@
+"""The teacher's hidden states on the distillation data, kept on disk across runs.
+
+Every run of a study or of the healing ablation distils from the same teacher on the same blocks of
+text, and recomputed the teacher's forward over them (on the embedded model, 65,536 tokens: about
+200 of the 1,000 seconds a fixed-removal run takes on 2 CPU cores). The outputs depend only on the
+teacher's weights, the token ids, the dtype and the device kind, so they are stored once under a key
+made of exactly those and read back (memory-mapped) by every later run, resume included.
+
+The weights enter the key as a digest of every tensor's name, shape, dtype and a strided sample of
+its values (at most ``SAMPLE`` per tensor plus its last element), so that a 70B teacher is keyed in
+seconds; a change to the weights that leaves every sampled value alone would go unnoticed, which the
+teacher, loaded from its files and never trained, does not do. The store holds at most ``limit``
+bytes: the entries used longest ago go first. ``ILD_TEACHER_STORE_DIR`` moves it (the tests do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 1  # part of every key: a change to what is stored must not read old entries
+SAMPLE = 4096
+_DTYPES = {"float32": (np.float32, torch.float32)}
+
+
+def store_root() -> Path:
+    env = os.environ.get("ILD_TEACHER_STORE_DIR")
+    if env:
+        return Path(env)
+    from engine.models.loading import cache_root
+
+    return cache_root() / "teacher"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of the weights, their dtype and the device kind they compute on."""
+    digest = hashlib.blake2b(digest_size=16)
+    device = next(model.parameters()).device
+    digest.update(f"format {FORMAT} device {device.type}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        if flat.numel() == 0:
+            continue
+        stride = max(1, flat.numel() // SAMPLE)
+        sample = torch.cat([flat[::stride][:SAMPLE], flat[-1:]]).to("cpu", torch.float64)
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def blocks_digest(blocks: torch.Tensor) -> str:
+    ids = blocks.detach().to("cpu", torch.int64).contiguous()
+    return hashlib.blake2b(f"{tuple(ids.shape)}".encode() + ids.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+class TeacherStore:
+    """Entries ``<teacher digest>-<blocks digest>/``, one file per stored array and a meta.json."""
+
+    def __init__(self, root: Path, limit_bytes: int) -> None:
+        self.root, self.limit = Path(root), limit_bytes
+
+    def entry(self, teacher: str, blocks: torch.Tensor) -> StoreEntry:
+        return StoreEntry(self, self.root / f"{teacher}-{blocks_digest(blocks)}")
+
+    def used_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.glob("*/*.bin") if f.is_file())
+
+    def evict(self, keep: Path) -> None:
+        """Drop whole entries, least recently used first, until the store fits its limit."""
+        entries = sorted((d for d in self.root.iterdir() if d.is_dir() and d != keep), key=_last_used)
+        used = self.used_bytes()
+        for entry in entries:
+            if used <= self.limit:
+                break
+            size = sum(f.stat().st_size for f in entry.glob("*.bin") if f.is_file())
+            shutil.rmtree(entry, ignore_errors=True)
+            used -= size
+
+
+def _last_used(entry: Path) -> float:
+    try:
+        return (entry / "meta.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class StoreEntry:
+    def __init__(self, store: TeacherStore, path: Path) -> None:
+        self.store, self.path = store, path
+
+    def load(self, name: str, shape: tuple[int, ...]) -> np.memmap | None:
+        """The stored array ``name`` of ``shape`` (float32), read-only, or None."""
+        file = self.path / f"{name}.bin"
+        try:
+            meta = json.loads((self.path / "meta.json").read_text())
+            if meta.get("arrays", {}).get(name) != list(shape):
+                return None
+            array = np.memmap(file, dtype=np.float32, mode="r", shape=tuple(shape))
+        except (OSError, ValueError):
+            return None
+        os.utime(self.path / "meta.json")  # used now: evicted last
+        return array
+
+    def save(self, name: str, shape: tuple[int, ...], rows) -> None:
+        """Write ``rows`` (an indexable of float32 rows, e.g. a BlockStore) as ``name``; a failure to
+        store (a full disk, a store too small for it) costs the next run the computation, nothing else."""
+        nbytes = int(np.prod(shape)) * 4
+        if nbytes > self.store.limit:
+            return
+        tmp = self.path / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            out = np.memmap(tmp, dtype=np.float32, mode="w+", shape=tuple(shape))
+            step = max(1, (64 << 20) // max(1, nbytes // shape[0]))  # copy in chunks of ~64 MiB
+            for start in range(0, shape[0], step):
+                out[start : start + step] = rows[start : start + step].float().numpy()
+            out.flush()
+            del out
+            os.replace(tmp, self.path / f"{name}.bin")
+            self._record(name, shape)
+            self.store.evict(keep=self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _record(self, name: str, shape: tuple[int, ...]) -> None:
+        meta_file = self.path / "meta.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            meta = {"format": FORMAT, "created": time.time(), "arrays": {}}
+        meta["arrays"][name] = list(shape)
+        tmp = self.path / f".meta.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_file)
