@@ -118,6 +118,7 @@ class RunConfig(_Strict):
     auto_after_seconds: float | None = None
     seed: int = 0
     batch_tokens: int = Field(default=4096, ge=64)
+    score_cache: bool = True  # scores of weights already scored on the same items are read back
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     heal: HealSettings = Field(default_factory=HealSettings)
     device: str | None = None

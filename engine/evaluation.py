@@ -8,6 +8,7 @@ sees, and a report part. The report part of the run's suite and every task of th
 
 from __future__ import annotations
 
+from engine.score_cache import ScoreCache, evaluator_digest
 from engine.tasks.evaluate import SuiteEvaluator, aggregate
 from engine.tasks.spec import load_report_suite, load_suite
 
@@ -15,7 +16,19 @@ PARTS = ("select", "report")
 
 
 class Evaluation:
-    def __init__(self, model, tokenizer, suite: str, report_suite: str | None, batch_tokens: int, split_seed: int):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        suite: str,
+        report_suite: str | None,
+        batch_tokens: int,
+        split_seed: int,
+        cache: ScoreCache | None = None,
+    ):
+        self.model, self.cache = model, cache
+        self._digests: dict[str, list[str]] = {}
+        self.cached: dict[str, bool] = {}  # part -> whether its last scores came from the cache
         main = load_suite(suite)
         self.select = SuiteEvaluator(
             model, tokenizer, main, batch_tokens=batch_tokens, part="select", split_seed=split_seed
@@ -32,12 +45,23 @@ class Evaluation:
         return self.select.pad_id
 
     def scores(self, part: str, progress=None) -> dict[str, float]:
-        """Task scores of the model as it is, on one part."""
-        if part == "select":
-            return self.select.evaluate([None], progress=progress)[None]
+        """Task scores of the model as it is, on one part (from the score cache when these weights
+        were scored on these items before)."""
+        evaluators = [self.select] if part == "select" else self.report
+        key = None
+        if self.cache is not None:
+            if part not in self._digests:
+                self._digests[part] = [evaluator_digest(e) for e in evaluators]
+            key = self.cache.key(self.model, self._digests[part])
+            stored = self.cache.get(key)
+            self.cached[part] = stored is not None
+            if stored is not None:
+                return stored
         out: dict[str, float] = {}
-        for evaluator in self.report:
+        for evaluator in evaluators:
             out.update(evaluator.evaluate([None], progress=progress)[None])
+        if key is not None:
+            self.cache.put(key, out)
         return out
 
 

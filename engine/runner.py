@@ -185,8 +185,20 @@ class Runner:
             self.restore(checkpoint)
 
         self._phase("preparing", f"tokenising suite '{config.suite}'")
+        scores = None
+        if config.score_cache and not self.ranks.distributed:  # ranks would each ask it: no
+            from engine.digests import store_root
+            from engine.score_cache import ScoreCache
+
+            scores = ScoreCache(store_root() / "scores")
         self.evaluation = Evaluation(
-            self.model, self.tokenizer, config.suite, config.report_suite, config.batch_tokens, config.split_seed
+            self.model,
+            self.tokenizer,
+            config.suite,
+            config.report_suite,
+            config.batch_tokens,
+            config.split_seed,
+            cache=scores,
         )
         if self.ranks.distributed:
             from engine.distributed.evaluator import share_evaluation
@@ -236,8 +248,14 @@ class Runner:
         """Both parts of the model as it is now; the selection part may be known already (task drop
         scored exactly this model: the shared prefix is exact)."""
         self._phase("evaluating", stage.replace("_", " "))
+        self.evaluation.cached.clear()
         select = free_select if free_select is not None else self.evaluation.scores("select", self.progress)
         report = self.evaluation.scores("report", self.progress)
+        cached = [p for p in ("select", "report") if self.evaluation.cached.get(p)]
+        if cached:
+            self.say(
+                f"{stage.replace('_', ' ')}: {' and '.join(cached)} scores from the score cache (same weights and items)"
+            )
         common = {
             "iteration": self.iteration,
             "stage": stage,
@@ -387,9 +405,10 @@ class Runner:
         store = None
         # a sharded teacher has no whole weights to key the store with
         if self.config.heal.teacher_store_mb and self.config.distributed.heal != "fsdp":
-            from engine.distill.teacher_store import TeacherStore, store_root
+            from engine.digests import store_root
+            from engine.distill.teacher_store import TeacherStore
 
-            store = TeacherStore(store_root(), self.config.heal.teacher_store_mb << 20)
+            store = TeacherStore(store_root() / "teacher", self.config.heal.teacher_store_mb << 20)
         cache = TeacherCache(
             self.teacher,
             train,

@@ -11,15 +11,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# The teacher store lives in the user's cache; the tests (and the engines they start) keep their own,
-# removed by the process that made it (pytest's, which outlives its xdist workers).
-if "ILD_TEACHER_STORE_DIR" not in os.environ:
-    os.environ["ILD_TEACHER_STORE_DIR"] = tempfile.mkdtemp(prefix="ild-teacher-store-")
-    atexit.register(shutil.rmtree, os.environ["ILD_TEACHER_STORE_DIR"], ignore_errors=True)
+# What the engine keeps across runs (the teacher store, the score cache) lives in the user's cache;
+# the tests keep their own, one per test (the fixture below), so that no test reads what another
+# computed; this one is for code outside a test (removed by the process that made it).
+if "ILD_STORE_DIR" not in os.environ:
+    os.environ["ILD_STORE_DIR"] = tempfile.mkdtemp(prefix="ild-store-")
+    atexit.register(shutil.rmtree, os.environ["ILD_STORE_DIR"], ignore_errors=True)
 
 import time
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def own_store(tmp_path_factory, monkeypatch):
+    """Each test (and every engine it starts) with an empty teacher store and score cache."""
+    monkeypatch.setenv("ILD_STORE_DIR", str(tmp_path_factory.mktemp("store")))
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import copy
 import pytest
 import torch
 
+from engine.digests import weights_digest
 from engine.distill.heal import TeacherCache
-from engine.distill.teacher_store import TeacherStore, weights_digest
+from engine.distill.teacher_store import TeacherStore
 
 
 def _teacher(seed=0):

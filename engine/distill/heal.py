@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from engine.config import heal_default
+from engine.digests import weights_digest
 from engine.distributed.ranks import SINGLE, Ranks
 from engine.distributed.sharding import ShardedLayers, full, full_optimizer_state, shard_optimizer_state
 from engine.models.adapters import adapter_for
@@ -37,7 +38,7 @@ from .cache import BlockStore
 from .data import DataConfig
 from .fused_kl import TopK, fused_head_kl, teacher_topk
 from .losses import LossConfig, hidden_pairs, mse_loss, total_loss, weighted_terms
-from .teacher_store import StoreEntry, TeacherStore, weights_digest
+from .teacher_store import StoreEntry, TeacherStore
 from .trainable import TrainableConfig, freeze_except
 
 

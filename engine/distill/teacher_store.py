@@ -6,16 +6,14 @@ text, and recomputed the teacher's forward over them (on the embedded model, 65,
 teacher's weights, the token ids, the dtype and the device kind, so they are stored once under a key
 made of exactly those and read back (memory-mapped) by every later run, resume included.
 
-The weights enter the key as a digest of every tensor's name, shape, dtype and a strided sample of
-its values (at most ``SAMPLE`` per tensor plus its last element), so that a 70B teacher is keyed in
-seconds; a change to the weights that leaves every sampled value alone would go unnoticed, which the
-teacher, loaded from its files and never trained, does not do. The store holds at most ``limit``
-bytes: the entries used longest ago go first. ``ILD_TEACHER_STORE_DIR`` moves it (the tests do).
+The weights enter the key through ``engine.digests.weights_digest`` (a strided sample of every
+tensor: a 70B teacher is keyed in seconds), with the code that runs the teacher's layers and torch's
+version. The store holds at most ``limit`` bytes: the entries used longest ago go first.
+It lives in ``engine.digests.store_root()/teacher``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,39 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.digests import code_digest, tensor_digest, value_digest
+
 FORMAT = 1  # part of every key: a change to what is stored must not read old entries
-SAMPLE = 4096
-_DTYPES = {"float32": (np.float32, torch.float32)}
-
-
-def store_root() -> Path:
-    env = os.environ.get("ILD_TEACHER_STORE_DIR")
-    if env:
-        return Path(env)
-    from engine.models.loading import cache_root
-
-    return cache_root() / "teacher"
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of the weights, their dtype and the device kind they compute on."""
-    digest = hashlib.blake2b(digest_size=16)
-    device = next(model.parameters()).device
-    digest.update(f"format {FORMAT} device {device.type}".encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
-        if flat.numel() == 0:
-            continue
-        stride = max(1, flat.numel() // SAMPLE)
-        sample = torch.cat([flat[::stride][:SAMPLE], flat[-1:]]).to("cpu", torch.float64)
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def blocks_digest(blocks: torch.Tensor) -> str:
-    ids = blocks.detach().to("cpu", torch.int64).contiguous()
-    return hashlib.blake2b(f"{tuple(ids.shape)}".encode() + ids.numpy().tobytes(), digest_size=16).hexdigest()
+TEACHER_CODE = ("models/adapters.py", "models/cpu_linear.py")  # what runs the teacher's layers
 
 
 class TeacherStore:
@@ -68,7 +37,9 @@ class TeacherStore:
         self.root, self.limit = Path(root), limit_bytes
 
     def entry(self, teacher: str, blocks: torch.Tensor) -> StoreEntry:
-        return StoreEntry(self, self.root / f"{teacher}-{blocks_digest(blocks)}")
+        """Where the outputs of the teacher with ``weights_digest`` ``teacher`` on ``blocks`` live."""
+        key = value_digest([FORMAT, teacher, tensor_digest(blocks), code_digest(*TEACHER_CODE)])
+        return StoreEntry(self, self.root / key)
 
     def used_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.root.glob("*/*.bin") if f.is_file())
