@@ -26,7 +26,7 @@ class Evaluation:
         split_seed: int,
         cache: ScoreCache | None = None,
     ):
-        self.model, self.cache = model, cache
+        self.cache = cache
         self._digests: dict[str, list[str]] = {}
         self.cached: dict[str, bool] = {}  # part -> whether its last scores came from the cache
         main = load_suite(suite)
@@ -52,7 +52,7 @@ class Evaluation:
         if self.cache is not None:
             if part not in self._digests:
                 self._digests[part] = [evaluator_digest(e) for e in evaluators]
-            key = self.cache.key(self.model, self._digests[part])
+            key = self.cache.key(evaluators[0].model, self._digests[part])  # the model they score now
             stored = self.cache.get(key)
             self.cached[part] = stored is not None
             if stored is not None:

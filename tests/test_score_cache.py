@@ -67,9 +67,9 @@ def test_other_weights_items_or_batching_are_scored_afresh(tmp_path, suite):
     # the model changed in place (a run removes layers from the model it evaluates)
     live = _evaluation(copy.deepcopy(model), suite, cache)
     assert live.scores("report") == base and live.cached["report"]
-    remove_layers(live.model, [2])  # the same weights as `removed`, however they got there
+    remove_layers(live.select.model, [2])  # the same weights as `removed`, however they got there
     assert live.scores("report") == without_2.scores("report") and live.cached["report"]
-    remove_layers(live.model, [4])
+    remove_layers(live.select.model, [4])
     assert _scored_afresh(live)
 
 
