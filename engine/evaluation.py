@@ -52,7 +52,11 @@ class Evaluation:
         if self.cache is not None:
             if part not in self._digests:
                 self._digests[part] = [evaluator_digest(e) for e in evaluators]
-            key = self.cache.key(evaluators[0].model, self._digests[part])  # the model they score now
+            try:
+                key = self.cache.key(evaluators[0].model, self._digests[part])  # the model they score now
+            except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded): no cache
+                self.cache = None
+                return self.scores(part, progress)
             stored = self.cache.get(key)
             self.cached[part] = stored is not None
             if stored is not None:

@@ -117,3 +117,15 @@ def test_a_second_run_reads_its_teachers_scores_from_the_cache(tiny, tmp_path):
     )
     assert off.returncode == 0, off.stderr
     assert "score cache" not in (tmp_path / "runs" / "off" / "events.jsonl").read_text()
+
+
+def test_weights_that_cannot_be_read_here_are_scored_without_the_cache(tmp_path, suite, monkeypatch):
+    """Offloaded weights (accelerate's meta tensors) cannot be digested: the evaluation goes on uncached."""
+    import engine.score_cache
+
+    def offloaded(model):
+        raise NotImplementedError("Cannot copy out of meta tensor; no data!")
+
+    monkeypatch.setattr(engine.score_cache, "weights_digest", offloaded)
+    evaluation = _evaluation(tiny_model("llama"), suite, ScoreCache(tmp_path))
+    assert evaluation.scores("select") and evaluation.cache is None and not list(tmp_path.iterdir())

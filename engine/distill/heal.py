@@ -235,7 +235,11 @@ class TeacherCache:
             return None
         if split not in self._entries:
             if self._digest is None:
-                self._digest = weights_digest(self.teacher)
+                try:
+                    self._digest = weights_digest(self.teacher)
+                except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded)
+                    self.store = None
+                    return None
             self._entries[split] = self.store.entry(self._digest, self.blocks[split])
         return self._entries[split]
 
