@@ -166,6 +166,8 @@ class Runner:
         self._phase("loading", config.model)
         loaded = self._load()
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        # the teacher's size, before a strategy unties the student's head (+ vocabulary x hidden)
+        self.teacher_params = parameter_count(self.model)
         if checkpoint is None and not self._logged_event("run_started"):
             self.emit(
                 "run_started",
@@ -178,7 +180,7 @@ class Runner:
                 target_layers=config.target_layers,
                 mode=config.mode,
                 mode_seconds=config.auto_after_seconds,
-                params=parameter_count(self.model),
+                params=self.teacher_params,
                 config=config.model_dump(),
             )
         if checkpoint is not None:
@@ -260,7 +262,7 @@ class Runner:
             "iteration": self.iteration,
             "stage": stage,
             "layers": self.depth,
-            "params": parameter_count(self.model),
+            "params": self.teacher_params if stage == "teacher" else parameter_count(self.model),
         }
         self.emit("eval", part="select", aggregate=summary(select), tasks=select, **common)
         self.emit("eval", part="report", aggregate=summary(report), tasks=report, **common, **extra)

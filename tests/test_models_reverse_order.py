@@ -101,3 +101,31 @@ def test_reverse_order_walks_down_from_the_layer_before_the_final_one():
         remove_layers(model, first)
         removed.append(first)
     assert removed == [4, 3, 2] and layer_map(model) == [0, 1, 5]
+
+
+def test_the_teacher_row_counts_the_teachers_parameters_not_the_untied_students(tiny, tmp_path):
+    """reverse-order unties the student's tied head before the teacher is evaluated: the teacher's row
+    (and run_started) must say the teacher's size, and the students theirs (their own head included)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.runlog.tailer import read_all
+    from tests.support import ild, run_args
+
+    config = tiny_config("llama")
+    config.tie_word_embeddings = True  # as SmolLM2's
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    assert teacher.lm_head.weight is teacher.model.embed_tokens.weight
+    teacher.save_pretrained(tmp_path / "tied")
+    AutoTokenizer.from_pretrained(tiny / "model").save_pretrained(tmp_path / "tied")
+    args = run_args(
+        tmp_path / "tied", tiny / "suite.yaml", tmp_path / "runs", "rev", "--headless", strategy="reverse-order"
+    )
+    done = ild(*args, "--set", "heal.train_tokens=96", "--set", "heal.seq_len=16")
+    assert done.returncode == 0, done.stderr
+    events = read_all(tmp_path / "runs" / "rev" / "events.jsonl")
+    rows = {(e["stage"], e["layers"]): e["params"] for e in events if e["type"] == "eval"}
+    assert rows[("teacher", 6)] == parameter_count(teacher)
+    assert next(e for e in events if e["type"] == "run_started")["params"] == parameter_count(teacher)
+    head, layer = teacher.lm_head.weight.numel(), parameter_count(teacher.model.layers[0])
+    assert rows[("after_healing", 5)] == parameter_count(teacher) + head - layer  # its own head now
