@@ -298,3 +298,12 @@ def test_partial_layers():
     racing = ev("importance", 5, iteration=1, metric="task_drop", scores={"0": 0.9, "1": 0.1, "2": 0.5}, partial=[0, 2])
     s = fold(with_seq(START + [racing]))
     assert s.partial_layers(1) == [0, 2] and s.partial_layers(2) == []
+
+
+def test_the_teachers_size_is_run_starteds_even_where_its_eval_row_counted_an_untied_head():
+    """Runs before the fix logged the reverse-order student's size (its head untied) in the teacher's
+    eval row; the curve (and the report's % of parameters) take run_started's count."""
+    teacher = ev("eval", 0.5, iteration=0, stage="teacher", aggregate=0.7, tasks={"a": 0.7}, layers=6, params=1300)
+    healed = ev("eval", 1, iteration=1, stage="after_healing", aggregate=0.6, tasks={"a": 0.6}, layers=5, params=1200)
+    s = fold(with_seq([START[0], teacher, healed]))
+    assert [p["params"] for p in s.curve()] == [1000, 1200]  # the student is bigger than its teacher

@@ -249,7 +249,8 @@ class RunState:
                 "removed": 0,
                 "iteration": 0,
                 "layers": teacher.get("layers", self.start_layers),
-                "params": teacher.get("params", self.start_params),
+                # run_started's count: runs before the fix logged the untied student's size here
+                "params": self.start_params or teacher.get("params"),
                 "aggregate": teacher["aggregate"],
             }
         return [points[k] for k in sorted(points)]

@@ -116,7 +116,8 @@ def run_rows(runs: list[ReportRun], now: float | None = None) -> list[dict]:
         final, teacher = s.final_eval(REPORT), s.teacher_eval(REPORT)
         layers = (final or {}).get("layers", s.layers_now)
         params = (final or {}).get("params", s.params)
-        teacher_params = (teacher or {}).get("params", s.start_params)
+        # run_started's count: older runs logged an untied student's size in the teacher's eval row
+        teacher_params = s.start_params or (teacher or {}).get("params")
         rows.append(
             {
                 "run": r.label,
