@@ -71,7 +71,7 @@ class HealSettings(_Strict):
     head_matmul: Literal["auto", "bf16", "fp32"] = "auto"
     teacher_topk: int = Field(default=0, ge=0)
     cache_limit_mb: int = Field(default=1024, ge=1)
-    # the teacher's outputs on the distillation data, kept across runs (~/.cache/ild/teacher); 0: off
+    # the teacher's outputs on the distillation data, kept across runs (~/.cache/ild/store/teacher); 0: off
     teacher_store_mb: int = Field(default=4096, ge=0)
     checkpoint_every_s: float = Field(default=120.0, gt=0)
     early_stop: bool = True  # train_tokens is then a cap: stop when the held-out loss stops improving

@@ -193,17 +193,12 @@ class TeacherCache:
         d = self.teacher.config.hidden_size
         entry = self._entry(split)
         if entry is not None:  # what an earlier run of this teacher on these blocks computed
-            for name, key in [("final", None), *((f"layer-{o}", o) for o in missing)]:
-                if key is None and split in self.final:
-                    continue
-                array = entry.load(name, (n, t, d))
-                if array is None:
-                    continue
-                if key is None:
-                    self.final[split] = BlockStore.over(array)
-                else:
-                    self.layers[(split, key)] = BlockStore.over(array)
-                    missing.remove(key)
+            if split not in self.final and (array := entry.load("final", (n, t, d))) is not None:
+                self.final[split] = BlockStore.over(array)
+            for o in list(missing):
+                if (array := entry.load(f"layer-{o}", (n, t, d))) is not None:
+                    self.layers[(split, o)] = BlockStore.over(array)
+                    missing.remove(o)
             if split in self.final and not missing:
                 return
         if split not in self.final:
@@ -494,7 +489,9 @@ class Healer:
                     out, self.cache.logits("heldout", index, device), hidden, t_hidden, mask, self.config.loss
                 )
             # the raw MSE too, so that runs with and without mse_norm compare on one scale
-            raw = sum(float(mse_loss(h, t_hidden[k], mask)) for k, h in hidden.items())
+            raw = mse
+            if self.config.loss.mse_norm != "none":
+                raw = sum(float(mse_loss(h, t_hidden[k], mask)) for k, h in hidden.items())
             rows.append((b, *(float(v) * len(ids) for v in (loss, kl, mse, raw))))
         if split:
             rows = sorted(row for part in self.ranks.gather(rows) for row in part)

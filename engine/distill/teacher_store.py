@@ -31,7 +31,7 @@ TEACHER_CODE = ("models/adapters.py", "models/cpu_linear.py")  # what runs the t
 
 
 class TeacherStore:
-    """Entries ``<teacher digest>-<blocks digest>/``, one file per stored array and a meta.json."""
+    """One folder an entry (named by the digest of its key), one file per stored array and a meta.json."""
 
     def __init__(self, root: Path, limit_bytes: int) -> None:
         self.root, self.limit = Path(root), limit_bytes
