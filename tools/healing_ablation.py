@@ -32,8 +32,19 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     "kl only": {"hidden": "none"},
     # The raw MSE grows with depth (202 against 2.2 in the committed study), so on deep removals it
     # swamps the KL; the relative MSE (over the teacher's mean square) keeps one balance.
+    "deep 28,27,26: no healing": {"strategy": "iterative-pruning", "removals": [28, 27, 26]},
     "deep 28,27,26: default": {"removals": [28, 27, 26]},
     "deep 28,27,26: mse relative": {"removals": [28, 27, 26], "mse_norm": "teacher"},
+    # reverse-order's question (issue: untie the tied head and train it, or the last layers only?),
+    # on the layers reverse-order removes first, the deepest ones before the final layer; the deep
+    # rows above heal the same removals the paper's way (the adjacent layers)
+    "reverse-order: untied head + last 3": {"strategy": "reverse-order", "removals": [28, 27, 26]},
+    "reverse-order: last 3 only": {
+        "strategy": "reverse-order",
+        "removals": [28, 27, 26],
+        "train_head": False,
+        "untie_head": False,
+    },
     "mse relative": {"mse_norm": "teacher"},
     "trainable all": {"trainable": "all"},
     "kl on logits": {"kl_input": "logits"},
@@ -46,16 +57,6 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     "mse last": {"hidden": "last"},
     "mse last_trainable": {"hidden": "last_trainable"},
     "trainable radius 2": {"trainable": "radius", "trainable_k": 2},
-    # reverse-order's question (issue: untie the tied head and train it, or the last layers only?),
-    # on the layers reverse-order removes first: the deepest ones before the final layer
-    "reverse-order layers, no healing": {"strategy": "iterative-pruning", "removals": [28, 27, 26]},
-    "reverse-order: untied head + last 3": {"strategy": "reverse-order", "removals": [28, 27, 26]},
-    "reverse-order: last 3 only": {
-        "strategy": "reverse-order",
-        "removals": [28, 27, 26],
-        "train_head": False,
-        "untie_head": False,
-    },
 }
 
 
