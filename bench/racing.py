@@ -96,12 +96,24 @@ def main() -> int:
         )
         for number, r in enumerate(raced.rounds, 1):
             bounds = ", ".join(
-                f"{mapping[i]}: {g:.4f}>{settings.z:g}x{se:.4f}" for i, (g, se) in sorted(r.eliminated.items())[:4]
+                f"{mapping[i]}: {g:.4f}>{k:.2f}x{se:.4f}" for i, (g, se, k) in sorted(r.eliminated.items())[:4]
             )
             more = f" (+{len(r.eliminated) - 4} more)" if len(r.eliminated) > 4 else ""
             print(
                 f"    round {number}: {r.items}/{r.total} items, {len(r.scored)} candidates, {r.layer_forwards} layer-forwards; "
                 f"eliminated {len(r.eliminated)}" + (f" [{bounds}{more}]" if r.eliminated else "")
+            )
+        if not agree:  # where the full scoring's choice left the race, or by how much it lost on every item
+            out = [
+                (n, r.eliminated[full.proposal]) for n, r in enumerate(raced.rounds, 1) if full.proposal in r.eliminated
+            ]
+            print(
+                f"    full's choice {mapping[full.proposal]}: "
+                + (
+                    f"eliminated in round {out[0][0]} with gap {out[0][1][0]:.4f} > {out[0][1][2]:.2f} x {out[0][1][1]:.4f}"
+                    if out
+                    else f"raced to the end, drop {raced.drops[full.proposal]:.4f} against {raced.drops[raced.proposal]:.4f}"
+                )
             )
         remove_layers(model, mapping[full.proposal])  # by original index
     print(
