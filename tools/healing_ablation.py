@@ -108,9 +108,12 @@ def _finished(run: Path) -> bool:
     return bool(events) and events[-1]["type"] == "run_finished" and events[-1].get("reason") == "target"
 
 
-def _raw_mse(figures: dict) -> float:
-    """The MSE without normalisation, so rows with and without ``mse_norm`` compare."""
-    return figures.get("mse_raw", figures["mse"])
+def _raw_mse(figures: dict, settings: dict) -> float | str:
+    """The MSE without normalisation, so rows with and without ``mse_norm`` compare; blank where
+    no hidden state was compared (its 0 would read as a perfect match)."""
+    if settings.get("hidden") == "none":
+        return ""
+    return round(figures.get("mse_raw", figures["mse"]), 5)
 
 
 def row(name: str, settings: dict, run: Path, removals: list[int]) -> dict:
@@ -133,8 +136,8 @@ def row(name: str, settings: dict, run: Path, removals: list[int]) -> dict:
         "select_after_healing": round(evals[(last, stage, "select")]["aggregate"], 5),
         "heldout_kl_before": round(heldout["before"]["kl"], 5) if heldout else "",
         "heldout_kl_after": round(heldout["after"]["kl"], 5) if heldout else "",
-        "heldout_mse_before": round(_raw_mse(heldout["before"]), 5) if heldout else "",
-        "heldout_mse_after": round(_raw_mse(heldout["after"]), 5) if heldout else "",
+        "heldout_mse_before": _raw_mse(heldout["before"], settings) if heldout else "",
+        "heldout_mse_after": _raw_mse(heldout["after"], settings) if heldout else "",
         "kl_share_first_step": round(steps[0]["kl_term"] / steps[0]["loss"], 4) if steps and steps[0]["loss"] else "",
         "steps": len(steps),
         "heal_seconds": round(steps[-1]["t"] - steps[0]["t"], 1) if len(steps) > 1 else 0,
