@@ -36,16 +36,6 @@ tasks:
     return load_suite(str(tmp_path / "suite.yaml")), word_tokenizer(texts + ["? :"])
 
 
-def _model_with_a_weak_layer(weak: int):
-    """A tiny model whose layer ``weak`` barely changes its input, so skipping it costs least."""
-    model = tiny_model("llama")
-    with torch.no_grad():
-        layer = model.model.layers[weak]
-        layer.self_attn.o_proj.weight.mul_(1e-3)
-        layer.mlp.down_proj.weight.mul_(1e-3)
-    return model
-
-
 def _trained_model(tmp_path, tok, steps: int = 150):
     """A tiny model trained briefly on the suite's texts (~5 s): a random one is at chance on every
     item, so skipping any layer moves its scores by noise alone and no bound can tell layers apart."""
