@@ -104,17 +104,24 @@ def main() -> int:
                 f"eliminated {len(r.eliminated)}" + (f" [{bounds}{more}]" if r.eliminated else "")
             )
         if not agree:  # where the full scoring's choice left the race, or by how much it lost on every item
-            out = [
-                (n, r.eliminated[full.proposal]) for n, r in enumerate(raced.rounds, 1) if full.proposal in r.eliminated
-            ]
-            print(
-                f"    full's choice {mapping[full.proposal]}: "
-                + (
-                    f"eliminated in round {out[0][0]} with gap {out[0][1][0]:.4f} > {out[0][1][2]:.2f} x {out[0][1][1]:.4f}"
-                    if out
-                    else f"raced to the end, drop {raced.drops[full.proposal]:.4f} against {raced.drops[raced.proposal]:.4f}"
-                )
+            left = next(
+                (
+                    (n, *r.eliminated[full.proposal])
+                    for n, r in enumerate(raced.rounds, 1)
+                    if full.proposal in r.eliminated
+                ),
+                None,
             )
+            if left:
+                number, gap, se, k = left
+                print(
+                    f"    full's choice {mapping[full.proposal]}: eliminated in round {number} with gap {gap:.4f} > {k:.2f} x {se:.4f}"
+                )
+            else:
+                print(
+                    f"    full's choice {mapping[full.proposal]}: raced to the end, drop {raced.drops[full.proposal]:.4f} "
+                    f"against {raced.drops[raced.proposal]:.4f}"
+                )
         remove_layers(model, mapping[full.proposal])  # by original index
     print(
         f"whole run ({iteration} iterations): layer-forwards full {totals['full'][0]}, racing {totals['racing'][0]} "

@@ -230,7 +230,7 @@ def _critical(z: float, df: float) -> float:
     noisy, and with 3 items a task the normal's bound dropped the true best layer (bench/racing.py)."""
     from scipy.stats import norm, t
 
-    return float(t.ppf(norm.cdf(z), df)) if math.isfinite(df) else z
+    return float(t.ppf(norm.cdf(z), df))
 
 
 def _result(scored, specs, layers: list[int], total: int, rounds: list[RoundLog], forwards: ForwardCount) -> TaskDrop:
