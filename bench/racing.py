@@ -7,15 +7,25 @@ alternates between iterations), compares the proposals, then removes the full sc
 evaluator (one decoder layer on one sequence); the times are wall clock in the same process.
 
     .venv/bin/python bench/racing.py [--model smollm2-135m] [--suite default] [--target 24]
+    .venv/bin/python bench/racing.py --dump scores.jsonl      # also keep every full scoring's per-item results
+    .venv/bin/python bench/racing.py --replay scores.jsonl [--growth 1.5 ...]
+
+``--replay`` races again on the per-item results a ``--dump`` kept, through the same ``task_drop``
+(an evaluator that serves the recorded results and counts layer-forwards as the real one does), in
+seconds instead of the half hour of scoring: a race's choices depend on nothing but the per-item
+values. It first checks that it reproduces the recorded full and racing layer-forwards and
+proposals of the settings the dump ran with, then races with the settings given.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -39,12 +49,40 @@ def main() -> int:
     parser.add_argument("--suite", default="default")
     parser.add_argument("--target", type=int, default=24)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--z", type=float, default=None, help="the racing bound (default: RacingSettings().z)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: the device's")
+    parser.add_argument("--dump", type=Path, help="write every full scoring's per-item results here (JSON lines)")
+    parser.add_argument("--replay", type=Path, help="race again on a --dump's results instead of scoring")
+    for name, kind in (("z", float), ("first-fraction", float), ("growth", float), ("min-items", int)):
+        parser.add_argument(f"--{name}", type=kind, default=None, help="a racing setting (default: RacingSettings())")
+    parser.add_argument("--variance", choices=("task", "moderated"), default=None, help="racing.variance")
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="with --replay: also race with item orders 0..N-1 (racing.seed) and sum up"
+    )
     args = parser.parse_args()
 
+    from engine.importance.racing import RacingSettings
+
+    chosen = {
+        key: value
+        for key, value in {
+            "z": args.z,
+            "first_fraction": args.first_fraction,
+            "growth": args.growth,
+            "min_items": args.min_items,
+            "variance": args.variance,
+        }.items()
+        if value is not None
+    }
+    settings = RacingSettings(**chosen)
+    if args.replay:
+        return replay(args.replay, args.suite, settings, args.seeds)
+    return live(args, settings)
+
+
+def live(args, settings) -> int:
     import torch
 
-    from engine.importance.racing import RacingSettings, task_drop
+    from engine.importance.racing import task_drop
     from engine.models.adapters import adapter_for
     from engine.models.loading import load_model
     from engine.models.surgery import layer_map, remove_layers
@@ -53,44 +91,67 @@ def main() -> int:
     from engine.worker import _quiet_libraries
 
     _quiet_libraries()
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
     model = loaded.model
     evaluator = SuiteEvaluator(model, loaded.tokenizer, load_suite(args.suite), part="select")
-    settings = RacingSettings() if args.z is None else RacingSettings(z=args.z)
+    device = next(model.parameters()).device
+    card = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {next(model.parameters()).device}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{card}, {next(model.parameters()).dtype}"
     )
     print(
         f"model {args.model} ({adapter_for(model).num_layers} layers) -> {args.target}; suite {args.suite}, selection part: "
         + ", ".join(f"{t} {len(v)}" for t, v in evaluator.items().items())
         + f" items; {settings}"
     )
-
-    totals = {"full": [0, 0.0], "racing": [0, 0.0]}
-    same = 0
-    iteration = 0
+    dump = args.dump.open("w") if args.dump else None
+    tally = Tally()
     while adapter_for(model).num_layers > args.target:
-        iteration += 1
+        iteration = tally.iterations + 1
         mapping = layer_map(model)
-        runs = {}
+        runs, seconds = {}, {}
+        recorder = Recorder(evaluator)
         for mode in ("full", "racing") if iteration % 2 else ("racing", "full"):
             start = time.perf_counter()
-            runs[mode] = task_drop(evaluator, racing=None if mode == "full" else settings)
-            elapsed = time.perf_counter() - start
-            totals[mode][0] += runs[mode].forwards.layer_forwards
-            totals[mode][1] += elapsed
-            runs[mode].seconds = elapsed
-        full, raced = runs["full"], runs["racing"]
+            runs[mode] = task_drop(
+                recorder if mode == "full" else evaluator, racing=None if mode == "full" else settings
+            )
+            seconds[mode] = time.perf_counter() - start
+        tally.add(iteration, mapping, runs["full"], runs["racing"], seconds)
+        if dump:
+            dump.write(json.dumps(_record(evaluator, mapping, runs, recorder.scored, settings)) + "\n")
+            dump.flush()
+        remove_layers(model, mapping[runs["full"].proposal])  # by original index
+    return tally.finish()
+
+
+class Tally:
+    """The per-iteration lines and the whole run's totals, live or replayed."""
+
+    def __init__(self):
+        self.iterations = 0
+        self.same = 0
+        self.forwards = {"full": 0, "racing": 0}
+        self.seconds = {"full": 0.0, "racing": 0.0}
+
+    def add(self, iteration, mapping, full, raced, seconds=None) -> None:
+        self.iterations = iteration
         agree = full.proposal == raced.proposal
-        same += agree
+        self.same += agree
+        self.forwards["full"] += full.forwards.layer_forwards
+        self.forwards["racing"] += raced.forwards.layer_forwards
+        timing = ""
+        if seconds:
+            for mode in self.seconds:
+                self.seconds[mode] += seconds[mode]
+            timing = f"time {seconds['full']:.1f} s vs {seconds['racing']:.1f} s ({seconds['full'] / seconds['racing']:.2f}x); "
         second = sorted(full.drops, key=lambda i: (full.drops[i], i))[1]
         print(
             f"iter {iteration}: {len(mapping)} layers; proposal full {mapping[full.proposal]} (drop {full.drops[full.proposal]:.4f}, "
             f"next {mapping[second]} at {full.drops[second]:.4f}), racing {mapping[raced.proposal]} -> {'same' if agree else 'DIFFERENT'}; "
             f"layer-forwards {full.forwards.layer_forwards} vs {raced.forwards.layer_forwards} "
-            f"({full.forwards.layer_forwards / raced.forwards.layer_forwards:.2f}x); "
-            f"time {full.seconds:.1f} s vs {raced.seconds:.1f} s ({full.seconds / raced.seconds:.2f}x); "
+            f"({full.forwards.layer_forwards / raced.forwards.layer_forwards:.2f}x); {timing}"
             f"partial {len(raced.partial)}/{len(mapping)}",
             flush=True,
         )
@@ -122,13 +183,170 @@ def main() -> int:
                     f"    full's choice {mapping[full.proposal]}: raced to the end, drop {raced.drops[full.proposal]:.4f} "
                     f"against {raced.drops[raced.proposal]:.4f}"
                 )
-        remove_layers(model, mapping[full.proposal])  # by original index
-    print(
-        f"whole run ({iteration} iterations): layer-forwards full {totals['full'][0]}, racing {totals['racing'][0]} "
-        f"(**{totals['full'][0] / totals['racing'][0]:.2f}x** fewer); time full {totals['full'][1]:.1f} s, racing {totals['racing'][1]:.1f} s "
-        f"({totals['full'][1] / totals['racing'][1]:.2f}x); same proposal in {same}/{iteration} iterations"
-    )
-    return 0 if same >= 0.9 * iteration else 1
+
+    def finish(self) -> int:
+        full, racing = self.forwards["full"], self.forwards["racing"]
+        timing = ""
+        if self.seconds["racing"]:
+            timing = (
+                f"; time full {self.seconds['full']:.1f} s, racing {self.seconds['racing']:.1f} s "
+                f"({self.seconds['full'] / self.seconds['racing']:.2f}x)"
+            )
+        print(
+            f"whole run ({self.iterations} iterations): layer-forwards full {full}, racing {racing} "
+            f"(**{full / racing:.2f}x** fewer){timing}; same proposal in {self.same}/{self.iterations} iterations"
+        )
+        return 0 if self.same >= 0.9 * self.iterations else 1
+
+
+# --- dump and replay ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """The evaluator, keeping the per-item results it returns (full scoring asks once, for all)."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.scored = {}
+
+    def __getattr__(self, name):
+        return getattr(self.evaluator, name)
+
+    def evaluate_items(self, *args, **kwargs):
+        results = self.evaluator.evaluate_items(*args, **kwargs)
+        self.scored = results
+        return results
+
+
+def _record(evaluator, mapping, runs, scored, settings) -> dict:
+    """One iteration's full-scoring per-item results, what a replay needs to race again."""
+    from collections import Counter
+
+    if any(t.spec.kind == "generation" for t in evaluator.tasks):
+        raise SystemExit("--dump: generation tasks are not replayable (their decoding work is not per sequence)")
+    full, raced = runs["full"], runs["racing"]
+    return {
+        "layers": mapping,
+        "settings": asdict(settings),
+        "sequences": {t.spec.name: Counter(s.item for s in t.sequences) for t in evaluator.tasks},
+        "full": {"proposal": full.proposal, "layer_forwards": full.forwards.layer_forwards},
+        "racing": {"proposal": raced.proposal, "layer_forwards": raced.forwards.layer_forwards},
+        # Full scoring restricted nothing: per candidate ("None": the model itself) and task, the
+        # items in scoring order with their values and weights.
+        "scores": {
+            str(c): {t: [s.items, s.values, s.weights] for t, s in tasks.items()} for c, tasks in scored.items()
+        },
+    }
+
+
+class ReplayEvaluator:
+    """What ``task_drop`` asks of an evaluator, served from a dump: per-item results looked up,
+    layer-forwards counted per sequence as ``candidate_hidden`` counts them (shared prefix)."""
+
+    def __init__(self, record: dict, specs: dict):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from engine.tasks.evaluate import ForwardCount, ItemScores
+
+        n = len(record["layers"])
+        # Only its layer count is read (``adapter_for(model).num_layers``).
+        self.model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=8,
+                hidden_size=8,
+                intermediate_size=8,
+                num_hidden_layers=n,
+                num_attention_heads=1,
+                num_key_value_heads=1,
+            )
+        )
+        self.n = n
+        self.tasks = [_Task(specs[t]) for t in record["sequences"]]
+        self.forwards = ForwardCount()
+        self.sequences = {t: {int(i): k for i, k in counts.items()} for t, counts in record["sequences"].items()}
+        self.scores = {
+            None if c == "None" else int(c): {
+                t: ItemScores(list(v[0]), list(v[1]), list(v[2])) for t, v in tasks.items()
+            }
+            for c, tasks in record["scores"].items()
+        }
+
+    def items(self) -> dict[str, list[int]]:
+        return {t: list(s.items) for t, s in self.scores[None].items()}
+
+    def evaluate_items(self, candidates, shared=True, progress=None, items=None):
+        assert shared, "the replay counts the shared-prefix path"
+        candidates = list(dict.fromkeys(candidates))
+        last = self.n - 1
+
+        def start_of(c):
+            return last if c is None else (last - 1 if c == last and last > 0 else c)
+
+        def own(c):  # layers run after the prefix, as candidate_hidden's run() counts them
+            start = start_of(c)
+            return sum(1 for i in range(start if c is None or start != c else c + 1, self.n) if i != c)
+
+        per_sequence = max(start_of(c) for c in candidates) + sum(own(c) for c in candidates)
+        out = {c: {} for c in candidates}
+        for t, recorded in self.scores[None].items():
+            if items is not None and t not in items:
+                continue
+            wanted = set(recorded.items if items is None else items[t])
+            sequences = sum(self.sequences[t][i] for i in wanted)
+            self.forwards.add(per_sequence, sequences, 0)
+            for c in candidates:
+                out[c][t] = self.scores[c][t].subset(wanted)
+        return out
+
+
+class _Task:
+    def __init__(self, spec):
+        self.spec = spec
+
+
+def replay(path: Path, suite: str, settings, seeds: int = 0) -> int:
+    from engine.importance.racing import RacingSettings, task_drop
+    from engine.tasks.spec import load_suite
+    from engine.worker import _quiet_libraries
+
+    _quiet_libraries()
+    specs = {t.name: t for t in load_suite(suite).tasks}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recorded = RacingSettings(**records[0]["settings"])
+    for number, record in enumerate(records, 1):  # the replay must reproduce what was measured
+        full = task_drop(ReplayEvaluator(record, specs), racing=None)
+        raced = task_drop(ReplayEvaluator(record, specs), racing=recorded)
+        got = (full.proposal, full.forwards.layer_forwards, raced.proposal, raced.forwards.layer_forwards)
+        want = tuple(record[m][k] for m in ("full", "racing") for k in ("proposal", "layer_forwards"))
+        if got != want:
+            print(f"replay of iteration {number} does not reproduce the dump: {got} != {want}")
+            return 2
+    print(f"replay of {path}: {len(records)} iterations reproduced (proposals and layer-forwards) under {recorded}")
+    print(f"racing again with {settings}")
+    tally = Tally()
+    for number, record in enumerate(records, 1):
+        full = task_drop(ReplayEvaluator(record, specs), racing=None)
+        raced = task_drop(ReplayEvaluator(record, specs), racing=settings)
+        tally.add(number, record["layers"], full, raced)
+    status = tally.finish()
+    if seeds:
+        # Which items fall in the first slices is chance (a seeded shuffle); over many orders the
+        # share of races that keep the full proposal estimates how often the bound errs.
+        full = [task_drop(ReplayEvaluator(record, specs), racing=None) for record in records]
+        same, races, forwards = 0, 0, 0
+        for seed in range(seeds):
+            for record, whole in zip(records, full):
+                raced = task_drop(ReplayEvaluator(record, specs), racing=replace(settings, seed=seed))
+                same += raced.proposal == whole.proposal
+                races += 1
+                forwards += raced.forwards.layer_forwards
+        total = sum(f.forwards.layer_forwards for f in full) * seeds
+        print(
+            f"item orders 0..{seeds - 1}: {races} races, the full proposal kept in {same} ({same / races:.1%}); "
+            f"layer-forwards {total / forwards:.2f}x fewer than full scoring"
+        )
+        status = max(status, 0 if same >= 0.9 * races else 1)
+    return status
 
 
 if __name__ == "__main__":

@@ -159,3 +159,70 @@ def test_racing_bound_widens_for_variances_estimated_on_few_items(tmp_path):
     _, out = _eliminate(wide, [0, 1], {"t": spec}, {"t": 10 * many}, z=3.0)
     gap, se, k = out[1]
     assert 3.0 < k < 3.05 and gap > k * se
+
+
+def test_moderated_variances_borrow_strength_from_the_other_candidates(tmp_path):
+    # Many candidates on 3 items (2 degrees of freedom each) whose variances differ by chance alone:
+    # the prior takes them all, so each candidate's variance moves toward the pool and its degrees of
+    # freedom grow, which narrows the t bound (k) without changing any gap.
+    from engine.importance.racing import _moderate, _paired
+
+    rng = random.Random(0)
+    best = _scores([0.5, 0.6, 0.7])
+    stats = []
+    for _ in range(24):
+        other = _scores([v - 0.05 + rng.gauss(0, 0.01) for v in best.values])
+        stats.append(_paired(best, other))
+    raw = [list(s) for s in stats]
+    _moderate(stats)
+    pool = sorted(s[1] for s in raw)
+    assert all(s[2] > 2 for s in stats)  # more than the 2 each had alone
+    for before, after in zip(raw, stats):
+        assert after[0] == before[0]  # the gap is untouched
+        assert min(before[1], pool[len(pool) // 2]) <= after[1] * (1 + 1e-9) or after[1] <= before[1]
+    spread = lambda xs: max(xs) / min(xs)
+    assert spread([s[1] for s in stats]) < spread([s[1] for s in raw])
+    # Variances that differ for real (a hundredfold between halves) are barely moved.
+    real = [[0.0, 1e-4 * (100 if i % 2 else 1) * (1 + 0.1 * rng.random()), 40.0] for i in range(24)]
+    before = [list(s) for s in real]
+    _moderate(real)
+    assert all(abs(a[1] - b[1]) / b[1] < 0.5 for a, b in zip(real, before))
+    # Too few candidates to fit a prior: nothing changes.
+    few = [list(s) for s in raw[:2]]
+    _moderate(few)
+    assert few == raw[:2]
+
+
+def test_moderated_racing_finds_the_full_proposal(tmp_path):
+    suite, tok = _suite(tmp_path)
+    model = _trained_model(tmp_path, tok)
+    full = task_drop(SuiteEvaluator(model, tok, suite), racing=None)
+    raced = task_drop(SuiteEvaluator(model, tok, suite), racing=RacingSettings(variance="moderated"))
+    assert raced.proposal == full.proposal and raced.forwards.layer_forwards < full.forwards.layer_forwards
+    with pytest.raises(ValueError):
+        RacingSettings(variance="pooled")
+
+
+def test_replay_of_a_dump_reproduces_the_race(tmp_path):
+    # bench/racing.py --replay races again on recorded per-item results; its figures are only worth
+    # something if it counts and chooses exactly as the live evaluator does.
+    from bench.racing import Recorder, ReplayEvaluator, _record
+    from engine.models.surgery import layer_map
+
+    suite, tok = _suite(tmp_path)
+    model = _trained_model(tmp_path, tok)
+    evaluator = SuiteEvaluator(model, tok, suite)
+    recorder = Recorder(evaluator)
+    settings = RacingSettings()
+    runs = {"full": task_drop(recorder, racing=None), "racing": task_drop(evaluator, racing=settings)}
+    record = json.loads(json.dumps(_record(evaluator, layer_map(model), runs, recorder.scored, settings)))
+    specs = {t.name: t for t in suite.tasks}
+    for mode, racing in (("full", None), ("racing", settings)):
+        again = task_drop(ReplayEvaluator(record, specs), racing=racing)
+        live = runs[mode]
+        assert again.proposal == live.proposal
+        assert again.forwards.layer_forwards == live.forwards.layer_forwards
+        assert again.partial == live.partial
+        assert [r.eliminated.keys() for r in again.rounds] == [r.eliminated.keys() for r in live.rounds]
+        for i in live.drops:  # the live race batched its slices differently: rounding, no more
+            assert again.drops[i] == pytest.approx(live.drops[i], abs=1e-6)
