@@ -294,3 +294,29 @@ def test_the_cost_is_measured_on_the_exported_student(tiny, tmp_path):
     )
     page = (out / "report.html").read_text()
     assert "What the compression buys" in page and "decode" in page and (out / "cost.png").is_file()
+
+
+def test_figure_9_draws_a_parameter_line_for_each_weight_a_strategy_gives():
+    # reverse-order unties SmolLM2's tied head, so its students weigh 28 M more at every depth: one
+    # shared line would hide that; runs that weigh the same share a line and pool their depths.
+    from types import SimpleNamespace
+
+    from ild_tui.report.plots import _params
+
+    def run(strategy, params, model="smol"):
+        points = [{"removed": k, "params": v} for k, v in params.items()]
+        return SimpleNamespace(model=model, strategy=strategy, state=SimpleNamespace(curve=lambda part: points))
+
+    runs = [
+        run("iterative-distill", {0: 135, 1: 131, 2: 127}),
+        run("shortgpt", {0: 135, 3: 123}),
+        run("reverse-order", {0: 163, 1: 159}),
+        run("replaceme", {2: 127}),
+        run("iterative-distill", {0: 1000, 1: 900}, model="other"),
+        run("single", {0: 135}, model="lonely"),  # one point is no line
+    ]
+    assert _params(runs) == [
+        (["iterative-distill", "shortgpt", "replaceme"], {0: 135, 1: 131, 2: 127, 3: 123}),
+        (["reverse-order"], {0: 163, 1: 159}),
+        (["iterative-distill"], {0: 1000, 1: 900}),
+    ]

@@ -90,34 +90,49 @@ def _curves(ax, runs: list[ReportRun], part: str) -> bool:
 def aggregate_figure(runs: list[ReportRun], path: Path) -> Path | None:
     """The paper's Figure 9: the aggregate against layers removed, the teacher dashed, the
     parameter count on a second axis."""
-    fig = _figure(8.0, 4.6, right=0.9)
+    fig = _figure(8.0, 5.6, right=0.9, bottom=0.3)
     ax = fig.add_subplot()
     if not _curves(ax, runs, REPORT):
         return None
     ax.set_ylabel("aggregate (report part)")
-    params = _params(runs)
+    curves = _params(runs)
     handles, labels = ax.get_legend_handles_labels()
-    if params:
+    if curves:
         ax2 = ax.twinx()
-        for points in params.values():
+        shared = max(range(len(curves)), key=lambda i: len(curves[i][0]))
+        for number, (names, points) in enumerate(curves):
             xs = sorted(points)
-            ax2.plot(xs, [points[x] / 1e6 for x in xs], linestyle=":", linewidth=1.3, color="0.45")
+            style = dict(linestyle=(0, (1, 1 + 2 * number)), linewidth=1.3, color="0.45")
+            ax2.plot(xs, [points[x] / 1e6 for x in xs], **style)
+            handles.append(Line2D([], [], **style))
+            # The line most strategies share is "parameters"; the others name theirs.
+            whose = "" if number == shared else f", {', '.join(names)}"
+            labels.append(f"parameters{whose} (right axis)")
         ax2.set_ylabel("parameters (millions)")
-        handles.append(Line2D([], [], linestyle=":", color="0.45"))
-        labels.append("parameters (right axis)")
-    ax.legend(handles, labels, fontsize=8, loc="lower left")
+    # Below the axes: eight strategies and their labels would cover the curves inside.
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     ax.set_title("Aggregate against layers removed")
     return _save(fig, path)
 
 
-def _params(runs: list[ReportRun]) -> dict[str, dict[int, float]]:
-    """Parameters against layers removed, per model (every run of a model tells some points)."""
-    out: dict[str, dict[int, float]] = {}
+def _params(runs: list[ReportRun]) -> list[tuple[list[str], dict[int, float]]]:
+    """Parameter curves against layers removed, with the strategies on each. Runs of one model whose
+    students weigh the same at every depth they share make one curve (each run tells some points);
+    a run that weighs otherwise (reverse-order unties a tied head) makes its own."""
+    curves: list[tuple[str, list[str], dict[int, float]]] = []
     for r in runs:
-        for p in r.state.curve(REPORT):
-            if p["params"]:
-                out.setdefault(r.model, {}).setdefault(p["removed"], p["params"])
-    return {m: pts for m, pts in out.items() if len(pts) > 1}
+        points = {p["removed"]: p["params"] for p in r.state.curve(REPORT) if p["params"]}
+        if not points:
+            continue
+        for model, names, known in curves:
+            if model == r.model and all(known[x] == v for x, v in points.items() if x in known):
+                known.update(points)
+                if r.strategy not in names:
+                    names.append(r.strategy)
+                break
+        else:
+            curves.append((r.model, [r.strategy], dict(points)))
+    return [(names, points) for _, names, points in curves if len(points) > 1]
 
 
 def select_report_figure(runs: list[ReportRun], path: Path) -> Path | None:
