@@ -45,18 +45,23 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
         "train_head": False,
         "untie_head": False,
     },
-    "mse relative": {"mse_norm": "teacher"},
+    # Which layers train: the paper's adjacent pair against every layer, the last k, a radius.
     "trainable all": {"trainable": "all"},
+    "trainable last 3": {"trainable": "last", "trainable_k": 3},
+    "trainable radius 2": {"trainable": "radius", "trainable_k": 2},
+    # The KL's form and weight.
     "kl on logits": {"kl_input": "logits"},
     "reverse kl": {"direction": "reverse"},
-    "lr 3e-4": {"lr": 3e-4},
-    "no early stopping": {"early_stop": False},
-    "kl summed (paper's literal form)": {"reduction": "sum"},
-    "kl scale 1/1000": {"kl_scale": 0.001},
     "kl scale 1/10": {"kl_scale": 0.1},
+    "kl scale 1/1000": {"kl_scale": 0.001},
+    "kl summed (paper's literal form)": {"reduction": "sum"},
+    # Which hidden state the MSE compares.
     "mse last": {"hidden": "last"},
     "mse last_trainable": {"hidden": "last_trainable"},
-    "trainable radius 2": {"trainable": "radius", "trainable_k": 2},
+    "lr 3e-4": {"lr": 3e-4},
+    "no early stopping": {"early_stop": False},
+    # Last: on layers 28, 27, 26 the relative MSE changed nothing (0.2445 against 0.2446).
+    "mse relative": {"mse_norm": "teacher"},
 }
 
 
