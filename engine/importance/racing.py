@@ -299,6 +299,8 @@ def _critical(z: float, df: float) -> float:
     noisy, and with 3 items a task the normal's bound dropped the true best layer (bench/racing.py)."""
     from scipy.stats import norm, t
 
+    if math.isinf(df):  # a variance known exactly (a moderated one with an infinitely sure prior)
+        return z
     return float(t.ppf(norm.cdf(z), df))
 
 
