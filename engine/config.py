@@ -52,7 +52,9 @@ class HealSettings(_Strict):
     trainable: Literal["adjacent", "radius", "last", "all"] = "adjacent"
     trainable_k: int = Field(default=1, ge=1)
     train_norm: bool = False
-    train_head: bool = False
+    # "untied": train the head where the student has its own (an untied model, or untie_head), else
+    # the layers only; True on a tied head needs untie_head (training it would move the embedding)
+    train_head: bool | Literal["untied"] = False
     untie_head: bool = False  # give the student its own LM head (needed to train a head tied to the embedding)
     kl_scale: float = Field(default=0.01, ge=0)
     kl_reference_tokens: int = Field(default=4096, ge=1)

@@ -394,6 +394,23 @@ class Runner:
             return False
         return self.config.removals is None or self.depth == self.config.target_layers
 
+    def _train_head_if_untied(self) -> None:
+        """``heal.train_head=untied``: the head trains where the student has its own."""
+        import dataclasses
+
+        from engine.models.adapters import adapter_for
+
+        adapter = adapter_for(self.model)
+        own = adapter.lm_head.weight.data_ptr() != adapter.embed_tokens.weight.data_ptr()
+        trainable = dataclasses.replace(self.heal_config.trainable, train_head=own)
+        self.heal_config = dataclasses.replace(self.heal_config, trainable=trainable)
+        if not own:
+            extra = adapter.embed_tokens.weight.numel()
+            self.say(
+                "the LM head is tied to the input embedding: healing trains the layers only "
+                f"(heal.untie_head=true gives the student its own head to train, {extra / 1e6:.1f} M parameters more)"
+            )
+
     def _healer(self):
         from engine.distill.data import distill_blocks
         from engine.distill.heal import HealConfig, Healer, TeacherCache
@@ -425,6 +442,8 @@ class Runner:
 
             untie_head(self.model)
             self.modified.add("head")
+        if self.config.heal.train_head == "untied":
+            self._train_head_if_untied()
         return Healer(
             self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp"
         )

@@ -38,7 +38,12 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     # reverse-order's question (issue: untie the tied head and train it, or the last layers only?),
     # on the layers reverse-order removes first, the deepest ones before the final layer; the deep
     # rows above heal the same removals the paper's way (the adjacent layers)
-    "reverse-order: untied head + last 3": {"strategy": "reverse-order", "removals": [28, 27, 26]},
+    "reverse-order: untied head + last 3": {
+        "strategy": "reverse-order",
+        "removals": [28, 27, 26],
+        "train_head": True,
+        "untie_head": True,
+    },
     "reverse-order: last 3 only": {
         "strategy": "reverse-order",
         "removals": [28, 27, 26],

@@ -20,7 +20,7 @@ class TrainableConfig:
     choice: str = heal_default("trainable")  # "adjacent" | "radius" | "last" | "all"
     k: int = heal_default("trainable_k")  # radius around every gap, or how many last layers
     train_norm: bool = heal_default("train_norm")
-    train_head: bool = heal_default("train_head")
+    train_head: bool | str = heal_default("train_head")  # "untied" is resolved by the runner on the model
     allow_tied: bool = False
 
     def __post_init__(self):
@@ -87,6 +87,8 @@ def freeze_except(model: nn.Module, trainable: list[int], config: TrainableConfi
             params.append(p)
     if config.train_head:
         tied = adapter.lm_head.weight is adapter.embed_tokens.weight
+        if tied and config.train_head == "untied":  # the head trains only where it is the student's own
+            return params
         if tied and not config.allow_tied:
             raise ValueError(
                 "the LM head is tied to the input embedding: training it moves the embedding too "

@@ -34,7 +34,10 @@ STRATEGIES = {
             False,
             True,
             "remove the last layers before the final one; heal the LM head and the last three layers (Lu et al., ICLR 2026)",
-            heal_settings={"trainable": "last", "trainable_k": 3, "train_head": True, "untie_head": True},
+            # On a tied head (SmolLM2) the last three layers only: untying healed more (healing
+            # ablation, layers 28, 27, 26: 61.3 % against 58.9 % of the teacher) but the student
+            # then outweighs the teacher by the head's vocabulary x hidden matrix (+21 % here).
+            heal_settings={"trainable": "last", "trainable_k": 3, "train_head": "untied"},
         ),
         Strategy(
             "replaceme",
