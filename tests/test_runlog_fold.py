@@ -307,3 +307,17 @@ def test_the_teachers_size_is_run_starteds_even_where_its_eval_row_counted_an_un
     healed = ev("eval", 1, iteration=1, stage="after_healing", aggregate=0.6, tasks={"a": 0.6}, layers=5, params=1200)
     s = fold(with_seq([START[0], teacher, healed]))
     assert [p["params"] for p in s.curve()] == [1000, 1200]  # the student is bigger than its teacher
+
+
+def test_engine_time_leaves_out_the_time_between_a_stop_and_a_resume():
+    s = fold(with_seq(START + iteration(1, 4, 10)))  # one session, 0 .. 19
+    assert s.engine_time(now=500.0, alive=False) == 19 == s.duration(now=500.0, alive=False)
+    # Stopped at 19, resumed at 1,000 (a night later), worked until 1,030.
+    s.apply({"seq": 50, **ev("engine_started", 1000.0, pid=2, host="h")})
+    s.apply({"seq": 51, **ev("phase", 1030.0, iteration=2, phase="scoring", detail="")})
+    assert s.duration(now=2000.0, alive=False) == 1030
+    assert s.engine_time(now=2000.0, alive=False) == 19 + 30
+    assert s.engine_time(now=1100.0, alive=True) == 19 + 100  # live: the current session runs to now
+    s.apply({"seq": 52, **ev("run_finished", 1040.0, reason="target")})
+    assert s.engine_time(now=5000.0, alive=True) == 19 + 40
+    assert RunState().engine_time(now=5.0, alive=True) is None

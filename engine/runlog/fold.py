@@ -83,6 +83,10 @@ class RunState:
     rejected: dict = field(default_factory=dict)
     dir_mtime: float | None = field(default=None, compare=False)  # the run directory's (RunDir.mtime)
     last_event_t: float | None = field(default=None, compare=False)
+    # Engine sessions: the seconds of those ended (engine_started .. their last event) and the
+    # start of the latest, so a run's time between a stop and a resume is not counted as work.
+    engine_closed_s: float = field(default=0.0, compare=False)
+    session_start: float | None = field(default=None, compare=False)
     last_seq: int | None = field(default=None, compare=False)
     last_train: dict | None = field(default=None, compare=False)
     # Every healing step, kept only when asked for (a report's loss curves): nine events in ten of
@@ -169,6 +173,16 @@ class RunState:
             return None
         end = now if alive and self.outcome is None else self.last_event_t
         return None if end is None else max(0.0, end - start)
+
+    def engine_time(self, now: float, alive: bool | None = False) -> float | None:
+        """Seconds an engine was running the run: the sum over its sessions (from engine_started to
+        the session's last event; a live one to ``now``). Unlike ``duration`` it leaves out the time
+        between a stop or a crash and the resume; waiting for a person's decision counts."""
+        start = self.session_start if self.session_start is not None else self.started
+        if start is None:
+            return None
+        end = now if alive and self.outcome is None else self.last_event_t
+        return None if end is None else self.engine_closed_s + max(0.0, end - start)
 
     @property
     def pending_proposal(self) -> dict | None:
@@ -307,6 +321,11 @@ class RunState:
         if not is_valid(event):
             self.skipped += 1
             return False
+        if kind == "engine_started":
+            previous = self.session_start if self.session_start is not None else self.started
+            if previous is not None and self.last_event_t is not None:
+                self.engine_closed_s += max(0.0, self.last_event_t - previous)
+            self.session_start = event["t"]
         self.last_event_t = event["t"]
         self.last_seq = event["seq"]
         it = event.get("iteration")

@@ -105,6 +105,7 @@ RUN_COLUMNS = [
     "select_retention_pct",
     "removed",
     "duration_s",
+    "engine_s",
 ]
 
 
@@ -139,6 +140,7 @@ def run_rows(runs: list[ReportRun], now: float | None = None) -> list[dict]:
                 "select_retention_pct": _pct(s.retention(SELECT), 1.0),
                 "removed": " ".join(str(x) for x in s.removed_layers),
                 "duration_s": s.duration(now, r.status == "running"),
+                "engine_s": s.engine_time(now, r.status == "running"),
             }
         )
     return rows

@@ -176,7 +176,8 @@ def render(
         "% of teacher",
         *(["select final", "select % of teacher"] if selects else []),
         "removed (in order)",
-        "duration",
+        "engine time",
+        "since start",
     ]
     rows = []
     for r in run_rows:
@@ -193,6 +194,7 @@ def render(
                 fmt_pct(r["retention_pct"]),
                 *([fmt(r["select_aggregate"]), fmt_pct(r["select_retention_pct"])] if selects else []),
                 r["removed"] or "-",
+                fmt_duration(r["engine_s"]),
                 fmt_duration(r["duration_s"]),
             ]
         )
