@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     "trainable all": {"trainable": "all"},
     "trainable last 3": {"trainable": "last", "trainable_k": 3},
     "trainable radius 2": {"trainable": "radius", "trainable_k": 2},
+    # radius 2 healed best per second on 14, 13, 12: does it hold on other removals?
+    "deep 28,27,26: trainable radius 2": {"removals": [28, 27, 26], "trainable": "radius", "trainable_k": 2},
     # The KL's form and weight.
     "kl on logits": {"kl_input": "logits"},
     "reverse kl": {"direction": "reverse"},
