@@ -107,7 +107,9 @@ def main() -> int:
     for mode in (args.mode,):
         student = copy.deepcopy(teacher)
         remove_layers(student, args.remove_one)
-        trainable = choose_trainable(layer_map(student), len(layer_map(teacher)), args.remove_one, TrainableConfig())
+        trainable = choose_trainable(
+            layer_map(student), len(layer_map(teacher)), args.remove_one, TrainableConfig(k=1)
+        )  # the two neighbours, as measured
         config = HealConfig(
             batch_size=args.batch_size,
             cached=(mode != "plain"),

@@ -172,7 +172,9 @@ def worker(args) -> int:
 
     # --- healing: steps after one removal, the global batch shared out -----------------------------
     remove_layers(student, args.remove)
-    trainable = choose_trainable(layer_map(student), n, args.remove, TrainableConfig())
+    trainable = choose_trainable(
+        layer_map(student), n, args.remove, TrainableConfig(k=1)
+    )  # the two neighbours, as measured
     data = DataConfig(
         seq_len=args.seq_len,
         train_tokens=(args.steps + 1) * args.batch_size * args.seq_len,

@@ -9,10 +9,17 @@ def test_adjacent_to_the_newest_gap():
     # teacher 0..9, removed 4: current map [0,1,2,3,5,...]; the gap sits between current 3 and 4
     mapping = [0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert newest_gap(mapping, 4) == 4
-    assert choose_trainable(mapping, 10, 4, TrainableConfig()) == [3, 4]
-    # removing the first or last layer leaves one neighbour
-    assert choose_trainable([1, 2, 3], 4, 0, TrainableConfig()) == [0]
-    assert choose_trainable([0, 1, 2], 4, 3, TrainableConfig()) == [2]
+    pair = TrainableConfig(k=1)  # the paper's two neighbours
+    assert choose_trainable(mapping, 10, 4, pair) == [3, 4]
+    # the default: two on each side (the healing ablation measured it better at the same cost)
+    assert TrainableConfig().choice == "adjacent" and TrainableConfig().k == 2
+    assert choose_trainable(mapping, 10, 4, TrainableConfig()) == [2, 3, 4, 5]
+    # only the newest gap, not an older one (radius takes every gap)
+    assert choose_trainable([0, 2, 3, 4, 5, 7, 8, 9], 10, 6, TrainableConfig()) == [3, 4, 5, 6]
+    # removing the first or last layer leaves neighbours on one side only
+    assert choose_trainable([1, 2, 3], 4, 0, pair) == [0]
+    assert choose_trainable([0, 1, 2], 4, 3, pair) == [2]
+    assert choose_trainable([1, 2, 3], 4, 0, TrainableConfig()) == [0, 1]
 
 
 def test_radius_around_every_gap_and_last_and_all():
@@ -29,9 +36,9 @@ def test_freeze_trains_only_the_chosen_layers_and_never_tied_embeddings():
     model.config.tie_word_embeddings = True
     model.tie_weights()
     remove_layers(model, 2)
-    trainable = choose_trainable(layer_map(model), 6, 2, TrainableConfig())
+    trainable = choose_trainable(layer_map(model), 6, 2, TrainableConfig(k=1))
     assert trainable == [1, 2]
-    params = freeze_except(model, trainable, TrainableConfig())
+    params = freeze_except(model, trainable, TrainableConfig(k=1))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith(("model.layers.1.", "model.layers.2.")) for n in names)
     assert len(params) == len(names)

@@ -18,7 +18,7 @@ from engine.models.adapters import adapter_for
 @dataclass(frozen=True)
 class TrainableConfig:
     choice: str = heal_default("trainable")  # "adjacent" | "radius" | "last" | "all"
-    k: int = heal_default("trainable_k")  # radius around every gap, or how many last layers
+    k: int = heal_default("trainable_k")  # layers each side of the newest gap / every gap, or how many last ones
     train_norm: bool = heal_default("train_norm")
     train_head: bool | str = heal_default("train_head")  # "untied" is resolved by the runner on the model
     allow_tied: bool = False
@@ -52,7 +52,8 @@ def choose_trainable(
     layer_map: list[int], teacher_layers: int, removed_original: int | list[int], config: TrainableConfig
 ) -> list[int]:
     """Current indices of the layers to train; ``removed_original``: the layer(s) this healing
-    repairs (adjacent trains the two neighbours of each of their gaps)."""
+    repairs (adjacent trains the ``k`` layers on each side of each of their gaps: k = 1 is the
+    paper's pair of neighbours)."""
     n = len(layer_map)
     if config.choice == "all":
         return list(range(n))
@@ -62,7 +63,7 @@ def choose_trainable(
     centres = (
         [newest_gap(layer_map, o) for o in removed] if config.choice == "adjacent" else gaps(layer_map, teacher_layers)
     )
-    radius = 1 if config.choice == "adjacent" else config.k
+    radius = config.k
     chosen = set()
     for g in centres:
         for j in range(g - radius, g + radius):
