@@ -20,6 +20,7 @@ proposals of the settings the dump ran with, then races with the settings given.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -244,22 +245,10 @@ class ReplayEvaluator:
     layer-forwards counted per sequence as ``candidate_hidden`` counts them (shared prefix)."""
 
     def __init__(self, record: dict, specs: dict):
-        from transformers import LlamaConfig, LlamaForCausalLM
-
         from engine.tasks.evaluate import ForwardCount, ItemScores
 
         n = len(record["layers"])
-        # Only its layer count is read (``adapter_for(model).num_layers``).
-        self.model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=8,
-                hidden_size=8,
-                intermediate_size=8,
-                num_hidden_layers=n,
-                num_attention_heads=1,
-                num_key_value_heads=1,
-            )
-        )
+        self.model = _stand_in(n)
         self.n = n
         self.tasks = [_Task(specs[t]) for t in record["sequences"]]
         self.forwards = ForwardCount()
@@ -299,6 +288,15 @@ class ReplayEvaluator:
         return out
 
 
+@functools.cache
+def _stand_in(layers: int):
+    """A minute model with this many layers: ``task_drop`` reads only ``adapter_for(model).num_layers``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_attention_heads=1, num_key_value_heads=1)
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **shape))
+
+
 class _Task:
     def __init__(self, spec):
         self.spec = spec
@@ -313,10 +311,10 @@ def replay(path: Path, suite: str, settings, seeds: int = 0) -> int:
     specs = {t.name: t for t in load_suite(suite).tasks}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     recorded = RacingSettings(**records[0]["settings"])
-    for number, record in enumerate(records, 1):  # the replay must reproduce what was measured
-        full = task_drop(ReplayEvaluator(record, specs), racing=None)
+    full = [task_drop(ReplayEvaluator(record, specs), racing=None) for record in records]
+    for number, (record, whole) in enumerate(zip(records, full), 1):  # the replay must reproduce what was measured
         raced = task_drop(ReplayEvaluator(record, specs), racing=recorded)
-        got = (full.proposal, full.forwards.layer_forwards, raced.proposal, raced.forwards.layer_forwards)
+        got = (whole.proposal, whole.forwards.layer_forwards, raced.proposal, raced.forwards.layer_forwards)
         want = tuple(record[m][k] for m in ("full", "racing") for k in ("proposal", "layer_forwards"))
         if got != want:
             print(f"replay of iteration {number} does not reproduce the dump: {got} != {want}")
@@ -324,15 +322,13 @@ def replay(path: Path, suite: str, settings, seeds: int = 0) -> int:
     print(f"replay of {path}: {len(records)} iterations reproduced (proposals and layer-forwards) under {recorded}")
     print(f"racing again with {settings}")
     tally = Tally()
-    for number, record in enumerate(records, 1):
-        full = task_drop(ReplayEvaluator(record, specs), racing=None)
+    for number, (record, whole) in enumerate(zip(records, full), 1):
         raced = task_drop(ReplayEvaluator(record, specs), racing=settings)
-        tally.add(number, record["layers"], full, raced)
+        tally.add(number, record["layers"], whole, raced)
     status = tally.finish()
     if seeds:
         # Which items fall in the first slices is chance (a seeded shuffle); over many orders the
         # share of races that keep the full proposal estimates how often the bound errs.
-        full = [task_drop(ReplayEvaluator(record, specs), racing=None) for record in records]
         same, races, forwards = 0, 0, 0
         for seed in range(seeds):
             for record, whole in zip(records, full):

@@ -95,11 +95,11 @@ def module_tensors(model, groups: list[str]) -> dict[str, torch.Tensor]:
 
 def load_module_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
     """Copy saved tensors into a student whose layers were already removed."""
+    from engine.models.surgery import head_is_tied, untie_head
+
     adapter = adapter_for(model)
     mapping = adapter.layer_map()
-    if any(key.startswith("head.") for key in tensors) and adapter.lm_head.weight is adapter.embed_tokens.weight:
-        from engine.models.surgery import untie_head
-
+    if any(key.startswith("head.") for key in tensors) and head_is_tied(model):
         untie_head(model)
     with torch.no_grad():
         for key, value in tensors.items():

@@ -399,13 +399,13 @@ class Runner:
         import dataclasses
 
         from engine.models.adapters import adapter_for
+        from engine.models.surgery import head_is_tied
 
-        adapter = adapter_for(self.model)
-        own = adapter.lm_head.weight.data_ptr() != adapter.embed_tokens.weight.data_ptr()
+        own = not head_is_tied(self.model)
         trainable = dataclasses.replace(self.heal_config.trainable, train_head=own)
         self.heal_config = dataclasses.replace(self.heal_config, trainable=trainable)
         if not own:
-            extra = adapter.embed_tokens.weight.numel()
+            extra = adapter_for(self.model).embed_tokens.weight.numel()
             self.say(
                 "the LM head is tied to the input embedding: healing trains the layers only "
                 f"(heal.untie_head=true gives the student its own head to train, {extra / 1e6:.1f} M parameters more)"

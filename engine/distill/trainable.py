@@ -13,6 +13,7 @@ from torch import nn
 
 from engine.config import heal_default
 from engine.models.adapters import adapter_for
+from engine.models.surgery import head_is_tied
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def freeze_except(model: nn.Module, trainable: list[int], config: TrainableConfi
             p.requires_grad_(True)
             params.append(p)
     if config.train_head:
-        tied = adapter.lm_head.weight is adapter.embed_tokens.weight
+        tied = head_is_tied(model)
         if tied and config.train_head == "untied":  # the head trains only where it is the student's own
             return params
         if tied and not config.allow_tied:

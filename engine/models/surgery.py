@@ -123,6 +123,13 @@ class skipping:
                 delattr(self.model.config, field)
 
 
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the LM head is the input embedding's matrix (one parameter, or two views of one storage)."""
+    adapter = adapter_for(model)
+    head, embedding = adapter.lm_head.weight, adapter.embed_tokens.weight
+    return head is embedding or head.data_ptr() == embedding.data_ptr()
+
+
 def untie_head(model: nn.Module) -> bool:
     """Give the LM head its own weight (a copy of the embedding it was tied to); True if it was tied.
 
@@ -132,7 +139,7 @@ def untie_head(model: nn.Module) -> bool:
     """
     adapter = adapter_for(model)
     head, embedding = adapter.lm_head, adapter.embed_tokens
-    tied = head.weight is embedding.weight or head.weight.data_ptr() == embedding.weight.data_ptr()
+    tied = head_is_tied(model)
     if tied:
         head.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=embedding.weight.requires_grad)
     for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():

@@ -168,21 +168,24 @@ class RunState:
 
     def duration(self, now: float, alive: bool | None = False) -> float | None:
         """Seconds since the start: a live run counts to ``now``, an ended or dead one to its last event."""
-        start = self.started
-        if start is None:
+        start, end = self.started, self._end(now, alive)
+        if start is None or end is None:
             return None
-        end = now if alive and self.outcome is None else self.last_event_t
-        return None if end is None else max(0.0, end - start)
+        return max(0.0, end - start)
 
     def engine_time(self, now: float, alive: bool | None = False) -> float | None:
         """Seconds an engine was running the run: the sum over its sessions (from engine_started to
         the session's last event; a live one to ``now``). Unlike ``duration`` it leaves out the time
         between a stop or a crash and the resume; waiting for a person's decision counts."""
         start = self.session_start if self.session_start is not None else self.started
-        if start is None:
+        end = self._end(now, alive)
+        if start is None or end is None:
             return None
-        end = now if alive and self.outcome is None else self.last_event_t
-        return None if end is None else self.engine_closed_s + max(0.0, end - start)
+        return self.engine_closed_s + max(0.0, end - start)
+
+    def _end(self, now: float, alive: bool | None) -> float | None:
+        """Where the run's time stops: ``now`` while it is live, else its last event."""
+        return now if alive and self.outcome is None else self.last_event_t
 
     @property
     def pending_proposal(self) -> dict | None:
