@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args.removals = [int(x) for x in args.removals.split(",")]
     chosen = {k: v for k, v in VARIANTS.items() if args.only is None or k in args.only.split(",")}
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    # Rows measured earlier (in a runs directory that is gone, on another machine or session) stay
+    # in the table until a run here replaces them: one table grows over several sessions.
+    rows = _earlier_rows(args.out)
     for name, settings in chosen.items():
         if args.table_only:
             run = args.runs_dir / slug(name)
@@ -185,13 +187,29 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         else:
             run = run_variant(args.runs_dir, name, settings, args)
-        rows.append(row(name, settings, run, args.removals))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:  # rewritten after every variant: results arrive as they finish
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        rows[name] = row(name, settings, run, args.removals)
+        _write(args.out, rows)  # rewritten after every variant: results arrive as they finish
     return 0
+
+
+def _earlier_rows(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {r["variant"]: r for r in csv.DictReader(f)}
+
+
+def _write(path: Path, rows: dict[str, dict]) -> None:
+    """One row per variant in the order VARIANTS lists them (rows of variants no longer listed last)."""
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    ranked = sorted(rows.values(), key=lambda r: order.get(r["variant"], len(order)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(ranked[0]))
+        writer.writeheader()
+        writer.writerows(ranked)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
