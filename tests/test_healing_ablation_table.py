@@ -49,3 +49,17 @@ def test_a_row_of_a_variant_no_longer_listed_is_kept_last(tmp_path):
     tool._write(out, {"retired": _row("retired", 0.1), "default": _row("default", 0.2)})
     with open(out, newline="") as f:
         assert [r["variant"] for r in csv.DictReader(f)] == ["default", "retired"]
+
+
+def test_only_takes_whole_names_with_their_commas(tmp_path):
+    tool = _tool()
+    deep = "deep 28,27,26: lr 3e-4"
+    assert deep in tool.VARIANTS  # a name that a comma-separated list would cut in three
+    out = tmp_path / "table.csv"
+    assert tool.main(["--table-only", "--only", deep, "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    try:
+        tool.main(["--table-only", "--only", "deep 28", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
+    except SystemExit as exc:
+        assert "unknown variant 'deep 28'" in str(exc)
+    else:
+        raise AssertionError("an unknown variant was taken")
