@@ -284,9 +284,12 @@ class Heatmap(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         base = self.rich_style
         d = self.data
-        if not d.layers:
+        if not d.layers or (d.removed_at and not d.iterations):
             if y == 1:
                 msg = "no importance scores yet"
+                if d.layers:  # layers removed, none scored: a fixed-removal run (--removals)
+                    removed = sorted(d.removed_at, key=lambda layer: (d.removed_at[layer], layer))
+                    msg = f"fixed removals, nothing scored: {', '.join(map(str, removed))}"
                 return Strip(
                     [Segment(msg.center(width)[:width], base + Style(italic=True, dim=True))], width
                 ).crop_extend(0, width, base)
