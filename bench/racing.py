@@ -242,7 +242,7 @@ def _record(evaluator, mapping, runs, scored, settings) -> dict:
 
 class ReplayEvaluator:
     """What ``task_drop`` asks of an evaluator, served from a dump: per-item results looked up,
-    layer-forwards counted per sequence as ``candidate_hidden`` counts them (shared prefix)."""
+    layer-forwards counted per sequence by ``candidate_layers``, as the live evaluator counts them."""
 
     def __init__(self, record: dict, specs: dict):
         from engine.tasks.evaluate import ForwardCount, ItemScores
@@ -264,18 +264,11 @@ class ReplayEvaluator:
         return {t: list(s.items) for t, s in self.scores[None].items()}
 
     def evaluate_items(self, candidates, shared=True, progress=None, items=None):
+        from engine.tasks.evaluate import candidate_layers
+
         assert shared, "the replay counts the shared-prefix path"
         candidates = list(dict.fromkeys(candidates))
-        last = self.n - 1
-
-        def start_of(c):
-            return last if c is None else (last - 1 if c == last and last > 0 else c)
-
-        def own(c):  # layers run after the prefix, as candidate_hidden's run() counts them
-            start = start_of(c)
-            return sum(1 for i in range(start if c is None or start != c else c + 1, self.n) if i != c)
-
-        per_sequence = max(start_of(c) for c in candidates) + sum(own(c) for c in candidates)
+        per_sequence = candidate_layers(candidates, self.n, shared=True, at_rows=True)
         out = {c: {} for c in candidates}
         for t, recorded in self.scores[None].items():
             if items is not None and t not in items:

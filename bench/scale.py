@@ -53,23 +53,9 @@ def main() -> int:
         if n == 1:
             command = [sys.executable, *script]
         else:
-            command = [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--multi_gpu",
-                "--num_processes",
-                str(n),
-                "--num_machines",
-                "1",
-                "--main_process_port",
-                "0",
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-                *script,
-            ]
+            from engine.distributed.supervise import one_host_flags
+
+            command = [sys.executable, "-m", "accelerate.commands.launch", *one_host_flags(n), *script]
         started = time.perf_counter()
         out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]

@@ -673,6 +673,48 @@ def export(run_ref, out, force, runs_dir):
 
 
 @main.command()
+@click.argument("run_a", metavar="RUN_A")
+@click.argument("run_b", metavar="RUN_B|teacher")
+@click.option(
+    "--part",
+    type=click.Choice(["report", "select"]),
+    default="report",
+    show_default=True,
+    help="Which items: the report part and the report suite, or the selection part.",
+)
+@click.option("--resamples", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--level", type=float, default=0.95, show_default=True, help="The interval's coverage.")
+@click.option("--device", default=None, help="cpu, cuda, ... (default: the best there is).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result here.")
+@runs_dir_option
+def paired(run_a, run_b, part, resamples, level, device, json_out, runs_dir):
+    """Is RUN_A's student better than RUN_B's (or than its teacher), or just luckier?
+
+    Both are scored item by item on the same items and compared by a paired bootstrap: each
+    task's score difference and the aggregate's, with an interval and a p-value.
+
+    Example: ild paired iterative-distill iterative-pruning --runs-dir study/runs
+    """
+    import subprocess
+
+    from .launch import ENGINE, _engine_env
+    from .runs import RunNotFound, find_run
+
+    try:
+        paths = [str(find_run(runs_dir, ref).path) if ref != "teacher" else ref for ref in (run_a, run_b)]
+    except RunNotFound as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    command = [ENGINE[0], "-m", "engine.paired", *paths, "--part", part, "--resamples", str(resamples)]
+    command += ["--level", str(level)]
+    for flag, value in (("--device", device), ("--json", json_out)):
+        if value:
+            command += [flag, value]
+    code = subprocess.call(command, env=_engine_env())
+    if code:
+        sys.exit(code)
+
+
+@main.command()
 @click.argument("run_refs", metavar="RUN [RUN...]", nargs=-1, required=True)
 @click.option(
     "--out",

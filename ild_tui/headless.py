@@ -87,6 +87,8 @@ class HeadlessView:
             elif (phase, detail) != self.last_phase and event.get("done") is None:
                 self.line(f"[{it}] {phase} {detail}".rstrip())
             self.last_phase = (phase, detail)
+        elif kind == "train_step":
+            self._train_step(event)
         elif kind == "importance":
             scores = {k: v for k, v in event["scores"].items() if v is not None}
             lowest = sorted(scores.items(), key=lambda kv: kv[1])[:3]
@@ -121,3 +123,14 @@ class HeadlessView:
         elif kind == "run_failed":
             self.failed = event
             self.line(f"failed: {event.get('error')} — {event.get('hint', '')}")
+
+    def _train_step(self, event: dict) -> None:
+        """Healing emits steps, not phases: the bar counts them; piped, a line every quarter."""
+        it, step, steps = event.get("iteration"), event["step"], event.get("steps")
+        if self.progress is not None:
+            self.progress.update(self.task_id, description=f"[{it}] healing: step", total=steps, completed=step)
+            return
+        if step == 1 or step == steps or (steps and step % max(1, steps // 4) == 0):
+            of = f"/{steps}" if steps else ""
+            terms = f" (kl term {_fmt(event.get('kl_term'), 4)}, mse term {_fmt(event.get('mse_term'), 4)})"
+            self.line(f"[{it}] healing step {step}{of}: loss {_fmt(event.get('loss'), 4)}" + terms)

@@ -16,6 +16,17 @@ from engine.runlog.events import EventWriter
 from engine.runlog.layout import RunDir
 
 ILD = str(Path(sys.executable).with_name("ild"))
+ENGINE = [sys.executable, "-m", "engine.worker"]
+# Healing small enough for a tiny model on two cores, with a checkpoint after every step (so that a
+# kill or a stop always has a partial healing to resume from).
+TINY_HEAL = {
+    "train_tokens": 1536,
+    "seq_len": 32,
+    "batch_size": 4,
+    "heldout_tokens": 256,
+    "lr": 0.001,
+    "checkpoint_every_s": 0.001,
+}
 
 
 def ild(*args, cwd=None) -> subprocess.CompletedProcess:

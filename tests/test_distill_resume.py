@@ -4,24 +4,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from engine.runlog.fold import fold
 from engine.runlog.tailer import EventTailer, read_all
-from tests.support import ild
+from tests.support import ENGINE, TINY_HEAL, ild
 
-ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {
-    "train_tokens": 1536,
-    "seq_len": 32,
-    "batch_size": 4,
-    "heldout_tokens": 256,
-    "lr": 0.001,
-    "checkpoint_every_s": 0.001,
-}
+HEAL = TINY_HEAL
 
 
 def _create(run_dir, tiny_root, name):

@@ -22,20 +22,12 @@ from engine.distributed.supervise import launch_command
 from engine.runlog.fold import fold
 from engine.runlog.tailer import EventTailer, read_all
 from engine.tasks.evaluate import ItemScores
-from tests.support import ild, run_args
+from tests.support import ENGINE, TINY_HEAL, ild, run_args
 
 # Each run below is two engine processes (plus the launcher) on a 2-core machine: never two at once.
 pytestmark = pytest.mark.xdist_group("distributed")
 
-ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {
-    "train_tokens": 1536,
-    "seq_len": 32,
-    "batch_size": 4,
-    "heldout_tokens": 256,
-    "lr": 0.001,
-    "checkpoint_every_s": 0.001,
-}
+HEAL = TINY_HEAL
 # Fewer tasks than the shared tiny suite (every kind still there): each run here is two processes on two cores.
 SUITE = """
 name: tiny-dist

@@ -6,23 +6,15 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from engine.runlog.fold import fold
 from engine.runlog.tailer import read_all
+from tests.support import ENGINE, TINY_HEAL
 
-ENGINE = [sys.executable, "-m", "engine.worker"]
-HEAL = {
-    "train_tokens": 768,
-    "seq_len": 32,
-    "batch_size": 4,
-    "heldout_tokens": 256,
-    "lr": 0.001,
-    "checkpoint_every_s": 0.001,
-}
+HEAL = {**TINY_HEAL, "train_tokens": 768}  # every kill restarts an engine: half the healing
 # Two cheap tasks: every kill restarts an engine, so the run itself must cost little.
 LEAN_SUITE = """
 name: lean

@@ -58,3 +58,41 @@ def test_events_with_wrong_field_types_are_skipped_not_fatal(tmp_path):
         )
     assert view.skipped == 2
     assert "aggregate - (a -)" in (tmp_path / "out").read_text()
+
+
+def _step(step: int, steps: int = 64) -> dict:
+    return {
+        "seq": next(_seq),
+        "t": 1.0,
+        "type": "train_step",
+        "iteration": 3,
+        "step": step,
+        "steps": steps,
+        "loss": 2.0,
+        "kl_term": 1.5,
+        "mse_term": 0.5,
+    }
+
+
+def test_healing_counts_its_steps_not_the_teacher_cache(tmp_path):
+    with open(tmp_path / "out", "w") as out, HeadlessView(Console(file=out, force_terminal=True, width=100)) as view:
+        view.handle(_phase(iteration=3, phase="healing", detail="layers [10, 11] (original)"))
+        view.handle(_phase(iteration=3, phase="healing", detail="teacher cache", done=0, total=1))
+        view.handle(_step(29))
+        assert (_bar(view).completed, _bar(view).total, _bar(view).description) == (29, 64, "[3] healing: step")
+
+
+def test_piped_healing_prints_a_line_a_quarter(tmp_path):
+    with open(tmp_path / "out", "w") as out:
+        view = HeadlessView(Console(file=out, width=200))
+        for step in range(1, 65):
+            view.handle(_step(step))
+    lines = [line for line in (tmp_path / "out").read_text().splitlines() if "healing step" in line]
+    assert [line.split("healing step ")[1].split(":")[0] for line in lines] == [
+        "1/64",
+        "16/64",
+        "32/64",
+        "48/64",
+        "64/64",
+    ]
+    assert lines[0].endswith("loss 2.0000 (kl term 1.5000, mse term 0.5000)")

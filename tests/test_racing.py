@@ -226,3 +226,36 @@ def test_replay_of_a_dump_reproduces_the_race(tmp_path):
         assert [r.eliminated.keys() for r in again.rounds] == [r.eliminated.keys() for r in live.rounds]
         for i in live.drops:  # the live race batched its slices differently: rounding, no more
             assert again.drops[i] == pytest.approx(live.drops[i], abs=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("at_rows", [True, False])
+def test_the_count_is_the_layers_run(shared, at_rows):
+    """``candidate_layers`` (what the evaluator, the ranks' shares and the replay count) against the
+    attention blocks that actually ran, on every path of ``candidate_hidden``."""
+    from engine.models.adapters import adapter_for
+    from engine.tasks.evaluate import ForwardCount, candidate_hidden
+    from tests.tiny_models import batch
+
+    model = tiny_model("llama").eval()
+    adapter = adapter_for(model)
+    n = adapter.num_layers
+    ids, mask = batch()
+    rows, cols = (
+        (torch.arange(ids.shape[0]), torch.full((ids.shape[0],), ids.shape[1] - 1)) if at_rows else (None, None)
+    )
+    ran = []
+    handles = [
+        layer.self_attn.register_forward_pre_hook(lambda m, a, k: ran.append(1), with_kwargs=True)
+        for layer in adapter.layers
+    ]
+    try:
+        for candidates in ([None, *range(n)], [n - 1], [None, 0], [2, n - 1]):
+            ran.clear()
+            counter = ForwardCount()
+            with torch.no_grad():
+                candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols, counter=counter)
+            assert counter.layer_forwards == len(ran) * ids.shape[0], candidates
+    finally:
+        for h in handles:
+            h.remove()

@@ -283,3 +283,38 @@ async def test_panels_show_what_newer_engines_log(tmp_path):
         assert "select" in str(screen.query_one("#score-chart", BrailleChart).render())
         assert screen.status == "finished"
         assert any("run finished (floor)" in line.text for line in screen.model.lines)
+
+
+async def test_a_fixed_removal_run_while_it_heals(tmp_path):
+    """``--removals``: nothing is scored, so the heatmap names the removals instead of an empty
+    grid; healing emits steps, not phases, so the header counts steps (not the teacher cache's 0/1)."""
+    from engine.runlog.layout import create
+
+    run = tmp_path / "runs" / "fixed"
+    create(run)
+    started = {"type": "run_started", "name": "fixed", "model": "m", "strategy": "iterative-distill"}
+    events = [{**started, "start_layers": 30, "target_layers": 27, "mode": "auto"}]
+    remaining = list(range(30))
+    for it, layer in enumerate([14, 13, 12], start=1):
+        remaining.remove(layer)
+        events += [
+            {"type": "decision", "iteration": it, "layer": layer, "by": "fixed", "proposed": None},
+            {"type": "layer_removed", "iteration": it, "layer": layer, "remaining": list(remaining)},
+        ]
+    events += [
+        {"type": "phase", "iteration": 3, "phase": "healing", "detail": "layers [10, 11, 15, 16] (original)"},
+        {"type": "phase", "iteration": 3, "phase": "healing", "detail": "teacher cache", "done": 0, "total": 1},
+    ]
+    events += [
+        {"type": "train_step", "iteration": 3, "step": s, "steps": 64, "loss": 2.0, "kl_term": 1.5, "mse_term": 0.5}
+        for s in (1, 2, 3)
+    ]
+    append_events(run, *events)
+    with hold_lock(run):
+        app = make_app(run.parent, run)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_live(app, pilot)
+            hm = screen.query_one(Heatmap)
+            assert "fixed removals, nothing scored: 14, 13, 12" in "".join(seg.text for seg in hm.render_line(1))
+            header = str(screen.query_one("#run-header").render())
+            assert "healing (step 3/64)" in header and "teacher cache" not in header

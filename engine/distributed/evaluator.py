@@ -27,6 +27,7 @@ from engine.tasks.evaluate import (
     Progress,
     SuiteEvaluator,
     scores_per_task,
+    shared_cost,
 )
 
 from .ranks import Ranks
@@ -35,12 +36,9 @@ _COLUMNS = ("items", "values", "weights", "predictions", "references", "groups")
 
 
 def candidate_cost(candidate: Candidate, num_layers: int) -> tuple[int, int]:
-    """(the shared prefix it needs, its own layers): candidate i continues from layer i's input
-    through the layers above; the model itself reads the last layer's input."""
-    last = num_layers - 1
-    if candidate is None:
-        return last, 1
-    return candidate, last - candidate
+    """(the shared prefix it needs, its own layers), as ``candidate_hidden`` runs it on the scored
+    rows: candidate i continues from layer i's input through the layers above."""
+    return shared_cost(candidate, num_layers, at_rows=True)
 
 
 def assign_candidates(candidates: list[Candidate], num_layers: int, size: int) -> list[list[Candidate]]:

@@ -67,6 +67,25 @@ def processes_in(accelerate_config: str) -> int:
     return int(data.get("num_processes") or 1)
 
 
+def one_host_flags(processes: int) -> list[str]:
+    """``accelerate launch`` flags for ranks on this machine alone: torchrun's launcher
+    (accelerate's --multi_gpu path; on a CPU-only host the ranks then join over gloo), and a free
+    port so that several runs can share a host."""
+    return [
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+
+
 def launch_command(
     run_dir: Path,
     processes: int,
@@ -90,21 +109,7 @@ def launch_command(
         if main_process_port:
             command += ["--main_process_port", str(main_process_port)]
     else:
-        # One machine: torchrun's launcher (accelerate's --multi_gpu path; on a CPU-only host the
-        # ranks then join over gloo), a free port so that several runs can share a host.
-        command += [
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            "0",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
+        command += one_host_flags(processes)
     if threads:
         command += ["--num_cpu_threads_per_process", str(threads)]
     return [*command, *WORKER, str(run_dir)]

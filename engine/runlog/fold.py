@@ -324,17 +324,12 @@ class RunState:
         if not is_valid(event):
             self.skipped += 1
             return False
-        if kind == "engine_started":
-            previous = self.session_start if self.session_start is not None else self.started
-            if previous is not None and self.last_event_t is not None:
-                self.engine_closed_s += max(0.0, self.last_event_t - previous)
-            self.session_start = event["t"]
-        self.last_event_t = event["t"]
-        self.last_seq = event["seq"]
         it = event.get("iteration")
         if it is not None:
             self.iteration = it
-        handler(self, event, self.events_seen)
+        handler(self, event, self.events_seen)  # before the clock moves on: a handler sees the previous event's time
+        self.last_event_t = event["t"]
+        self.last_seq = event["seq"]
         return True
 
     def _mark(self, kind: str, key: Any, n: int) -> None:
@@ -362,6 +357,11 @@ def _run_started(s: RunState, e: dict, n: int) -> None:
 def _engine_started(s: RunState, e: dict, n: int) -> None:
     s.outcome = s.finished = s.failure = None
     s.paused = False
+    # The session before this one ended at its last event.
+    previous = s.session_start if s.session_start is not None else s.started
+    if previous is not None and s.last_event_t is not None:
+        s.engine_closed_s += max(0.0, s.last_event_t - previous)
+    s.session_start = e["t"]
 
 
 def _phase(s: RunState, e: dict, n: int) -> None:

@@ -487,47 +487,61 @@ def candidate_hidden(
     without it every candidate starts from the embeddings. ``counter`` counts the layers run.
     """
     inputs = adapter.prepare(ids, mask)
-    n, last = adapter.num_layers, adapter.num_layers - 1
-    sequences, tokens = ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
-
-    def run(start: int, skip: Candidate = None):
-        if counter is not None:
-            counter.add(sum(1 for i in range(start, n) if i != skip), sequences, tokens)
+    n = adapter.num_layers
+    at_rows = rows is not None
+    if counter is not None:
+        sequences, tokens = ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
+        counter.add(candidate_layers(candidates, n, shared, at_rows), sequences, tokens)
 
     finals: dict[Candidate, torch.Tensor] = {}
     if not shared:
         for c in candidates:
-            run(0, c)
             finals[c] = adapter.run_layers(inputs.hidden, inputs, skip=c, rows=rows, cols=cols)
         return finals
 
-    def start_of(c: Candidate) -> int:
-        if c is None:
-            return last
-        # Without the last layer, layer last-1 is the one read at the rows: run it as the naive
-        # path does, so the two give the same numbers to the bit.
-        return last - 1 if c == last and rows is not None and last > 0 else c
-
-    deepest = max(start_of(c) for c in candidates)
+    deepest = max(shared_start(c, n, at_rows) for c in candidates)
     layer_inputs, hidden = [], inputs.hidden
     for index in range(deepest + 1):
         layer_inputs.append(hidden)
         if index < deepest:
             hidden = adapter.run_layer(index, hidden, inputs)
-    if counter is not None:
-        counter.add(deepest, sequences, tokens)
     for c in candidates:
-        start = start_of(c)
+        start = shared_start(c, n, at_rows)
         if c is None:
-            run(start)
             finals[c] = adapter.run_layers(layer_inputs[start], inputs, start=start, rows=rows, cols=cols)
         elif start != c:
-            run(start, skip=c)
             finals[c] = adapter.run_layers(layer_inputs[start], inputs, start=start, skip=c, rows=rows, cols=cols)
         else:
-            run(c + 1)
             finals[c] = adapter.run_layers(layer_inputs[c], inputs, start=c + 1, rows=rows, cols=cols)
     return finals
+
+
+def shared_start(candidate: Candidate, num_layers: int, at_rows: bool) -> int:
+    """The layer whose stored input ``candidate_hidden`` continues a candidate from on the shared
+    path: its own (it runs the layers above it); the last layer's for the full model."""
+    last = num_layers - 1
+    if candidate is None:
+        return last
+    # Without the last layer, layer last-1 is the one read at the rows: run it as the naive path
+    # does, so the two give the same numbers to the bit.
+    return last - 1 if candidate == last and at_rows and last > 0 else candidate
+
+
+def shared_cost(candidate: Candidate, num_layers: int, at_rows: bool) -> tuple[int, int]:
+    """(the shared prefix a candidate needs, the layers it runs after it) on the shared path."""
+    start = shared_start(candidate, num_layers, at_rows)
+    if start == candidate:
+        return start, num_layers - candidate - 1
+    return start, sum(1 for i in range(start, num_layers) if i != candidate)
+
+
+def candidate_layers(candidates: list[Candidate], num_layers: int, shared: bool, at_rows: bool) -> int:
+    """Decoder layers one sequence goes through when ``candidate_hidden`` scores these candidates:
+    the one count of that work (the evaluator's ForwardCount, the ranks' shares, the racing replay)."""
+    if not shared:
+        return sum(num_layers - (c is not None) for c in candidates)
+    costs = [shared_cost(c, num_layers, at_rows) for c in candidates]
+    return max(start for start, _ in costs) + sum(own for _, own in costs)
 
 
 class _counting_layers:

@@ -284,9 +284,13 @@ class Heatmap(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         base = self.rich_style
         d = self.data
-        if not d.layers:
+        fixed = bool(d.removed_by) and not d.iterations and set(d.removed_by.values()) == {"fixed"}
+        if not d.layers or fixed:
             if y == 1:
                 msg = "no importance scores yet"
+                if fixed:  # a fixed-removal run (--removals) scores nothing: an empty grid would say nothing
+                    removed = sorted(d.removed_at, key=lambda layer: (d.removed_at[layer], layer))
+                    msg = f"fixed removals, nothing scored: {', '.join(map(str, removed))}"
                 return Strip(
                     [Segment(msg.center(width)[:width], base + Style(italic=True, dim=True))], width
                 ).crop_extend(0, width, base)
