@@ -149,16 +149,20 @@ def _per_item(loaded, config, part: str) -> tuple[dict, dict]:
 def _print(result: PairedResult, name_a: str, name_b: str, part: str) -> None:
     pct = f"{result.level:.0%}"
     print(f"{name_a} (A) against {name_b} (B), {part} part, {result.resamples} paired resamples")
-    print(f"{'task':14} {'items':>5} {'A':>7} {'B':>7} {'A - B':>8}  {pct + ' interval':>19} {'p':>6}")
+    print(f"{'task':14} {'items':>5} {'A':>7} {'B':>7} {'A - B':>8}  {pct + ' interval':>19} {'p':>7}")
     rows = [(t, d, result.items[t]) for t, d in result.tasks.items()] + [("aggregate", result.aggregate, None)]
+
+    def p_value(p: float) -> str:  # none of the resamples crossed zero: the p-value is below their resolution
+        return f"<{1 / result.resamples:.4f}" if p == 0 else f"{p:.3f}"
+
     for name, d, n in rows:
         print(
             f"{name:14} {'' if n is None else n:>5} {d.a:7.4f} {d.b:7.4f} {d.diff:+8.4f}  "
-            f"[{d.low:+8.4f}, {d.high:+8.4f}] {d.p:6.3f}"
+            f"[{d.low:+8.4f}, {d.high:+8.4f}] {p_value(d.p):>7}"
         )
     d = result.aggregate
     verdict = "measured" if d.low > 0 or d.high < 0 else "inside the noise of these items"
-    print(f"aggregate difference {d.diff:+.4f}: {verdict} (p = {d.p:.3f})")
+    print(f"aggregate difference {d.diff:+.4f}: {verdict} (p = {p_value(d.p)})")
 
 
 def main(argv: list[str] | None = None) -> int:
