@@ -19,14 +19,12 @@ import json
 import os
 import random
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TEACHER = "teacher"
-_COLUMNS = ("items", "values", "weights", "predictions", "references", "groups")
 
 
 @dataclass
@@ -50,18 +48,6 @@ class PairedResult:
     items: dict[str, int]  # task -> items compared
 
 
-def resample(scores, picks: Sequence[int]):
-    """The results of the items at positions ``picks`` (repeats allowed), columns kept aligned."""
-    from engine.tasks.evaluate import ItemScores
-
-    out = ItemScores()
-    for name in _COLUMNS:
-        column = getattr(scores, name)
-        if column:
-            setattr(out, name, [column[k] for k in picks])
-    return out
-
-
 def aligned(a, b):
     """Both students' results of one task in one item order; refused when they scored other items."""
     if sorted(a.items) != sorted(b.items):
@@ -69,7 +55,7 @@ def aligned(a, b):
     order_a = {item: k for k, item in enumerate(a.items)}
     order_b = {item: k for k, item in enumerate(b.items)}
     items = sorted(order_a)
-    return resample(a, [order_a[i] for i in items]), resample(b, [order_b[i] for i in items])
+    return a.at(order_a[i] for i in items), b.at(order_b[i] for i in items)
 
 
 def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed: int = 0, level: float = 0.95):
@@ -88,7 +74,7 @@ def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed:
         diffs = {}
         for t, (x, y) in pairs.items():
             picks = [rng.randrange(len(x.items)) for _ in x.items]
-            diffs[t] = task_score(specs[t], resample(x, picks)) - task_score(specs[t], resample(y, picks))
+            diffs[t] = task_score(specs[t], x.at(picks)) - task_score(specs[t], y.at(picks))
             drawn[t].append(diffs[t])
         agg.append(aggregate(diffs))  # the aggregate is a plain mean, so its difference is the mean difference
 

@@ -70,7 +70,7 @@ VARIANTS: dict[str, dict] = {  # the most telling first: a partial table still a
     # Last: on layers 28, 27, 26 the relative MSE changed nothing (0.2445 against 0.2446).
     "mse relative": {"mse_norm": "teacher"},
     # lr 3e-4 healed best of the loss rows on 14, 13, 12 (the budget binds: the loss still falls at
-    # step 64): on the deep removals too? With the new default's layers? Is 3e-4 the top?
+    # step 64): on the deep removals too? With two layers on each side? Is 3e-4 the top?
     "deep 28,27,26: lr 3e-4": {"removals": [28, 27, 26], "lr": 3e-4},
     "trainable_k 2 + lr 3e-4": {"trainable_k": 2, "lr": 3e-4},
     "lr 1e-3": {"lr": 1e-3},

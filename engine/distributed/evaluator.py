@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from engine.tasks.evaluate import (
+    ITEM_COLUMNS,
     Candidate,
     ForwardCount,
     ItemScores,
@@ -31,8 +32,6 @@ from engine.tasks.evaluate import (
 )
 
 from .ranks import Ranks
-
-_COLUMNS = ("items", "values", "weights", "predictions", "references", "groups")
 
 
 def candidate_cost(candidate: Candidate, num_layers: int) -> tuple[int, int]:
@@ -68,14 +67,14 @@ def merge_item_scores(parts: list[ItemScores], order: dict[int, int]) -> ItemSco
                 (
                     order.get(item, len(order)),
                     item,
-                    [getattr(part, c)[k] if getattr(part, c) else None for c in _COLUMNS[1:]],
+                    [getattr(part, c)[k] if getattr(part, c) else None for c in ITEM_COLUMNS[1:]],
                 )
             )
     rows.sort(key=lambda r: (r[0], r[1]))
     out = ItemScores()
     for _, item, values in rows:
         out.items.append(item)
-        for column, value in zip(_COLUMNS[1:], values):
+        for column, value in zip(ITEM_COLUMNS[1:], values):
             if value is not None:
                 getattr(out, column).append(value)
     return out

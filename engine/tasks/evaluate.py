@@ -79,19 +79,25 @@ class ItemScores:
     groups: list[str] = field(default_factory=list)  # per item, for metrics that average by group
 
     def extend(self, other: ItemScores) -> None:
-        for name in ("items", "values", "weights", "predictions", "references", "groups"):
+        for name in ITEM_COLUMNS:
             getattr(self, name).extend(getattr(other, name))
 
     def subset(self, items: Iterable[int]) -> ItemScores:
         keep = set(items)
+        return self.at([k for k, item in enumerate(self.items) if item in keep])
+
+    def at(self, positions: Iterable[int]) -> ItemScores:
+        """The results at these positions, in their order (repeats allowed: a bootstrap draw)."""
+        positions = list(positions)
         out = ItemScores()
-        for k, item in enumerate(self.items):
-            if item in keep:
-                for name in ("items", "values", "weights", "predictions", "references", "groups"):
-                    column = getattr(self, name)
-                    if column:
-                        getattr(out, name).append(column[k])
+        for name in ITEM_COLUMNS:
+            column = getattr(self, name)
+            if column:
+                setattr(out, name, [column[k] for k in positions])
         return out
+
+
+ITEM_COLUMNS = ("items", "values", "weights", "predictions", "references", "groups")  # ItemScores' per-item lists
 
 
 def task_score(spec: TaskSpec, scores: ItemScores) -> float:

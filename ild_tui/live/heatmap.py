@@ -50,6 +50,7 @@ class HeatmapData:
     metric: str | None = None
     planned: int | None = None  # iterations the run is expected to take (start - target layers)
     partial: list[set[int]] = field(default_factory=list)  # per column: layers scored on part of the items
+    fixed: bool = False  # a fixed-removal run (--removals): layers removed, none scored
 
     def normalised(self, mode: str) -> list[dict[int, float]]:
         """Each column mapped to [0, 1]: ``iteration`` (min-max per column), ``global``, ``rank``."""
@@ -101,7 +102,10 @@ def heatmap_view(state: RunState) -> HeatmapData:
     planned = None
     if state.start_layers and state.target_layers and state.start_layers > state.target_layers:
         planned = state.start_layers - state.target_layers
-    return HeatmapData(layers, iterations, raw, removed_at, removed_by, proposal, proposed, metric, planned, partial)
+    fixed = bool(removed_by) and not iterations and set(removed_by.values()) == {"fixed"}
+    return HeatmapData(
+        layers, iterations, raw, removed_at, removed_by, proposal, proposed, metric, planned, partial, fixed
+    )
 
 
 NORMS = ("rank", "iteration", "global")
@@ -284,11 +288,10 @@ class Heatmap(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         base = self.rich_style
         d = self.data
-        fixed = bool(d.removed_by) and not d.iterations and set(d.removed_by.values()) == {"fixed"}
-        if not d.layers or fixed:
+        if not d.layers or d.fixed:
             if y == 1:
                 msg = "no importance scores yet"
-                if fixed:  # a fixed-removal run (--removals) scores nothing: an empty grid would say nothing
+                if d.fixed:  # nothing scored: an empty grid would say nothing
                     removed = sorted(d.removed_at, key=lambda layer: (d.removed_at[layer], layer))
                     msg = f"fixed removals, nothing scored: {', '.join(map(str, removed))}"
                 return Strip(
