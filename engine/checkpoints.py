@@ -17,6 +17,7 @@ Durability (what survives a kill or a power cut at any instruction):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ import torch
 from engine import faults
 from engine.models.adapters import adapter_for
 from engine.models.surgery import layer_map, remove_layers
-from engine.runlog._fileio import fsync_dir
+from engine.runlog._fileio import fsync_dir, is_real_dir, open_regular, read_regular
 from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
 from engine.runlog.layout import RunDir
 
@@ -59,6 +60,7 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)  # anything else the recipe keeps (one-shot scores, ...)
     path: Path | None = None
     note: str | None = None  # set when this is a fallback for an unreadable LATEST
+    files: dict = field(default_factory=dict)  # name -> {"bytes", "sha256"}, as its manifest records them
 
     @property
     def removed_layers(self) -> list[int]:
@@ -238,29 +240,25 @@ class CheckpointStore:
         return gone
 
     # reading ------------------------------------------------------------------------------------
-    def latest(self) -> Checkpoint | None:
+    def latest(self, events: list[dict] | None = None) -> Checkpoint | None:
         """The checkpoint ``LATEST`` names, verified; else the newest one that verifies (with a note).
 
-        None for a fresh run (no LATEST and no checkpoint). Raises CheckpointError when ``LATEST``
-        promises a checkpoint and none can be read: resuming from scratch would silently redo the
-        run, and exporting the teacher as the student would be a wrong model.
+        For resume only: an export takes ``newest`` (no fallback). None for a fresh run (no LATEST and
+        no checkpoint). Raises CheckpointError when ``LATEST`` promises a checkpoint and none can be
+        read: resuming from scratch would silently redo the run. ``events`` (the run's log) adds the
+        log's record of each checkpoint to what must verify.
         """
-        try:
-            named = self.rundir.latest_file.read_text(encoding="utf-8").strip()
-            problem = None if named else "LATEST is empty"
-        except (FileNotFoundError, NotADirectoryError):
-            named, problem = None, "LATEST is missing"
-        except (OSError, UnicodeDecodeError) as exc:
-            named, problem = None, f"LATEST is unreadable ({type(exc).__name__})"
+        recorded = recorded_checkpoints(events or [])
+        named, problem = self._latest_name()
         if named:
             try:
-                return self.load(named)
+                return self.load(named, recorded.get(named))
             except CheckpointError as exc:
                 problem = str(exc)
         # A directory only gets its final name once it is whole, so any that verifies is a safe start.
         for name in sorted((c for c in self._checkpoint_names() if c != named), key=int, reverse=True):
             try:
-                checkpoint = self.load(name)
+                checkpoint = self.load(name, recorded.get(name))
             except CheckpointError:
                 continue
             checkpoint.note = f"{problem}; using checkpoint {name}, the newest that verifies"
@@ -269,36 +267,104 @@ class CheckpointStore:
             raise CheckpointError(f"{problem}, and no other checkpoint verifies")
         return None
 
+    def newest(self, events: list[dict], from_checkpoint: int | None = None) -> Checkpoint:
+        """The run's newest checkpoint, verified against its manifest and the run's log, or
+        CheckpointError naming what does not verify: what an export ships, so never a fallback.
+
+        Newest is the highest iteration that the log records a checkpoint for, that ``LATEST`` names
+        or that has a directory: a checkpoint that went missing or stopped verifying is an error,
+        not a reason to ship the one before it. ``from_checkpoint`` takes an older one on purpose.
+        """
+        recorded = recorded_checkpoints(events)
+        if from_checkpoint is not None:
+            name = str(from_checkpoint)
+            if name not in recorded and name not in self._checkpoint_names():
+                raise CheckpointError(f"the run has no checkpoint {name}")
+        else:
+            latest, _ = self._latest_name()
+            names = {*recorded, *self._checkpoint_names(), *([latest] if latest and latest.isdigit() else [])}
+            if not names:
+                raise CheckpointError("the run has no checkpoint yet: nothing to export")
+            name = max(names, key=int)
+        try:
+            checkpoint = self.load(name, recorded.get(name))
+        except CheckpointError as exc:
+            older = "" if name == "0" else " (--from-checkpoint N exports an older one on purpose)"
+            raise CheckpointError(f"{exc}; not exporting{older}") from None
+        expected = logged_removals(events, checkpoint.iteration)
+        if expected is not None and expected != [(r.get("iteration"), r["layer"]) for r in checkpoint.removed]:
+            raise CheckpointError(
+                f"checkpoint {name} records removals {checkpoint.removed_layers}, the run's log "
+                f"{[layer for _, layer in expected]}; not exporting"
+            )
+        if not checkpoint.removed:
+            raise CheckpointError(f"checkpoint {name} has no layer removed: it is the teacher, not a student")
+        return checkpoint
+
+    def _latest_name(self) -> tuple[str | None, str | None]:
+        """(the name ``LATEST`` holds, why there is none)."""
+        try:
+            named = read_regular(self.rundir.latest_file).decode("utf-8").strip()
+            return (named, None) if named else (None, "LATEST is empty")
+        except (FileNotFoundError, NotADirectoryError):
+            return None, "LATEST is missing"
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, f"LATEST is unreadable ({_reason(exc)})"
+
     def _checkpoint_names(self) -> list[str]:
         try:
-            return [p.name for p in self.root.iterdir() if p.is_dir() and p.name.isdigit()]
-        except FileNotFoundError:
+            return [p.name for p in self.root.iterdir() if p.name.isdigit() and is_real_dir(p)]
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
-    def load(self, name: str) -> Checkpoint:
+    def load(self, name: str, recorded: dict | None = None) -> Checkpoint:
+        """Checkpoint ``name``, verified: a real directory (no link), a manifest that is a regular
+        file and, where the run's log recorded one (``recorded``: its ``checkpoint`` event), the
+        manifest the log names; every file it lists with its size and SHA-256."""
         try:
             path = self.rundir.checkpoint_dir(name)
         except ValueError:
             raise CheckpointError(f"LATEST names {name!r}, which is not a checkpoint name") from None
-        if not path.is_dir():
+        if os.path.islink(path):
+            raise CheckpointError(f"checkpoint {name} is a symbolic link, not a directory of this run")
+        if not is_real_dir(path):
             raise CheckpointError(f"checkpoint {name} is missing")
-        manifest = read_json(path / MANIFEST)
-        if not isinstance(manifest, dict):
-            raise CheckpointError(f"checkpoint {name} has no readable {MANIFEST}")
         try:
+            raw = read_regular(path / MANIFEST)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {name} has no readable {MANIFEST} ({_reason(exc)})") from None
+        digest = recorded.get("manifest_sha256") if recorded else None
+        if digest and hashlib.sha256(raw).hexdigest() != digest:
+            raise CheckpointError(f"checkpoint {name}: {MANIFEST} is not the one the run's log recorded")
+        try:
+            manifest = json.loads(raw)
             iteration = int(manifest["iteration"])
             removed = [dict(r) for r in manifest["removed"]]
             for r in removed:
                 int(r["layer"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"checkpoint {name}: {MANIFEST} is malformed") from None
+        if str(iteration) != name:
+            raise CheckpointError(f"checkpoint {name}: its manifest says iteration {iteration}")
+        if manifest.get("format", 1) >= 2 and not isinstance(manifest.get("files"), dict):
+            raise CheckpointError(f"checkpoint {name}: its manifest lists no files")
         _verify_files(path, manifest, f"checkpoint {name}")
+        if recorded and "removed" in recorded and recorded["removed"] != [r["layer"] for r in removed]:
+            raise CheckpointError(f"checkpoint {name}: its removals are not those the run's log recorded")
         if manifest.get("format", 1) == 1:
             modified = [layer_group(o) for o in manifest.get("trained") or []]
             extra = {"one_shot_scores": manifest.get("one_shot_scores")} if manifest.get("one_shot_scores") else {}
         else:
             modified, extra = list(manifest.get("modified") or []), dict(manifest.get("extra") or {})
-        return Checkpoint(name=name, iteration=iteration, removed=removed, modified=modified, extra=extra, path=path)
+        return Checkpoint(
+            name=name,
+            iteration=iteration,
+            removed=removed,
+            modified=modified,
+            extra=extra,
+            path=path,
+            files=dict(manifest.get("files") or {}),
+        )
 
     def partial(self, iteration: int) -> Partial | None:
         """The partial checkpoint of ``iteration``, if ``PARTIAL`` names one that verifies."""
@@ -338,10 +404,50 @@ class CheckpointStore:
         """Make a freshly loaded teacher into the student of ``checkpoint``."""
         if checkpoint.removed:
             remove_layers(model, checkpoint.removed_layers)
-        if checkpoint.path is not None and (checkpoint.path / TENSORS).is_file():
-            from safetensors.torch import load_file
+        if checkpoint.path is None or (TENSORS not in checkpoint.files and not (checkpoint.path / TENSORS).is_file()):
+            return
+        from safetensors.torch import load as load_bytes
 
-            load_module_tensors(model, load_file(str(checkpoint.path / TENSORS)))
+        try:
+            data = read_regular(checkpoint.path / TENSORS)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.name}: {TENSORS} is unreadable ({_reason(exc)})") from None
+        expected = checkpoint.files.get(TENSORS)
+        # The bytes used are the bytes verified: the file is read once, checked, then parsed.
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+            raise CheckpointError(f"checkpoint {checkpoint.name}: {TENSORS} does not match its checksum")
+        load_module_tensors(model, load_bytes(data))
+
+
+def manifest_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint's manifest, for the run's log: the log then vouches for the manifest,
+    which vouches for the tensors."""
+    return hashlib.sha256(read_regular(Path(path) / MANIFEST)).hexdigest()
+
+
+def recorded_checkpoints(events: list[dict]) -> dict[str, dict]:
+    """The run log's last ``checkpoint`` event of each (whole) checkpoint, by name."""
+    return {
+        str(e["name"]): e
+        for e in events
+        if e.get("type") == "checkpoint" and not e.get("partial") and isinstance(e.get("name"), str)
+    }
+
+
+def logged_removals(events: list[dict], iteration: int) -> list[tuple[int, int]] | None:
+    """(iteration, layer) of each removal the log records up to ``iteration`` (one per iteration; an
+    iteration redone after a kill counts as last logged), or None for a log that records none."""
+    layers: dict[int, int] = {}
+    for e in events:
+        if e.get("type") == "layer_removed" and isinstance(e.get("iteration"), int) and isinstance(e.get("layer"), int):
+            layers[e["iteration"]] = e["layer"]
+    if not layers:
+        return None
+    return [(i, layers[i]) for i in sorted(layers) if i <= iteration]
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
 
 
 def _plain_name(name: str) -> bool:
@@ -350,15 +456,18 @@ def _plain_name(name: str) -> bool:
 
 
 def _describe(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    size, sha = _sha256(path)
+    return {"bytes": size, "sha256": sha}
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> tuple[int, str]:
+    """(size, SHA-256) of a regular file reached without following a link."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    return size, digest.hexdigest()
 
 
 def _verify_files(path: Path, manifest: dict, what: str) -> None:
@@ -370,14 +479,15 @@ def _verify_files(path: Path, manifest: dict, what: str) -> None:
     for name, expected in files.items():
         if not _plain_name(name) or not isinstance(expected, dict):
             raise CheckpointError(f"{what}: its manifest names an invalid file")
-        f = path / name
         try:
-            size = f.stat().st_size
-        except OSError:
+            size, sha = _sha256(path / name)
+        except FileNotFoundError:
             raise CheckpointError(f"{what}: {name} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"{what}: {name} is not a regular file of the run ({_reason(exc)})") from None
         if size != expected.get("bytes"):
             raise CheckpointError(f"{what}: {name} is truncated ({size} of {expected.get('bytes')} bytes)")
-        if _sha256(f) != expected.get("sha256"):
+        if sha != expected.get("sha256"):
             raise CheckpointError(f"{what}: {name} does not match its checksum")
 
 

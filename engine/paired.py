@@ -99,11 +99,12 @@ def _student(run_dir: Path, config, device, teacher: bool):
     """A run's student of its last checkpoint (or, with ``teacher``, its teacher)."""
     from engine.checkpoints import CheckpointStore
     from engine.models.loading import load_model
+    from engine.runlog.layout import RunDir
+    from engine.runlog.tailer import read_all
 
     store = CheckpointStore(run_dir)
-    checkpoint = None if teacher else store.latest()
-    if not teacher and checkpoint is None:
-        raise ValueError(f"{run_dir} has no checkpoint yet: no student to compare")
+    # The student is the run's newest checkpoint or an error, as for an export.
+    checkpoint = None if teacher else store.newest(read_all(RunDir(run_dir).events_file))
     loaded = load_model(config.model, device=device)
     if checkpoint is not None:
         store.restore(loaded.model, checkpoint)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from engine import faults
-from engine.checkpoints import Checkpoint, CheckpointStore, layer_group
+from engine.checkpoints import Checkpoint, CheckpointStore, layer_group, manifest_digest
 from engine.config import RunConfig
 from engine.control import Decision, StopRequested
 from engine.distributed.control import RankedController
@@ -150,7 +150,7 @@ class Runner:
             for name in self.store.clean_leftovers():
                 log.info("removed %s, left half-written by an engine that was killed", name)
         self.ranks.barrier()  # every rank has read the log and sees the cleaned checkpoints
-        checkpoint = self.store.latest()
+        checkpoint = self.store.latest(self._logged)
         self.emit(
             "engine_started",
             pid=os.getpid(),
@@ -555,7 +555,14 @@ class Runner:
         extra = {"one_shot": {str(k): v for k, v in self.one_shot.items()}} if self.one_shot else {}
         if self.ranks.is_main:
             path = self.store.save(self.iteration, self.removed, self.model, sorted(self.modified), extra)
-            self.emit("checkpoint", iteration=self.iteration, name=str(self.iteration), path=str(path))
+            self.emit(
+                "checkpoint",
+                iteration=self.iteration,
+                name=str(self.iteration),
+                path=str(path),
+                removed=self.removed_layers,
+                manifest_sha256=manifest_digest(path),
+            )
             self._write_state()
 
     def export(self) -> None:
@@ -573,6 +580,7 @@ class Runner:
                 "run": self.config.name,
                 "removal_order": self.removed_layers,
             },
+            run_dir=self.rundir.path,
         )
 
     def _finish(self, reason: str, message: str, **extra) -> None:

@@ -50,6 +50,11 @@ def _resolve(data: dict):
         data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
         if isinstance(data.get("report_suite"), str) and data["report_suite"].lower() == "none":
             data["report_suite"] = ""  # no report suite, not even the suite's own
+        if isinstance(data.get("model"), str):
+            # A relative --model means the same directory from anywhere the run is resumed or exported.
+            from engine.models.identity import absolute_spec
+
+            data["model"] = absolute_spec(data["model"])
         suite = load_suite(data.get("suite", "default"))
         check_suite_data(suite)
         report = load_report_suite(suite, data.get("report_suite"))
@@ -99,11 +104,24 @@ def create(run_dir: Path, data: dict) -> int:
     try:
         create_layout(tmp)
         RunDir(tmp).config_file.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        _record_teacher(tmp, config.model)
         os.rename(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(run_dir)
     return 0
+
+
+def _record_teacher(run_dir: Path, spec: str) -> str | None:
+    """Record the run's teacher (or compare with the one recorded); the one-line reason it is not
+    the run's teacher, or None."""
+    from engine.models.identity import TeacherChanged, check_teacher
+
+    try:
+        check_teacher(run_dir, spec)
+    except TeacherChanged as exc:
+        return str(exc)
+    return None
 
 
 def _log_file(run_dir: Path, rank: int = 0) -> Path:
@@ -213,6 +231,7 @@ def run(run_dir: Path) -> int:
             lock.acquire()
         except LockHeld:
             refused = f"an engine is already running on {run_dir}"
+        refused = refused or _record_teacher(run_dir, config.model)
     refused = ranks.broadcast(refused)
     if refused:
         return _fail(refused) if ranks.is_main else EXIT_USAGE
@@ -234,39 +253,47 @@ def run(run_dir: Path) -> int:
         lock.release()
 
 
-def export(run_dir: Path, out: Path, force: bool = False) -> int:
+def export(run_dir: Path, out: Path, force: bool = False, from_checkpoint: int | None = None) -> int:
+    """The run's newest checkpoint (or ``from_checkpoint``) as a Hugging Face directory, or exit 1
+    with the one-line reason: never an older checkpoint in silence, never other teacher weights."""
     from engine.checkpoints import CheckpointError, CheckpointStore
     from engine.models.export import ExportRefused, check_export_target
+    from engine.runlog.tailer import read_all
 
     config = _load_config(run_dir)
     try:
         check_export_target(out, force, run_dir=run_dir)
-        checkpoint = CheckpointStore(run_dir).latest()
+        checkpoint = CheckpointStore(run_dir).newest(read_all(RunDir(run_dir).events_file), from_checkpoint)
     except (ExportRefused, CheckpointError) as exc:
         return _fail(str(exc), EXIT_FAILED)
-    if checkpoint is None:
-        return _fail(f"{run_dir} has no checkpoint yet: nothing to export", EXIT_FAILED)
-    if checkpoint.note:
-        print(f"ild: {checkpoint.note}", file=sys.stderr)
+    except OSError as exc:
+        return _fail(f"{run_dir}: cannot read the run ({exc.strerror or exc})", EXIT_FAILED)
+    refused = _record_teacher(run_dir, config.model)
+    if refused:
+        return _fail(refused, EXIT_FAILED)
     _quiet_libraries()
     from engine.models.export import export_model
     from engine.models.loading import load_model
 
     loaded = load_model(config.model, device="cpu")
-    CheckpointStore(run_dir).restore(loaded.model, checkpoint)
-    export_model(
-        loaded.model,
-        loaded.tokenizer,
-        out,
-        {
-            "teacher": config.model,
-            "strategy": config.strategy,
-            "run": config.name,
-            "removal_order": checkpoint.removed_layers,
-            "checkpoint": checkpoint.name,
-        },
-        force=force,
-    )
+    try:
+        CheckpointStore(run_dir).restore(loaded.model, checkpoint)
+        export_model(
+            loaded.model,
+            loaded.tokenizer,
+            out,
+            {
+                "teacher": config.model,
+                "strategy": config.strategy,
+                "run": config.name,
+                "removal_order": checkpoint.removed_layers,
+                "checkpoint": checkpoint.name,
+            },
+            force=force,
+            run_dir=run_dir,
+        )
+    except (ExportRefused, CheckpointError) as exc:
+        return _fail(str(exc), EXIT_FAILED)
     print(out)
     return 0
 
@@ -280,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="export the student of the last checkpoint")
     parser.add_argument("--out", type=Path, help="where --export writes")
     parser.add_argument(
-        "--force", action="store_true", help="--export may replace a non-empty directory that is not an ild export"
+        "--force", action="store_true", help="--export may replace an earlier export holding files it did not write"
     )
+    parser.add_argument("--from-checkpoint", type=int, default=None, help="--export this checkpoint, not the newest")
     args = parser.parse_args(argv)
     if args.create:
         try:
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         if args.out is None:
             return _fail("--export needs --out DIR")
-        return export(args.run_dir, args.out, args.force)
+        return export(args.run_dir, args.out, args.force, args.from_checkpoint)
     return run(args.run_dir)
 
 

@@ -646,11 +646,23 @@ def show(run_ref, runs_dir):
 @click.option(
     "--force",
     is_flag=True,
-    help="Replace --out even if it is not empty and holds no earlier ild export (never the run directory).",
+    help="Replace an earlier export to which files were added (they are kept, never deleted).",
+)
+@click.option(
+    "--from-checkpoint",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Export checkpoint N (the student after iteration N) instead of the newest.",
 )
 @runs_dir_option
-def export(run_ref, out, force, runs_dir):
-    """Write a run's student (its last checkpoint) as a Hugging Face model directory."""
+def export(run_ref, out, force, from_checkpoint, runs_dir):
+    """Write a run's student (its newest checkpoint, verified) as a Hugging Face model directory.
+
+    The export is the student or an error: a newest checkpoint that does not verify (its files,
+    its manifest, the run's log, the teacher's weights) fails in one line, naming what; it never
+    falls back to an older one. --out is never inside a run directory, above your home, or a
+    directory holding files an export did not write."""
     from pathlib import Path
 
     from engine.runlog.layout import export_target_problem
@@ -666,7 +678,7 @@ def export(run_ref, out, force, runs_dir):
     if problem:
         raise Failure(problem, EXIT_USAGE)
     try:
-        export_run(run_dir.path, Path(out), force)
+        export_run(run_dir.path, Path(out), force, from_checkpoint)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")

@@ -157,8 +157,10 @@ def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
     return child.pid
 
 
-def export_run(run_dir: Path, out: Path, force: bool = False) -> None:
+def export_run(run_dir: Path, out: Path, force: bool = False, from_checkpoint: int | None = None) -> None:
     command = [*ENGINE, str(run_dir), "--export", "--out", str(out), *(["--force"] if force else [])]
+    if from_checkpoint is not None:
+        command += ["--from-checkpoint", str(from_checkpoint)]
     result = subprocess.run(command, capture_output=True, text=True, env=_engine_env())
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "export failed"), result.returncode)

@@ -161,8 +161,9 @@ def test_export_target_rule(tmp_path):
     assert export_target_problem(rd, tmp_path / "empty") is None
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "thesis.tex").write_text("years of work")
-    assert "--force" in export_target_problem(rd, tmp_path / "full")
-    assert export_target_problem(rd, tmp_path / "full", force=True) is None
+    # --force never reaches a directory no export wrote: it would delete the thesis.
+    assert "choose an empty or new directory" in export_target_problem(rd, tmp_path / "full")
+    assert "choose an empty or new directory" in export_target_problem(rd, tmp_path / "full", force=True)
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / EXPORT_MARKER).write_text("{}")
     (tmp_path / "earlier" / "model.safetensors").write_text("")

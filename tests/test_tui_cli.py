@@ -130,30 +130,38 @@ def test_resume_that_the_engine_refuses_says_why(tmp_path):
     assert last.startswith("ild: run failed: ") and "config.yaml" in last and "exited with code" not in last
 
 
-def test_export_refuses_a_foreign_non_empty_directory_unless_forced(tmp_path, monkeypatch):
+def test_export_refuses_a_foreign_non_empty_directory_even_when_forced(tmp_path, monkeypatch):
     runs = copy_all(tmp_path / "runs")
     out = tmp_path / "thesis"
     out.mkdir()
     (out / "chapter1.tex").write_text("years of work")
-    result = CliRunner().invoke(cli.main, ["export", FINISHED, "--out", str(out), "--runs-dir", str(runs)])
-    assert result.exit_code == 2 and "--force" in result.output
+    for force in ([], ["--force"]):
+        result = CliRunner().invoke(cli.main, ["export", FINISHED, "--out", str(out), "--runs-dir", str(runs), *force])
+        assert result.exit_code == 2 and "choose an empty or new directory" in result.output
     result = CliRunner().invoke(
         cli.main, ["export", FINISHED, "--out", str(runs / FINISHED), "--runs-dir", str(runs), "--force"]
     )
     assert result.exit_code == 2 and "run directory" in result.output
-    # with --force the engine is asked, and told: a stand-in engine process records its arguments
+    # an empty directory goes to the engine, and so do --force and --from-checkpoint: a stand-in
+    # engine process records its arguments
     from ild_tui import launch
 
     argv = tmp_path / "argv"
     stand_in = tmp_path / "engine.py"
     stand_in.write_text(f"import sys, json; open({str(argv)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
     monkeypatch.setattr(launch, "ENGINE", [sys.executable, str(stand_in)])
-    result = CliRunner().invoke(cli.main, ["export", FINISHED, "--out", str(out), "--runs-dir", str(runs), "--force"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(argv.read_text()) == [str(runs / FINISHED), "--export", "--out", str(out), "--force"]
     (out / "chapter1.tex").unlink()
     result = CliRunner().invoke(cli.main, ["export", FINISHED, "--out", str(out), "--runs-dir", str(runs)])
-    assert result.exit_code == 0 and "--force" not in json.loads(argv.read_text())  # an empty directory is fine
+    assert result.exit_code == 0 and json.loads(argv.read_text()) == [
+        str(runs / FINISHED),
+        "--export",
+        "--out",
+        str(out),
+    ]
+    args = ["export", FINISHED, "--out", str(out), "--runs-dir", str(runs), "--force", "--from-checkpoint", "1"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(argv.read_text())[3:] == [str(out), "--force", "--from-checkpoint", "1"]
 
 
 # -- one answer per fact --------------------------------------------------------------------------

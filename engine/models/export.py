@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from engine import faults
-from engine.runlog.layout import EXPORT_MARKER, export_target_problem
+from engine.runlog.layout import EXPORT_MARKER, export_target_problem, foreign_files
 
 from .adapters import adapter_for
 from .surgery import parameter_count
@@ -31,15 +31,22 @@ def check_export_target(out_dir: str | Path, force: bool = False, run_dir: str |
 
 
 def export_model(
-    model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    metadata: dict | None = None,
+    force: bool = False,
+    run_dir: str | Path | None = None,
 ) -> Path:
     """Save safetensors + config (with the original-layer map) + tokenizer, atomically.
 
     The directory appears only once it is whole: it is written next to its final place and renamed.
-    An earlier export at ``out_dir`` is replaced only after the new one is complete; anything else
-    there is refused (``ExportRefused``) unless ``force``.
+    An earlier export at ``out_dir`` is replaced only after the new one is complete; files someone
+    added to it are refused, or with ``force`` carried over into the new one; any other target is
+    refused (``ExportRefused``, see ``layout.export_target_problem``). The marker lists the files
+    written, so the next export knows what is its own.
     """
-    out_dir = check_export_target(out_dir, force)
+    out_dir = check_export_target(out_dir, force, run_dir=run_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     adapter = adapter_for(model)
     model.config.ild_layer_map = adapter.layer_map()
@@ -56,9 +63,17 @@ def export_model(
             "parameters": parameter_count(model),
             **(metadata or {}),
         }
+        record["files"] = sorted([*(p.name for p in tmp.iterdir()), EXPORT_MARKER])
         (tmp / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
         faults.point("export_write")
         if out_dir.exists():
+            foreign = foreign_files(out_dir, written=record["files"])
+            if foreign and not force:
+                shown = ", ".join(foreign[:3])
+                raise ExportRefused(f"{out_dir} holds files no export wrote ({shown}); pass --force to keep them")
+            clash = [name for name in foreign if (tmp / name).exists()]
+            if clash:
+                raise ExportRefused(f"{out_dir}/{clash[0]} was not written by an export and would be replaced")
             aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(out_dir, aside)
             try:
@@ -66,6 +81,10 @@ def export_model(
             except BaseException:
                 os.replace(aside, out_dir)
                 raise
+            # The user's files move into the new export; a kill here leaves them in the aside
+            # directory, never deleted.
+            for name in foreign:
+                os.replace(aside / name, out_dir / name)
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)

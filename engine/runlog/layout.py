@@ -16,7 +16,16 @@ from pathlib import Path
 from engine.runlog._fileio import FILE_MODE, make_private_dir
 from engine.runlog.atomic import write_text_atomic
 
-__all__ = ["EXPORT_MARKER", "RunDir", "create", "export_target_problem", "is_run_dir", "list_runs", "make_private_dir"]
+__all__ = [
+    "EXPORT_MARKER",
+    "RunDir",
+    "create",
+    "export_target_problem",
+    "foreign_files",
+    "is_run_dir",
+    "list_runs",
+    "make_private_dir",
+]
 
 CONFIG = "config.yaml"
 EVENTS = "events.jsonl"
@@ -186,21 +195,64 @@ def list_runs(root: str | os.PathLike) -> list[RunDir]:
 def export_target_problem(run_dir: str | os.PathLike | None, out: str | os.PathLike, force: bool = False) -> str | None:
     """Why a run may not be exported into ``out``, or None.
 
-    Never the run directory or a directory above it (an export replaces its target), nor the home
-    directory or the filesystem root. Otherwise a missing or empty directory, or one an earlier
-    export wrote (it holds ``EXPORT_MARKER``), is fine; anything else only with ``force``.
+    An export replaces its target, so the target is never: the run directory or a directory above
+    it; anything inside a run directory (this run's checkpoints, another run), except the run's own
+    ``export/``; a directory that holds runs; the home directory, a directory above it, or the
+    filesystem root. ``--force`` does not change that. Otherwise: a missing or empty directory, or an
+    earlier export (it holds ``EXPORT_MARKER``). An earlier export to which someone added files is
+    replaced only with ``force``, and those files are kept (``export_model`` carries them over):
+    an export deletes nothing it did not write. Any other non-empty directory is refused.
     """
     target = Path(os.path.realpath(out))
-    if run_dir is not None:
-        run = Path(os.path.realpath(run_dir))
-        if target == run or target in run.parents:
-            return f"{out} is the run directory or holds it; choose another --out"
-    if target == Path(os.path.realpath(Path.home())) or target == Path(target.anchor):
-        return f"{out} is {'the filesystem root' if target == Path(target.anchor) else 'your home directory'}; choose another --out"
+    run = Path(os.path.realpath(run_dir)) if run_dir is not None else None
+    if run is not None and (target == run or target in run.parents):
+        return f"{out} is the run directory or holds it; choose another --out"
+    home = Path(os.path.realpath(Path.home()))
+    if target == Path(target.anchor):
+        return f"{out} is the filesystem root; choose another --out"
+    if target == home or target in home.parents:
+        return (
+            f"{out} is {'your home directory' if target == home else 'above your home directory'}; choose another --out"
+        )
+    own_export = run is not None and target == run / EXPORT
+    for above in [target, *target.parents]:
+        if is_run_dir(above) and not own_export:
+            return f"{out} is inside the run directory {above}; choose a directory outside every run"
     if target.exists() and not target.is_dir():
         return f"{out} exists and is not a directory"
-    if force or not target.is_dir() or (target / EXPORT_MARKER).is_file():
+    if not target.is_dir():
         return None
-    if any(target.iterdir()):
-        return f"{out} is not empty and holds no earlier ild export; pass --force to replace it"
+    try:
+        entries = sorted(p.name for p in target.iterdir())
+    except OSError as exc:
+        return f"{out} cannot be read ({exc.strerror or exc})"
+    if any(is_run_dir(target / name) for name in entries):
+        return f"{out} holds run directories; choose another --out"
+    if not entries:
+        return None
+    if not (target / EXPORT_MARKER).is_file():
+        return f"{out} is not empty and holds no earlier ild export; choose an empty or new directory"
+    foreign = foreign_files(target)
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return f"{out} holds files no export wrote ({shown}); pass --force to replace the export and keep them"
     return None
+
+
+def foreign_files(export_dir: str | os.PathLike, written: list[str] | None = None) -> list[str]:
+    """Entries of an earlier export that it did not write: those not in its marker's file list
+    (or in ``written``, the new export's, for a marker from before the list was kept)."""
+    import json
+
+    directory = Path(os.fspath(export_dir))
+    try:
+        record = json.loads((directory / EXPORT_MARKER).read_bytes())
+    except (OSError, ValueError):
+        record = {}
+    ours = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(ours, list):
+        if written is None:
+            return []  # an old marker: decided once the new export's file names are known
+        ours = written
+    ours = {*(str(n) for n in ours), EXPORT_MARKER}
+    return sorted(p.name for p in directory.iterdir() if p.name not in ours)

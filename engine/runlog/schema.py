@@ -196,6 +196,10 @@ class Checkpoint(TypedDict, total=False):
     path: Annotated[str, "its path"]
     partial: Annotated[bool, "a mid-healing checkpoint"]
     step: Annotated[int, "partial: the healing step"]
+    removed: Annotated[list[int], "the original layers removed so far, in order"]
+    manifest_sha256: Annotated[
+        str, "SHA-256 of its checkpoint.json: the log vouches for the manifest, which vouches for the tensors"
+    ]
 
 
 class Log(TypedDict, total=False):
