@@ -96,6 +96,37 @@ def _export_tensors(run_dir):
     return {k: v for f in sorted((run_dir / "export").glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def _assert_same_healing(a, b, teacher_dir, run_dir):
+    """Two students healed by Adam from one teacher on the same data, one of them with its gradients
+    summed in another order (DDP's all-reduce of half-batches). Adam divides each step by the root of
+    the gradient's running second moment, so where that is near zero a rounding difference in the
+    gradient can move the element by up to a whole step, at most lr * (1 - b1) / sqrt(1 - b2) (3.2 lr);
+    the bound is per step taken, whatever the CPU's vector width. Such elements are few: in norm the
+    students differ by a small part of what healing moved (a lost optimiser state or a step taken
+    twice on resume moves the whole update)."""
+    from safetensors.torch import load_file
+
+    assert a.keys() == b.keys()
+    steps = len({(e["iteration"], e["step"]) for e in _of(read_all(run_dir / "events.jsonl"), "train_step")})
+    bound = 3.2 * HEAL["lr"] * steps
+    layer_map = json.loads((run_dir / "export" / "config.json").read_text())["ild_layer_map"]
+    teacher = load_file(str(teacher_dir / "model.safetensors"))
+
+    def original(key):  # the teacher's name of a student tensor (layers are renumbered after a removal)
+        parts = key.split(".")
+        if parts[:2] == ["model", "layers"]:
+            parts[2] = str(layer_map[int(parts[2])])
+        return ".".join(parts)
+
+    moved = differ = 0.0
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= bound, key
+        differ += float((a[key].double() - b[key].double()).pow(2).sum())
+        moved += float((b[key].double() - teacher[original(key)].double()).pow(2).sum())
+    assert moved > 0, "healing moved nothing: the comparison would be empty"
+    assert differ**0.5 <= 0.05 * moved**0.5, (differ**0.5, moved**0.5)
+
+
 def _evals(events):
     return {(e["iteration"], e["stage"], e["part"]): e for e in _of(events, "eval")}
 
@@ -298,8 +329,7 @@ def test_healing_on_two_processes_survives_a_killed_rank_and_resumes_on_one(tiny
     mine, theirs = _evals(events), _evals(reference)
     for key in theirs:
         assert _close(mine[key]["aggregate"], theirs[key]["aggregate"], rel=1e-3), key
-    a, b = _export_tensors(two), _export_tensors(runs / "one")
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+    _assert_same_healing(_export_tensors(two), _export_tensors(runs / "one"), tiny / "model", two)
 
 
 def test_sharded_healing_stops_on_sigterm_and_resumes_on_one_process(tiny, suite, tmp_path):
