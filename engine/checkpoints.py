@@ -33,6 +33,7 @@ from engine.models.surgery import layer_map, remove_layers
 from engine.runlog._fileio import fsync_dir
 from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import UnsafeFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,14 @@ class CheckpointStore:
         promises a checkpoint and none can be read: resuming from scratch would silently redo the
         run, and exporting the teacher as the student would be a wrong model.
         """
+        unsafe = False
         try:
-            named = self.rundir.latest_file.read_text(encoding="utf-8").strip()
+            named = read_regular(self.rundir.latest_file, 4096).decode("utf-8").strip()
             problem = None if named else "LATEST is empty"
         except (FileNotFoundError, NotADirectoryError):
             named, problem = None, "LATEST is missing"
+        except UnsafeFile as exc:  # a link or a FIFO: never followed, never waited on; yet it promises one
+            named, problem, unsafe = None, str(exc), True
         except (OSError, UnicodeDecodeError) as exc:
             named, problem = None, f"LATEST is unreadable ({type(exc).__name__})"
         if named:
@@ -265,7 +269,7 @@ class CheckpointStore:
                 continue
             checkpoint.note = f"{problem}; using checkpoint {name}, the newest that verifies"
             return checkpoint
-        if named:
+        if named or unsafe:
             raise CheckpointError(f"{problem}, and no other checkpoint verifies")
         return None
 
@@ -304,8 +308,8 @@ class CheckpointStore:
         """The partial checkpoint of ``iteration``, if ``PARTIAL`` names one that verifies."""
         pointer = self.rundir.partial_file
         try:
-            name = pointer.read_text(encoding="utf-8").strip()
-        except (FileNotFoundError, OSError, UnicodeDecodeError):
+            name = read_regular(pointer, 4096).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
             return None
         if not name.startswith(PARTIAL_PREFIX) or not _plain_name(name):
             log.warning("ignoring PARTIAL: %r is not a partial checkpoint name", name[:80])

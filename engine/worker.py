@@ -113,7 +113,11 @@ def _log_file(run_dir: Path, rank: int = 0) -> Path:
 
 
 def _setup_logging(run_dir: Path, rank: int = 0) -> None:
-    handler = logging.FileHandler(_log_file(run_dir, rank))
+    from engine.runlog.safefile import open_regular
+
+    # Not logging.FileHandler: that follows a link planted where engine.log belongs.
+    stream = os.fdopen(open_regular(_log_file(run_dir, rank), os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -138,12 +142,17 @@ def _load_config(run_dir: Path):
     import yaml
 
     from engine.config import ConfigError, validate_config
+    from engine.runlog.safefile import UnsafeFile, read_regular
 
     path = RunDir(run_dir).config_file
-    if not path.is_file():
-        raise SystemExit(_fail(f"{run_dir} is not a run directory (no config.yaml)"))
     try:
-        return validate_config(yaml.safe_load(path.read_text()))
+        text = read_regular(path).decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise SystemExit(_fail(f"{run_dir} is not a run directory (no config.yaml)")) from None
+    except (UnsafeFile, UnicodeDecodeError) as exc:
+        raise SystemExit(_fail(f"{path}: {exc}")) from None
+    try:
+        return validate_config(yaml.safe_load(text))
     except (ConfigError, yaml.YAMLError) as exc:
         raise SystemExit(_fail(f"{path}: {str(exc).splitlines()[0]}")) from None
 
@@ -201,6 +210,9 @@ def run(run_dir: Path) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     os.umask(0o077)
 
+    problem = RunDir(run_dir).problem()  # a link or a FIFO where the engine writes: never followed
+    if problem:
+        return _fail(f"refusing to run: {problem}")
     config = _load_config(run_dir)
     _quiet_libraries()
     ranks = _join_ranks(config)

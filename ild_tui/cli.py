@@ -404,6 +404,9 @@ def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
         run_dir = find_run(runs_dir, run_ref)
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+    problem = run_dir.problem()  # a link or a FIFO where the engine writes: it would write elsewhere
+    if problem:
+        raise Failure(f"refusing to resume {run_dir.name}: {problem}", EXIT_USAGE)
     if is_alive(run_dir.path):
         _send_and_report(run_dir, "resume", {})
         return
@@ -534,8 +537,9 @@ def list_runs_command(runs_dir):
     import time
 
     from rich.table import Table
+    from rich.text import Text
 
-    from .runs import all_runs
+    from .runs import SKIPPED_NOTE, all_runs
 
     runs = all_runs(runs_dir)
     if not runs:
@@ -546,10 +550,10 @@ def list_runs_command(runs_dir):
         table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
     for r in runs:
         table.add_row(
-            r.name,
+            Text(r.name),  # Text: a name like "[red]x" is shown as it is, not read as markup
             r.status,
-            r.model,
-            r.strategy,
+            Text(r.model),
+            Text(r.strategy),
             f"{r.layers_now}/{r.start_layers}" if r.start_layers else "-",
             _fmt(r.now),
             _fmt(r.best),
@@ -559,7 +563,10 @@ def list_runs_command(runs_dir):
     _console().print(table)
     skipped = [f"{r.name} ({r.skipped})" for r in runs if r.skipped]
     if skipped:
-        click.echo(f"events skipped for fields of the wrong type: {', '.join(skipped)}", err=True)
+        click.echo(f"{SKIPPED_NOTE}: {', '.join(skipped)}", err=True)
+    for r in runs:
+        if r.status == "unreadable":
+            click.echo(f"ild: {r.name}: {r.note}", err=True)
 
 
 @main.command()
@@ -569,19 +576,26 @@ def show(run_ref, runs_dir):
     """Print a run's iteration table: layers by original index, the report aggregate and per-task
     scores (and the aggregate of the items that chose the layers, when the run logs them)."""
     from rich.table import Table
+    from rich.text import Text
 
+    from engine.runlog.jsonsafe import printable
     from engine.runlog.schema import REPORT, SELECT, STAGES
 
-    from .runs import FINISH_NOTES, RunNotFound, find_run, summarise
+    from .runs import FINISH_NOTES, SKIPPED_NOTE, RunNotFound, find_run, summarise
 
     try:
         row, s = summarise(find_run(runs_dir, run_ref))
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+    if s.unreadable:
+        raise Failure(f"{row.name}: {row.note}", EXIT_FAILED)
     console = _console()
     console.print(
-        f"[bold]{row.name}[/bold]  {row.status}  model {s.model}  strategy {s.strategy}  "
-        f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})",
+        Text.assemble(
+            (row.name, "bold"),
+            f"  {row.status}  model {s.model}  strategy {s.strategy}  "
+            f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})",
+        ),
         highlight=False,
     )
     report = sorted(
@@ -633,9 +647,10 @@ def show(run_ref, runs_dir):
     if s.finished and s.finished["reason"] in FINISH_NOTES:
         console.print(f"finished at the {s.finished['reason']}: {FINISH_NOTES[s.finished['reason']]}", highlight=False)
     if s.failure:
-        console.print(f"[red]failed:[/red] {s.failure['error']} — {s.failure.get('hint', '')}", highlight=False)
-    if s.skipped:
-        console.print(f"{s.skipped} events skipped: fields of the wrong type", highlight=False)
+        why = printable(f"{s.failure['error']} — {s.failure.get('hint', '')}")
+        console.print(Text.assemble(("failed:", "red"), f" {why}"), highlight=False)
+    if row.skipped:
+        console.print(f"{row.skipped} {SKIPPED_NOTE}", highlight=False, markup=False)
 
 
 @main.command()

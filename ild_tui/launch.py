@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import open_regular
 from engine.runlog.tailer import EventTailer
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
@@ -62,8 +63,15 @@ def _engine_message(stderr: str, fallback: str) -> str:
 
 
 def _open_out(rd: RunDir):
-    """``engine.out`` for appending, its owner's only like the rest of the run directory."""
-    return os.fdopen(os.open(rd.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    """``engine.out`` for appending, its owner's only like the rest of the run directory.
+
+    Raises ``LaunchError`` (one line) for a run directory holding a link or a FIFO where ild writes:
+    no engine starts there (``RunDir.problem``).
+    """
+    problem = rd.problem()
+    if problem:
+        raise LaunchError(f"refusing to start an engine: {problem}", 2)
+    return os.fdopen(open_regular(rd.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
 
 
 @dataclass
@@ -127,7 +135,7 @@ def _pass_on(child: subprocess.Popen, signum: int, received: list[str]) -> None:
 def _said(path: Path, start: int) -> str | None:
     """The engine's ``ild: ...`` line among what it wrote to ``path`` from ``start`` on."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(start)
             text = f.read(1 << 20).decode("utf-8", "replace")
     except OSError:
