@@ -262,3 +262,20 @@ def test_commands_done_replaced_by_a_file_rejects_the_command_in_one_line(tmp_pa
         assert len([e for e in read_all(rd.events_file) if e.get("command_id") == command_id]) == 1
     finally:
         controller.writer.close()
+
+
+def test_report_over_a_deeply_nested_manifest_and_of_an_unreadable_run_is_one_line(tmp_path):
+    runs = copy_all(tmp_path / "runs")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(
+        cli.main, ["report", FINISHED, "--runs-dir", str(runs), "--out", str(out), "--no-measure"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").is_file()
+    events = RunDir(runs / DEAD).events_file
+    events.unlink()
+    events.mkdir()
+    again = CliRunner().invoke(cli.main, ["report", DEAD, "--runs-dir", str(runs), "--out", str(tmp_path / "r2")])
+    assert again.exit_code == 2 and "a directory" in _one_line(again.output) and not (tmp_path / "r2").exists()
