@@ -46,6 +46,12 @@ def _resolve(data: dict):
 
     try:
         strategy = get_strategy(data.get("strategy", ""))
+        for section in ("heal", "distributed"):
+            if data.get(section) is not None and not isinstance(data[section], dict):
+                raise ValueError(
+                    f"{section} is a section of settings, not {data[section]!r}: set one of them, "
+                    f"e.g. --set {section}.KEY=VALUE"
+                )
         # The strategy's own healing choices first; what the user set explicitly wins.
         data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
         if isinstance(data.get("report_suite"), str) and data["report_suite"].lower() == "none":
@@ -55,6 +61,13 @@ def _resolve(data: dict):
         report = load_report_suite(suite, data.get("report_suite"))
         if report is not None:
             check_suite_data(report)
+        if isinstance(data.get("device"), str):
+            from engine.models.device import device_problem
+
+            problem = device_problem(data["device"], check_available=not data.pop("_defer_device_check", False))
+            if problem:
+                raise ValueError(problem)
+        data.pop("_defer_device_check", None)
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
         config = validate_config(data)
@@ -214,6 +227,12 @@ def run(run_dir: Path) -> int:
     if problem:
         return _fail(f"refusing to run: {problem}")
     config = _load_config(run_dir)
+    if config.device:
+        from engine.models.device import device_problem
+
+        problem = device_problem(config.device)
+        if problem:  # a run created for another host (--create-only), started on this one
+            return _refuse_run(run_dir, problem, "start it where that device exists, or change device: in config.yaml")
     _quiet_libraries()
     ranks = _join_ranks(config)
     _setup_logging(run_dir, ranks.rank)
@@ -244,6 +263,19 @@ def run(run_dir: Path) -> int:
         )
     finally:
         lock.release()
+
+
+def _refuse_run(run_dir: Path, error: str, hint: str) -> int:
+    """End a run that cannot start here with ``run_failed`` (its last word in the log) and one line."""
+    from engine.runlog.events import EventWriter
+    from engine.runlog.lock import EngineLock, LockHeld
+
+    try:
+        with EngineLock(run_dir), EventWriter(RunDir(run_dir).events_file) as writer:
+            writer.emit("run_failed", error=error, hint=hint)
+    except LockHeld:
+        return _fail(f"an engine is already running on {run_dir}")
+    return _fail(error, EXIT_FAILED)
 
 
 def export(run_dir: Path, out: Path, force: bool = False) -> int:

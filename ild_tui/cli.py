@@ -9,6 +9,7 @@ Exit codes: 0 done, 1 failed, 2 bad input or usage, 130 interrupted.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -19,6 +20,8 @@ from engine.runlog.strategies import DEFAULT_STRATEGY, IMPORTANCE_METRICS, STRAT
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
+# engine.config's bounds (not imported: it loads pydantic, and `ild --help` stays light).
+MAX_THREADS, MAX_PROCESSES = 1024, 256
 
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
@@ -197,7 +200,7 @@ def attach(ctx, run_ref, runs_dir, theme):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_PROCESSES),
     default=None,
     help="Engine processes, one per GPU (accelerate launch); on a CPU each takes its share of the cores.",
 )
@@ -207,7 +210,9 @@ def attach(ctx, run_ref, runs_dir, theme):
     default=None,
     help="An `accelerate config` file (machines, processes): multi-node runs, see docs/distributed.md.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine process.")
+@click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="CPU threads per engine process."
+)
 @click.option(
     "--create-only", is_flag=True, help="Make the run directory and print it; start it later (a scheduler, ild resume)."
 )
@@ -270,6 +275,10 @@ def run(
         mode = "auto" if (headless or detach) else "manual"
     if mode == "auto-after" and not auto_after:
         raise Failure("--mode auto-after needs --auto-after SECONDS", EXIT_USAGE)
+    if auto_after is not None and not (math.isfinite(auto_after) and 0 < auto_after <= 1e9):
+        raise Failure(
+            f"--auto-after must be a number of seconds above 0 and at most 1e9 (got {auto_after})", EXIT_USAGE
+        )
     try:
         run_id = new_run_id(name, model, strategy)
     except ValueError as exc:
@@ -312,7 +321,7 @@ def run(
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     try:
-        create_run(run_dir, config)
+        create_run(run_dir, config, here=not create_only)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     if create_only:
@@ -382,7 +391,7 @@ def _console():
 @runs_dir_option
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_PROCESSES),
     default=None,
     help="Continue on this many engine processes (default: as the run was started).",
 )

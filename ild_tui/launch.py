@@ -41,10 +41,18 @@ def _engine_env() -> dict:
     return env
 
 
-def create_run(run_dir: Path, config: dict) -> Path:
-    """Validate the config in the engine and make the run directory, or raise with its one line."""
+def create_run(run_dir: Path, config: dict, here: bool = True) -> Path:
+    """Validate the config in the engine and make the run directory, or raise with its one line.
+
+    ``here=False``: the run is for another host (``--create-only``), so a GPU it names need not be here.
+    """
+    payload = config if here else {**config, "_defer_device_check": True}
     result = subprocess.run(
-        [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True, env=_engine_env()
+        [*ENGINE, str(run_dir), "--create"],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=_engine_env(),
     )
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "engine failed"), 2 if result.returncode == 2 else 1)

@@ -279,3 +279,64 @@ def test_report_over_a_deeply_nested_manifest_and_of_an_unreadable_run_is_one_li
     events.mkdir()
     again = CliRunner().invoke(cli.main, ["report", DEAD, "--runs-dir", str(runs), "--out", str(tmp_path / "r2")])
     assert again.exit_code == 2 and "a directory" in _one_line(again.output) and not (tmp_path / "r2").exists()
+
+
+# -- bad values on the command line: one line, exit 2, nothing created ------------------------------
+
+
+def _gpt2(tmp_path: Path) -> Path:
+    model = tmp_path / "gpt2"
+    model.mkdir()
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 4, "n_embd": 8, "n_head": 2}
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--model", "GPT2"], "unsupported architecture 'gpt2' (GPT2LMHeadModel)"),
+        (["--set", "heal=5"], "heal is a section of settings"),
+        (["--mode", "auto-after", "--auto-after", "nan"], "--auto-after"),
+        (["--mode", "auto-after", "--auto-after", "inf"], "--auto-after"),
+        (["--mode", "auto-after", "--auto-after", "-5"], "--auto-after"),
+        (["--threads", "1000000"], "--threads"),
+        (["--processes", "1000000"], "--processes"),
+        (["--device", "bogus"], "not a device"),
+        (["--device", "cuda:x"], "not a device"),
+    ],
+)
+def test_bad_values_are_one_line_and_create_nothing(tmp_path, extra, says):
+    runs = tmp_path / "runs"
+    extra = [str(_gpt2(tmp_path)) if x == "GPT2" else x for x in extra]
+    result = _ild("run", "--target-layers", "2", "--runs-dir", str(runs), "--name", "r", "--detach", *extra)
+    assert result.returncode == 2, result.stdout + result.stderr
+    # One line of ild's, or click's usage error (whose last line says what is wrong).
+    assert "Traceback" not in result.stderr and says in result.stderr.strip().splitlines()[-1], result.stderr
+    assert not (runs / "r").exists()
+
+
+def test_the_cli_bounds_are_the_configs():
+    from engine.config import MAX_PROCESSES, MAX_THREADS
+
+    assert (cli.MAX_THREADS, cli.MAX_PROCESSES) == (MAX_THREADS, MAX_PROCESSES)
+
+
+def test_a_gpu_that_is_not_there_is_refused_at_creation_and_at_start(tiny, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    runs = tmp_path / "runs"
+    common = ["--model", str(tiny / "model"), "--target-layers", "4", "--runs-dir", str(runs), "--device", "cuda"]
+    refused = _ild("run", *common, "--name", "now", "--detach")
+    assert refused.returncode == 2 and "no CUDA GPU" in _one_line(refused.stderr) and not (runs / "now").exists()
+    # Made for a GPU host (a scheduler starts it there); started here, it ends with its last word in the log.
+    made = _ild("run", *common, "--name", "later", "--create-only")
+    assert made.returncode == 0, made.stderr
+    engine = subprocess.run(
+        [sys.executable, "-m", "engine.worker", str(runs / "later")], capture_output=True, text=True
+    )
+    assert engine.returncode == 1 and "no CUDA GPU" in _one_line(engine.stderr)
+    events = read_all(runs / "later" / "events.jsonl")
+    assert events[-1]["type"] == "run_failed" and "no CUDA GPU" in events[-1]["error"]
