@@ -64,17 +64,26 @@ def main(ctx: click.Context) -> None:
     Run `ild COMMAND --help` for the options of a command.
     """
     if ctx.invoked_subcommand is None:
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            _open_dashboard(os.environ.get("ILD_RUNS_DIR", DEFAULT_RUNS_DIR), None, None)
-        else:
-            click.echo(ctx.get_help())
+        _open_dashboard(os.environ.get("ILD_RUNS_DIR", DEFAULT_RUNS_DIR), None, None)
 
 
 def _open_dashboard(runs_dir: str, run_dir, theme: str | None) -> None:
-    """Textual loads here, never at import time (`ild --help` stays light)."""
-    from .app import IldApp
+    """Textual loads here, never at import time (`ild --help` stays light).
 
-    IldApp(runs_dir, run_dir, theme=theme).run()
+    Refuses without a terminal (it would write escape codes into a pipe and wait forever), and ends
+    when its terminal goes away (see ``ild_tui.terminal``).
+    """
+    from . import terminal
+
+    missing = terminal.missing()
+    if missing:
+        raise Failure(f"{missing}; without one use ild ls, ild show RUN or ild run --headless (ild --help)", EXIT_USAGE)
+    from .app import IldApp
+    from .launch import reap_started
+
+    app = IldApp(runs_dir, run_dir, theme=theme)
+    with terminal.Watch(app, sys.stdin.fileno(), reap_started):
+        app.run()
 
 
 @main.command()

@@ -157,6 +157,16 @@ def _ignore_hangup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+_started: list[subprocess.Popen] = []  # engines this process started and has not reaped yet
+
+
+def reap_started() -> None:
+    """Collect the exit status of started engines that have ended (no zombies while a dashboard runs)."""
+    for child in list(_started):
+        if child.poll() is not None:
+            _started.remove(child)
+
+
 def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
     """Start the engine in its own session: closing the terminal, SIGHUP or an SSH drop leave it running."""
     with _open_out(RunDir(run_dir)) as log:
@@ -170,6 +180,7 @@ def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
             close_fds=True,
             preexec_fn=_ignore_hangup,
         )
+    _started.append(child)
     return child.pid
 
 

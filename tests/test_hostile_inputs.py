@@ -340,3 +340,58 @@ def test_a_gpu_that_is_not_there_is_refused_at_creation_and_at_start(tiny, tmp_p
     assert engine.returncode == 1 and "no CUDA GPU" in _one_line(engine.stderr)
     events = read_all(runs / "later" / "events.jsonl")
     assert events[-1]["type"] == "run_failed" and "no CUDA GPU" in events[-1]["error"]
+
+
+# -- the dashboard: a terminal or nothing ---------------------------------------------------------
+
+
+def test_attach_and_bare_ild_without_a_terminal_say_so_in_one_line(tmp_path):
+    runs = copy_all(tmp_path / "runs")
+    for args in (["attach", FINISHED, "--runs-dir", str(runs)], []):
+        result = _ild(*args, timeout=60)  # stdin /dev/null, stdout a pipe
+        assert result.returncode == 2 and "needs a terminal" in _one_line(result.stderr), result.stderr
+        assert "\x1b" not in result.stdout
+
+
+@pytest.mark.parametrize("controlling", [True, False], ids=["sighup", "hangup-only"])
+def test_the_dashboard_ends_when_its_terminal_goes_away(tmp_path, controlling):
+    import fcntl
+    import select
+    import struct
+    import termios
+    import time
+
+    runs = copy_all(tmp_path / "runs")
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+
+    def as_terminal():
+        if controlling:  # the pty is its controlling terminal: closing it sends SIGHUP
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "ILD_CONFIG_DIR": str(tmp_path / "cfg")}
+    proc = subprocess.Popen(
+        [ILD, "attach", FINISHED, "--runs-dir", str(runs)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+        preexec_fn=as_terminal,
+    )
+    os.close(slave)
+    try:
+        drawn, deadline = b"", time.monotonic() + 60
+        while len(drawn) < 2000 and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.5)[0]:
+                drawn += os.read(master, 65536)
+        assert len(drawn) >= 2000, drawn[-500:]  # the dashboard is up
+        os.close(master)  # the SSH connection drops
+        master = None
+        assert proc.wait(timeout=30) is not None
+    finally:
+        if master is not None:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
