@@ -882,10 +882,25 @@ def study(
             f"   tail -f {out_dir / 'study.log'}"
         )
         return
+    _survive_hangup()
     with HeadlessView() as view:
         code = finish(out_dir, view, measure=not no_measure)
     if code:
         sys.exit(code)
+
+
+def _survive_hangup() -> None:
+    """A foreground study outlives its terminal (an SSH drop): on SIGHUP its output goes to /dev/null
+    from then on (a write to a hung-up terminal fails) and the remaining runs and the report go on."""
+    import signal
+
+    def on_hangup(signum, frame) -> None:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    signal.signal(signal.SIGHUP, on_hangup)
 
 
 @main.command()

@@ -53,6 +53,7 @@ def create_run(run_dir: Path, config: dict, here: bool = True) -> Path:
         capture_output=True,
         text=True,
         env=_engine_env(),
+        preexec_fn=_ignore_hangup,
     )
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "engine failed"), 2 if result.returncode == 2 else 1)
@@ -100,7 +101,12 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
     log = _open_out(rd)
     start = log.tell()  # what this engine writes, not an earlier one's
     child = subprocess.Popen(
-        [*SUPERVISOR, str(run_dir), *launch], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
+        [*SUPERVISOR, str(run_dir), *launch],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=_engine_env(),
+        preexec_fn=_ignore_hangup,  # the engine outlives a foreground `ild run`/`ild study`'s terminal
     )
     tailer = EventTailer(rd.events_file)
     received: list[str] = []

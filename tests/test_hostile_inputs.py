@@ -395,3 +395,45 @@ def test_the_dashboard_ends_when_its_terminal_goes_away(tmp_path, controlling):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_foreground_study_survives_its_terminal_hanging_up(tiny, tmp_path):
+    """An SSH drop: SIGHUP and a hung-up terminal. The remaining strategy and the report still run."""
+    import fcntl
+    import select
+    import termios
+    import time
+
+    out = tmp_path / "study"
+    master, slave = os.openpty()
+    args = ["study", "--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml")]
+    args += ["--strategies", "shortgpt,iterative-bi", "--target-layers", "4", "--out", str(out), "--no-measure"]
+    proc = subprocess.Popen(
+        [ILD, *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    first = out / "runs" / "shortgpt" / "events.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (first.is_file() and read_all(first)) and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.2)[0]:
+                os.read(master, 65536)
+        assert read_all(first), "the study did not start its first run"
+        os.close(master)  # hang up: SIGHUP to the study, EIO on every later write to the terminal
+        master = None
+        assert proc.wait(timeout=600) == 0
+    finally:
+        if master is not None:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for strategy in ("shortgpt", "iterative-bi"):
+        assert read_all(out / "runs" / strategy / "events.jsonl")[-1]["type"] == "run_finished", strategy
+    assert (out / "report" / "report.html").is_file()
