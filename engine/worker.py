@@ -255,12 +255,10 @@ def run(run_dir: Path) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # recorded as run_failed by the runner (rank 0); one line here
+        from engine.failures import describe
+
         logging.getLogger(__name__).exception("run failed")
-        return _fail(
-            f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            f"(details in {_log_file(run_dir, ranks.rank)})",
-            EXIT_FAILED,
-        )
+        return _fail(f"{who}run failed: {describe(exc)} (details in {_log_file(run_dir, ranks.rank)})", EXIT_FAILED)
     finally:
         lock.release()
 

@@ -437,3 +437,57 @@ def test_a_foreground_study_survives_its_terminal_hanging_up(tiny, tmp_path):
     for strategy in ("shortgpt", "iterative-bi"):
         assert read_all(out / "runs" / strategy / "events.jsonl")[-1]["type"] == "run_finished", strategy
     assert (out / "report" / "report.html").is_file()
+
+
+# -- a full disk: an error with a name, never a SIGBUS --------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB file system (tmpfs; needs the right to mount, as root in a container has)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+FULL_DISK_PROBE = """
+import sys, torch
+from pathlib import Path
+from engine.distill.cache import BlockStore
+from engine.distill.teacher_store import TeacherStore
+from engine.failures import describe
+
+root = Path(sys.argv[1])
+rows = torch.ones(64, 1024)  # 256 KiB on a 64 KiB disk
+entry = TeacherStore(root / "teacher", 1 << 30).entry("teacher", rows)
+entry.save("final", (64, 1024), rows)  # costs the next run the computation, nothing else
+print("store:", sorted(p.name for p in (root / "teacher").rglob("*.bin")))
+try:
+    store = BlockStore(64, (1024,), torch.float32, root / "spill", limit_bytes=0)
+    for i in range(64):
+        store[i] = rows[i]
+    print("spill: written")
+except OSError as exc:
+    print("spill:", describe(exc))
+try:
+    torch.save(rows, root / "state.pt")
+except Exception as exc:
+    print("save:", describe(exc))
+"""
+
+
+def test_a_full_disk_under_the_store_and_the_healing_cache_is_an_error_not_a_sigbus(full_disk):
+    probe = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_PROBE, str(full_disk)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert probe.returncode == 0, f"exit {probe.returncode}: {probe.stderr[-2000:]}"
+    lines = dict(line.split(": ", 1) for line in probe.stdout.splitlines())
+    assert lines["store"] == "[]"
+    assert lines["spill"].startswith("disk full writing ") and "No space left" in lines["spill"]
+    assert lines["save"].startswith("disk full")
