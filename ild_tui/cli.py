@@ -462,8 +462,11 @@ def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> N
     from engine.runlog.tailer import EventTailer
 
     offset = EventTailer(run_dir.events_file)
-    offset.poll()
-    command_id = send_command(run_dir.path, name, by="cli", **args)
+    try:
+        offset.poll()
+        command_id = send_command(run_dir.path, name, by="cli", **args)
+    except OSError as exc:  # commands/ a link (never written through), or no room to write
+        raise Failure(f"could not send {name}: {exc}", EXIT_FAILED) from None
     reply = wait_for_reply(run_dir.path, command_id, timeout, offset=offset.offset)
     if reply is None:
         raise Failure(
