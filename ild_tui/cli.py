@@ -64,6 +64,10 @@ def main(ctx: click.Context) -> None:
     Run `ild COMMAND --help` for the options of a command.
     """
     if ctx.invoked_subcommand is None:
+        from .terminal import missing
+
+        if missing():  # piped: the commands on stdout, why no dashboard on stderr, and not a success
+            click.echo(ctx.get_help())
         _open_dashboard(os.environ.get("ILD_RUNS_DIR", DEFAULT_RUNS_DIR), None, None)
 
 
