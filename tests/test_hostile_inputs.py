@@ -491,3 +491,31 @@ def test_a_full_disk_under_the_store_and_the_healing_cache_is_an_error_not_a_sig
     assert lines["store"] == "[]"
     assert lines["spill"].startswith("disk full writing ") and "No space left" in lines["spill"]
     assert lines["save"].startswith("disk full")
+
+
+def test_the_dashboard_reaps_an_engine_it_started_once_that_ends(tmp_path):
+    """No zombie while the dashboard stays open (its ``Watch`` polls the engines it started)."""
+    import time
+
+    from ild_tui import launch, terminal
+
+    class App:
+        def call_from_thread(self, fn):
+            fn()
+
+        def exit(self):
+            pass
+
+    master, slave = os.openpty()
+    child = subprocess.Popen(["true"])
+    launch._started.append(child)
+    try:
+        with terminal.Watch(App(), slave, launch.reap_started):
+            deadline = time.monotonic() + 10
+            while launch._started and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert child not in launch._started and child.returncode == 0
+            assert not Path(f"/proc/{child.pid}").exists()  # reaped, not a zombie
+    finally:
+        os.close(master)
+        os.close(slave)
