@@ -519,3 +519,21 @@ def test_the_dashboard_reaps_an_engine_it_started_once_that_ends(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.usefixtures("tui_env")
+async def test_the_runs_screen_lists_an_unreadable_run_beside_the_good_ones(tmp_path):
+    from ild_tui.screens.runs import RunsScreen
+    from tests.support import wait_for
+    from tools.synthetic_runs import make_app
+
+    runs = copy_all(tmp_path / "runs")
+    events = RunDir(runs / DEAD).events_file
+    events.unlink()
+    os.mkfifo(events)
+    app = make_app(runs)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen) and app.screen.scanned)
+        rows = {r.name: r for r in app.screen.rows}
+        assert {FINISHED, LIVE, DEAD} <= set(rows)
+        assert rows[DEAD].status == "unreadable" and "a FIFO" in rows[DEAD].note

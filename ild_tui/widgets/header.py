@@ -21,6 +21,7 @@ STATUS_LOOK = {
     "died": ("✖", "engine dead", "error"),
     "unknown": ("○", "checking", "foreground"),
     "starting": ("○", "starting", "warning"),
+    "unreadable": ("✖", "unreadable", "error"),  # the log is a directory, a FIFO, a link...
 }
 
 
