@@ -30,7 +30,7 @@ def _one_line(text: str) -> str:
     return lines[0]
 
 
-def _ild(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _ild(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     """The console script in a child process: a hang fails the test instead of stalling the suite."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(

@@ -21,7 +21,7 @@ from tools.synthetic_runs import DEAD, FINISHED, LIVE, copy_all
 def test_attach_and_bare_ild_without_a_terminal_say_so_in_one_line(tmp_path):
     runs = copy_all(tmp_path / "runs")
     for args in (["attach", FINISHED, "--runs-dir", str(runs)], []):
-        result = _ild(*args, timeout=60)  # stdin /dev/null, stdout a pipe
+        result = _ild(*args)  # stdin /dev/null, stdout a pipe
         assert result.returncode == 2 and "needs a terminal" in _one_line(result.stderr), result.stderr
         assert "\x1b" not in result.stdout
 
@@ -54,7 +54,7 @@ def test_the_dashboard_ends_when_its_terminal_goes_away(tmp_path, controlling):
     )
     os.close(slave)
     try:
-        drawn, deadline = b"", time.monotonic() + 60
+        drawn, deadline = b"", time.monotonic() + 120
         while len(drawn) < 2000 and time.monotonic() < deadline and proc.poll() is None:
             if select.select([master], [], [], 0.5)[0]:
                 drawn += os.read(master, 65536)
