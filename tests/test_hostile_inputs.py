@@ -124,12 +124,12 @@ def test_a_fifo_log_latest_or_manifest_blocks_nothing(tmp_path):
     events.unlink()
     os.mkfifo(events)
     os.mkfifo(runs / FINISHED / "LATEST")
-    listed = _ild("ls", "--runs-dir", str(runs), timeout=30)
+    listed = _ild("ls", "--runs-dir", str(runs), timeout=90)
     assert listed.returncode == 0 and FINISHED in listed.stdout and LIVE in listed.stdout, listed.stderr
     assert DEAD in listed.stdout and "a FIFO" in listed.stderr
-    shown = _ild("show", DEAD, "--runs-dir", str(runs), timeout=30)
+    shown = _ild("show", DEAD, "--runs-dir", str(runs), timeout=90)
     assert shown.returncode == 1 and "a FIFO" in _one_line(shown.stderr)
-    assert _ild("show", FINISHED, "--runs-dir", str(runs), timeout=30).returncode == 0
+    assert _ild("show", FINISHED, "--runs-dir", str(runs), timeout=90).returncode == 0
     # LATEST and a checkpoint manifest as FIFOs: readers refuse them at once (export verifies with these).
     from engine.runlog.atomic import read_json
 
