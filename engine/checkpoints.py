@@ -31,9 +31,10 @@ import torch
 from engine import faults
 from engine.models.adapters import adapter_for
 from engine.models.surgery import layer_map, remove_layers
-from engine.runlog._fileio import fsync_dir, is_real_dir, open_regular, read_regular
+from engine.runlog._fileio import fsync_dir, is_real_dir
 from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import UnsafeFile, open_regular, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,8 @@ class CheckpointStore:
         """
         recorded = recorded_checkpoints(events or [])
         named, problem = self._latest_name()
+        # A LATEST that is a link or a FIFO is never followed, yet it promises a checkpoint.
+        unsafe = problem is not None and problem.startswith("LATEST unsafe: ")
         if named:
             try:
                 return self.load(named, recorded.get(named))
@@ -263,7 +266,7 @@ class CheckpointStore:
                 continue
             checkpoint.note = f"{problem}; using checkpoint {name}, the newest that verifies"
             return checkpoint
-        if named:
+        if named or unsafe:
             raise CheckpointError(f"{problem}, and no other checkpoint verifies")
         return None
 
@@ -304,10 +307,12 @@ class CheckpointStore:
     def _latest_name(self) -> tuple[str | None, str | None]:
         """(the name ``LATEST`` holds, why there is none)."""
         try:
-            named = read_regular(self.rundir.latest_file).decode("utf-8").strip()
+            named = read_regular(self.rundir.latest_file, 4096).decode("utf-8").strip()
             return (named, None) if named else (None, "LATEST is empty")
         except (FileNotFoundError, NotADirectoryError):
             return None, "LATEST is missing"
+        except UnsafeFile as exc:
+            return None, f"LATEST unsafe: {exc}"
         except (OSError, UnicodeDecodeError) as exc:
             return None, f"LATEST is unreadable ({_reason(exc)})"
 
@@ -370,8 +375,8 @@ class CheckpointStore:
         """The partial checkpoint of ``iteration``, if ``PARTIAL`` names one that verifies."""
         pointer = self.rundir.partial_file
         try:
-            name = pointer.read_text(encoding="utf-8").strip()
-        except (FileNotFoundError, OSError, UnicodeDecodeError):
+            name = read_regular(pointer, 4096).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
             return None
         if not name.startswith(PARTIAL_PREFIX) or not _plain_name(name):
             log.warning("ignoring PARTIAL: %r is not a partial checkpoint name", name[:80])

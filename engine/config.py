@@ -14,6 +14,12 @@ class ConfigError(ValueError):
     """One line, shown to the user as is."""
 
 
+# Upper bounds a typo meets before the engine tries to start a million threads or processes: more
+# threads than any CPU has, more engine processes on one host than any host has GPUs.
+MAX_THREADS = 1024
+MAX_PROCESSES = 256
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -95,7 +101,9 @@ class DistributedSettings(_Strict):
     processes from its checkpoints.
     """
 
-    processes: int = Field(default=1, ge=1)  # engine processes on this host, one per GPU (accelerate launch)
+    processes: int = Field(
+        default=1, ge=1, le=MAX_PROCESSES
+    )  # engine processes on this host, one per GPU (accelerate launch)
     accelerate_config: str | None = None  # an `accelerate config` file: machines, processes, ... (multi-node)
     # > 1: each process spreads its model over that many GPUs (device_map)
     gpus_per_process: int = Field(default=1, ge=1)
@@ -122,7 +130,8 @@ class RunConfig(_Strict):
     split_seed: int = 0  # which items of each task are the selection part and which the report part
     scoring: ScoringSettings = Field(default_factory=lambda: ScoringSettings())
     mode: Literal["auto", "manual", "auto-after"] = "auto"
-    auto_after_seconds: float | None = None
+    # A NaN or an infinity would wait for a person forever; 1e9 s is the command inbox's bound too.
+    auto_after_seconds: float | None = Field(default=None, gt=0, le=1e9, allow_inf_nan=False)
     seed: int = 0
     batch_tokens: int = Field(default=4096, ge=64)
     score_cache: bool = True  # scores of weights already scored on the same items are read back
@@ -132,7 +141,7 @@ class RunConfig(_Strict):
     notify_cmd: str | None = None
     stall_seconds: float = Field(default=900.0, gt=0)
     # CPU threads per engine process (None: torch's choice, or cores / processes)
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
     def importance_metric(self) -> str:

@@ -85,6 +85,7 @@ class Controller:
         self._closed = threading.Event()
         self._previous_handlers: dict[int, object] = {}
         self._first_signal_at = 0.0
+        self._answered: set | None = None  # see _answered_ids
 
     # --- the one way out ----------------------------------------------------------------------
     def emit(self, type_: str, **fields) -> dict:
@@ -152,16 +153,33 @@ class Controller:
 
     def poll(self) -> None:
         for command in self.inbox.pending():
+            cid = getattr(command, "id", None)
+            if cid in self._answered_ids():
+                # Answered by an engine that died before filing it: applying it again would, say,
+                # pause the resumed run by itself. Exactly once, by id.
+                self.inbox.done(command)
+                continue
             reason = self.inbox.validate(command)
             if reason is None and isinstance(command, Command):
                 reason = self._apply(command)
-            cid = getattr(command, "id", None)
             name = getattr(command, "name", None)
             if reason is None:
                 self.emit("command_applied", command_id=cid, name=name, args=command.args, by=command.by)
             else:
                 self.emit("command_rejected", command_id=cid, name=name, reason=reason)
+            self._answered.add(cid)
             self.inbox.done(command)
+
+    def _answered_ids(self) -> set:
+        """Ids of the commands the log has an answer to (read once, when a command first arrives)."""
+        if self._answered is None:
+            from engine.runlog.tailer import read_all
+
+            answers = ("command_applied", "command_rejected")
+            self._answered = {
+                e.get("command_id") for e in read_all(self.rundir.events_file) if e.get("type") in answers
+            }
+        return self._answered
 
     def _apply(self, command: Command) -> str | None:
         name, args = command.name, command.args

@@ -26,6 +26,8 @@ from engine.control import Decision, StopRequested
 from engine.distributed.control import RankedController
 from engine.distributed.ranks import SINGLE, Ranks
 from engine.evaluation import Evaluation, summary
+from engine.failures import DISK_FULL_HINT, disk_full
+from engine.failures import describe as describe_failure
 from engine.models.adapters import adapter_for
 from engine.models.export import export_model
 from engine.models.loading import load_model, model_version
@@ -103,8 +105,9 @@ class Runner:
                 self._finish("stopped", f"stopped at iteration {self.iteration}; continue with ild resume")
                 return "stopped"
             except Exception as exc:
-                self.emit("run_failed", error=f"{type(exc).__name__}: {exc}", hint=_hint(exc), iteration=self.iteration)
-                self.control.notify("failed", f"{type(exc).__name__}: {exc}")
+                error = describe_failure(exc)
+                self.emit("run_failed", error=error, hint=_hint(exc), iteration=self.iteration)
+                self.control.notify("failed", error)
                 raise
 
     def _run(self) -> str:
@@ -671,4 +674,6 @@ def _hint(exc: BaseException) -> str:
         return "out of GPU memory: lower --batch-tokens"
     if isinstance(exc, MemoryError):
         return "out of memory: lower --batch-tokens"
+    if disk_full(exc):
+        return DISK_FULL_HINT
     return "the run can be resumed from its last checkpoint with `ild resume RUN`"

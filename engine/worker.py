@@ -46,6 +46,12 @@ def _resolve(data: dict):
 
     try:
         strategy = get_strategy(data.get("strategy", ""))
+        for section in ("heal", "distributed"):
+            if data.get(section) is not None and not isinstance(data[section], dict):
+                raise ValueError(
+                    f"{section} is a section of settings, not {data[section]!r}: set one of them, "
+                    f"e.g. --set {section}.KEY=VALUE"
+                )
         # The strategy's own healing choices first; what the user set explicitly wins.
         data["heal"] = {**strategy.heal_settings, **(data.get("heal") or {})}
         if isinstance(data.get("report_suite"), str) and data["report_suite"].lower() == "none":
@@ -60,6 +66,13 @@ def _resolve(data: dict):
         report = load_report_suite(suite, data.get("report_suite"))
         if report is not None:
             check_suite_data(report)
+        if isinstance(data.get("device"), str):
+            from engine.models.device import device_problem
+
+            problem = device_problem(data["device"], check_available=not data.pop("_defer_device_check", False))
+            if problem:
+                raise ValueError(problem)
+        data.pop("_defer_device_check", None)
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
         config = validate_config(data)
@@ -131,7 +144,11 @@ def _log_file(run_dir: Path, rank: int = 0) -> Path:
 
 
 def _setup_logging(run_dir: Path, rank: int = 0) -> None:
-    handler = logging.FileHandler(_log_file(run_dir, rank))
+    from engine.runlog.safefile import open_regular
+
+    # Not logging.FileHandler: that follows a link planted where engine.log belongs.
+    stream = os.fdopen(open_regular(_log_file(run_dir, rank), os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -156,12 +173,17 @@ def _load_config(run_dir: Path):
     import yaml
 
     from engine.config import ConfigError, validate_config
+    from engine.runlog.safefile import UnsafeFile, read_regular
 
     path = RunDir(run_dir).config_file
-    if not path.is_file():
-        raise SystemExit(_fail(f"{run_dir} is not a run directory (no config.yaml)"))
     try:
-        return validate_config(yaml.safe_load(path.read_text()))
+        text = read_regular(path).decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise SystemExit(_fail(f"{run_dir} is not a run directory (no config.yaml)")) from None
+    except (UnsafeFile, UnicodeDecodeError) as exc:
+        raise SystemExit(_fail(f"{path}: {exc}")) from None
+    try:
+        return validate_config(yaml.safe_load(text))
     except (ConfigError, yaml.YAMLError) as exc:
         raise SystemExit(_fail(f"{path}: {str(exc).splitlines()[0]}")) from None
 
@@ -219,7 +241,16 @@ def run(run_dir: Path) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     os.umask(0o077)
 
+    problem = RunDir(run_dir).problem()  # a link or a FIFO where the engine writes: never followed
+    if problem:
+        return _fail(f"refusing to run: {problem}")
     config = _load_config(run_dir)
+    if config.device:
+        from engine.models.device import device_problem
+
+        problem = device_problem(config.device)
+        if problem:  # a run created for another host (--create-only), started on this one
+            return _refuse_run(run_dir, problem, "start it where that device exists, or change device: in config.yaml")
     _quiet_libraries()
     ranks = _join_ranks(config)
     _setup_logging(run_dir, ranks.rank)
@@ -243,14 +274,25 @@ def run(run_dir: Path) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # recorded as run_failed by the runner (rank 0); one line here
+        from engine.failures import describe
+
         logging.getLogger(__name__).exception("run failed")
-        return _fail(
-            f"{who}run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            f"(details in {_log_file(run_dir, ranks.rank)})",
-            EXIT_FAILED,
-        )
+        return _fail(f"{who}run failed: {describe(exc)} (details in {_log_file(run_dir, ranks.rank)})", EXIT_FAILED)
     finally:
         lock.release()
+
+
+def _refuse_run(run_dir: Path, error: str, hint: str) -> int:
+    """End a run that cannot start here with ``run_failed`` (its last word in the log) and one line."""
+    from engine.runlog.events import EventWriter
+    from engine.runlog.lock import EngineLock, LockHeld
+
+    try:
+        with EngineLock(run_dir), EventWriter(RunDir(run_dir).events_file) as writer:
+            writer.emit("run_failed", error=error, hint=hint)
+    except LockHeld:
+        return _fail(f"an engine is already running on {run_dir}")
+    return _fail(error, EXIT_FAILED)
 
 
 def export(run_dir: Path, out: Path, force: bool = False, from_checkpoint: int | None = None) -> int:

@@ -9,6 +9,7 @@ Exit codes: 0 done, 1 failed, 2 bad input or usage, 130 interrupted.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -19,6 +20,8 @@ from engine.runlog.strategies import DEFAULT_STRATEGY, IMPORTANCE_METRICS, STRAT
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_RUNS_DIR = "runs"
+# engine.config's bounds (not imported: it loads pydantic, and `ild --help` stays light).
+MAX_THREADS, MAX_PROCESSES = 1024, 256
 
 
 # Commands whose issue has not landed yet: they say so instead of pretending.
@@ -61,17 +64,30 @@ def main(ctx: click.Context) -> None:
     Run `ild COMMAND --help` for the options of a command.
     """
     if ctx.invoked_subcommand is None:
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            _open_dashboard(os.environ.get("ILD_RUNS_DIR", DEFAULT_RUNS_DIR), None, None)
-        else:
+        from .terminal import missing
+
+        if missing():  # piped: the commands on stdout, why no dashboard on stderr, and not a success
             click.echo(ctx.get_help())
+        _open_dashboard(os.environ.get("ILD_RUNS_DIR", DEFAULT_RUNS_DIR), None, None)
 
 
 def _open_dashboard(runs_dir: str, run_dir, theme: str | None) -> None:
-    """Textual loads here, never at import time (`ild --help` stays light)."""
-    from .app import IldApp
+    """Textual loads here, never at import time (`ild --help` stays light).
 
-    IldApp(runs_dir, run_dir, theme=theme).run()
+    Refuses without a terminal (it would write escape codes into a pipe and wait forever), and ends
+    when its terminal goes away (see ``ild_tui.terminal``).
+    """
+    from . import terminal
+
+    missing = terminal.missing()
+    if missing:
+        raise Failure(f"{missing}; without one use ild ls, ild show RUN or ild run --headless (ild --help)", EXIT_USAGE)
+    from .app import IldApp
+    from .launch import reap_started
+
+    app = IldApp(runs_dir, run_dir, theme=theme)
+    with terminal.Watch(app, sys.stdin.fileno(), reap_started):
+        app.run()
 
 
 @main.command()
@@ -197,7 +213,7 @@ def attach(ctx, run_ref, runs_dir, theme):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_PROCESSES),
     default=None,
     help="Engine processes, one per GPU (accelerate launch); on a CPU each takes its share of the cores.",
 )
@@ -207,7 +223,9 @@ def attach(ctx, run_ref, runs_dir, theme):
     default=None,
     help="An `accelerate config` file (machines, processes): multi-node runs, see docs/distributed.md.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads per engine process.")
+@click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="CPU threads per engine process."
+)
 @click.option(
     "--create-only", is_flag=True, help="Make the run directory and print it; start it later (a scheduler, ild resume)."
 )
@@ -270,6 +288,10 @@ def run(
         mode = "auto" if (headless or detach) else "manual"
     if mode == "auto-after" and not auto_after:
         raise Failure("--mode auto-after needs --auto-after SECONDS", EXIT_USAGE)
+    if auto_after is not None and not (math.isfinite(auto_after) and 0 < auto_after <= 1e9):
+        raise Failure(
+            f"--auto-after must be a number of seconds above 0 and at most 1e9 (got {auto_after})", EXIT_USAGE
+        )
     try:
         run_id = new_run_id(name, model, strategy)
     except ValueError as exc:
@@ -312,7 +334,7 @@ def run(
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     try:
-        create_run(run_dir, config)
+        create_run(run_dir, config, here=not create_only)
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     if create_only:
@@ -382,7 +404,7 @@ def _console():
 @runs_dir_option
 @click.option(
     "--processes",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_PROCESSES),
     default=None,
     help="Continue on this many engine processes (default: as the run was started).",
 )
@@ -404,6 +426,9 @@ def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
         run_dir = find_run(runs_dir, run_ref)
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+    problem = run_dir.problem()  # a link or a FIFO where the engine writes: it would write elsewhere
+    if problem:
+        raise Failure(f"refusing to resume {run_dir.name}: {problem}", EXIT_USAGE)
     if is_alive(run_dir.path):
         _send_and_report(run_dir, "resume", {})
         return
@@ -441,8 +466,11 @@ def _send_and_report(run_dir, name: str, args: dict, timeout: float = 30.0) -> N
     from engine.runlog.tailer import EventTailer
 
     offset = EventTailer(run_dir.events_file)
-    offset.poll()
-    command_id = send_command(run_dir.path, name, by="cli", **args)
+    try:
+        offset.poll()
+        command_id = send_command(run_dir.path, name, by="cli", **args)
+    except OSError as exc:  # commands/ a link (never written through), or no room to write
+        raise Failure(f"could not send {name}: {exc}", EXIT_FAILED) from None
     reply = wait_for_reply(run_dir.path, command_id, timeout, offset=offset.offset)
     if reply is None:
         raise Failure(
@@ -534,8 +562,9 @@ def list_runs_command(runs_dir):
     import time
 
     from rich.table import Table
+    from rich.text import Text
 
-    from .runs import all_runs
+    from .runs import SKIPPED_NOTE, all_runs
 
     runs = all_runs(runs_dir)
     if not runs:
@@ -546,10 +575,10 @@ def list_runs_command(runs_dir):
         table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
     for r in runs:
         table.add_row(
-            r.name,
+            Text(r.name),  # Text: a name like "[red]x" is shown as it is, not read as markup
             r.status,
-            r.model,
-            r.strategy,
+            Text(r.model),
+            Text(r.strategy),
             f"{r.layers_now}/{r.start_layers}" if r.start_layers else "-",
             _fmt(r.now),
             _fmt(r.best),
@@ -559,7 +588,10 @@ def list_runs_command(runs_dir):
     _console().print(table)
     skipped = [f"{r.name} ({r.skipped})" for r in runs if r.skipped]
     if skipped:
-        click.echo(f"events skipped for fields of the wrong type: {', '.join(skipped)}", err=True)
+        click.echo(f"{SKIPPED_NOTE}: {', '.join(skipped)}", err=True)
+    for r in runs:
+        if r.status == "unreadable":
+            click.echo(f"ild: {r.name}: {r.note}", err=True)
 
 
 @main.command()
@@ -569,19 +601,26 @@ def show(run_ref, runs_dir):
     """Print a run's iteration table: layers by original index, the report aggregate and per-task
     scores (and the aggregate of the items that chose the layers, when the run logs them)."""
     from rich.table import Table
+    from rich.text import Text
 
+    from engine.runlog.jsonsafe import printable
     from engine.runlog.schema import REPORT, SELECT, STAGES
 
-    from .runs import FINISH_NOTES, RunNotFound, find_run, summarise
+    from .runs import FINISH_NOTES, SKIPPED_NOTE, RunNotFound, find_run, summarise
 
     try:
         row, s = summarise(find_run(runs_dir, run_ref))
     except RunNotFound as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+    if s.unreadable:
+        raise Failure(f"{row.name}: {row.note}", EXIT_FAILED)
     console = _console()
     console.print(
-        f"[bold]{row.name}[/bold]  {row.status}  model {s.model}  strategy {s.strategy}  "
-        f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})",
+        Text.assemble(
+            (row.name, "bold"),
+            f"  {row.status}  model {s.model}  strategy {s.strategy}  "
+            f"layers {row.layers_now}/{s.start_layers} (target {s.target_layers})",
+        ),
         highlight=False,
     )
     report = sorted(
@@ -633,9 +672,10 @@ def show(run_ref, runs_dir):
     if s.finished and s.finished["reason"] in FINISH_NOTES:
         console.print(f"finished at the {s.finished['reason']}: {FINISH_NOTES[s.finished['reason']]}", highlight=False)
     if s.failure:
-        console.print(f"[red]failed:[/red] {s.failure['error']} — {s.failure.get('hint', '')}", highlight=False)
-    if s.skipped:
-        console.print(f"{s.skipped} events skipped: fields of the wrong type", highlight=False)
+        why = printable(f"{s.failure['error']} — {s.failure.get('hint', '')}")
+        console.print(Text.assemble(("failed:", "red"), f" {why}"), highlight=False)
+    if row.skipped:
+        console.print(f"{row.skipped} {SKIPPED_NOTE}", highlight=False, markup=False)
 
 
 @main.command()
@@ -861,10 +901,25 @@ def study(
             f"   tail -f {out_dir / 'study.log'}"
         )
         return
+    _survive_hangup()
     with HeadlessView() as view:
         code = finish(out_dir, view, measure=not no_measure)
     if code:
         sys.exit(code)
+
+
+def _survive_hangup() -> None:
+    """A foreground study outlives its terminal (an SSH drop): on SIGHUP its output goes to /dev/null
+    from then on (a write to a hung-up terminal fails) and the remaining runs and the report go on."""
+    import signal
+
+    def on_hangup(signum, frame) -> None:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    signal.signal(signal.SIGHUP, on_hangup)
 
 
 @main.command()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.runlog.jsonsafe import printable
 from engine.runlog.schema import problem
 
 
@@ -53,8 +55,9 @@ class HeadlessView:
 
     def line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
+        text = printable(text)  # names and messages come from the log: no control character reaches the terminal
         self.console.print(
-            f"[dim]{stamp}[/dim] {text}" if self.tty else f"{stamp} {text}",
+            f"[dim]{stamp}[/dim] {escape(text)}" if self.tty else f"{stamp} {text}",
             markup=self.tty,
             highlight=False,
             soft_wrap=True,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import open_regular
 from engine.runlog.tailer import EventTailer
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
@@ -40,10 +41,19 @@ def _engine_env() -> dict:
     return env
 
 
-def create_run(run_dir: Path, config: dict) -> Path:
-    """Validate the config in the engine and make the run directory, or raise with its one line."""
+def create_run(run_dir: Path, config: dict, here: bool = True) -> Path:
+    """Validate the config in the engine and make the run directory, or raise with its one line.
+
+    ``here=False``: the run is for another host (``--create-only``), so a GPU it names need not be here.
+    """
+    payload = config if here else {**config, "_defer_device_check": True}
     result = subprocess.run(
-        [*ENGINE, str(run_dir), "--create"], input=json.dumps(config), capture_output=True, text=True, env=_engine_env()
+        [*ENGINE, str(run_dir), "--create"],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=_engine_env(),
+        preexec_fn=_ignore_hangup,
     )
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "engine failed"), 2 if result.returncode == 2 else 1)
@@ -62,8 +72,15 @@ def _engine_message(stderr: str, fallback: str) -> str:
 
 
 def _open_out(rd: RunDir):
-    """``engine.out`` for appending, its owner's only like the rest of the run directory."""
-    return os.fdopen(os.open(rd.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+    """``engine.out`` for appending, its owner's only like the rest of the run directory.
+
+    Raises ``LaunchError`` (one line) for a run directory holding a link or a FIFO where ild writes:
+    no engine starts there (``RunDir.problem``).
+    """
+    problem = rd.problem()
+    if problem:
+        raise LaunchError(f"refusing to start an engine: {problem}", 2)
+    return os.fdopen(open_regular(rd.out_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
 
 
 @dataclass
@@ -84,7 +101,12 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
     log = _open_out(rd)
     start = log.tell()  # what this engine writes, not an earlier one's
     child = subprocess.Popen(
-        [*SUPERVISOR, str(run_dir), *launch], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_engine_env()
+        [*SUPERVISOR, str(run_dir), *launch],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=_engine_env(),
+        preexec_fn=_ignore_hangup,  # the engine outlives a foreground `ild run`/`ild study`'s terminal
     )
     tailer = EventTailer(rd.events_file)
     received: list[str] = []
@@ -127,7 +149,7 @@ def _pass_on(child: subprocess.Popen, signum: int, received: list[str]) -> None:
 def _said(path: Path, start: int) -> str | None:
     """The engine's ``ild: ...`` line among what it wrote to ``path`` from ``start`` on."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(start)
             text = f.read(1 << 20).decode("utf-8", "replace")
     except OSError:
@@ -139,6 +161,16 @@ def _ignore_hangup() -> None:
     # Runs in the child before exec; an ignored signal stays ignored across exec, so the engine
     # is immune from its first instruction, not only once its own handler is installed.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+_started: list[subprocess.Popen] = []  # engines this process started and has not reaped yet
+
+
+def reap_started() -> None:
+    """Collect the exit status of started engines that have ended (no zombies while a dashboard runs)."""
+    for child in list(_started):
+        if child.poll() is not None:
+            _started.remove(child)
 
 
 def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
@@ -154,6 +186,7 @@ def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
             close_fds=True,
             preexec_fn=_ignore_hangup,
         )
+    _started.append(child)
     return child.pid
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.runlog.fold import RunState
+from engine.runlog.jsonsafe import printable
 from engine.runlog.layout import RunDir, is_run_dir, list_runs
 from engine.runlog.lock import is_alive
 from engine.runlog.reader import RunReader
@@ -47,7 +48,7 @@ class RunRow:
     note: str = ""
     last_event_t: float | None = None
     pending: str = ""
-    skipped: int = 0  # events skipped for wrong field types
+    skipped: int = 0  # events skipped: lines that are not JSON objects, or fields of the wrong type
 
     @property
     def now(self) -> float | None:
@@ -83,7 +84,7 @@ def summarise_state(path: Path, state: RunState, alive: bool | None, now: float)
     teacher = state.teacher_eval()
     return RunRow(
         path=str(path),
-        name=state.name or path.name,
+        name=state.name or printable(path.name),
         status=status,
         model=state.model or "-",
         strategy=state.strategy or "-",
@@ -98,17 +99,22 @@ def summarise_state(path: Path, state: RunState, alive: bool | None, now: float)
         events=state.events_seen,
         removed=tuple(state.removed_layers),
         mode=state.mode,
-        note=_note(state, status),
+        note=printable(_note(state, status)),
         last_event_t=state.last_event_t,
-        pending=_pending(state),
-        skipped=state.skipped,
+        pending=printable(_pending(state)),
+        skipped=state.skipped + state.unparsable,
     )
 
 
 FINISH_NOTES = {"floor": "the next removal would take the report aggregate below --min-retention of the teacher's"}
 
 
+SKIPPED_NOTE = "events skipped: lines that are not JSON objects or fields of the wrong type"
+
+
 def _note(state: RunState, status: str) -> str:
+    if state.unreadable:
+        return f"unreadable: {state.unreadable}"
     if state.failure:
         hint = state.failure.get("hint")
         return f"failed: {state.failure['error']}" + (f" ({hint})" if hint else "")

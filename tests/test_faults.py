@@ -155,6 +155,11 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny, tmp_path, 
         [*ENGINE, str(run)], capture_output=True, text=True, env=_env(ILD_FULL_DISK_AT="checkpoint:2:4096")
     )
     assert proc.returncode != 0
+    # Its last word names the cause, whatever torch or the OS called it ("unexpected pos", EFBIG). The
+    # log is over the cap too here, so the run_failed event itself may find no room.
+    assert "run failed: disk full" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    failed = [e for e in read_all(run / "events.jsonl") if e["type"] == "run_failed"]
+    assert all(e["error"].startswith("disk full") for e in failed), failed
     assert (run / "LATEST").read_text().strip() == "0"
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     assert subprocess.run([*ENGINE, str(run)], capture_output=True, env=_env()).returncode == 0

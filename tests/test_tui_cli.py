@@ -69,8 +69,8 @@ def test_attach_bad_input(tmp_path, opened):
 def test_attach_help_and_bare_ild_without_a_terminal_stay_light():
     code = (
         "import sys; from ild_tui.cli import main\n"
-        "for args in (['attach', '--help'], []):\n"
-        "    try:\n        main(args)\n    except SystemExit as e:\n        assert e.code in (0, None), e.code\n"
+        "for args, code in ((['attach', '--help'], 0), ([], 2)):\n"
+        "    try:\n        main(args)\n    except SystemExit as e:\n        assert (e.code or 0) == code, e.code\n"
         "print([m for m in ('torch', 'textual') if m in sys.modules], file=sys.stderr)"
     )
     result = subprocess.run(
@@ -79,7 +79,8 @@ def test_attach_help_and_bare_ild_without_a_terminal_stay_light():
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "[]"
     assert "--theme" in result.stdout and "latest live run" in result.stdout
-    assert "Commands:" in result.stdout  # bare `ild` piped: the help, not a dashboard
+    assert "Commands:" in result.stdout  # bare `ild` piped: the help, not a dashboard, and why (exit 2)
+    assert "needs a terminal" in result.stderr
 
 
 # -- bad input is one line, exit 2 --------------------------------------------------------------

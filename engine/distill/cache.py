@@ -6,6 +6,7 @@ changes only once per iteration, so both are computed once and read back every s
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -30,7 +31,8 @@ class BlockStore:
             spill_dir.mkdir(parents=True, exist_ok=True)
             self.path = spill_dir / f"{uuid.uuid4().hex}.bin"
             np_dtype = _ON_DISK[dtype]
-            self._array = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=(n, *shape))
+            _allocate(self.path, numel * np.dtype(np_dtype).itemsize)
+            self._array = np.memmap(self.path, dtype=np_dtype, mode="r+", shape=(n, *shape))
             self._tensor = None
         else:
             self._tensor = torch.empty((n, *shape), dtype=dtype)
@@ -69,3 +71,25 @@ class BlockStore:
             except FileNotFoundError:
                 pass
             self.path = None
+
+
+def _allocate(path: Path, nbytes: int) -> None:
+    """Create ``path`` with ``nbytes`` of disk space really reserved, or raise ``OSError`` (ENOSPC).
+
+    A memory-mapped file made by extending it is sparse: its pages get disk space only when first
+    written, and a page the file system cannot back then kills the process with SIGBUS (no event, no
+    last word). Reserving the space first turns a full disk into an ordinary error here.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise OSError(exc.errno, exc.strerror, str(path)) from None  # says which file had no room
+            os.ftruncate(fd, nbytes)  # a file system that cannot reserve: as before
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)

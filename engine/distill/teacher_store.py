@@ -89,12 +89,14 @@ class StoreEntry:
         tmp = self.path / f".{name}.{uuid.uuid4().hex}.tmp"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            out = np.memmap(tmp, dtype=np.float32, mode="w+", shape=tuple(shape))
             step = max(1, (64 << 20) // max(1, nbytes // shape[0]))  # copy in chunks of ~64 MiB
-            for start in range(0, shape[0], step):
-                out[start : start + step] = rows[start : start + step].float().numpy()
-            out.flush()
-            del out
+            # Plain writes, not a memory map: on a full disk a write fails with ENOSPC, where a store
+            # into a mapped page that the file system cannot back kills the engine with SIGBUS.
+            with open(tmp, "wb") as f:
+                for start in range(0, shape[0], step):
+                    f.write(np.ascontiguousarray(rows[start : start + step].float().numpy(), dtype=np.float32))
+            if tmp.stat().st_size != nbytes:
+                raise OSError(f"{tmp}: wrote {tmp.stat().st_size} of {nbytes} bytes")
             os.replace(tmp, self.path / f"{name}.bin")
             self._record(name, shape)
             self.store.evict(keep=self.path)

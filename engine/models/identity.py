@@ -21,8 +21,8 @@ import json
 import os
 from pathlib import Path
 
-from engine.runlog._fileio import read_regular
 from engine.runlog.atomic import write_json_atomic
+from engine.runlog.safefile import read_regular
 
 from .errors import ModelSpecError
 from .loading import resolve_spec

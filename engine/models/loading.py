@@ -28,7 +28,7 @@ import torch
 
 from .cpu_linear import use_onednn_linears
 from .device import best_device, default_dtype
-from .errors import ModelSpecError
+from .errors import ModelSpecError, UnsupportedArchitecture
 from .host_memory import keep_freed_host_memory
 
 log = logging.getLogger(__name__)
@@ -230,9 +230,18 @@ def model_depth(spec: str) -> int:
         except Exception as exc:
             raise ModelSpecError(f"cannot read GGUF metadata of {source}: {_first_line(exc)}") from exc
     if kind == "local":
-        config = json.loads((Path(source) / "config.json").read_text())
-        config = config.get("text_config", config)
-        return int(config["num_hidden_layers"])
+        try:
+            config = json.loads((Path(source) / "config.json").read_text())
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ModelSpecError(f"model '{spec}': config.json is unreadable: {_first_line(exc)}") from None
+        if not isinstance(config, dict):
+            raise ModelSpecError(f"model '{spec}': config.json is not a JSON object")
+        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        _check_architecture(spec, text.get("model_type", config.get("model_type")), config.get("architectures"))
+        try:
+            return int(text["num_hidden_layers"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelSpecError(f"model '{spec}': config.json has no usable num_hidden_layers") from None
     from transformers import AutoConfig
 
     try:
@@ -244,7 +253,20 @@ def model_depth(spec: str) -> int:
         raise ModelSpecError(
             f"cannot load model '{spec}' from the Hugging Face Hub{offline}: {_first_line(exc)}"
         ) from exc
-    return int(config.get_text_config().num_hidden_layers)
+    text = config.get_text_config()
+    _check_architecture(spec, getattr(text, "model_type", None), getattr(config, "architectures", None))
+    return int(text.num_hidden_layers)
+
+
+def _check_architecture(spec: str, model_type, architectures) -> None:
+    """One line naming an architecture the adapters do not know, before any weights load."""
+    from .adapters import SUPPORTED
+
+    if model_type not in SUPPORTED:
+        named = f" ({', '.join(map(str, architectures))})" if isinstance(architectures, list) and architectures else ""
+        raise UnsupportedArchitecture(
+            f"model '{spec}': unsupported architecture '{model_type}'{named}; supported: {', '.join(sorted(SUPPORTED))}"
+        )
 
 
 def _gguf_value(reader, key: str):

@@ -70,36 +70,6 @@ def rfind_newline(fd: int, end: int) -> int:
     return -1
 
 
-class NotRegularFile(OSError):
-    """A path inside a run directory that is a link, a FIFO, a device or a directory."""
-
-
-def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
-    """A descriptor of ``path``, which must be a regular file reached without following a link.
-
-    ``O_NONBLOCK`` keeps ``open()`` of a FIFO from waiting forever for a writer; the type is then
-    checked on the open descriptor (no window between a check and the open).
-    """
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(f"{os.fspath(path)} is not a regular file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_regular(path: str | os.PathLike) -> bytes:
-    """The bytes of a regular file reached without following a link (``NotRegularFile`` otherwise;
-    a symlink raises ``OSError`` ELOOP from the open)."""
-    fd = open_regular(path)
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
 def is_real_dir(path: str | os.PathLike) -> bool:
     """A directory that is not a symlink to one."""
     try:

@@ -20,6 +20,7 @@ from typing import Any
 
 from engine.runlog._fileio import FILE_MODE, fsync_dir
 from engine.runlog.jsonsafe import sanitize
+from engine.runlog.safefile import UnsafeFile, read_regular
 
 __all__ = ["read_json", "temp_name", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
@@ -74,9 +75,9 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
 
     Atomic writes mean invalid JSON only comes from a human edit or another
     tool; a dashboard should show "unknown", not crash, so it is not raised.
+    A link, a FIFO or a directory in its place is never opened: that too is ``default``.
     """
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return json.loads(read_regular(path))
+    except (FileNotFoundError, NotADirectoryError, UnsafeFile, ValueError, RecursionError):
         return default

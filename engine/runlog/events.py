@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.runlog._fileio import FILE_MODE, rfind_newline
 from engine.runlog.jsonsafe import dumps, encode_line
+from engine.runlog.safefile import open_regular
 from engine.runlog.schema import EVENTS, field_problem
 
 __all__ = ["EventWriter"]
@@ -69,7 +70,8 @@ class EventWriter:
         self.fsync_interval = fsync_interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        # Never through a link or into a FIFO: the log is the run's own file (engine.runlog.safefile).
+        self._fd: int | None = open_regular(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE)
         try:
             self.next_seq, self._size, self.repaired_bytes = self._repair()
         except BaseException:

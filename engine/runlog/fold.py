@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.runlog.jsonsafe import printable
 from engine.runlog.schema import REPORT, is_valid
 
 __all__ = ["OUTCOMES", "STARTING_GRACE_S", "RunState", "fold", "is_layer_key"]
@@ -95,6 +96,10 @@ class RunState:
     train_steps: dict[tuple[int, int], dict] = field(default_factory=dict, compare=False)  # (iteration, step)
     events_seen: int = field(default=0, compare=False)
     skipped: int = field(default=0, compare=False)  # events dropped for wrong field types
+    # Lines that are not one JSON object (garbage, binary, bad UTF-8): counted by the reader's tailer.
+    unparsable: int = field(default=0, compare=False)
+    # Why the log cannot be read at all (a directory, a FIFO, a link in its place), set by RunReader.
+    unreadable: str | None = field(default=None, compare=False)
     logs: list[dict] = field(default_factory=list, compare=False)
     alerts: list[dict] = field(default_factory=list, compare=False)
     _order: dict[tuple[str, Any], int] = field(default_factory=dict, compare=False, repr=False)
@@ -149,13 +154,15 @@ class RunState:
         return self.outcome is not None
 
     def status(self, alive: bool | None, now: float) -> str:
-        """running | finished | failed | stopped | died | starting | unknown.
+        """running | finished | failed | stopped | died | starting | unknown | unreadable.
 
         The log's own end event wins; without one, a held lock (``alive``) means running and a
         free one that the engine died without saying so (SIGKILL, OOM, node lost) - unless the
         run directory is younger than ``STARTING_GRACE_S`` and the log still empty: then the
         engine has not taken its lock yet. ``alive=None`` (not checked yet) is unknown.
         """
+        if self.unreadable is not None:
+            return "unreadable"
         if self.outcome is not None:
             return self.outcome
         if alive is None:
@@ -345,7 +352,8 @@ class RunState:
 def _run_started(s: RunState, e: dict, n: int) -> None:
     s.run_info = _record(e)
     s.outcome = s.finished = s.failure = None
-    s.name, s.model, s.strategy = e["name"], e["model"], e["strategy"]
+    # Shown on terminals: never a control character from a copied log (engine.runlog.jsonsafe).
+    s.name, s.model, s.strategy = printable(e["name"]), printable(e["model"]), printable(e["strategy"])
     s.start_layers = e["start_layers"]
     s.initial_layers = list(range(s.start_layers))
     s.target_layers = e["target_layers"]

@@ -24,7 +24,6 @@ and no reason repeats more of the file than a short, printable excerpt.
 
 from __future__ import annotations
 
-import errno
 import getpass
 import json
 import math
@@ -32,7 +31,6 @@ import os
 import re
 import reprlib
 import socket
-import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from typing import Any
 from engine.runlog._fileio import make_private_dir
 from engine.runlog.atomic import write_bytes_atomic
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import UnsafeFile, open_regular, require_dir
 from engine.runlog.schema import MODES
 from engine.runlog.tailer import EventTailer
 
@@ -181,8 +180,10 @@ def send_command(
         if reason:
             raise ValueError(reason)
     rd = RunDir(run_dir)
-    if not rd.commands_dir.is_dir():
-        raise FileNotFoundError(f"{rd.path} is not a run directory (no commands/ folder)")
+    if not require_dir(rd.commands_dir):  # UnsafeFile for a link: the command would land elsewhere
+        if not rd.is_run_dir():
+            raise FileNotFoundError(f"{rd.path} is not a run directory (no commands/ folder)")
+        make_private_dir(rd.commands_dir)  # deleted by hand: the engine reads it again once it is back
     command_id = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
     payload = {"id": command_id, "name": name, "args": args, "t": time.time(), "by": by or _default_sender()}
     data = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
@@ -197,15 +198,11 @@ def _read_own_file(path: Path) -> bytes:
     raises ``ValueError`` with the reason otherwise.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ValueError("a symbolic link, not a command file") from None
-        raise
+        fd = open_regular(path)
+    except UnsafeFile as e:
+        raise ValueError(f"{e.what}, not a regular file") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
         if st.st_uid != os.getuid():
             raise ValueError(f"owned by uid {st.st_uid}, not by the engine's user (uid {os.getuid()})")
         if st.st_size > MAX_COMMAND_BYTES:
@@ -275,6 +272,8 @@ class CommandInbox:
         ``MalformedCommand`` (a link, a directory, a FIFO are refused, not skipped).
         """
         try:
+            if not require_dir(self.run_dir.commands_dir):  # a link is UnsafeFile: never read through
+                return []
             names = sorted(
                 e.name
                 for e in os.scandir(self.run_dir.commands_dir)
@@ -282,12 +281,26 @@ class CommandInbox:
             )
         except FileNotFoundError:
             return []
+        unfiled = self._done_problem()
         out = []
         for n in names:
             cmd = _load(self.run_dir.commands_dir / n)
+            if cmd is not None and unfiled:
+                # Nowhere to file it once answered: refuse it rather than apply it with no audit
+                # trail (and again on every poll).
+                cmd = MalformedCommand(cmd.id, f"refused: {unfiled}", cmd.path, getattr(cmd, "name", None))
             if cmd is not None:
                 out.append(cmd)
         return out
+
+    def _done_problem(self) -> str | None:
+        """Why answered commands cannot be moved to ``commands/done/``, or None (made if missing)."""
+        try:
+            if not require_dir(self.run_dir.done_dir):
+                make_private_dir(self.run_dir.done_dir)
+        except OSError as exc:
+            return str(exc) if isinstance(exc, UnsafeFile) else f"{self.run_dir.done_dir}: {exc.strerror or exc}"
+        return None
 
     def validate(self, cmd: Command | MalformedCommand) -> str | None:
         """Why ``cmd`` must be rejected for its shape, or None."""
@@ -304,7 +317,9 @@ class CommandInbox:
         name (a directory) gets a unique one; one that cannot be moved at all
         is left where it is and not offered again by this inbox.
         """
-        make_private_dir(self.run_dir.done_dir)
+        if self._done_problem():
+            self._stuck.add(cmd.path.name)  # answered already; left in place, not offered again
+            return None
         dest = self.run_dir.done_dir / cmd.path.name
         try:
             os.replace(cmd.path, dest)

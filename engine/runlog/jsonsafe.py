@@ -15,7 +15,19 @@ import json
 import math
 from typing import Any
 
-__all__ = ["dumps", "encode_line", "sanitize"]
+__all__ = ["dumps", "encode_line", "printable", "sanitize"]
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on shown escaped instead (``\\x1b``).
+
+    A run name, a model path or an error message comes from a run directory that may have been
+    copied from anyone; printed raw, an escape sequence in it would retitle, clear or rewrite the
+    user's terminal. Letters of any script stay as they are.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def sanitize(obj: Any, _path: str = "$", _active: set[int] | None = None) -> Any:

@@ -11,10 +11,12 @@ A run directory and everything runlog creates in it are its owner's only
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from engine.runlog._fileio import FILE_MODE, make_private_dir
 from engine.runlog.atomic import write_text_atomic
+from engine.runlog.safefile import UnsafeFile, kind_of, open_regular, read_regular, require_dir
 
 __all__ = [
     "EXPORT_MARKER",
@@ -40,6 +42,8 @@ EXPORT = "export"
 ENGINE_LOG = "engine.log"
 ENGINE_OUT = "engine.out"
 CACHE = "cache"
+# The files ild writes at the top of a run directory: each must be a regular file when present.
+_OWN_FILES = (CONFIG, EVENTS, LOCK, STATE, LATEST, ENGINE_LOG, ENGINE_OUT)
 # Written into every exported model directory: it marks a directory an earlier export may replace.
 EXPORT_MARKER = "ild_export.json"
 
@@ -91,6 +95,30 @@ class RunDir(os.PathLike):
         except OSError:
             return None
 
+    def problem(self) -> str | None:
+        """Why no engine may write here, or None: an entry ild writes (``events.jsonl``,
+        ``engine.lock``, ``commands/``...) that is a symbolic link, a FIFO or of the wrong kind.
+
+        A run directory copied from elsewhere may hold such an entry; following it would make the
+        engine write into (or move) files that are not the run's.
+        """
+        try:
+            for name in _OWN_FILES:
+                path = self.path / name
+                try:
+                    mode = os.lstat(path).st_mode
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(mode):
+                    raise UnsafeFile(path, kind_of(mode))
+            for path in (self.commands_dir, self.done_dir, self.checkpoints_dir, self.cache_dir, self.export_dir):
+                require_dir(path)
+        except UnsafeFile as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{self.path}: {exc.strerror or exc}"
+        return None
+
     def checkpoint_dir(self, name: str | int) -> Path:
         """``checkpoints/<name>/``; an int iteration ``k`` is named ``str(k)``."""
         name = _check_name(str(name))
@@ -103,8 +131,8 @@ class RunDir(os.PathLike):
         by hand): resuming from a path that does not exist helps nobody.
         """
         try:
-            name = self.latest_file.read_text(encoding="utf-8").strip()
-        except (FileNotFoundError, NotADirectoryError):
+            name = read_regular(self.latest_file, 4096).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):  # missing, a link, a FIFO...: names nothing
             return None
         if not name:
             return None
@@ -154,9 +182,11 @@ def create(path: str | os.PathLike, *, resume: bool = False) -> RunDir:
         raise FileExistsError(
             f"{rd.path} already holds a run ({EVENTS} is not empty); resume it or choose another directory"
         )
-    for d in (rd.path, rd.commands_dir, rd.done_dir, rd.checkpoints_dir):
-        make_private_dir(d)
-    os.close(os.open(rd.events_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
+    make_private_dir(rd.path)
+    for d in (rd.commands_dir, rd.done_dir, rd.checkpoints_dir):
+        if not require_dir(d):  # never a link planted where a folder of the run belongs
+            make_private_dir(d)
+    os.close(open_regular(rd.events_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
     return rd
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from engine.runlog._fileio import FILE_MODE
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import open_regular, read_regular
 
 __all__ = ["EngineLock", "LockHeld", "is_alive", "read_holder"]
 
@@ -48,8 +49,8 @@ def read_holder(run_dir: str | os.PathLike) -> dict | None:
     engine that last held the lock.
     """
     try:
-        obj = json.loads(RunDir(run_dir).lock_file.read_bytes())
-    except (FileNotFoundError, ValueError):
+        obj = json.loads(read_regular(RunDir(run_dir).lock_file, 4096))
+    except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -74,7 +75,7 @@ class EngineLock:
         """
         if self._fd is not None:
             return self
-        fd = os.open(self.run_dir.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = open_regular(self.run_dir.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)  # never through a link
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -118,8 +119,8 @@ def is_alive(run_dir: str | os.PathLike) -> bool:
     once: getting it proves nobody holds the exclusive one.
     """
     try:
-        fd = os.open(RunDir(run_dir).lock_file, os.O_RDONLY)
-    except (FileNotFoundError, NotADirectoryError):
+        fd = open_regular(RunDir(run_dir).lock_file)
+    except OSError:  # missing, or a link or FIFO no engine of ild would lock
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

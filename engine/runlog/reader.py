@@ -10,6 +10,7 @@ import os
 
 from engine.runlog.fold import RunState, fold
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import UnsafeFile
 from engine.runlog.tailer import EventTailer
 
 __all__ = ["RunReader", "read_run"]
@@ -24,9 +25,22 @@ class RunReader:
         self.state = RunState(keep_train_steps=keep_train_steps)
 
     def update(self) -> list[dict]:
-        """The new events (already folded in)."""
-        events = self.tailer.poll()
+        """The new events (already folded in).
+
+        A log that cannot be read (a directory, a FIFO or a link where ``events.jsonl`` belongs,
+        or a permission error) sets ``state.unreadable`` to the one-line reason instead of raising:
+        one broken run must never hide the others from ``ild ls`` or the dashboard.
+        """
+        try:
+            events = self.tailer.poll()
+        except OSError as exc:
+            self.state.unreadable = (
+                str(exc) if isinstance(exc, UnsafeFile) else f"{self.run.events_file}: {exc.strerror or exc}"
+            )
+            return []
+        self.state.unreadable = None
         fold(events, self.state)
+        self.state.unparsable = self.tailer.bad_lines
         if self.state.events_seen == 0:  # only an empty log needs the directory's age
             self.state.dir_mtime = self.run.mtime()
         return events

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from engine.runlog._fileio import rfind_newline
+from engine.runlog.safefile import open_regular
 
 __all__ = ["EventTailer", "read_all"]
 
@@ -50,9 +51,13 @@ class EventTailer:
         self._aligned = offset == 0
 
     def poll(self) -> list[dict]:
-        """Events appended since the last poll (an empty list if none or no file)."""
+        """Events appended since the last poll (an empty list if none or no file).
+
+        Raises ``UnsafeFile`` (an ``OSError``) when the log is a link, a FIFO or a directory: never
+        followed, never blocked on.
+        """
         try:
-            f = open(self.path, "rb")  # noqa: SIM115  (closed by the with below; a missing file is no events)
+            f = os.fdopen(open_regular(self.path), "rb")
         except FileNotFoundError:
             return []
         with f:

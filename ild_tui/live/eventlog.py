@@ -18,6 +18,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from engine.runlog import schema
+from engine.runlog.jsonsafe import printable
 
 from ..widgets.header import fmt_clock, theme_color
 
@@ -40,7 +41,8 @@ def describe(event: dict) -> LogLine | None:
     if said is None:
         return None
     level, text = said
-    return LogLine(event["seq"], event["t"], event["type"], level, text)
+    # Segments go to the terminal as they are: a control character from a copied log is shown escaped.
+    return LogLine(event["seq"], event["t"], event["type"], level, printable(text))
 
 
 LEVEL_STYLE = {

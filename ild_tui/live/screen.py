@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.runlog.inbox import send_command
+from engine.runlog.jsonsafe import printable
 from engine.runlog.layout import RunDir
+from engine.runlog.safefile import open_regular
 from engine.runlog.tailer import EventTailer
 
 from ..widgets.header import RunHeader, theme_color
@@ -56,7 +59,7 @@ def replay(path: Path) -> tuple[list[dict], EventTailer]:
     one JSON object) falls back to ``EventTailer``, which owns the rules for torn and bad lines.
     """
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:  # never a FIFO (it would block) or a link
             data = f.read()
     except FileNotFoundError:
         return [], EventTailer(path)
@@ -189,7 +192,11 @@ class LiveScreen(Screen):
         worker = get_current_worker()
         started = time.perf_counter()
         liveness = self.app.liveness
-        events, tailer = replay(self.run_dir.events_file)
+        try:
+            events, tailer = replay(self.run_dir.events_file)
+        except OSError as exc:  # a directory, a FIFO or a link where the log belongs: say so, show nothing
+            self.app.call_from_thread(self.app.notify, printable(str(exc)), severity="error", timeout=60)
+            return
         model = LiveModel(dir_mtime=self.run_dir.mtime())
         model.apply(events)
         del events
@@ -199,7 +206,11 @@ class LiveScreen(Screen):
         last_check = time.monotonic()
         poll = self.app.poll_interval
         while not worker.is_cancelled and not self._stop.wait(poll):
-            events = tailer.poll()
+            try:
+                events = tailer.poll()
+            except OSError as exc:  # the log was replaced by something that is not a file
+                self.app.call_from_thread(self.app.notify, printable(str(exc)), severity="error", timeout=60)
+                return
             if events:
                 self.post_message(EventsBatch(events))
             if time.monotonic() - last_check >= 1.0:

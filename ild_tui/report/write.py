@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.runlog.jsonsafe import printable
+from engine.runlog.safefile import read_regular
+
 from . import facts
 
 MANIFEST = "report.json"
@@ -43,8 +46,9 @@ def out_problem(out: Path) -> str | None:
 
 def _clear_earlier(out: Path) -> None:
     try:
-        names = json.loads((out / MANIFEST).read_text()).get("files", [])
-    except (OSError, ValueError, AttributeError):
+        # Never blocks on a FIFO, never follows a link; deep nesting is a RecursionError.
+        names = json.loads(read_regular(out / MANIFEST, 1 << 20)).get("files", [])
+    except (OSError, ValueError, AttributeError, RecursionError):
         names = []
     for name in names:
         if isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", ".."):
@@ -89,10 +93,13 @@ def write_report(
     problem = out_problem(out)
     if problem:
         raise ReportError(problem)
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_earlier(out)
     now = time.time()
     runs = facts.load_runs([Path(p) for p in run_paths], now)
+    for r in runs:
+        if r.state.unreadable:
+            raise ReportError(f"{r.label}: unreadable: {printable(r.state.unreadable)}")
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_earlier(out)
     written: list[Path] = []
 
     run_rows = facts.run_rows(runs, now)

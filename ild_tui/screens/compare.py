@@ -19,6 +19,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 
 from engine.runlog.fold import RunState
+from engine.runlog.jsonsafe import printable
 from engine.runlog.reader import RunReader
 
 from ..widgets.braille import ChartSpec, HLine, Series
@@ -195,7 +196,9 @@ class CompareScreen(Screen):
             reader.update()
             state = reader.state
             runs.append(
-                ComparedRun(p, state.name or Path(p).name, state, state.status(self.app.liveness(reader.run), now))
+                ComparedRun(
+                    p, state.name or printable(Path(p).name), state, state.status(self.app.liveness(reader.run), now)
+                )
             )
         self.post_message(Compared(runs))
 

@@ -25,7 +25,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from engine.runlog.layout import RunDir, is_run_dir, list_runs
 from engine.runlog.reader import RunReader
 
-from ..runs import RunRow, summarise_state
+from ..runs import SKIPPED_NOTE, RunRow, summarise_state
 from ..widgets.header import STATUS_LOOK, fmt_clock, fmt_duration, theme_color
 
 SORTS = ("started", "name", "status", "model", "strategy", "layers", "last", "best", "duration")
@@ -237,7 +237,7 @@ class RunsScreen(Screen):
         if row.note:
             t.append("\n" + row.note, Style(italic=True))
         if row.skipped:
-            t.append(f"\n{row.skipped} events skipped: fields of the wrong type", Style(italic=True))
+            t.append(f"\n{row.skipped} {SKIPPED_NOTE}", Style(italic=True))
         box.update(t)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

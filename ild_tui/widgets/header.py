@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from engine.runlog.fold import RunState
+from engine.runlog.jsonsafe import printable
 
 STATUS_LOOK = {
     # status: (glyph, label, theme colour variable)
@@ -20,6 +21,7 @@ STATUS_LOOK = {
     "died": ("✖", "engine dead", "error"),
     "unknown": ("○", "checking", "foreground"),
     "starting": ("○", "starting", "warning"),
+    "unreadable": ("✖", "unreadable", "error"),  # the log is a directory, a FIFO, a link...
 }
 
 
@@ -91,7 +93,7 @@ class RunHeader(Static):
             Style(bold=True, color=color, reverse=True) if color else Style(bold=True, reverse=True),
         )
         t.append("  ")
-        t.append(state.name or run_name, strong)
+        t.append(state.name or printable(run_name), strong)
         t.append("  ")
         t.append(state.model or "-")
         t.append(" · ", dim)
