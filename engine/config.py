@@ -49,7 +49,13 @@ class HealSettings(_Strict):
     seq_len: int = Field(default=256, ge=8)
     train_tokens: int = Field(default=32768, ge=8)
     heldout_tokens: int = Field(default=2048, ge=8)
+    # "embedded": Brown corpus prose (~70k tokens); "mixed": the mixed healing corpus (English prose,
+    # Russian, code; tools/build_heal_corpus.py); a .jsonl/.txt path; "hf:NAME[:CONFIG[:SPLIT]]"
     data: str = "embedded"
+    # After the last removal, one more healing of this many tokens (0: none), of these layers:
+    # "gaps" every layer next to a gap, "all" every layer. Logged as the stage after_final_healing.
+    final_tokens: int = Field(default=0, ge=0)
+    final_trainable: Literal["gaps", "all"] = "gaps"
     text_field: str = "text"
     trainable: Literal["adjacent", "radius", "last", "all"] = "adjacent"
     # adjacent: the k layers on each side of the newest gap (k = 1: the paper's pair; k = 2 healed
