@@ -56,6 +56,8 @@ class HealSettings(_Strict):
     # "gaps" every layer next to a gap, "all" every layer. Logged as the stage after_final_healing.
     final_tokens: int = Field(default=0, ge=0)
     final_trainable: Literal["gaps", "all"] = "gaps"
+    # With --removals: heal after each removal, as an iterative run does (false: once, after the last)
+    each_removal: bool = False
     text_field: str = "text"
     trainable: Literal["adjacent", "radius", "last", "all"] = "adjacent"
     # adjacent: the k layers on each side of the newest gap (k = 1: the paper's pair; k = 2 healed

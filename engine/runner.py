@@ -241,7 +241,7 @@ class Runner:
         self.final_healed = bool(checkpoint.extra.get("final_healed"))
         if "heal_cursor" in checkpoint.extra:
             self.heal_cursor = int(checkpoint.extra["heal_cursor"])
-        elif self.strategy.heal and self.config.removals is None:  # a checkpoint from before windows
+        elif self.strategy.heal and self._each_removal():  # a checkpoint from before windows
             self.heal_cursor = self.iteration * max(1, self.config.heal.train_tokens // self.config.heal.seq_len)
         self.say(
             f"resumed from checkpoint {checkpoint.name} (iteration {self.iteration}, removed {self.removed_layers})"
@@ -395,14 +395,19 @@ class Runner:
     def evaluates_now(self) -> bool:
         """Every removal is evaluated, but for the removals before the last of a fixed-removal run
         (it heals once, and what it compares is the student before and after that healing)."""
-        return self.config.removals is None or self.depth == self.config.target_layers
+        return self._each_removal() or self.depth == self.config.target_layers
+
+    def _each_removal(self) -> bool:
+        """Whether every removal is healed and evaluated: always but in a fixed-removal run that
+        heals once (heal.each_removal heals each of its removals too)."""
+        return self.config.removals is None or self.config.heal.each_removal
 
     # --- healing --------------------------------------------------------------------------------
     def heals_now(self) -> bool:
         """Healing strategies heal every iteration; a fixed-removal run heals once, after its last removal."""
         if self.healer is None or not self.strategy.heal:
             return False
-        return self.config.removals is None or self.depth == self.config.target_layers
+        return self._each_removal() or self.depth == self.config.target_layers
 
     def _train_head_if_untied(self) -> None:
         """``heal.train_head=untied``: the head trains where the student has its own."""
@@ -429,7 +434,7 @@ class Runner:
         self._phase("preparing", "distillation data")
         healings = 0
         if self.strategy.heal:
-            healings = 1 if self.config.removals is not None else self.config.start_layers - self.config.target_layers
+            healings = self.config.start_layers - self.config.target_layers if self._each_removal() else 1
         try:
             self.plan = HealPlan.build(
                 self.heal_config.data, self.tokenizer, self.config.seed, healings, self.config.heal.final_tokens
@@ -579,7 +584,7 @@ class Runner:
     def _gaps_this_heal(self) -> list[int]:
         """The layers whose removal this healing repairs: this iteration's, or in a fixed-removal
         run (which heals once) all of them."""
-        if self.config.removals is not None:
+        if not self._each_removal():
             return list(self.config.removals)
         return [self.removed[-1]["layer"]]
 
