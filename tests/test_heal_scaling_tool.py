@@ -49,6 +49,7 @@ def test_a_tiny_dry_run_writes_one_row_per_schedule_and_keeps_earlier_rows(tiny,
     assert (iterative["per_removal_tokens"], iterative["final_tokens"]) == ("64", "128")
     for r in (once, iterative):
         assert 0 < float(r["retention_report"]) < 2 and float(r["tokens_trained"]) <= 256
+        assert 0.1 < float(r["epochs"]) < 0.5  # 256 tokens of the ~1,100 the data holds
     # a finished run is not run again: its row is read back from its events
     logs = {p: p.stat().st_size for p in (tmp_path / "runs").glob("*/events.jsonl")}
     assert len(logs) == 2

@@ -189,6 +189,12 @@ def distill_blocks(
     return train, heldout
 
 
+# Tokens of distillation text read at most beyond a run's budget: all of the embedded corpora (so that
+# ``epochs`` counts passes over the whole data), not all of a large local file or Hub dataset.
+READ_TOKENS = 8_000_000
+
+
 def healing_data(config: DataConfig, tokenizer, seed: int, budget: int) -> HealingData:
-    """The stream for a run that heals ``budget`` tokens in all: no more is tokenised than it needs."""
-    return HealingData(*distill_blocks(config, tokenizer, seed, budget=max(budget, config.train_tokens)))
+    """The stream for a run that heals ``budget`` tokens in all: all the data, or as much of it as
+    the budget needs when the data holds more than ``READ_TOKENS``."""
+    return HealingData(*distill_blocks(config, tokenizer, seed, budget=max(budget, config.train_tokens, READ_TOKENS)))
