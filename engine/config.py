@@ -163,6 +163,7 @@ def validate_config(data: dict) -> RunConfig:
         raise ConfigError(str(exc)) from None
     if config.removals is not None:
         _check_removals(config)
+    _check_heal_tokens(config)
     if config.target_layers is None:
         raise ConfigError("--target-layers is needed (or --removals)")
     if config.notify_cmd is not None:
@@ -209,6 +210,17 @@ def check_processes(config: RunConfig, processes: int) -> None:
         )
     if settings.gpus_per_process > 1 and config.device == "cpu":
         raise ConfigError("distributed.gpus_per_process > 1 spreads a model over GPUs; it cannot with --device cpu")
+
+
+def _check_heal_tokens(config: RunConfig) -> None:
+    """A healing is whole sequences: a budget under one would silently train on a whole one."""
+    heal = config.heal
+    budgets = [("final_tokens", heal.final_tokens)] if heal.final_tokens else []
+    if get_strategy(config.strategy).heal:
+        budgets.insert(0, ("train_tokens", heal.train_tokens))
+    for name, tokens in budgets:
+        if tokens < heal.seq_len:
+            raise ConfigError(f"heal.{name} {tokens} is less than one sequence (heal.seq_len {heal.seq_len})")
 
 
 def _check_removals(config: RunConfig) -> None:

@@ -151,3 +151,19 @@ def test_a_kill_during_the_final_healing_resumes_to_the_uninterrupted_run(whole,
     a = load_file(str(whole / "export" / "model.safetensors"))
     b = load_file(str(killed / "export" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "heal", "message"),
+    [
+        ("iterative-distill", {"train_tokens": 100}, "heal.train_tokens 100 is less than one sequence"),
+        ("iterative-pruning", {"final_tokens": 10}, "heal.final_tokens 10 is less than one sequence"),
+    ],
+)
+def test_a_healing_shorter_than_one_sequence_is_refused_in_one_line(strategy, heal, message):
+    from engine.config import ConfigError, validate_config
+
+    config = {"name": "x", "model": "m", "strategy": strategy, "target_layers": 3, "start_layers": 6, "heal": heal}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+    validate_config({**config, "heal": dict.fromkeys(heal, 256)})  # one whole sequence is enough
