@@ -55,7 +55,15 @@ class HealSettings(_Strict):
     seq_len: int = Field(default=256, ge=8)
     train_tokens: int = Field(default=32768, ge=8)
     heldout_tokens: int = Field(default=2048, ge=8)
+    # "embedded": Brown corpus prose (~70k tokens); "mixed": the mixed healing corpus (English prose,
+    # Russian, code; tools/build_heal_corpus.py); a .jsonl/.txt path; "hf:NAME[:CONFIG[:SPLIT]]"
     data: str = "embedded"
+    # After the last removal, one more healing of this many tokens (0: none), of these layers:
+    # "gaps" every layer next to a gap, "all" every layer. Logged as the stage after_final_healing.
+    final_tokens: int = Field(default=0, ge=0)
+    final_trainable: Literal["gaps", "all"] = "gaps"
+    # With --removals: heal after each removal, as an iterative run does (false: once, after the last)
+    each_removal: bool = False
     text_field: str = "text"
     trainable: Literal["adjacent", "radius", "last", "all"] = "adjacent"
     # adjacent: the k layers on each side of the newest gap (k = 1: the paper's pair; k = 2 healed
@@ -164,6 +172,7 @@ def validate_config(data: dict) -> RunConfig:
         raise ConfigError(str(exc)) from None
     if config.removals is not None:
         _check_removals(config)
+    _check_heal_tokens(config)
     if config.target_layers is None:
         raise ConfigError("--target-layers is needed (or --removals)")
     if config.notify_cmd is not None:
@@ -210,6 +219,17 @@ def check_processes(config: RunConfig, processes: int) -> None:
         )
     if settings.gpus_per_process > 1 and config.device == "cpu":
         raise ConfigError("distributed.gpus_per_process > 1 spreads a model over GPUs; it cannot with --device cpu")
+
+
+def _check_heal_tokens(config: RunConfig) -> None:
+    """A healing is whole sequences: a budget under one would silently train on a whole one."""
+    heal = config.heal
+    budgets = [("final_tokens", heal.final_tokens)] if heal.final_tokens else []
+    if get_strategy(config.strategy).heal:
+        budgets.insert(0, ("train_tokens", heal.train_tokens))
+    for name, tokens in budgets:
+        if tokens < heal.seq_len:
+            raise ConfigError(f"heal.{name} {tokens} is less than one sequence (heal.seq_len {heal.seq_len})")
 
 
 def _check_removals(config: RunConfig) -> None:

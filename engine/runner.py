@@ -75,6 +75,8 @@ class Runner:
         self.removed: list[dict] = []  # {"iteration", "layer", "by", "proposed"} in removal order
         self.modified: set[str] = set()  # tensor groups that differ from the teacher's (see checkpoints)
         self.one_shot: dict[int, float] | None = None  # a one-shot strategy's scores of the teacher
+        self.heal_cursor = 0  # blocks of the healing data taken so far (see engine.distill.plan)
+        self.final_healed = False  # the final healing is done (heal.final_tokens)
         self.model = None
         self.teacher_report: float | None = None
 
@@ -130,10 +132,12 @@ class Runner:
                     self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
             if self.heals_now():
                 self.heal(decision, partial)
-                self.evaluate("after_healing", heldout=self._heldout)
+                self.evaluate("after_healing", heldout=self._heldout, healing=self._healing)
             if self.below_floor():
                 return self.stop_at_floor()
             self.checkpoint()
+        if self.final_heal_due():
+            self.final_heal()
         self.export()
         self._finish(
             "target",
@@ -210,10 +214,11 @@ class Runner:
 
             share_evaluation(self.evaluation, self.ranks, self.control.lockstep_point)
         self.teacher = None
-        if self.metric == "loss_kl" or self.strategy.heal:
+        heals = self.strategy.heal or config.heal.final_tokens > 0
+        if self.metric == "loss_kl" or heals:
             self.teacher = self._load().model
         self.calibration = self._calibration() if self._needs_calibration() else []
-        self.healer = self._healer() if self.strategy.heal else None
+        self.healer = self._healer() if heals else None
         from engine.importance.racing import RacingSettings
 
         self.scorer = Scorer(
@@ -236,6 +241,11 @@ class Runner:
         self.modified = set(checkpoint.modified)
         scores = checkpoint.extra.get("one_shot")
         self.one_shot = {int(k): v for k, v in scores.items()} if scores else None
+        self.final_healed = bool(checkpoint.extra.get("final_healed"))
+        if "heal_cursor" in checkpoint.extra:
+            self.heal_cursor = int(checkpoint.extra["heal_cursor"])
+        elif self.strategy.heal and self._each_removal():  # a checkpoint from before windows
+            self.heal_cursor = self.iteration * max(1, self.config.heal.train_tokens // self.config.heal.seq_len)
         self.say(
             f"resumed from checkpoint {checkpoint.name} (iteration {self.iteration}, removed {self.removed_layers})"
         )
@@ -388,14 +398,19 @@ class Runner:
     def evaluates_now(self) -> bool:
         """Every removal is evaluated, but for the removals before the last of a fixed-removal run
         (it heals once, and what it compares is the student before and after that healing)."""
-        return self.config.removals is None or self.depth == self.config.target_layers
+        return self._each_removal() or self.depth == self.config.target_layers
+
+    def _each_removal(self) -> bool:
+        """Whether every removal is healed and evaluated: always but in a fixed-removal run that
+        heals once (heal.each_removal heals each of its removals too)."""
+        return self.config.removals is None or self.config.heal.each_removal
 
     # --- healing --------------------------------------------------------------------------------
     def heals_now(self) -> bool:
         """Healing strategies heal every iteration; a fixed-removal run heals once, after its last removal."""
-        if self.healer is None:
+        if self.healer is None or not self.strategy.heal:
             return False
-        return self.config.removals is None or self.depth == self.config.target_layers
+        return self._each_removal() or self.depth == self.config.target_layers
 
     def _train_head_if_untied(self) -> None:
         """``heal.train_head=untied``: the head trains where the student has its own."""
@@ -415,15 +430,25 @@ class Runner:
             )
 
     def _healer(self):
-        from engine.distill.data import distill_blocks
         from engine.distill.heal import HealConfig, Healer, TeacherCache
+        from engine.distill.plan import HealPlan
 
         self.heal_config = HealConfig.from_settings(self.config.heal)
         self._phase("preparing", "distillation data")
+        healings = 0
+        if self.strategy.heal:
+            healings = self.config.start_layers - self.config.target_layers if self._each_removal() else 1
         try:
-            train, heldout = distill_blocks(self.heal_config.data, self.tokenizer, seed=self.config.seed)
+            self.plan = HealPlan.build(
+                self.heal_config.data, self.tokenizer, self.config.seed, healings, self.config.heal.final_tokens
+            )
         except (ValueError, OSError) as exc:
             raise RuntimeError(f"distillation data: {exc}") from exc
+        self.plan.cursor = self.heal_cursor
+        for note in self.plan.notes():
+            self.say(note, level="warning")
+        window = self.plan.window(final=healings == 0)
+        train, heldout = window.blocks, self.plan.data.heldout
         store = None
         # a sharded teacher has no whole weights to key the store with
         if self.config.heal.teacher_store_mb and self.config.distributed.heal != "fsdp":
@@ -447,30 +472,66 @@ class Runner:
             self.modified.add("head")
         if self.config.heal.train_head == "untied":
             self._train_head_if_untied()
+        cache.set_train(window.blocks, window.index)
         return Healer(
             self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp"
         )
 
     def heal(self, decision: Decision, partial) -> None:
-        from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
-        from engine.distill.losses import hidden_pairs
         from engine.distill.trainable import choose_trainable
 
         mapping = layer_map(self.model)
         gaps = self._gaps_this_heal()
         trainable = choose_trainable(mapping, self.config.start_layers, gaps, self.heal_config.trainable)
+        chosen = {"layer": decision.layer, "by": decision.by, "proposed": getattr(self, "_proposed", decision.layer)}
+        self._heal_window(trainable, chosen, partial, final=False)
+
+    def final_heal_due(self) -> bool:
+        return self.healer is not None and self.config.heal.final_tokens > 0 and not self.final_healed
+
+    def final_heal(self) -> None:
+        """After the last removal, one longer healing (heal.final_tokens) of every layer next to a
+        gap or of all layers; evaluated as the stage after_final_healing, then checkpointed again."""
+        import dataclasses
+
+        from engine.distill.trainable import choose_trainable
+
+        partial = self.store.partial(self.iteration)
+        if partial is not None and partial.extra.get("stage") != "final":
+            partial = None  # an iteration's healing state, left by a kill before checkpoint cleanup
+        mapping = layer_map(self.model)
+        choice = "all" if self.config.heal.final_trainable == "all" else "radius"
+        rule = dataclasses.replace(self.heal_config.trainable, choice=choice, k=1)
+        trainable = choose_trainable(mapping, self.config.start_layers, [], rule)
+        if partial is not None:
+            self.say(f"resuming the final healing at step {partial.step}")
+        self._heal_window(trainable, {"final": True}, partial, final=True)
+        self.evaluate("after_final_healing", heldout=self._heldout, healing=self._healing)
+        self.final_healed = True
+        self.checkpoint()
+
+    def _heal_window(self, trainable: list[int], chosen: dict, partial, final: bool) -> None:
+        """Heal ``trainable`` on the plan's next window of data (resuming ``partial`` if given)."""
+        from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
+        from engine.distill.losses import hidden_pairs
+
+        mapping = layer_map(self.model)
+        window = self.plan.window(final=final)
+        self.healer.cache.set_train(window.blocks, window.index)
         pairs = hidden_pairs(self.heal_config.loss, trainable, len(mapping))
-        self._phase("healing", f"layers {[mapping[j] for j in trainable]} (original)")
+        what = "final healing: " if final else ""
+        self._phase("healing", f"{what}layers {[mapping[j] for j in trainable]} (original)")
+        self.say(self.plan.describe(window), level="warning" if window.repeats else "info")
         self.progress("teacher cache", 0, 1)
         before = self.healer.heldout_loss(pairs)
         resume = HealState.from_saved(partial.state) if partial is not None else None
-        chosen = {"layer": decision.layer, "by": decision.by, "proposed": getattr(self, "_proposed", decision.layer)}
+        tag = {"stage": "final"} if final else {}
 
         def save_partial(state: HealState) -> None:
             faults.point("partial_checkpoint")
             if not self.ranks.is_main:
                 return
-            self.store.save_partial(self.iteration, state.step, chosen, trainable, state.to_saved())
+            self.store.save_partial(self.iteration, state.step, chosen, trainable, state.to_saved(), extra=tag)
             self.emit(
                 "checkpoint",
                 iteration=self.iteration,
@@ -491,11 +552,12 @@ class Runner:
                 trainable,
                 self.iteration,
                 self.config.seed,
-                on_step=lambda r: self.emit("train_step", **r),
+                on_step=lambda r: self.emit("train_step", **r, **tag),
                 on_checkpoint=save_partial,
                 resume=resume,
                 interrupt=interrupt,
                 baseline=before["loss"],
+                salt=7919 if final else 0,
             )
             note = f"healed {summary_['steps']} steps ({summary_['tokens']} tokens) in {summary_['seconds']:.0f}s"
             if summary_["stopped_early"]:
@@ -513,13 +575,19 @@ class Runner:
         if self.heal_config.trainable.train_head:
             self.modified.add("head")
         after = self.healer.heldout_loss(pairs)
-        self.say(f"{note}; held-out distillation loss {before['loss']:.4f} -> {after['loss']:.4f}")
+        self.plan.advance(window)
+        self.heal_cursor = self.plan.cursor
+        self.say(
+            f"{what}{note}; held-out distillation loss {before['loss']:.4f} -> {after['loss']:.4f}; "
+            f"{window.epochs:.2f} passes over the healing data"
+        )
         self._heldout = {"before": before, "after": after}
+        self._healing = window.summary(self.plan.seq_len)
 
     def _gaps_this_heal(self) -> list[int]:
         """The layers whose removal this healing repairs: this iteration's, or in a fixed-removal
         run (which heals once) all of them."""
-        if self.config.removals is not None:
+        if not self._each_removal():
             return list(self.config.removals)
         return [self.removed[-1]["layer"]]
 
@@ -556,6 +624,7 @@ class Runner:
     def checkpoint(self) -> None:
         faults.point("checkpoint")
         extra = {"one_shot": {str(k): v for k, v in self.one_shot.items()}} if self.one_shot else {}
+        extra.update(heal_cursor=self.heal_cursor, final_healed=self.final_healed)
         if self.ranks.is_main:
             path = self.store.save(self.iteration, self.removed, self.model, sorted(self.modified), extra)
             self.emit(

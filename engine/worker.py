@@ -76,7 +76,7 @@ def _resolve(data: dict):
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
         config = validate_config(data)
-        if strategy.heal:
+        if strategy.heal or config.heal.final_tokens:
             _check_distill_data(config)
         return config
     except (ConfigError, ModelSpecError, UnsupportedArchitecture, TaskFileError, ValueError) as exc:

@@ -176,10 +176,28 @@ class TeacherCache:
             p.requires_grad_(False)
         self.adapter = adapter_for(teacher)
         self.blocks = {"train": train, "heldout": heldout}
+        # each step's batch is drawn from these positions, each naming a row of the train blocks
+        # (a window longer than the data names some rows more than once)
+        self.train_index = torch.arange(len(train))
         self.spill_dir, self.limit, self.batch_size = spill_dir, limit_bytes, batch_size
         self.final: dict[str, BlockStore] = {}
         self.layers: dict[tuple[str, int], BlockStore] = {}
         self.topk: dict[str, tuple[BlockStore, BlockStore, BlockStore]] = {}
+
+    def set_train(self, blocks: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Train on other blocks from now on (the next healing's window): the teacher's outputs on
+        the old ones are dropped, those on the new ones computed when first asked for."""
+        if index is None:
+            index = torch.arange(len(blocks))
+        if torch.equal(blocks, self.blocks["train"]) and torch.equal(index, self.train_index):
+            return
+        for key in [k for k in self.layers if k[0] == "train"]:
+            self.layers.pop(key).close()
+        for store in [self.final.pop("train", None), *self.topk.pop("train", ())]:
+            if store is not None:
+                store.close()
+        self._entries.pop("train", None)
+        self.blocks["train"], self.train_index = blocks, index
 
     @torch.no_grad()
     def ensure(self, originals: set[int], split: str) -> None:
@@ -513,11 +531,13 @@ class Healer:
         resume: HealState | None = None,
         interrupt: Callable[[], bool] | None = None,
         baseline: float | None = None,
+        salt: int = 0,
     ) -> dict:
         """Train the chosen layers; returns a summary. Raises NonFiniteLoss after restoring weights.
 
         ``baseline``: the held-out loss before healing, the first mark early stopping must beat
-        (computed here when not given).
+        (computed here when not given). ``salt``: varies the data order of healings that share an
+        iteration number (the final healing).
         """
         from accelerate import Accelerator
 
@@ -537,9 +557,11 @@ class Healer:
             gradient_accumulation_steps=config.grad_accum,
         )
         blocks = self.cache.blocks["train"]
-        n = len(blocks)
+        n = len(self.cache.train_index)
         total_steps = max(1, n // config.batch_size)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + iteration))
+        order = self.cache.train_index[
+            torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + iteration + salt))
+        ]
         size, rank = self.ranks.size, self.ranks.rank
         if config.batch_size % size:
             raise ValueError(f"heal.batch_size {config.batch_size} does not divide among {size} processes")
@@ -794,7 +816,7 @@ class _CachedLoop(_PlainLoop):
                 inputs = adapter.prepare(ids, None)
                 store[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()
             return store
-        needed = needed.sort().values
+        needed = needed.unique()  # sorted; a window longer than the data names some blocks twice
         for b in range(0, len(needed), batch):
             index = needed[b : b + batch]
             inputs = adapter.prepare(blocks[index].to(device), None)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.runlog.jsonsafe import printable
-from engine.runlog.schema import REPORT, is_valid
+from engine.runlog.schema import REPORT, STAGES, is_valid
 
 __all__ = ["OUTCOMES", "STARTING_GRACE_S", "RunState", "fold", "is_layer_key"]
 
@@ -93,7 +93,8 @@ class RunState:
     # Every healing step, kept only when asked for (a report's loss curves): nine events in ten of
     # a healing run are steps, and the dashboard's lists of runs must not hold them all.
     keep_train_steps: bool = field(default=False, compare=False)
-    train_steps: dict[tuple[int, int], dict] = field(default_factory=dict, compare=False)  # (iteration, step)
+    # (iteration, 1 for the final healing else 0, step)
+    train_steps: dict[tuple[int, int, int], dict] = field(default_factory=dict, compare=False)
     events_seen: int = field(default=0, compare=False)
     skipped: int = field(default=0, compare=False)  # events dropped for wrong field types
     # Lines that are not one JSON object (garbage, binary, bad UTF-8): counted by the reader's tailer.
@@ -222,16 +223,18 @@ class RunState:
     def final_evals(self, part: str = REPORT) -> dict[int, dict]:
         """``{iteration: eval}`` of the model each iteration ended with, by iteration.
 
-        An iteration's final eval is its last stage: after_healing if there is one, else
-        after_removal. The teacher is not an iteration.
+        An iteration's final eval is its last stage: after_final_healing (the last iteration's, with
+        heal.final_tokens), else after_healing if there is one, else after_removal. The teacher is
+        not an iteration.
         """
-        finals: dict[int, dict] = {}
+        finals: dict[int, tuple[int, dict]] = {}
         for (it, stage, p), rec in self.evals.items():
             if p != part or stage == "teacher":
                 continue
-            if stage == "after_healing" or it not in finals:
-                finals[it] = rec
-        return dict(sorted(finals.items()))
+            rank = STAGES.index(stage) if stage in STAGES else 0
+            if it not in finals or rank > finals[it][0]:
+                finals[it] = (rank, rec)
+        return {it: rec for it, (_, rec) in sorted(finals.items())}
 
     def final_eval(self, part: str = REPORT) -> dict | None:
         """The final eval of the latest iteration that has one: the model as it stands (None before
@@ -285,7 +288,7 @@ class RunState:
         return [int(x) for x in rec.get("partial", ())]
 
     def train_curve(self) -> list[dict]:
-        """Every healing step in ``(iteration, step)`` order; empty unless ``keep_train_steps``."""
+        """Every healing step in ``(iteration, step)`` order (an iteration's final healing after its own); empty unless ``keep_train_steps``."""
         return [self.train_steps[k] for k in sorted(self.train_steps)]
 
     def best_aggregate(self, part: str = REPORT) -> float | None:
@@ -398,7 +401,7 @@ def _layer_removed(s: RunState, e: dict, n: int) -> None:
 def _train_step(s: RunState, e: dict, n: int) -> None:
     s.last_train = e
     if s.keep_train_steps:  # last writer wins: a resumed engine re-emits the steps it redoes
-        s.train_steps[(e["iteration"], e["step"])] = _record(e)
+        s.train_steps[(e["iteration"], int(e.get("stage") == "final"), e["step"])] = _record(e)
 
 
 def _eval(s: RunState, e: dict, n: int) -> None:

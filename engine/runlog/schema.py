@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 Mode = Literal["manual", "auto", "auto-after"]
-Stage = Literal["teacher", "after_removal", "after_healing"]
+Stage = Literal["teacher", "after_removal", "after_healing", "after_final_healing"]
 Part = Literal["select", "report"]
 Decider = Literal["user", "auto", "timeout", "fixed"]
 FinishReason = Literal["target", "stopped", "floor"]
@@ -169,6 +169,7 @@ class TrainStep(TypedDict, total=False):
     grad_norm: Annotated[Score, "the gradient norm before clipping"]
     tokens_per_s: Annotated[Score, "training throughput"]
     heldout_loss: Annotated[Score, "an early-stopping check: the held-out distillation loss after this step"]
+    stage: Annotated[Literal["final"], "a step of the final healing (heal.final_tokens); absent: the iteration's own"]
 
 
 class Eval(TypedDict, total=False):
@@ -187,6 +188,11 @@ class Eval(TypedDict, total=False):
         dict[str, ByTask],
         "after healing: the held-out distillation loss before and after ({loss, kl, mse, kl_term, "
         "mse_term, mse_raw} each; mse_raw: the MSE without mse_norm, absent in older runs)",
+    ]
+    healing: Annotated[
+        ByTask,
+        "after healing: the data it took: {tokens, start (its first token in the run's stream), "
+        "data_tokens (what the data holds), epochs (passes over the data once it was done)}",
     ]
 
 

@@ -61,7 +61,8 @@ def scores_view(state: RunState) -> ScoresData:
             continue
         if stage == "after_removal":
             removal.append((it, rec["aggregate"]))
-        elif stage == "after_healing":
+        # the final healing (heal.final_tokens): a second point at the last iteration
+        elif stage in ("after_healing", "after_final_healing"):
             healing.append((it, rec["aggregate"]))
     removal.sort()
     healing.sort()

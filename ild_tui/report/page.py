@@ -294,7 +294,7 @@ def _iteration_table(run: ReportRun, tasks: list[str]) -> str:
     finals = s.final_evals(REPORT)
     teacher = s.teacher_eval(REPORT)
     own = [t for t in tasks if any(t in rec["tasks"] for rec in [*finals.values(), *([teacher] if teacher else [])])]
-    heals = any(stage == "after_healing" for (_, stage, _) in s.evals)
+    heals = any(stage in ("after_healing", "after_final_healing") for (_, stage, _) in s.evals)
     selects = run.has_part(SELECT)
     removal = {x["iteration"]: x for x in s.removed}
     headers = [
@@ -316,7 +316,11 @@ def _iteration_table(run: ReportRun, tasks: list[str]) -> str:
         is_teacher = rec is teacher
         gone = removal.get(it, {})
         row = [
-            ("teacher" if is_teacher else str(it)),
+            (
+                "teacher"
+                if is_teacher
+                else str(it) + (" + final healing" if rec.get("stage") == "after_final_healing" else "")
+            ),
             "-" if is_teacher else fmt(gone.get("layer")),
             "-" if is_teacher else (gone.get("by") or "-"),
             fmt(rec.get("layers")),
