@@ -30,7 +30,7 @@ def describe_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int
     lines = []
     for task in suite.tasks:
         source = describe_source(task)
-        if isinstance(task.source, HubSource) and not network and not _local(task.source):
+        if not will_read(task, network):
             lines.append(f"{task.name}: {source} (Hub, not read offline)")
             continue
         raw, where = read_source(task)
@@ -61,6 +61,11 @@ def describe_source(task: TaskSpec) -> str:
     config = f" config {source.config}" if source.config else ""
     files = f" files {source.data_files}" if source.data_files else ""
     return f"hf {source.name}{config} split {source.split}{files}"
+
+
+def will_read(task: TaskSpec, network: bool) -> bool:
+    """Whether the check reads the task's data: always, except a Hub dataset with no network."""
+    return network or not isinstance(task.source, HubSource) or _local(task.source)
 
 
 def _local(source: HubSource) -> bool:

@@ -277,16 +277,19 @@ def _letter_variants(tokenizer, n: int) -> list[int]:
     return [_encode(tokenizer, text, special=False)[0] for k in range(n) for text in (f" {LETTERS[k]}", LETTERS[k])]
 
 
-def _plain_letters(tokenizer, context_ids: list[int], n: int) -> list[int]:
+def _plain_letters(tokenizer, context_ids: list[int], n: int) -> tuple[list[int], list[int]]:
     """LLMTF's tokens of interest (llmtf/model.py of the paper's time): each letter as it follows
-    the prompt, after a space unless the prompt ends with a newline; the first token that is not blank."""
-    prompt = tokenizer.decode(context_ids)
-    space = "" if prompt.endswith("\n") else " "
-    out = []
+    the prompt, after a space unless the prompt ends with a newline; the first token that is not
+    blank. Returns (letter ids, the tokens to append to the prompt: the space, when the tokenizer
+    writes it as a token of its own and LLMTF adds it to the prompt)."""
+    space = "" if tokenizer.decode(context_ids).endswith("\n") else " "
+    ids, before = [], []
     for k in range(n):
         tokens = _encode(tokenizer, space + LETTERS[k], special=False)
-        out.append(next((t for t in tokens if tokenizer.decode([t]).strip()), tokens[-1]))
-    return out
+        skip = next((i for i, t in enumerate(tokens) if tokenizer.decode([t]).strip()), len(tokens) - 1)
+        ids.append(tokens[skip])
+        before = tokens[:skip] if k == 0 else before
+    return ids, before
 
 
 def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tokenizer) -> None:
@@ -306,7 +309,8 @@ def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tok
             context_ids = _encode(tokenizer, _shot_text(task, own_shots) + _mc_context(task, row), special=True)
         if task.scoring == "letter":
             if _conversation(task) and layout_of(task) == "plain":
-                letter_ids, variants = _plain_letters(tokenizer, context_ids, len(choices)), 1
+                letter_ids, space = _plain_letters(tokenizer, context_ids, len(choices))
+                context_ids, variants = context_ids + space, 1
             elif _conversation(task):
                 letter_ids, variants = _letter_variants(tokenizer, len(choices)), 2
             else:

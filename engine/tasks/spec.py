@@ -26,7 +26,7 @@ KIND_FIELDS = {
 }
 METRICS = {
     "multiple_choice": {"accuracy", "choice_probability", "mmlu_category_mean"},
-    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu", "copy_match", "rouge_l_lemmas"},
+    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu", "copy_match", "rouge_l_lemmas", "rouge_12_lemmas"},
     "language_modeling": {"next_token_accuracy", "next_token_probability", "perplexity_score"},
 }
 
