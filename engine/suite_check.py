@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-only", action="store_true", help="check the data and print the plan; load no model")
     args = parser.parse_args(argv)
 
+    from engine.hub_data import check_suites
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
     from engine.tasks.check import describe_suite_data, will_read
     from engine.tasks.plan import example_prompt, shortened, task_plan
@@ -47,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         report = load_report_suite(suite, args.report_suite)
         network = not _offline()
         suites = [suite] + ([report] if report else [])
-        for which in suites:
-            print(f"suite '{which.name}'" + (" (report suite)" if which is report else "") + ":")
-            for task in which.tasks:  # from the suite file alone: shown even when the data is not reachable
+        title = lambda which: f"suite '{which.name}'" + (" (report suite)" if which is report else "")
+        for which in suites:  # from the suite file alone: shown even when the data is not reachable
+            print(f"{title(which)}:")
+            for task in which.tasks:
                 print(f"  {task_plan(task)}")
+        if network:  # one request with a timeout first: an unreachable Hub is one line, not 25 s of retries
+            check_suites(suites)
+        for which in suites:
+            print(f"{title(which)} data:")
             for line in describe_suite_data(which, network=network, split_seed=args.split_seed, split=which is suite):
                 print(f"  {line}")
         if args.data_only:

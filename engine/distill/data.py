@@ -22,7 +22,8 @@ EMBEDDED_DISTILL_FILE = "distill_en.jsonl"
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = heal_default("data")  # "embedded" | a .jsonl/.txt path | "hf:NAME[:CONFIG[:SPLIT]]"
+    # "embedded" | a .jsonl/.txt path | "hf:NAME[:CONFIG[:SPLIT]][?data_files=PATTERN[,PATTERN]]"
+    source: str = heal_default("data")
     text_field: str = heal_default("text_field")
     seq_len: int = heal_default("seq_len")
     train_tokens: int = heal_default("train_tokens")  # per iteration
@@ -46,13 +47,11 @@ def load_texts(config: DataConfig) -> list[str]:
     if config.source.startswith("hf:"):
         import datasets
 
-        parts = config.source[3:].split(":")
-        name, subset, split = (
-            parts[0],
-            (parts[1] or None) if len(parts) > 1 else None,
-            parts[2] if len(parts) > 2 else "train",
-        )
-        data = datasets.load_dataset(name, subset, split=split, streaming=True)
+        from engine.hub_data import parse_hf
+
+        name, subset, split, files = parse_hf(config.source)
+        extra = {"data_files": list(files)} if files else {}
+        data = datasets.load_dataset(name, subset, split=split, streaming=True, **extra)
         texts = []
         for row in data:
             texts.append(row[config.text_field])
