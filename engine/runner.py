@@ -573,6 +573,7 @@ class Runner:
                 "run": self.config.name,
                 "removal_order": self.removed_layers,
             },
+            run_dir=self.rundir.path,
         )
 
     def _finish(self, reason: str, message: str, **extra) -> None:

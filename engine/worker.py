@@ -272,7 +272,13 @@ def export(run_dir: Path, out: Path, force: bool = False) -> int:
             "checkpoint": checkpoint.name,
         },
         force=force,
+        run_dir=run_dir,
+        iteration=checkpoint.iteration,
     )
+    from engine.models.model_card import export_warning
+
+    if export_warning(loaded.model.config):
+        print(f"ild: {export_warning(loaded.model.config)}", file=sys.stderr)
     print(out)
     return 0
 

@@ -648,12 +648,20 @@ def show(run_ref, runs_dir):
     is_flag=True,
     help="Replace --out even if it is not empty and holds no earlier ild export (never the run directory).",
 )
+@click.option("--push-to-hub", "push_to_hub", metavar="REPO", help="Then upload the export to this Hub model repo.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
 @runs_dir_option
-def export(run_ref, out, force, runs_dir):
-    """Write a run's student (its last checkpoint) as a Hugging Face model directory."""
+def export(run_ref, out, force, runs_dir, push_to_hub, private):
+    """Write a run's student (its last checkpoint) as a Hugging Face model directory, with a model
+    card (README.md); --push-to-hub uploads it."""
     from pathlib import Path
 
     from engine.runlog.layout import export_target_problem
+
+    from .hub_push import PushRefused, push_folder, push_problem
+
+    if push_to_hub and push_problem(push_to_hub):
+        raise Failure(push_problem(push_to_hub), EXIT_USAGE)
 
     from .launch import LaunchError, export_run
     from .runs import RunNotFound, find_run
@@ -670,6 +678,11 @@ def export(run_ref, out, force, runs_dir):
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")
+    if push_to_hub:
+        try:
+            click.echo(f"uploaded to {push_to_hub}: {push_folder(Path(out), push_to_hub, private)}")
+        except PushRefused as exc:
+            raise Failure(str(exc), EXIT_FAILED) from None
 
 
 @main.command()

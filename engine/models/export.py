@@ -15,6 +15,7 @@ from engine import faults
 from engine.runlog.layout import EXPORT_MARKER, export_target_problem
 
 from .adapters import adapter_for
+from .model_card import card_for_run
 from .surgery import parameter_count
 
 
@@ -31,9 +32,16 @@ def check_export_target(out_dir: str | Path, force: bool = False, run_dir: str |
 
 
 def export_model(
-    model: nn.Module, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    metadata: dict | None = None,
+    force: bool = False,
+    run_dir: str | Path | None = None,
+    iteration: int | None = None,
 ) -> Path:
-    """Save safetensors + config (with the original-layer map) + tokenizer, atomically.
+    """Save safetensors + config (with the original-layer map) + tokenizer + a model card
+    (README.md, from ``run_dir``'s config and events up to ``iteration``), atomically.
 
     The directory appears only once it is whole: it is written next to its final place and renamed.
     An earlier export at ``out_dir`` is replaced only after the new one is complete; anything else
@@ -57,6 +65,7 @@ def export_model(
             **(metadata or {}),
         }
         (tmp / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "README.md").write_text(card_for_run(run_dir, record, model.config, iteration), encoding="utf-8")
         faults.point("export_write")
         if out_dir.exists():
             aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
