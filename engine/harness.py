@@ -12,6 +12,8 @@ finds them. lm-evaluation-harness is an optional extra (``pip install 'ild[lm-ev
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
 
@@ -105,6 +107,7 @@ def table(evaluated: list[tuple[str, dict]], teacher: str | None = None) -> str:
 
 
 def run(plan: dict) -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars; the table is the output
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -114,6 +117,13 @@ def run(plan: dict) -> int:
     from engine.worker import _quiet_libraries
 
     _quiet_libraries()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes about a model passed as an object
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
     settings = {k: plan.get(k) for k in ("num_fewshot", "limit", "batch_size", "device")}
     tasks = list(plan["tasks"])
     try:
