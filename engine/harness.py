@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -107,7 +106,6 @@ def table(evaluated: list[tuple[str, dict]], teacher: str | None = None) -> str:
 
 
 def run(plan: dict) -> int:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's progress bars; the table is the output
     try:
         import lm_eval  # noqa: F401
     except ImportError:
