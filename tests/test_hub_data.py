@@ -90,3 +90,24 @@ def test_ild_run_with_offline_hub_healing_data_fails_in_one_line_fast(tiny, tmp_
     assert len(lines) == 1 and "heal.data: dataset 'SOME/script_dataset'" in lines[0], result.stderr
     assert elapsed < 10, elapsed
     assert not runs.exists() or not any(runs.iterdir())  # no run directory, not even a half-made one
+
+
+def test_local_builders_are_read_through_the_same_check():
+    from tests.test_paper_suite import paper_on_fixtures
+
+    check_suites([paper_on_fixtures()])  # the json builder over the fixtures: ten splits, one row each
+
+
+def test_healing_rows_from_data_files_must_hold_the_text_field(tiny, tmp_path):
+    (tmp_path / "notext.jsonl").write_text(json.dumps({"body": "a b c"}) + "\n")
+    source = f"hf:json?data_files={tmp_path / 'notext.jsonl'}"
+    runs = tmp_path / "runs"
+    result = ild(
+        "run",
+        *("--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml")),
+        *("--strategy", "iterative-distill", "--target-layers", "4", "--runs-dir", str(runs), "--headless"),
+        *("--set", f"heal.data={source}"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"ild: heal.data {source}: no 'text' field in a row"]
+    assert not runs.exists() or not any(runs.iterdir())
