@@ -47,6 +47,7 @@ def evaluator_digest(evaluator) -> str:
             evaluator.max_batch,
             evaluator.pad_id,
             evaluator.eos_id,
+            getattr(evaluator, "stop_ids", None),
             value_digest(vocab),
             tasks,
         ]

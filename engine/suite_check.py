@@ -37,19 +37,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-only", action="store_true", help="check the data and print the plan; load no model")
     args = parser.parse_args(argv)
 
+    from engine.hub_data import check_suites
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
-    from engine.tasks.check import describe_suite_data
+    from engine.tasks.check import describe_suite_data, will_read
+    from engine.tasks.plan import example_prompt, shortened, task_plan
     from engine.tasks.spec import TaskFileError, load_report_suite, load_suite
 
     try:
         suite = load_suite(args.suite)
         report = load_report_suite(suite, args.report_suite)
         network = not _offline()
-        for which in [suite] + ([report] if report else []):
-            print(f"suite '{which.name}'" + (" (report suite)" if which is report else "") + ":")
+        suites = [suite] + ([report] if report else [])
+        title = lambda which: f"suite '{which.name}'" + (" (report suite)" if which is report else "")
+        for which in suites:  # from the suite file alone: shown even when the data is not reachable
+            print(f"{title(which)}:")
+            for task in which.tasks:
+                print(f"  {task_plan(task)}")
+        if network:  # one request with a timeout first: an unreachable Hub is one line, not 25 s of retries
+            check_suites(suites)
+        for which in suites:
+            print(f"{title(which)} data:")
             for line in describe_suite_data(which, network=network, split_seed=args.split_seed, split=which is suite):
                 print(f"  {line}")
         if args.data_only:
+            print(
+                "prompts (no tokenizer: without the BOS text and the chat template, which the model's tokenizer adds):"
+            )
+            for task in (t for which in suites for t in which.tasks if will_read(t, network)):
+                print(f"  {task.name}: {shortened(example_prompt(task))}")
             return 0
         from engine.worker import _quiet_libraries
 
@@ -64,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         bad = [x for x in layers if not 0 <= x < depth]
         if bad:
             raise ValueError(f"layer {bad[0]} does not exist (the model has {depth} layers)")
+        print(f"prompts ({args.model}'s tokenizer):")
+        for task in (t for which in suites for t in which.tasks if will_read(t, network)):
+            print(f"  {task.name}: {shortened(example_prompt(task, loaded.tokenizer))}")
         make = lambda s, part: SuiteEvaluator(loaded.model, loaded.tokenizer, s, part=part, split_seed=args.split_seed)
         parts = [("selection part", make(suite, "select")), ("report part", make(suite, "report"))]
         if report:

@@ -38,6 +38,7 @@ def _resolve(data: dict):
     import yaml  # noqa: F401  (fail here, not later, on a broken install)
 
     from engine.config import ConfigError, validate_config
+    from engine.hub_data import check_suites
     from engine.models.errors import ModelSpecError, UnsupportedArchitecture
     from engine.models.loading import model_depth
     from engine.runlog.strategies import get_strategy
@@ -73,6 +74,7 @@ def _resolve(data: dict):
             if problem:
                 raise ValueError(problem)
         data.pop("_defer_device_check", None)
+        check_suites([suite, report])  # every Hub dataset opened, one row read
         if "start_layers" not in data:
             data["start_layers"] = model_depth(data["model"])
         config = validate_config(data)
@@ -89,7 +91,11 @@ def _check_distill_data(config) -> None:
 
     source = config.heal.data
     if source.startswith("hf:"):
-        return  # the Hub is read when the run starts; offline here it cannot be checked
+        from engine.hub_data import heal_row
+
+        if config.heal.text_field not in heal_row(source):
+            raise ValueError(f"heal.data {source}: no '{config.heal.text_field}' field in a row")
+        return
     try:
         texts = load_texts(DataConfig(source=source, text_field=config.heal.text_field, max_documents=10**9))
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -333,9 +339,14 @@ def export(run_dir: Path, out: Path, force: bool = False, from_checkpoint: int |
             },
             force=force,
             run_dir=run_dir,
+            iteration=checkpoint.iteration,
         )
     except (ExportRefused, CheckpointError) as exc:
         return _fail(str(exc), EXIT_FAILED)
+    from engine.models.model_card import export_warning
+
+    if export_warning(loaded.model.config):
+        print(f"ild: {export_warning(loaded.model.config)}", file=sys.stderr)
     print(out)
     return 0
 

@@ -695,9 +695,12 @@ def show(run_ref, runs_dir):
     metavar="N",
     help="Export checkpoint N (the student after iteration N) instead of the newest.",
 )
+@click.option("--push-to-hub", "push_to_hub", metavar="REPO", help="Then upload the export to this Hub model repo.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private.")
 @runs_dir_option
-def export(run_ref, out, force, from_checkpoint, runs_dir):
-    """Write a run's student (its newest checkpoint, verified) as a Hugging Face model directory.
+def export(run_ref, out, force, from_checkpoint, runs_dir, push_to_hub, private):
+    """Write a run's student (its newest checkpoint, verified) as a Hugging Face model directory,
+    with a model card (README.md); --push-to-hub uploads it.
 
     The export is the student or an error: a newest checkpoint that does not verify (its files,
     its manifest, the run's log, the teacher's weights) fails in one line, naming what; it never
@@ -706,6 +709,11 @@ def export(run_ref, out, force, from_checkpoint, runs_dir):
     from pathlib import Path
 
     from engine.runlog.layout import export_target_problem
+
+    from .hub_push import PushRefused, push_folder, push_problem
+
+    if push_to_hub and push_problem(push_to_hub):
+        raise Failure(push_problem(push_to_hub), EXIT_USAGE)
 
     from .launch import LaunchError, export_run
     from .runs import RunNotFound, find_run
@@ -722,6 +730,52 @@ def export(run_ref, out, force, from_checkpoint, runs_dir):
     except LaunchError as exc:
         raise Failure(str(exc), exc.code) from None
     click.echo(f"exported {run_dir.name} to {out}")
+    if push_to_hub:
+        try:
+            click.echo(f"uploaded to {push_to_hub}: {push_folder(Path(out), push_to_hub, private)}")
+        except PushRefused as exc:
+            raise Failure(str(exc), EXIT_FAILED) from None
+
+
+@main.command(name="eval")
+@click.argument("refs", nargs=-1, required=True, metavar="MODEL|RUN...")
+@click.option("--lm-eval", "lm_eval_tasks", required=True, metavar="TASKS", help="lm-eval task names, comma-separated.")
+@click.option("--include", type=click.Path(file_okay=False, exists=True), help="A folder of lm-eval task YAMLs.")
+@click.option("--num-fewshot", type=int, default=None, help="Shots (default: each task's own).")
+@click.option("--limit", type=float, default=None, help="Items per task (a fraction below 1).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... (default: cpu).")
+@click.option("--no-teacher", is_flag=True, help="Score a run's student only.")
+@runs_dir_option
+def eval_command(refs, lm_eval_tasks, include, num_fewshot, limit, batch_size, device, no_teacher, runs_dir):
+    """Score models with lm-evaluation-harness, side by side: a RUN stands for its exported student
+    and its teacher (same settings); results are kept with the run and shown by `ild report`.
+
+    Example: ild eval my-run --lm-eval hellaswag,arc_easy --limit 200
+    """
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from .launch import ENGINE, _engine_env
+    from .lm_eval_plan import PlanError, targets
+
+    try:
+        plan_targets = targets(list(refs), runs_dir, teacher=not no_teacher)
+    except PlanError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    plan = {
+        "targets": plan_targets,
+        "tasks": [t for t in lm_eval_tasks.split(",") if t],
+        "include": str(Path(include).resolve()) if include else None,
+        "num_fewshot": num_fewshot,
+        "limit": int(limit) if limit is not None and limit >= 1 else limit,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    result = subprocess.run([ENGINE[0], "-m", "engine.harness"], input=json.dumps(plan), text=True, env=_engine_env())
+    if result.returncode:
+        sys.exit(result.returncode)
 
 
 @main.command()

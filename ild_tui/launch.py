@@ -197,3 +197,6 @@ def export_run(run_dir: Path, out: Path, force: bool = False, from_checkpoint: i
     result = subprocess.run(command, capture_output=True, text=True, env=_engine_env())
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "export failed"), result.returncode)
+    for line in result.stderr.splitlines():  # the engine's notes and warnings (a Gemma student's runtimes)
+        if line.startswith("ild: "):
+            print(line, file=sys.stderr)

@@ -8,10 +8,12 @@ import torch
 
 from engine.tasks.check import check_suite_data, describe_suite_data
 from engine.tasks.evaluate import SuiteEvaluator
-from engine.tasks.metrics import copy_match, mmlu_category_mean, rouge_l_lemmas
+from engine.tasks.metrics import copy_match, mmlu_category_mean, rouge_12_lemmas, rouge_l_lemmas
 from engine.tasks.requests import conversation_ids, prepare_task
 from engine.tasks.sources import shots_for, task_rows
 from engine.tasks.spec import HubSource, SuiteSpec, TaskFileError, load_suite
+from tests import llmtf_reference as ref
+from tests.chat_tokenizers import chat_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "paper"
 FILES = {  # (name, config) of each paper source -> its fixture folder
@@ -86,58 +88,87 @@ def test_paper_suite_reads_the_hub_schemas_and_checks_before_any_model():
     assert len(lines) == 7 and all("items select" in line for line in lines)
 
 
-def test_mmlu_prompt_is_llmtfs_five_shot_of_the_same_subject():
-    """nlpcoreteam.py: the headline on the first shot only, "Answer: X" after each shot, shots from
-    dev of the same subject, in order, the query's "Answer:" continued."""
-    task = _task(paper_on_fixtures(), "en_mmlu").model_copy(update={"few_shot": 2})
-    text, stop = _prompt(task, byte_tokenizer())
-    dev = [json.loads(line) for line in (FIXTURES / "darumeru/mmlu_nlpcoreteam/dev.jsonl").open()][:2]
-    test = json.loads((FIXTURES / "darumeru/mmlu_nlpcoreteam/test.jsonl").open().readline())
-
-    def block(row, answer):
-        options = "\n".join(f"{l}. {c}" for l, c in zip("ABCD", row["choices_en"]))
-        user = f"<start_of_turn>user\n{row['question_en']}\n{options}\t\n"
-        return user + (
-            "<start_of_turn>assistant\nAnswer: " + "ABCD"[row["answer"]] + "\t\n"
-            if answer
-            else "<start_of_turn>assistant\nAnswer:"
-        )
-
-    headline = "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
-    expected = block(dev[0], True).replace("user\n", "user\n" + headline, 1) + block(dev[1], True) + block(test, False)
-    assert text == expected and stop == ["\t\n"]
+def _rows(path):
+    return [json.loads(line) for line in (FIXTURES / path).open()]
 
 
-def test_ru_mmlu_headline_uses_llmtfs_russian_subject_names():
-    text, _ = _prompt(_task(paper_on_fixtures(), "ru_mmlu"), byte_tokenizer())
-    assert text.startswith(
-        "<start_of_turn>user\nНиже приведены вопросы с множественным выбором (с ответами) по абстрактной алгебре.\n\n"
-    )
-    assert text.endswith("<start_of_turn>assistant\nОтвет:")
+def _reference_messages(task, row, tok):
+    """The messages LLMTF 19b5ce6 builds for this test row of the fixtures (tests/llmtf_reference.py)."""
+    if task.name.endswith("_mmlu"):
+        lang = task.name[:2]
+        dev = [r for r in _rows("darumeru/mmlu_nlpcoreteam/dev.jsonl") if r["subject"] == row["subject"]]
+        name = task.vars["subject_name"]
+        subject = name.map.get(row["subject"], row["subject"]).replace("_", " ")
+        return ref.mmlu(lang, row, dev, subject, tok)
+    if task.name == "daru_treeway_abstractive":
+        return ref.few_shot(ref.treeway, row, _rows("daru_treeway_eval/prompt.jsonl"), tok)
+    if task.name.startswith("flores_"):
+        return ref.few_shot(ref.flores(task.name[7:9]), row, _rows("darumeru/flores/prompt.jsonl"), tok)
+    folder = task.source.config if task.source.name != "json" else task.name
+    return ref.few_shot(ref.darumeru, row, _rows(f"darumeru/{folder}/prompt.jsonl"), tok)
 
 
-def test_copy_and_flores_use_the_rows_own_messages_and_shots_nearest_first():
+@pytest.mark.parametrize("family", ["qwen2.5", "llama3"])
+def test_every_paper_task_asks_what_llmtfs_non_instruct_simple_asks(family):
+    """The paper's eval.sh: LLMTF with conversation_configs/non_instruct_simple.json. For every task
+    and test row, the prompt ild renders and its stop strings are LLMTF's, on a Qwen-style
+    tokenizer (no BOS) and a Llama-3-style one (its BOS text first); MMLU's answer tokens too."""
+    tok = chat_tokenizer(family)
     suite = paper_on_fixtures()
-    text, _ = _prompt(_task(suite, "cp_para_ru").model_copy(update={"few_shot": 2}), byte_tokenizer())
-    prompt_rows = [json.loads(line) for line in (FIXTURES / "darumeru/cp_para_ru/prompt.jsonl").open()]
-    shot = lambda r: (
-        f"<start_of_turn>user\nСкопируй текст без изменений.\nТекст: {r['inputs']['text']}\t\n<start_of_turn>assistant\n{r['inputs']['text']}\t\n"
-    )
-    query = "<start_of_turn>user\nСкопируй текст без изменений.\nТекст: Мама мыла раму, а кот сидел на окне.\t\n<start_of_turn>assistant\n\n"
-    assert text == shot(prompt_rows[1]) + shot(prompt_rows[0]) + query  # base.py prepends each shot
-    text, _ = _prompt(_task(suite, "flores_ru_en").model_copy(update={"few_shot": 1}), byte_tokenizer())
+    for task in suite.tasks:
+        assert task.layout == "plain"
+        prepared = prepare_task(task, tok)
+        test_rows = _rows(_test_file(task))
+        assert len(test_rows) == len(task_rows(task)[0])  # every fixture row, in source order
+        for k, row in enumerate(test_rows):
+            expected = ref.prompt(_reference_messages(task, row, tok), tok)
+            if task.kind == "multiple_choice":
+                letters, space = ref.tokens_of_interest(expected, tok)
+                sequence = prepared.sequences[k]
+                assert tok.decode(sequence.ids) == expected + (" " if space else ""), (task.name, k)
+                assert sequence.letter_ids == letters and sequence.letter_variants == 1
+            else:
+                request = prepared.generations[k]
+                assert tok.decode(request.prompt_ids) == expected, (task.name, k)
+                assert request.stop == ref.NON_INSTRUCT_SIMPLE["eos_token"]
+                assert ref.count(tok, expected) == len(request.prompt_ids)
+
+
+def _test_file(task):
+    for (name, config), folder in FILES.items():
+        if (name, config) == ORIGINAL[task.name]:
+            return f"{folder}/test.jsonl"
+    raise KeyError(task.name)
+
+
+ORIGINAL = {t.name: (t.source.name, t.source.config) for t in load_suite("paper").tasks}
+
+
+def test_the_paper_suite_names_its_layout_and_metric_versions():
+    suite = load_suite("paper")
+    assert {t.layout for t in suite.tasks} == {"plain"}
+    assert all("LLMTF 19b5ce6" in t.description for t in suite.tasks)
+    metrics = {t.name: t.metric for t in suite.tasks}
+    assert metrics["flores_en_ru"] == metrics["daru_treeway_abstractive"] == "rouge_12_lemmas"
+    assert _task(suite, "cp_doc_ru").max_new_tokens == 4096 and _task(suite, "cp_para_ru").max_new_tokens == 1024
+
+
+def test_the_foundational_layout_is_llmtfs_start_of_turn():
+    task = _task(paper_on_fixtures(), "flores_ru_en").model_copy(update={"few_shot": 1, "layout": "foundational"})
+    text, stop = _prompt(task, byte_tokenizer())
     assert text == (
         "<start_of_turn>user\nПереведи текст с русского языка на английский.\nКошка спит.\t\n<start_of_turn>assistant\nПеревод: The cat sleeps.\t\n"
         "<start_of_turn>user\nПереведи текст с русского языка на английский.\nКошка спит.\t\n<start_of_turn>assistant\nПеревод: "
     )
+    assert stop == ["\n\n", "\t\n"]
 
 
-def test_treeway_joins_the_sentence_lists_and_continues_tldr_with_a_chat_template():
+def test_treeway_in_chat_layout_continues_tldr_through_the_template():
     template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% if not loop.last %}<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|end|><|assistant|>{% endif %}"
-    task = _task(paper_on_fixtures(), "daru_treeway_abstractive").model_copy(update={"few_shot": 1})
+    task = _task(paper_on_fixtures(), "daru_treeway_abstractive").model_copy(update={"few_shot": 1, "layout": "chat"})
     text, stop = _prompt(task, byte_tokenizer(template))
-    assert "**Текст:**\nВчера прошёл дождь. Улицы были мокрыми. Люди шли с зонтами.<|end|><|assistant|>TL;DR:" in text
-    assert text.endswith("<|assistant|>TL;DR:") and "TL;DR: Был дождь.<|end|>" in text and stop == []
+    assert "Текст: Вчера прошёл дождь. Улицы были мокрыми. Люди шли с зонтами.<|end|><|assistant|>TL;DR:" in text
+    assert text.endswith("<|assistant|>TL;DR:") and "TL;DR: Был дождь.<|end|>" in text and stop == ["\n\n"]
     assert prepare_task(task, byte_tokenizer(template)).generations[0].reference == "Был дождь."
 
 
@@ -179,7 +210,34 @@ def test_llmtf_metrics():
     # ROUGE-L on lemmas: inflection and punctuation do not count.
     assert rouge_l_lemmas(["Кошки сидели на коврах!"], ["кошка сидит на ковре"]) == 1.0
     assert rouge_l_lemmas(["собака"], ["кошка"]) == 0.0
+    # The paper-era score: the mean of ROUGE-1 and ROUGE-2 F on lemmas. "кошка сидит на ковре" vs
+    # "кошка лежит на ковре": unigrams 3 of 4 match (F 0.75), bigrams 1 of 3 ("на ковёр"; F 1/3).
+    assert rouge_12_lemmas(["Кошки лежали на коврах"], ["кошка сидит на ковре"]) == pytest.approx((0.75 + 1 / 3) / 2)
     # MMLU: subjects, then categories (abstract_algebra and astronomy are STEM, anatomy is "other").
     assert mmlu_category_mean(
         [1, 0, 1, 1, 0], ["abstract_algebra", "abstract_algebra", "astronomy", "anatomy", "anatomy"]
     ) == pytest.approx(((0.5 + 1) / 2 + 0.5) / 2)
+
+
+def test_suite_check_prints_layout_and_stops_offline_and_a_prompt_where_the_data_loads(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from engine import suite_check
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert suite_check.main(["--suite", "paper", "--data-only"]) == 0
+    out = capsys.readouterr().out
+    for task in load_suite("paper").tasks:
+        assert f"  {task.name}: layout plain" in out and "(Hub, not read offline)" in out
+    assert "flores_en_ru: layout plain, stop ['\\n\\n'], metric rouge_12_lemmas, 512 new tokens" in out
+
+    suite = paper_on_fixtures()
+    path = tmp_path / "paper_local.yaml"
+    tasks = [t.model_dump(mode="json", exclude_none=True) for t in suite.tasks]
+    path.write_text(yaml.safe_dump({"name": "paper_local", "tasks": tasks}, allow_unicode=True))
+    assert suite_check.main(["--suite", str(path), "--data-only"]) == 0
+    out = capsys.readouterr().out
+    tok = chat_tokenizer("qwen2.5")  # no BOS: the text LLMTF renders is the text shown
+    row = _rows("darumeru/flores/test.jsonl")[0]
+    expected = ref.prompt(ref.few_shot(ref.flores("ru"), row, _rows("darumeru/flores/prompt.jsonl"), tok), tok)
+    assert f"  flores_ru_en: {expected!r}" in out

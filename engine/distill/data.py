@@ -25,7 +25,8 @@ MIXED_DISTILL_FILE = "heal_mix.jsonl.xz"  # see docs/heal_corpus.md
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = heal_default("data")  # "embedded" | "mixed" | a .jsonl[.xz]/.txt path | "hf:NAME[:CONFIG[:SPLIT]]"
+    # "embedded" | "mixed" | a .jsonl[.xz]/.txt path | "hf:NAME[:CONFIG[:SPLIT]][?data_files=PATTERN[,PATTERN]]"
+    source: str = heal_default("data")
     text_field: str = heal_default("text_field")
     seq_len: int = heal_default("seq_len")
     train_tokens: int = heal_default("train_tokens")  # per iteration
@@ -62,13 +63,11 @@ def load_texts(config: DataConfig) -> list[str]:
     if config.source.startswith("hf:"):
         import datasets
 
-        parts = config.source[3:].split(":")
-        name, subset, split = (
-            parts[0],
-            (parts[1] or None) if len(parts) > 1 else None,
-            parts[2] if len(parts) > 2 else "train",
-        )
-        data = datasets.load_dataset(name, subset, split=split, streaming=True)
+        from engine.hub_data import parse_hf
+
+        name, subset, split, files = parse_hf(config.source)
+        extra = {"data_files": list(files)} if files else {}
+        data = datasets.load_dataset(name, subset, split=split, streaming=True, **extra)
         texts = []
         for row in data:
             texts.append(row[config.text_field])

@@ -15,6 +15,7 @@ from engine import faults
 from engine.runlog.layout import EXPORT_MARKER, export_target_problem, foreign_files
 
 from .adapters import adapter_for
+from .model_card import card_for_run
 from .surgery import parameter_count
 
 
@@ -37,8 +38,10 @@ def export_model(
     metadata: dict | None = None,
     force: bool = False,
     run_dir: str | Path | None = None,
+    iteration: int | None = None,
 ) -> Path:
-    """Save safetensors + config (with the original-layer map) + tokenizer, atomically.
+    """Save safetensors + config (with the original-layer map) + tokenizer + a model card
+    (README.md, from ``run_dir``'s config and events up to ``iteration``), atomically.
 
     The directory appears only once it is whole: it is written next to its final place and renamed.
     An earlier export at ``out_dir`` is replaced only after the new one is complete; files someone
@@ -63,6 +66,8 @@ def export_model(
             "parameters": parameter_count(model),
             **(metadata or {}),
         }
+        (tmp / "README.md").write_text(card_for_run(run_dir, record, model.config, iteration), encoding="utf-8")
+        # Written last, listing every file of this export: the next export deletes only these.
         record["files"] = sorted([*(p.name for p in tmp.iterdir()), EXPORT_MARKER])
         (tmp / EXPORT_MARKER).write_text(json.dumps(record, indent=2) + "\n")
         faults.point("export_write")

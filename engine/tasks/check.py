@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .requests import LETTERS, _answer_index, _format, _mc_context, conversation_messages, render_messages
 from .sources import PARTS, map_fields, read_source, shots_for, task_rows
-from .spec import EmbeddedSource, FileSource, HubSource, SuiteSpec, TaskFileError, TaskSpec, embedded_path
+from .spec import EmbeddedSource, FileSource, HubSource, SuiteSpec, TaskFileError, TaskSpec, embedded_path, layout_of
 
 LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
 
@@ -30,7 +30,7 @@ def describe_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int
     lines = []
     for task in suite.tasks:
         source = describe_source(task)
-        if isinstance(task.source, HubSource) and not network and not _local(task.source):
+        if not will_read(task, network):
             lines.append(f"{task.name}: {source} (Hub, not read offline)")
             continue
         raw, where = read_source(task)
@@ -43,7 +43,9 @@ def describe_suite_data(suite: SuiteSpec, network: bool = False, split_seed: int
                 render_row(task, row)
             if task.messages is not None or task.messages_field is not None:
                 for row in rows:
-                    render_messages(conversation_messages(task, row, shots_for(task, row, shots)))
+                    render_messages(
+                        conversation_messages(task, row, shots_for(task, row, shots)), layout=layout_of(task)
+                    )
             counts.append(f"{part} {len(rows)}" if part else f"{len(rows)} (whole)")
         shots_note = f", {task.few_shot} shots" if task.few_shot else ""
         lines.append(f"{task.name}: {source}, {task.kind}, {task.metric}: items {', '.join(counts)}{shots_note}")
@@ -59,6 +61,11 @@ def describe_source(task: TaskSpec) -> str:
     config = f" config {source.config}" if source.config else ""
     files = f" files {source.data_files}" if source.data_files else ""
     return f"hf {source.name}{config} split {source.split}{files}"
+
+
+def will_read(task: TaskSpec, network: bool) -> bool:
+    """Whether the check reads the task's data: always, except a Hub dataset with no network."""
+    return network or not isinstance(task.source, HubSource) or _local(task.source)
 
 
 def _local(source: HubSource) -> bool:

@@ -28,6 +28,7 @@ import torch
 from engine.models.adapters import adapter_for
 from engine.models.surgery import skipping
 
+from .layouts import stop_token_ids
 from .metrics import CORPUS_METRICS, SENTENCE_METRICS, mmlu_category_mean
 from .requests import GenerationRequest, PreparedTask, ScoredSequence, prepare_task
 from .sources import Part
@@ -167,6 +168,8 @@ class SuiteEvaluator:
         ]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
+        # Every id that ends an answer: EOS, generation_config's list, the template's end of turn.
+        self.stop_ids = stop_token_ids(tokenizer, model)
         self.forwards = ForwardCount()
 
     @property
@@ -282,7 +285,7 @@ class SuiteEvaluator:
                     do_sample=False,
                     num_beams=1,
                     pad_token_id=self.pad_id,
-                    eos_token_id=self.eos_id,
+                    eos_token_id=self.stop_ids or self.eos_id,
                     stopping_criteria=_stop_criteria(self.tokenizer, stop, width),
                 )[:, width:].tolist()
                 for row, i in enumerate(chunk):
@@ -294,7 +297,7 @@ class SuiteEvaluator:
         for t in tokens:
             out.append(t)
             # The tail is enough: generate() checked every earlier step already.
-            if t == self.eos_id or (stop and self._stopped(out[-16:], stop)):
+            if t in self.stop_ids or (stop and self._stopped(out[-16:], stop)):
                 break
         return out
 
@@ -304,7 +307,7 @@ class SuiteEvaluator:
 
     def _finished(self, tokens: list[int], max_new_tokens: int, stop: list[str]) -> bool:
         return (
-            (tokens and tokens[-1] == self.eos_id)
+            (tokens and tokens[-1] in self.stop_ids)
             or len(tokens) >= max_new_tokens
             or (bool(stop) and self._stopped(tokens, stop))
         )
@@ -367,6 +370,8 @@ class SuiteEvaluator:
         return out
 
     def _text(self, tokens: list[int], stop: list[str]) -> str:
+        if tokens and tokens[-1] in self.stop_ids:  # the end of turn is not part of the answer
+            tokens = tokens[:-1]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         for s in stop:
             cut = text.find(s)

@@ -104,6 +104,27 @@ def rouge_l_lemmas(predictions: list[str], references: list[str]) -> float:
     return sum(_rouge_lemmas.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / len(predictions)
 
 
+_rouge_12 = None
+
+
+def rouge_12_lemmas(predictions: list[str], references: list[str]) -> float:
+    """LLMTF's FLORES and Daru Treeway score when the paper was written (revision 19b5ce6): the mean
+    of ROUGE-1 and ROUGE-2 F1 on lemmatised words (its leaderboard aggregation of the two), the mean
+    over samples."""
+    global _rouge_12
+    if _rouge_12 is None:
+        from rouge_score import rouge_scorer
+
+        _rouge_12 = rouge_scorer.RougeScorer(["rouge1", "rouge2"], tokenizer=_LemmaTokenizer())
+    if not predictions:
+        return 0.0
+    total = 0.0
+    for p, r in zip(predictions, references):
+        scores = _rouge_12.score(r, p)
+        total += (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure) / 2
+    return total / len(predictions)
+
+
 def copy_match(predictions: list[str], references: list[str]) -> float:
     """LLMTF's copy score (llmtf/tasks/darumeru.py CopyText, metric ``lcs``): per sample 1 when the
     characters of the prediction that difflib matches in the reference (both stripped, autojunk
@@ -166,6 +187,7 @@ GENERATION_METRICS = {
     "bleu": bleu,
     "copy_match": copy_match,
     "rouge_l_lemmas": rouge_l_lemmas,
+    "rouge_12_lemmas": rouge_12_lemmas,
 }
 
 # Metrics defined on the whole corpus (not a mean over items): the task score is computed from all
@@ -192,6 +214,7 @@ SENTENCE_METRICS = {
     "lcs_ratio": lambda p, r: lcs_ratio([p], [r]),
     "copy_match": lambda p, r: copy_match([p], [r]),
     "rouge_l_lemmas": lambda p, r: rouge_l_lemmas([p], [r]),
+    "rouge_12_lemmas": lambda p, r: rouge_12_lemmas([p], [r]),
     "chrf": _sentence_chrf,
     "bleu": _sentence_bleu,
 }

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import layouts
 from .sources import Part, shots_for, task_rows
-from .spec import LookupVar, TaskFileError, TaskSpec
-
-# LLMTF's layout for models without a chat template (its conversation_configs/default_foundational.json):
-# every message "<start_of_turn>{role}\n{content}\t\n", a continued last assistant message without
-# the closing "\t\n", a generation prompt "<start_of_turn>assistant\n\n", and "\t\n" ends an answer.
-FOUNDATIONAL_MESSAGE = "<start_of_turn>{role}\n{content}\t\n"
-FOUNDATIONAL_OPEN = "<start_of_turn>{role}\n{content}"
-FOUNDATIONAL_PROMPT = "<start_of_turn>assistant\n\n"
-FOUNDATIONAL_STOP = "\t\n"
+from .spec import LookupVar, TaskFileError, TaskSpec, layout_of
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -91,11 +84,26 @@ def _encode(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
-def _chat(tokenizer, text: str) -> list[int]:
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-    return _encode(tokenizer, rendered, special=False)
+def _prompt_ids(task: TaskSpec, tokenizer, text: str) -> list[int]:
+    """A prompt-template task's text as one user turn in the task's layout; ``plain`` (and ``chat``
+    without a template) is the text itself, encoded with the tokenizer's special tokens."""
+    layout = layouts.resolved(layout_of(task), tokenizer)
+    if layout == "plain" or (layout == "foundational" and task.layout is None):
+        return _encode(tokenizer, text, special=True)
+    rendered = layouts.render_messages([{"role": "user", "content": text}], layout, tokenizer)
+    return _encode(tokenizer, rendered, special=layouts.encode_special(layout))
+
+
+def task_stops(task: TaskSpec, tokenizer=None) -> list[str]:
+    """The stop strings of a task's generations: its own ``stop`` and its layout's end of an answer
+    (a chat template's end of turn when a tokenizer is given; it also stops on that token)."""
+    layout = layout_of(task) if tokenizer is None else layouts.resolved(layout_of(task), tokenizer)
+    conversation = _conversation(task) or task.layout is not None
+    extra = layouts.layout_stop(layout) if conversation else []
+    if layout == "chat" and tokenizer is not None:
+        turn = layouts.end_of_turn(tokenizer)
+        extra = [turn] if turn else []
+    return list(dict.fromkeys(task.stop + extra))
 
 
 def _answer_index(row: dict, n: int, task: TaskSpec, index: int) -> int:
@@ -163,12 +171,9 @@ def prepare_task(task: TaskSpec, tokenizer, part: Part = None, fraction: float =
                 for s in shots_for(task, row, shots)
             )
             text = prefix + _format(task.prompt, row, task)
-            ids = (
-                _chat(tokenizer, text)
-                if task.chat and getattr(tokenizer, "chat_template", None)
-                else _encode(tokenizer, text, special=True)
-            )
-            prepared.generations.append(GenerationRequest(ids, _format(task.target, row, task), item=i))
+            ids = _prompt_ids(task, tokenizer, text)
+            stop = task_stops(task, tokenizer)
+            prepared.generations.append(GenerationRequest(ids, _format(task.target, row, task), item=i, stop=stop))
     return prepared
 
 
@@ -225,37 +230,29 @@ def conversation_messages(task: TaskSpec, row: dict, shots: list[dict]) -> list[
 
 
 def conversation_ids(task: TaskSpec, row: dict, shots: list[dict], tokenizer) -> tuple[list[int], list[str]]:
-    """The prompt of one item (``conversation_messages``) rendered by the tokenizer's chat
-    template (``chat: true`` and the tokenizer has one) or LLMTF's foundational layout; a final
-    assistant message is continued, else a generation prompt follows. Shots are added while the
-    prompt stays below ``max_prompt_tokens`` (``shot_order: reversed`` puts the first shot nearest
-    the query, as LLMTF's base.py prepends each shot). Returns the token ids and the extra stop
-    strings of the layout (its end of turn)."""
+    """The prompt of one item (``conversation_messages``) rendered in the task's layout
+    (``layouts.render_messages``: the tokenizer's chat template, LLMTF's non_instruct_simple or
+    its foundational layout); a final assistant message is continued, else the layout's generation
+    prompt follows. Shots are added while the prompt stays below ``max_prompt_tokens``
+    (``shot_order: reversed`` puts the first shot nearest the query, as LLMTF's base.py prepends
+    each shot). Returns the token ids and the task's stop strings (``task_stops``)."""
     ordered = list(reversed(shots)) if task.shot_order == "reversed" else list(shots)
-    use_template = bool(task.chat and getattr(tokenizer, "chat_template", None))
+    layout = layouts.resolved(layout_of(task), tokenizer)
     ids: list[int] = []
     for count in range(len(ordered), -1, -1):
         chosen = ordered[len(ordered) - count :] if task.shot_order == "reversed" else ordered[:count]
-        text = render_messages(conversation_messages(task, row, chosen), tokenizer if use_template else None)
-        ids = _encode(tokenizer, text, special=not use_template)
+        text = layouts.render_messages(conversation_messages(task, row, chosen), layout, tokenizer)
+        ids = _encode(tokenizer, text, special=layouts.encode_special(layout))
         if task.max_prompt_tokens is None or len(ids) < task.max_prompt_tokens:
             break
-    return ids, ([] if use_template else [FOUNDATIONAL_STOP])
+    return ids, task_stops(task, tokenizer)
 
 
-def render_messages(messages: list[dict], tokenizer=None) -> str:
-    """The prompt text of a conversation: through ``tokenizer``'s chat template if given, else
-    LLMTF's foundational layout. A final assistant message is left open (continued)."""
-    open_end = messages[-1]["role"] == "assistant"
-    if tokenizer is not None:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not open_end, continue_final_message=open_end
-        )
-    text = "".join(
-        (FOUNDATIONAL_OPEN if open_end and i == len(messages) - 1 else FOUNDATIONAL_MESSAGE).format(**m)
-        for i, m in enumerate(messages)
-    )
-    return text if open_end else text + FOUNDATIONAL_PROMPT
+def render_messages(messages: list[dict], tokenizer=None, layout: str | None = None) -> str:
+    """The prompt text of a conversation in ``layout`` (default: the tokenizer's chat template if a
+    tokenizer is given, else LLMTF's foundational layout)."""
+    layout = layout or ("chat" if tokenizer is not None else "foundational")
+    return layouts.render_messages(messages, layouts.resolved(layout, tokenizer), tokenizer)
 
 
 def _shot_text(task: TaskSpec, shots: list[dict]) -> str:
@@ -280,6 +277,21 @@ def _letter_variants(tokenizer, n: int) -> list[int]:
     return [_encode(tokenizer, text, special=False)[0] for k in range(n) for text in (f" {LETTERS[k]}", LETTERS[k])]
 
 
+def _plain_letters(tokenizer, context_ids: list[int], n: int) -> tuple[list[int], list[int]]:
+    """LLMTF's tokens of interest (llmtf/model.py of the paper's time): each letter as it follows
+    the prompt, after a space unless the prompt ends with a newline; the first token that is not
+    blank. Returns (letter ids, the tokens to append to the prompt: the space, when the tokenizer
+    writes it as a token of its own and LLMTF adds it to the prompt)."""
+    space = "" if tokenizer.decode(context_ids).endswith("\n") else " "
+    ids, before = [], []
+    for k in range(n):
+        tokens = _encode(tokenizer, space + LETTERS[k], special=False)
+        skip = next((i for i, t in enumerate(tokens) if tokenizer.decode([t]).strip()), len(tokens) - 1)
+        ids.append(tokens[skip])
+        before = tokens[:skip] if k == 0 else before
+    return ids, before
+
+
 def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tokenizer) -> None:
     task = prepared.spec
     for i, row in enumerate(rows):
@@ -296,7 +308,10 @@ def _prepare_mc(prepared: PreparedTask, rows: list[dict], shots: list[dict], tok
         else:
             context_ids = _encode(tokenizer, _shot_text(task, own_shots) + _mc_context(task, row), special=True)
         if task.scoring == "letter":
-            if _conversation(task):
+            if _conversation(task) and layout_of(task) == "plain":
+                letter_ids, space = _plain_letters(tokenizer, context_ids, len(choices))
+                context_ids, variants = context_ids + space, 1
+            elif _conversation(task):
                 letter_ids, variants = _letter_variants(tokenizer, len(choices)), 2
             else:
                 letter_ids, variants = (

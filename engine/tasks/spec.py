@@ -26,7 +26,7 @@ KIND_FIELDS = {
 }
 METRICS = {
     "multiple_choice": {"accuracy", "choice_probability", "mmlu_category_mean"},
-    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu", "copy_match", "rouge_l_lemmas"},
+    "generation": {"lcs_ratio", "rouge_l", "chrf", "bleu", "copy_match", "rouge_l_lemmas", "rouge_12_lemmas"},
     "language_modeling": {"next_token_accuracy", "next_token_probability", "perplexity_score"},
 }
 
@@ -106,7 +106,11 @@ class TaskSpec(_Strict):
     scoring: Literal["cloze", "letter"] = "cloze"
     normalize: Literal["length", "none"] = "length"
     # generation
-    max_new_tokens: int = Field(default=64, ge=1, le=2048)
+    max_new_tokens: int = Field(default=64, ge=1, le=8192)
+    # How the prompt is laid out (engine/tasks/layouts.py): chat (the tokenizer's template), plain
+    # (LLMTF's non_instruct_simple) or foundational (LLMTF's <start_of_turn> layout). Unset: chat
+    # when ``chat: true``, else foundational for messages and plain text for a prompt template.
+    layout: Literal["chat", "plain", "foundational"] | None = None
     chat: bool = False
     stop: list[str] = Field(default_factory=lambda: ["\n\n"])
     # language modelling
@@ -158,6 +162,8 @@ class TaskSpec(_Strict):
         if self.context_tokens and (self.kind != "language_modeling" or self.context_tokens >= self.max_tokens):
             raise ValueError("context_tokens is for language_modeling tasks and must be below max_tokens")
         conversation = self.messages is not None or self.messages_field is not None
+        if self.chat and self.layout not in (None, "chat"):
+            raise ValueError(f"chat: true contradicts layout: {self.layout} (give one of them)")
         if self.messages is not None and self.messages_field is not None:
             raise ValueError("give either messages or messages_field, not both")
         if self.kind == "generation" and not self.prompt and not conversation:
@@ -169,6 +175,15 @@ class TaskSpec(_Strict):
         if self.metric == "mmlu_category_mean" and not self.group:
             raise ValueError("metric mmlu_category_mean needs group: (the field naming each item's subject)")
         return self
+
+
+def layout_of(task: TaskSpec) -> str:
+    """The task's layout as written, or the one its older fields imply (see ``TaskSpec.layout``)."""
+    if task.layout is not None:
+        return task.layout
+    if task.chat:
+        return "chat"
+    return "foundational" if task.messages is not None or task.messages_field is not None else "plain"
 
 
 def _placeholders(template: str) -> list[str]:

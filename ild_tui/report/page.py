@@ -139,6 +139,7 @@ def render(
     cost_rows: list[dict] | None,
     notes: list[str],
     files: list[str],
+    sections: list[str] = (),
 ) -> str:
     """The page. ``figures``: name -> PNG path or None; ``per_run``: label -> {importance, loss} PNGs."""
     students = {r["run"]: r for r in (cost_rows or []) if r["role"] == "student"}
@@ -272,6 +273,7 @@ def render(
             image(figures.get("cost"), "cost of each student as a share of the teacher's"),
         ]
 
+    out += list(sections)  # more tables (lm-evaluation-harness results), before the runs one by one
     out += ["<h2>Each run</h2>"]
     for r in runs:
         out += [

@@ -114,6 +114,12 @@ def write_report(
     if train:
         written.append(write_csv(out / "train_steps.csv", facts.TRAIN_COLUMNS, train))
 
+    from . import lm_eval
+
+    harness = lm_eval.rows(runs)
+    if harness:
+        written.append(write_csv(out / "lm_eval.csv", lm_eval.COLUMNS, harness))
+
     notes: list[str] = []
     cost_rows = None
     if measure:
@@ -148,6 +154,7 @@ def write_report(
         cost_rows=cost_rows,
         notes=notes,
         files=names,
+        sections=[lm_eval.section(harness)],
     )
     (out / PAGE).write_text(html, encoding="utf-8")
     names = [PAGE, *names]
