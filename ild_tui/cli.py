@@ -947,5 +947,10 @@ def suite_check(model, suite_name, layers, device, report_suite, split_seed, dat
         sys.exit(code)
 
 
+from .trash_cli import register as _register_trash  # noqa: E402  (ild trash, ild restore)
+
+_register_trash(main, Failure, runs_dir_option)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -6,7 +6,7 @@ from ild_tui.screens.compare import ComparedRun, CompareScreen, removal_bars
 from ild_tui.screens.dialogs import ConfirmScreen
 from ild_tui.screens.runs import RunsScreen
 from ild_tui.widgets.palette import Palette
-from tests.support import hold_lock, open_live, wait_for
+from tests.support import answer, burst, hold_lock, open_live, wait_for
 from tools.synthetic_runs import DEAD, FINISHED, FIXTURES, LIVE, SHORTGPT, copy_fixture, make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
@@ -83,10 +83,99 @@ async def test_delete_asks_and_never_deletes_a_live_run(runs):
             table.move_cursor(row=_names(screen).index(DEAD))
             await pilot.press("d")
             assert isinstance(app.screen, ConfirmScreen)
-            await pilot.press("n")
+            assert "trash" in str(app.screen.query_one("#question").render())
+            await answer(app, pilot, "n")
             assert (runs / DEAD).is_dir()
-            await pilot.press("d", "y")
+            await pilot.press("d")
+            await answer(app, pilot, "y")
             await wait_for(pilot, lambda: not (runs / DEAD).exists() and len(screen.rows) == 3)
+
+
+def _tree(root) -> dict:
+    """Every file under ``root`` with its bytes and mode, and every directory, by relative path."""
+    import os
+
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        st = os.lstat(path)
+        out[rel] = ("dir", st.st_mode) if path.is_dir() else (path.read_bytes(), st.st_mode)
+    return out
+
+
+async def test_a_burst_of_d_enter_deletes_nothing_and_a_deleted_run_comes_back_byte_for_byte(runs):
+    from ild_tui.cli import main
+    from ild_tui.trash import list_trash
+
+    before = _tree(runs / DEAD)
+    app = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _runs_screen(app, pilot)
+        screen.query_one("#runs-table").move_cursor(row=_names(screen).index(DEAD))
+        burst(app, "d", "enter")  # as tmux send-keys d Enter, a paste or a fast typist sends it
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, ConfirmScreen)  # still asking: the Enter was not an answer
+        await answer(app, pilot, "escape")
+        assert app.screen is screen
+        burst(app, "d", "y")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, ConfirmScreen)
+        await answer(app, pilot, "escape")
+        assert (runs / DEAD).is_dir() and _tree(runs / DEAD) == before
+
+        await pilot.press("d")
+        await pilot.pause(0.1)
+        await pilot.press("enter")  # the default answer, on screen: keep
+        assert (runs / DEAD).is_dir() and app.screen is screen
+
+        await pilot.press("d")
+        await answer(app, pilot, "y")
+        await wait_for(pilot, lambda: not (runs / DEAD).exists() and DEAD not in _names(screen))
+    [entry] = list_trash(runs)
+    assert entry.name == DEAD and entry.path.parent == runs / ".trash"
+
+    from click.testing import CliRunner
+
+    listed = CliRunner().invoke(main, ["trash", "--runs-dir", str(runs)])
+    assert listed.exit_code == 0 and entry.entry in listed.output
+    restored = CliRunner().invoke(main, ["restore", DEAD, "--runs-dir", str(runs)])
+    assert restored.exit_code == 0, restored.output
+    assert _tree(runs / DEAD) == before and list_trash(runs) == []
+    again = CliRunner().invoke(main, ["restore", DEAD, "--runs-dir", str(runs)])
+    assert again.exit_code == 2 and "no run" in again.output
+
+
+def test_trash_empty_and_retention(runs):
+    from click.testing import CliRunner
+
+    from ild_tui.cli import main
+    from ild_tui.trash import empty, list_trash, move_to_trash
+
+    move_to_trash(runs / DEAD, runs, now=1_000_000.0)
+    move_to_trash(runs / SHORTGPT, runs, now=1_000_000.0 + 20 * 86400)
+    assert [e.name for e in list_trash(runs)] == [DEAD, SHORTGPT]
+    assert empty(runs, older_than_days=30, now=1_000_000.0 + 31 * 86400)[0] == 1  # only the older one
+    assert [e.name for e in list_trash(runs)] == [SHORTGPT]
+    with hold_lock(runs / LIVE):
+        from ild_tui.trash import TrashError
+
+        with pytest.raises(TrashError, match="running"):
+            move_to_trash(runs / LIVE, runs)
+    out = CliRunner().invoke(main, ["trash", "--empty", "--runs-dir", str(runs)])
+    assert out.exit_code == 0 and "removed 1 run" in out.output
+    assert list_trash(runs) == [] and not any((runs / ".trash").iterdir())
+
+
+async def test_filter_gets_every_key_of_a_fast_burst(runs):
+    app = make_app(runs)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _runs_screen(app, pilot)
+        burst(app, "slash", "d", "e", "a", "d")
+        await wait_for(pilot, lambda: screen.filter_text == "dead")
+        await pilot.pause(0.2)
+        assert screen.query_one("#runs-filter").value == "dead"
+        assert app.screen is screen  # the `d`s went into the box, not to "delete"
+        assert _names(screen) == [DEAD]
 
 
 async def test_mark_and_compare(runs):

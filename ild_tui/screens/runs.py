@@ -8,7 +8,6 @@ same summary ``ild ls`` prints).
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from engine.runlog.layout import RunDir, is_run_dir, list_runs
+from engine.runlog.layout import RunDir, list_runs
 from engine.runlog.reader import RunReader
 
 from ..runs import RunRow, summarise_state
@@ -44,7 +43,9 @@ class RunsScreen(Screen):
         Binding("space", "mark", "mark"),
         Binding("c", "compare", "compare"),
         Binding("w", "report", "report"),
-        Binding("slash", "filter", "filter"),
+        # Priority: the action runs as the key arrives, so the keys typed right after `/` (already
+        # queued) are routed to the box and never to the table's bindings (`d` deletes there).
+        Binding("slash", "filter", "filter", priority=True),
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
         Binding("d", "delete", "delete"),
@@ -334,10 +335,16 @@ class RunsScreen(Screen):
         notes = "".join(f"\n{n}" for n in result.notes[:3])
         self.app.call_from_thread(self.notify, f"report written: {result.page}{notes}", timeout=10)
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # A `/` typed into the filter is text, not "open the filter".
+        return not (action == "filter" and isinstance(self.focused, Input))
+
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
         box.display = True
-        box.focus()
+        # Focus now, not after the next refresh (``Widget.focus`` defers): the keys typed right
+        # after `/` are already queued, and each must reach the box, not the table's bindings.
+        self.set_focus(box)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "runs-filter":
@@ -375,44 +382,38 @@ class RunsScreen(Screen):
         if self.app.liveness(RunDir(path)):
             self.notify(f"{row.name} is running: stop it first (X on its live screen)", severity="error")
             return
+        from ..trash import dir_size, fmt_bytes
         from .dialogs import ConfirmScreen
 
-        size = _dir_size(Path(path))
+        dirname = Path(path).name
+        days = self.app.settings.trash_days
 
         def done(ok: bool | None) -> None:
             if ok:
-                self._delete(path, row.name)
+                self._delete(path, dirname)
 
         self.app.push_screen(
             ConfirmScreen(
-                f"Delete run {row.name} ({size / 1e6:.1f} MB: events, checkpoints, export)? This cannot be undone.",
-                yes="delete",
+                f"Move run {dirname} ({fmt_bytes(dir_size(Path(path)))}: events, checkpoints, export) to the trash?",
+                detail=f"It leaves this list and stays in {self.root / '.trash'} for {days:g} days; "
+                f"`ild restore {dirname}` brings it back, `ild trash --empty` frees the space now.",
+                yes="move to trash",
                 no="keep",
             ),
             done,
         )
 
     def _delete(self, path: str, name: str) -> None:
-        p = Path(path)
-        if not is_run_dir(p) or p.resolve().parent != self.root.resolve():
-            self.notify(f"refusing to delete {p}: not a run directly under {self.root}", severity="error")
+        from ..trash import TrashError, empty, move_to_trash
+
+        try:
+            move_to_trash(path, self.root, now=time.time())
+        except (TrashError, OSError) as exc:
+            self.notify(f"not deleted: {exc}", severity="error")
             return
-        if self.app.liveness(RunDir(p)):
-            self.notify(f"{name} started running: not deleted", severity="error")
-            return
-        shutil.rmtree(p, ignore_errors=True)
+        # Entries past the retention go for good now, while a delete is being done anyway.
+        empty(self.root, older_than_days=self.app.settings.trash_days)
         if path in self.marked:
             self.marked.remove(path)
-        self.notify(f"deleted {name}")
+        self.notify(f"moved {name} to the trash (`ild restore {name}` brings it back)")
         self.rescan()
-
-
-def _dir_size(path: Path) -> int:
-    total = 0
-    for p in path.rglob("*"):
-        try:
-            if p.is_file():
-                total += p.stat().st_size
-        except OSError:
-            pass
-    return total
