@@ -8,11 +8,15 @@ from ild_tui.live.heatmap import Heatmap
 from ild_tui.live.screen import EventsBatch
 from ild_tui.screens.dialogs import ConfirmScreen, HelpScreen, ModeScreen
 from ild_tui.widgets.charts import BrailleChart
-from tests.support import append_events, commands, hold_lock, open_live, wait_for
+from tests.support import answer, append_events, burst, commands, hold_lock, open_live, wait_for
 from tools.synthetic_runs import DEAD, FINISHED, LIVE, SHORTGPT, make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
 SIZE = (160, 48)
+
+
+def _question(app) -> str:
+    return str(app.screen.query_one("#question").render())
 
 
 def _title(panel: DecisionPanel) -> str:
@@ -66,15 +70,19 @@ async def test_live_decision_approve_round_trip(runs):
             assert screen.query_one(Heatmap).cursor_layer == 23  # the cursor starts on the proposal
 
             await pilot.press("a")
+            assert isinstance(app.screen, ConfirmScreen)  # approving removes a layer: it asks first
+            assert "remove original layer 23 in iteration 5: 26 -> 25 layers" in _question(app)
+            await answer(app, pilot, "y")
             sent = commands(run)
             assert [(c["name"], c["args"], c["by"]) for c in sent] == [("approve", {"layer": 23}, "dashboard")]
             assert "waiting for the engine" in _title(panel)
-            await pilot.press("a")  # already sent: not sent twice
-            assert len(commands(run)) == 1
+            await pilot.press("a")  # already sent: not sent twice (and not asked again)
+            assert len(commands(run)) == 1 and not isinstance(app.screen, ConfirmScreen)
 
             _engine_decides(run, sent[0], 23)
             await wait_for(pilot, lambda: not panel.display)
             hm = screen.query_one(Heatmap)
+            await wait_for(pilot, lambda: 23 in hm.data.removed_at)
             assert hm.data.removed_at[23] == 5 and hm.data.proposal is None
             assert screen.check_action("approve", ()) is False  # the key leaves the footer
             lines = [line.text for line in screen.model.lines]
@@ -93,10 +101,11 @@ async def test_override_from_the_heatmap_cursor_asks_first(runs):
             assert panel.selected_layer == 24  # the list follows the heatmap cursor
             await pilot.press("o")
             assert isinstance(app.screen, ConfirmScreen)
-            await pilot.press("n")
+            assert "remove original layer 24 in iteration 5: 26 -> 25 layers" in _question(app)
+            await answer(app, pilot, "n")
             assert commands(run) == []
             await pilot.press("o")
-            await pilot.press("y")
+            await answer(app, pilot, "y")
             await pilot.pause()
             assert [(c["name"], c["args"]) for c in commands(run)] == [("override", {"layer": 24})]
 
@@ -120,7 +129,8 @@ async def test_override_from_the_candidate_list_and_refusals(runs):
             second = panel.data.candidates[1].layer
             assert panel.selected_layer == second
             await wait_for(pilot, lambda: hm.cursor_layer == second)
-            await pilot.press("o", "y")
+            await pilot.press("o")
+            await answer(app, pilot, "y")
             await pilot.pause()
             assert [(c["name"], c["args"]) for c in commands(run)] == [("override", {"layer": second})]
 
@@ -133,20 +143,52 @@ async def test_mode_pause_and_stop_commands(runs):
             await open_live(app, pilot)
             await pilot.press("m")
             assert isinstance(app.screen, ModeScreen)
-            await pilot.press("1")
-            await pilot.press("m", "3")
+            await answer(app, pilot, "1")
+            await pilot.press("m")
+            await answer(app, pilot, "3")  # the mode the run has: picking it again sends nothing
             await pilot.press("p")
             await pilot.press("X")
             assert isinstance(app.screen, ConfirmScreen)
-            await pilot.press("y")
+            assert "Stop run smollm2-distill-live" in _question(app)
+            await answer(app, pilot, "y")
             await pilot.pause()
             got = [(c["name"], c["args"]) for c in commands(run)]
-            assert got == [
-                ("set_mode", {"mode": "manual"}),
-                ("set_mode", {"mode": "auto-after", "seconds": 300.0}),
-                ("pause", {}),
-                ("stop", {}),
-            ]
+            assert got == [("set_mode", {"mode": "manual"}), ("pause", {}), ("stop", {})]
+
+
+async def test_bursts_typed_before_a_dialog_shows_change_nothing(runs):
+    """`o` Enter, `X` Enter, `m` Enter, `a` Enter and a lone `a` as one burst (tmux send-keys, a paste,
+    a fast typist): every dialog opens on Cancel and takes no key typed before it was painted."""
+    run = runs / LIVE
+    with hold_lock(run):
+        app = make_app(runs, run)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_live(app, pilot)
+            await _move_heatmap_to(pilot, screen.query_one(Heatmap), 24)
+            for keys in (("o", "enter"), ("X", "enter"), ("o", "y"), ("X", "y"), ("m", "enter"), ("m", "2")):
+                burst(app, *keys)
+                await pilot.pause(0.3)
+                assert app.screen is not screen, keys  # the dialog is still up, unanswered
+                await answer(app, pilot, "escape")
+                assert app.screen is screen
+            for keys in (("a",), ("a", "enter"), ("a", "y")):
+                burst(app, *keys)
+                await pilot.pause(0.3)
+                assert isinstance(app.screen, ConfirmScreen), keys
+                await answer(app, pilot, "enter")  # on screen, Enter is the default: cancel
+                assert app.screen is screen
+            assert commands(run) == []
+
+
+async def test_approve_one_key_setting(runs):
+    run = runs / LIVE
+    with hold_lock(run):
+        app = make_app(runs, run)
+        app.settings.approve_one_key = True
+        async with app.run_test(size=SIZE) as pilot:
+            await open_live(app, pilot)
+            await pilot.press("a")
+            assert [(c["name"], c["args"]) for c in commands(run)] == [("approve", {"layer": 23})]
 
 
 async def test_second_dashboard_agrees_and_does_not_ask_again(runs):
@@ -155,6 +197,7 @@ async def test_second_dashboard_agrees_and_does_not_ask_again(runs):
     async with app.run_test(size=SIZE) as pilot:
         first = await open_live(app, pilot)
         await pilot.press("a")
+        await answer(app, pilot, "y")
         cmd = commands(run)[0]
         _engine_decides(run, cmd, 23)
         await wait_for(pilot, lambda: not first.query_one(DecisionPanel).display, timeout=5)

@@ -368,11 +368,43 @@ class LiveScreen(Screen):
             return None
         return pending
 
+    def _removal_words(self, layer: int, iteration: int) -> str:
+        """What a removal does, in the words a dialog asks with: "remove original layer 17: 29 -> 28 layers"."""
+        now = self.model.state.layers_now if self.model else None
+        depth = f": {now} -> {now - 1} layers" if now else ""
+        return f"remove original layer {layer} in iteration {iteration}{depth}"
+
     def action_approve(self) -> None:
         pending = self._open_proposal()
         if pending is None:
             return
-        self._send("approve", layer=pending["layer"])
+        layer = pending["layer"]
+        if self.app.settings.approve_one_key:
+            self._send("approve", layer=layer)
+            return
+        from ..screens.dialogs import ConfirmScreen
+
+        def done(ok: bool | None) -> None:
+            if ok and self._still_open(pending):
+                self._send("approve", layer=layer)
+
+        what = self._removal_words(layer, pending["iteration"])
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Approve: {what}?",
+                detail="(approve_one_key = true in the dashboard's config.toml makes `a` act at once)",
+                yes="approve",
+            ),
+            done,
+        )
+
+    def _still_open(self, pending: dict) -> bool:
+        """The decision a dialog asked about is still the open one (the engine may have moved on)."""
+        now = self.model.state.pending_proposal if self.model else None
+        if now is None or now["iteration"] != pending["iteration"]:
+            self.notify(f"iteration {pending['iteration']} was decided meanwhile: nothing sent", severity="warning")
+            return False
+        return True
 
     def action_override(self, layer: int | None = None) -> None:
         pending = self._open_proposal()
@@ -397,13 +429,12 @@ class LiveScreen(Screen):
         from ..screens.dialogs import ConfirmScreen
 
         def done(ok: bool | None) -> None:
-            if ok:
+            if ok and self._still_open(pending):
                 self._send("override", layer=layer)
 
+        what = self._removal_words(layer, pending["iteration"])
         self.app.push_screen(
-            ConfirmScreen(
-                f"Remove layer {layer} instead of the proposed layer {proposed}?", yes="override", no="cancel"
-            ),
+            ConfirmScreen(f"Override: {what}, instead of the proposed layer {proposed}?", yes="override"),
             done,
         )
 
@@ -474,13 +505,19 @@ class LiveScreen(Screen):
     def action_stop(self) -> None:
         from ..screens.dialogs import ConfirmScreen
 
+        if self.model is None:
+            return
+        name = self.run_dir.name
+
         def done(ok: bool | None) -> None:
             if ok:
                 self._send("stop")
 
         self.app.push_screen(
             ConfirmScreen(
-                "Stop the run? The engine finishes its current step, checkpoints and exits.", yes="stop", no="cancel"
+                f"Stop run {name}: the engine finishes its current step, writes a checkpoint and exits?",
+                detail=f"`ild resume {name}` continues it later from that checkpoint.",
+                yes="stop the run",
             ),
             done,
         )
