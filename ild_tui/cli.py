@@ -546,7 +546,7 @@ def list_runs_command(runs_dir):
         table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
     for r in runs:
         table.add_row(
-            r.name,
+            r.shown_name,
             r.status,
             r.model,
             r.strategy,

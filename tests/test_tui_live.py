@@ -63,7 +63,7 @@ async def test_live_decision_approve_round_trip(runs):
         async with app.run_test(size=SIZE) as pilot:
             screen = await open_live(app, pilot)
             await wait_for(pilot, lambda: screen.alive is True)
-            assert screen.status == "running"
+            assert screen.status == "awaiting decision"
             panel = screen.query_one(DecisionPanel)
             assert panel.display and panel.data.iteration == 5 and panel.data.layer == 23
             assert "auto-approve in 1:23" in _title(panel)
@@ -193,15 +193,16 @@ async def test_approve_one_key_setting(runs):
 
 async def test_second_dashboard_agrees_and_does_not_ask_again(runs):
     run = runs / LIVE
-    app = make_app(runs, run)
-    async with app.run_test(size=SIZE) as pilot:
-        first = await open_live(app, pilot)
-        await pilot.press("a")
-        await answer(app, pilot, "y")
-        cmd = commands(run)[0]
-        _engine_decides(run, cmd, 23)
-        await wait_for(pilot, lambda: not first.query_one(DecisionPanel).display, timeout=5)
-        state_a = first.model.state
+    with hold_lock(run):
+        app = make_app(runs, run)
+        async with app.run_test(size=SIZE) as pilot:
+            first = await open_live(app, pilot)
+            await pilot.press("a")
+            await answer(app, pilot, "y")
+            cmd = commands(run)[0]
+            _engine_decides(run, cmd, 23)
+            await wait_for(pilot, lambda: not first.query_one(DecisionPanel).display, timeout=5)
+            state_a = first.model.state
     app2 = make_app(runs, run)
     async with app2.run_test(size=SIZE) as pilot:
         second = await open_live(app2, pilot)
@@ -285,7 +286,6 @@ async def test_dead_run_and_no_healing_run(runs):
         screen = await open_live(app, pilot)
         assert screen.status == "died"
         assert "engine dead" in str(screen.query_one("#run-header").render())
-        assert screen.check_action("stop", ()) is True  # a dead run can be told to stop when resumed
     app = make_app(runs, runs / SHORTGPT)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_live(app, pilot)
@@ -359,3 +359,79 @@ async def test_a_fixed_removal_run_while_it_heals(tmp_path):
             assert "fixed removals, nothing scored: 14, 13, 12" in "".join(seg.text for seg in hm.render_line(1))
             header = str(screen.query_one("#run-header").render())
             assert "healing (step 3/64)" in header and "teacher cache" not in header
+
+
+async def test_paused_then_approved_from_the_cli_is_not_asked_again(runs):
+    """Manual mode, `p`, then `ild approve` from a shell: the engine applies the approve while paused
+    and removes the layer only when resumed. The question is answered: no panel, no a/o, and the
+    header says what will happen; a re-attached dashboard agrees."""
+    run = runs / LIVE
+    append_events(
+        run,
+        {"type": "command_applied", "command_id": "c1", "name": "pause", "args": {}, "by": "dashboard"},
+        {"type": "command_applied", "command_id": "c2", "name": "approve", "args": {}, "by": "cli"},
+    )
+    with hold_lock(run):
+        for _attach in range(2):
+            app = make_app(runs, run)
+            async with app.run_test(size=SIZE) as pilot:
+                screen = await open_live(app, pilot)
+                await wait_for(pilot, lambda s=screen: s.alive is True)
+                await pilot.pause(0.3)
+                assert screen.status == "paused"
+                assert not screen.query_one(DecisionPanel).display
+                assert screen.check_action("approve", ()) is False and screen.check_action("override", ()) is False
+                assert screen.check_action("pause", ()) is True  # p resumes it
+                header = str(screen.query_one("#run-header").render())
+                assert "paused" in header and "approve 23 taken: the engine removes it when resumed" in header
+                await pilot.press("o")
+                await pilot.press("a")
+                assert not isinstance(app.screen, ConfirmScreen) and commands(run) == []
+
+
+async def test_a_dead_run_offers_no_steering_and_queues_nothing(runs):
+    app = make_app(runs, runs / DEAD)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        assert screen.status == "died"
+        for action in ("approve", "override", "pause", "stop", "mode"):
+            assert screen.check_action(action, ()) is False, action
+        for key in ("p", "m", "X", "a", "o"):
+            await pilot.press(key)
+            await pilot.pause(0.05)
+            assert app.screen is screen, key
+        assert commands(runs / DEAD) == []
+    # the live run, its engine gone, with its question still open: not offered either
+    app = make_app(runs, runs / LIVE)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        assert screen.status == "died" and not screen.query_one(DecisionPanel).display
+        await pilot.press("a")
+        await pilot.press("p")
+        assert app.screen is screen and commands(runs / LIVE) == []
+
+
+async def test_a_new_run_is_starting_until_its_engine_speaks_never_dead(tmp_path):
+    """The engine takes its lock, then writes its first event; the dashboard polls the log four times
+    a second and the lock once a second: the first event must not be shown as from a dead engine."""
+    from engine.runlog.layout import create
+
+    run = tmp_path / "runs" / "fresh"
+    create(run)
+    engine = {"alive": False}
+    app = make_app(run.parent, run, liveness=lambda rd: engine["alive"], poll_interval=0.05)
+    app.clock = __import__("time").time  # the starting grace counts from the directory's real mtime
+    seen: list[str] = []
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_live(app, pilot)
+        for _ in range(10):
+            seen.append(screen.status)
+            await pilot.pause(0.02)
+        engine["alive"] = True
+        append_events(run, {"type": "engine_started", "pid": 1, "host": "h", "resumed_from": None})
+        for _ in range(75):
+            seen.append(screen.status)
+            header = str(screen.query_one("#run-header").render())
+            assert "engine dead" not in header
+            await pilot.pause(0.02)
+    assert seen[0] == "starting" and seen[-1] == "running" and "died" not in seen, seen

@@ -30,7 +30,7 @@ async def test_runs_list_sort_filter_open(runs):
             screen = await _runs_screen(app, pilot)
             assert _names(screen) == [LIVE, DEAD, FINISHED, SHORTGPT]  # newest start first
             by_name = {r.name: r for r in screen.rows}
-            assert by_name[LIVE].status == "running" and by_name[DEAD].status == "died"
+            assert by_name[LIVE].status == "awaiting decision" and by_name[DEAD].status == "died"
             assert by_name[FINISHED].status == "finished" and by_name[FINISHED].layers_now == 20
             assert by_name[FINISHED].best is not None and by_name[FINISHED].duration > 0
             assert "awaiting a decision" in by_name[LIVE].pending
@@ -175,7 +175,28 @@ async def test_filter_gets_every_key_of_a_fast_burst(runs):
         await pilot.pause(0.2)
         assert screen.query_one("#runs-filter").value == "dead"
         assert app.screen is screen  # the `d`s went into the box, not to "delete"
-        assert _names(screen) == [DEAD]
+        # what the status column shows ("engine dead") is what the filter matches: the two dead runs
+        assert sorted(_names(screen)) == sorted([DEAD, LIVE])
+
+
+async def test_statuses_shown_and_copied_runs_told_apart(runs):
+    import shutil
+
+    from tests.support import append_events
+
+    shutil.copytree(runs / FINISHED, runs / "finished-copy")
+    append_events(runs / LIVE, {"type": "command_applied", "command_id": "c", "name": "pause", "args": {}, "by": "x"})
+    with hold_lock(runs / LIVE):
+        app = make_app(runs)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await _runs_screen(app, pilot)
+            by_dir = {r.dirname: r for r in screen.rows}
+            assert by_dir[LIVE].status == "paused" and by_dir[LIVE].label == "paused"
+            assert by_dir["finished-copy"].shown_name == f"{FINISHED} (dir finished-copy)"
+            assert by_dir[FINISHED].shown_name == FINISHED
+            await pilot.press("slash")
+            await pilot.press(*"paused")
+            assert _names(screen) == [LIVE]
 
 
 async def test_mark_and_compare(runs):

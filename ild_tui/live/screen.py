@@ -200,14 +200,18 @@ class LiveScreen(Screen):
         poll = self.app.poll_interval
         while not worker.is_cancelled and not self._stop.wait(poll):
             events = tailer.poll()
-            if events:
-                self.post_message(EventsBatch(events))
+            if events and not alive:
+                # A new engine takes its lock before its first event: check now, or the events
+                # would be shown with the last second's "no engine" (a false "engine dead").
+                last_check = 0.0
             if time.monotonic() - last_check >= 1.0:
                 last_check = time.monotonic()
                 now_alive = liveness(self.run_dir)
                 if now_alive != alive:
                     alive = now_alive
                     self.post_message(EngineStatus(alive))
+            if events:
+                self.post_message(EventsBatch(events))
 
     def on_loaded(self, message: Loaded) -> None:
         # The replayed log is long-lived: move it out of the collector's sight, so that full
@@ -303,7 +307,7 @@ class LiveScreen(Screen):
     def _sync_bindings(self) -> None:
         """Re-render the footer only when the set of usable keys changes (it is not cheap)."""
         state = self.model.state
-        key = (state.pending_proposal is not None, state.ended)
+        key = (state.pending_proposal is not None, state.ended, self.alive, state.paused)
         if key != self._bindings_key:
             self._bindings_key = key
             self.refresh_bindings()
@@ -312,7 +316,7 @@ class LiveScreen(Screen):
         """The panel draws itself; showing or hiding it also moves the layout and the focus."""
         panel = self.query_one(DecisionPanel)
         was_shown = panel.display
-        panel.draw(self.model)
+        panel.draw(self.model, asking=self.alive is True)
         if not panel.display:
             if was_shown:
                 self.remove_class("-deciding")
@@ -331,12 +335,16 @@ class LiveScreen(Screen):
     # -- decisions and commands -----------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """Hide the steering keys where they cannot apply (no open decision; an ended run)."""
-        if action in ("approve", "override"):
-            return bool(self.model and self.model.state.pending_proposal)
-        if action in ("pause", "stop", "mode"):
-            return bool(self.model and not self.model.state.ended)
+        """Offer the steering keys only where they can apply: a live engine (a dead or ended run
+        takes no command: `ild resume` first), and for a/o an open decision."""
+        if action in ("approve", "override", "pause", "stop", "mode"):
+            return self._steerable() and (
+                action not in ("approve", "override") or self.model.state.pending_proposal is not None
+            )
         return True
+
+    def _steerable(self) -> bool:
+        return bool(self.model and self.alive is True and not self.model.state.ended)
 
     def _send(self, name: str, **args) -> str | None:
         state = self.model.state if self.model else None
@@ -345,20 +353,42 @@ class LiveScreen(Screen):
         if state.ended:
             self.notify(f"the run has {state.outcome}: nothing to send", severity="warning")
             return None
+        if self.alive is not True:
+            # The CLI refuses too: a command queued for a dead engine would act, unseen, the
+            # moment someone resumes the run.
+            self.notify(
+                f"no engine runs {self.run_dir.name}: nothing sent (`ild resume {self.run_dir.name}` first)",
+                severity="warning",
+            )
+            return None
         try:
             cid = send_command(self.run_dir, name, by="dashboard", **args)
         except (ValueError, OSError) as exc:
             self.notify(f"could not send {name}: {exc}", severity="error")
             return None
         self.model.note_sent(cid, name, args, self.app.clock())
-        where = "" if self.alive else " (the engine is not running: it applies it when resumed)"
-        self.notify(f"sent {name}{' ' + str(args['layer']) if 'layer' in args else ''}{where}", timeout=3)
+        self.notify(f"sent {name}{' ' + str(args['layer']) if 'layer' in args else ''}", timeout=3)
         self._dirty.add(self.query_one(DecisionPanel))
         self._draw()
         return cid
 
+    def _refuse_unless_steerable(self) -> bool:
+        """True if the engine can take a command now; else say why (and False)."""
+        if self._steerable():
+            return True
+        state = self.model.state if self.model else None
+        if state is not None and state.ended:
+            self.notify(f"the run has {state.outcome}: nothing to steer", severity="warning")
+        else:
+            self.notify(
+                f"no engine runs {self.run_dir.name}: `ild resume {self.run_dir.name}` first", severity="warning"
+            )
+        return False
+
     def _open_proposal(self) -> dict | None:
         """The proposal a person may still decide, or None (with the reason shown)."""
+        if not self._refuse_unless_steerable():
+            return None
         pending = self.model.state.pending_proposal if self.model else None
         if not pending:
             self.notify("nothing awaits a decision", severity="warning")
@@ -481,7 +511,7 @@ class LiveScreen(Screen):
         from ..screens.dialogs import ModeScreen
 
         state = self.model.state if self.model else None
-        if state is None:
+        if state is None or not self._refuse_unless_steerable():
             return
 
         def done(result: tuple[str, float | None] | None) -> None:
@@ -498,14 +528,14 @@ class LiveScreen(Screen):
         self.app.push_screen(ModeScreen(state.mode or "auto", seconds), done)
 
     def action_pause(self) -> None:
-        if self.model is None:
+        if self.model is None or not self._refuse_unless_steerable():
             return
         self._send("resume" if self.model.state.paused else "pause")
 
     def action_stop(self) -> None:
         from ..screens.dialogs import ConfirmScreen
 
-        if self.model is None:
+        if self.model is None or not self._refuse_unless_steerable():
             return
         name = self.run_dir.name
 

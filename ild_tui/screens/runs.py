@@ -172,7 +172,7 @@ class RunsScreen(Screen):
             table.add_row(
                 Text(mark, style=Style(bold=True)),
                 Text(f"{glyph} {label}", style=Style(color=color)),
-                Text(r.name, style=Style(bold=True)),
+                Text(r.shown_name, style=Style(bold=True)),
                 r.model,
                 r.strategy,
                 Text(layers, justify="right"),
@@ -213,7 +213,7 @@ class RunsScreen(Screen):
         if row is None:
             box.update("")
             return
-        box.border_title = row.name
+        box.border_title = row.shown_name
         dim = Style(dim=True)
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("path ", dim)
