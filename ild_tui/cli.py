@@ -392,7 +392,8 @@ def _console():
     default=None,
     help="Continue with this accelerate config file.",
 )
-def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
+@click.option("--detach", is_flag=True, help="Continue the engine in the background and return at once.")
+def resume(run_ref, runs_dir, processes=None, accelerate_config=None, detach=False):
     """Resume a paused run, or continue a stopped, failed or dead one from its last checkpoint."""
     from engine.runlog.lock import is_alive
 
@@ -412,6 +413,13 @@ def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
         raise Failure(f"run {run_dir.name} already finished", EXIT_USAGE)
     from .launch import launch_args
 
+    if detach:
+        from .launch import start_detached
+
+        pid = start_detached(run_dir.path, launch=launch_args(processes, accelerate_config))
+        click.echo(f"resumed run {run_dir.name} in the background (engine pid {pid})")
+        click.echo(f"attach with:  ild attach {run_dir.name} --runs-dir {run_dir.path.parent}")
+        return
     with HeadlessView() as view:
         view.line(f"resuming {run_dir.path}")
         outcome = run_foreground(run_dir.path, view.handle, launch=launch_args(processes, accelerate_config))
