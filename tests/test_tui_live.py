@@ -318,7 +318,9 @@ async def test_panels_show_what_newer_engines_log(tmp_path):
         assert "~ partial" in str(screen.query_one("#heat-legend").render())
         hm = screen.query_one(Heatmap)
         assert any(seg.text.strip() == "~" for y in range(1, 31) for seg in hm.render_line(y))
-        assert "% KL)" in str(screen.query_one("#loss-status").render())  # the KL's share of the total
+        assert "% KL)" in str(screen.query_one("#loss-status").render()).replace(
+            "\u00a0", " "
+        )  # the KL's share of the total
         chart = str(screen.query_one("#loss-chart", BrailleChart).render())
         assert "kl term" in chart and "mse term" in chart
         assert "select" in str(screen.query_one("#score-chart", BrailleChart).render())
@@ -435,3 +437,31 @@ async def test_a_new_run_is_starting_until_its_engine_speaks_never_dead(tmp_path
             assert "engine dead" not in header
             await pilot.pause(0.02)
     assert seen[0] == "starting" and seen[-1] == "running" and "died" not in seen, seen
+
+
+async def test_at_80x24_every_panel_is_reachable_and_fits(runs):
+    """Small terminals show one main panel at a time; 1-4 pick one, z zooms the focused one."""
+    app = make_app(runs, runs / FINISHED)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_live(app, pilot)
+        assert screen.has_class("-compact")
+        for key, panel_id in (("1", "heat-panel"), ("2", "scores-panel"), ("3", "loss-panel"), ("4", "event-log")):
+            await pilot.press(key)
+            await pilot.pause(0.1)
+            panel = screen.query_one(f"#{panel_id}")
+            assert panel.display and panel.region.width > 0 and panel.region.height >= 4, panel_id
+            assert panel.region.right <= 80 and panel.region.bottom <= 24, (panel_id, panel.region)
+            tabs = str(screen.query_one("#panel-tabs").render())
+            assert f"{key} " in tabs and "▸" in tabs
+        await pilot.press("3")
+        await pilot.press("z")
+        await pilot.pause(0.1)
+        assert screen.maximized is screen.query_one("#loss-panel")
+        assert screen.query_one("#loss-panel").region.height >= 18
+        await pilot.press("z")
+        assert screen.maximized is None
+    app = make_app(runs, runs / FINISHED)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_live(app, pilot)
+        assert not screen.has_class("-compact")
+        assert all(screen.query_one(f"#{p}").display for p in ("heat-panel", "scores-panel", "loss-panel"))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 LOSS_NAMES = ("loss", "kl", "mse", "kl_term", "mse_term")
 _LABEL = {"loss": "total", "kl": "kl", "mse": "mse", "kl_term": "kl term", "mse_term": "mse term"}
+_SHORT = {"loss": "tot", "kl": "kl", "mse": "mse"}
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
 _NAN = math.nan
 _isfinite = math.isfinite
@@ -176,7 +177,7 @@ class Smoother:
         return out
 
 
-class LossPanel(Vertical):
+class LossPanel(Vertical, can_focus=True):
     """The chart and a status line with the last step's numbers."""
 
     EVENTS = frozenset({"train_step", "run_started"})
@@ -200,8 +201,15 @@ class LossPanel(Vertical):
         loss.ensure_sorted()
         alpha = settings.smoothing
         colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse, "kl_term": pal.kl, "mse_term": pal.mse}
+        dashes = {"loss": "solid", "kl": "dashed", "kl_term": "dashed", "mse": "dotted", "mse_term": "dotted"}
         series = [
-            Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
+            Series(
+                _LABEL[n],
+                colors[n],
+                dense=self._smoother.get(loss, n, alpha),
+                z=1 if n == "loss" else 0,
+                dash=dashes[n],
+            )
             for n in loss.shown()
         ]
         bounds = loss.boundaries()
@@ -235,19 +243,25 @@ class LossPanel(Vertical):
 
     @staticmethod
     def _status(last: dict | None) -> Text:
-        st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
+        """The last step, compactly; it wraps between items (never inside one) to a second line."""
+        st = Text(overflow="ellipsis", style=Style(dim=True))
         if not last:
             return st
-        st.append(f"it {last['iteration']} step {last['step']}")
+        nb = "\u00a0"  # inside an item: a line breaks only between items
+        items = [f"it{nb}{last['iteration']}{nb}step{nb}{last['step']}"]
         share = kl_share(last)
         for n in ("loss", "kl", "mse"):
             v = last.get(n)
             if v is not None:
-                st.append(f" · {_LABEL[n]} {v:.3g}")
-                if n == "loss" and share is not None:  # beside the total it splits: the line fits a half-width panel
-                    st.append(f" ({share:.0%} KL)")
+                item = f"{_SHORT[n]}{nb}{v:.3g}"
+                if n == "loss" and share is not None:  # beside the total it splits
+                    item += f"{nb}({share:.0%}{nb}KL)"
+                items.append(item)
         if last.get("lr") is not None:
-            st.append(f" · lr {last['lr']:.0e}")
+            items.append(f"lr{nb}{last['lr']:.0e}")
+        if last.get("grad_norm") is not None:
+            items.append(f"|g|{nb}{last['grad_norm']:.3g}")
         if last.get("tokens_per_s") is not None:
-            st.append(f" · {last['tokens_per_s'] / 1000:.1f}k tok/s")
+            items.append(f"{last['tokens_per_s'] / 1000:.1f}k{nb}tok/s")
+        st.append(" · ".join(items))
         return st

@@ -30,9 +30,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.runlog.inbox import send_command
@@ -45,6 +44,7 @@ from .eventlog import EventLog
 from .heatmap import Heatmap, HeatmapPanel
 from .losses import SMOOTHING_STEPS, LossPanel
 from .model import LiveModel
+from .panels import PanelScreen
 from .scores import ScoresPanel
 
 
@@ -96,7 +96,7 @@ class EngineStatus(Message):
         self.alive = alive
 
 
-class LiveScreen(Screen):
+class LiveScreen(PanelScreen):
     """One run, live or finished."""
 
     BINDINGS = [
@@ -130,6 +130,7 @@ class LiveScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="run-header")
+        yield Static(id="panel-tabs")
         with Horizontal(id="main"):
             yield HeatmapPanel(id="heat-panel", classes="panel")
             with Vertical(id="right"):
@@ -276,6 +277,7 @@ class LiveScreen(Screen):
                 self._dirty.add(self.query_one(DecisionPanel))  # the countdown
         if self._dirty:
             self._draw()
+        self._update_tabs()  # cheap when nothing changed (escape leaves a zoom without a key of ours)
 
     def _draw(self) -> None:
         dirty, self._dirty = self._dirty, set()

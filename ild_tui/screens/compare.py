@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Footer, Static
 from engine.runlog.fold import RunState
 from engine.runlog.reader import RunReader
 
+from ..runs import status_label
 from ..widgets.braille import ChartSpec, HLine, Series
 from ..widgets.charts import BrailleChart
 from ..widgets.palette import Palette
@@ -166,14 +167,17 @@ class CompareScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-title")
-        with Horizontal(id="compare-charts"):
-            with Vertical(id="fig9", classes="panel"):
-                yield BrailleChart(id="fig9-chart")
-            with Vertical(id="fig10", classes="panel"):
-                yield RemovalBars(id="fig10-bars")
-        yield DataTable(id="compare-table", show_cursor=False, zebra_stripes=True)
-        with Vertical(id="order-panel", classes="panel"):
-            yield Static(id="removal-map")
+        # One scrolling body: on a small terminal (80x24) the table and the removal order are
+        # below the charts, reachable with the arrow keys / page down instead of cut off.
+        with VerticalScroll(id="compare-body"):
+            with Horizontal(id="compare-charts"):
+                with Vertical(id="fig9", classes="panel"):
+                    yield BrailleChart(id="fig9-chart")
+                with Vertical(id="fig10", classes="panel"):
+                    yield RemovalBars(id="fig10-bars")
+            yield DataTable(id="compare-table", show_cursor=False, zebra_stripes=True)
+            with Vertical(id="order-panel", classes="panel"):
+                yield Static(id="removal-map")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -259,7 +263,7 @@ class CompareScreen(Screen):
                 Text(MARKERS[i % len(MARKERS)], style=Style(color=pal.run_color(i), bold=True)),
                 Text(r.name, style=Style(bold=True)),
                 s.strategy or "-",
-                r.status,
+                status_label(r.status),
                 Text(f"{s.start_layers or '-'} → {layers_now if layers_now is not None else '-'}", justify="right"),
                 Text("-" if teacher is None else f"{teacher:.3f}", justify="right"),
                 Text("-" if final is None else f"{final:.3f}", justify="right"),

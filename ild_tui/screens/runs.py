@@ -28,6 +28,20 @@ from ..runs import RunRow, summarise_state
 from ..widgets.header import STATUS_LOOK, fmt_clock, fmt_duration, theme_color
 
 SORTS = ("started", "name", "status", "model", "strategy", "layers", "last", "best", "duration")
+COLUMNS = (
+    ("", "mark"),
+    ("status", "status"),
+    ("run", "name"),
+    ("model", "model"),
+    ("strategy", "strategy"),
+    ("layers", "layers"),
+    ("teacher", "teacher"),
+    ("last", "last"),
+    ("best", "best"),
+    ("started", "started"),
+    ("duration", "duration"),
+)
+WIDE_ONLY = {"model", "teacher", "best", "started", "duration"}  # shown from 120 columns
 
 
 class RunsScanned(Message):
@@ -62,6 +76,7 @@ class RunsScreen(Screen):
         self.reverse = True
         self.filter_text = ""
         self.scanned = False
+        self.narrow = False
         self._cache: dict[str, RunReader] = {}
         self._scan_lock = threading.Lock()
 
@@ -77,24 +92,29 @@ class RunsScreen(Screen):
         self.query_one("#runs-filter", Input).display = False
         self.query_one("#runs-empty").display = False
         table = self.query_one("#runs-table", DataTable)
-        for label, key in (
-            ("", "mark"),
-            ("status", "status"),
-            ("run", "name"),
-            ("model", "model"),
-            ("strategy", "strategy"),
-            ("layers", "layers"),
-            ("teacher", "teacher"),
-            ("last", "last"),
-            ("best", "best"),
-            ("started", "started"),
-            ("duration", "duration"),
-        ):
-            table.add_column(label, key=key)
+        self._columns(narrow=False)
         table.focus()
         self._title()
         self.call_after_refresh(self.rescan)
         self.set_interval(2.0, self.rescan)
+
+    def _columns(self, narrow: bool) -> None:
+        """Every column, or (narrow terminals) the ones that say which run is which and how it
+        stands: nothing runs off the right edge at 80 columns; the detail box has the rest."""
+        self.narrow = narrow
+        table = self.query_one("#runs-table", DataTable)
+        table.clear(columns=True)
+        for label, key in COLUMNS:
+            if not narrow or key not in WIDE_ONLY:
+                table.add_column(label, key=key)
+
+    def on_resize(self, event) -> None:
+        narrow = event.size.width < 120
+        self.set_class(event.size.height < 30, "-short")
+        if narrow != getattr(self, "narrow", False):
+            self._columns(narrow)
+            if self.scanned:
+                self._fill()
 
     def on_screen_resume(self) -> None:
         self.rescan()
@@ -169,20 +189,20 @@ class RunsScreen(Screen):
                 layers = f"{r.layers_now if r.layers_now is not None else '-'}/{r.start_layers}"
                 if r.target_layers:
                     layers += f"→{r.target_layers}"
-            table.add_row(
-                Text(mark, style=Style(bold=True)),
-                Text(f"{glyph} {label}", style=Style(color=color)),
-                Text(r.shown_name, style=Style(bold=True)),
-                r.model,
-                r.strategy,
-                Text(layers, justify="right"),
-                Text("-" if r.teacher is None else f"{r.teacher:.3f}", justify="right"),
-                Text("-" if r.last is None else f"{r.last:.3f}", justify="right"),
-                Text("-" if r.best is None else f"{r.best:.3f}", justify="right"),
-                fmt_clock(r.started, True),
-                Text(fmt_duration(r.duration), justify="right"),
-                key=r.path,
-            )
+            cells = {
+                "mark": Text(mark, style=Style(bold=True)),
+                "status": Text(f"{glyph} {label}", style=Style(color=color)),
+                "name": Text(r.shown_name, style=Style(bold=True)),
+                "model": r.model,
+                "strategy": r.strategy,
+                "layers": Text(layers, justify="right"),
+                "teacher": Text("-" if r.teacher is None else f"{r.teacher:.3f}", justify="right"),
+                "last": Text("-" if r.last is None else f"{r.last:.3f}", justify="right"),
+                "best": Text("-" if r.best is None else f"{r.best:.3f}", justify="right"),
+                "started": fmt_clock(r.started, True),
+                "duration": Text(fmt_duration(r.duration), justify="right"),
+            }
+            table.add_row(*[cells[key] for _, key in COLUMNS if not self.narrow or key not in WIDE_ONLY], key=r.path)
         empty = self.query_one("#runs-empty", Static)
         if not self.rows:
             empty.update(
@@ -218,6 +238,10 @@ class RunsScreen(Screen):
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("path ", dim)
         t.append(row.path)
+        if self.narrow:  # the columns a narrow table leaves out
+            t.append(f"\nmodel {row.model}   teacher {'-' if row.teacher is None else f'{row.teacher:.3f}'}", dim)
+            t.append(f"   best {'-' if row.best is None else f'{row.best:.3f}'}", dim)
+            t.append(f"   started {fmt_clock(row.started, True)}   duration {fmt_duration(row.duration)}", dim)
         t.append("   events ", dim)
         t.append(f"{row.events:,}")
         t.append("   mode ", dim)
