@@ -269,3 +269,16 @@ async def test_w_writes_a_report_of_the_marked_runs(runs, tmp_path):
         await pilot.press("enter")
         await wait_for(pilot, lambda: any("no report" in m and "not empty" in m for m in said), timeout=60)
         assert app.screen is screen
+
+
+async def test_compare_draws_runs_of_different_teachers_against_their_own(runs):
+    from tools.synthetic_runs import synth_run
+
+    synth_run(runs / "other", name="other", model="another-model", target_layers=26, steps_per_iter=4, seed=5)
+    app = make_app(runs, compare=[str(runs / FINISHED), str(runs / "other")])
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.loaded)
+        await pilot.pause(0.2)
+        chart = app.screen.query_one("#fig9-chart")
+        assert "own teacher" in chart.spec.legend_extra
+        assert all(s.points[0] == (0, pytest.approx(100.0)) for s in chart.spec.series)

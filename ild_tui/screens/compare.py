@@ -221,12 +221,19 @@ class CompareScreen(Screen):
 
         series = []
         teachers = []
+        # Different teachers (another model or suite): absolute aggregates on one axis compare
+        # nothing, so each run is drawn as % of its own teacher, and the chart says so.
+        distinct = {(r.state.model, round(r.teacher, 6)) for r in self.runs if r.teacher is not None}
+        rel = len(distinct) > 1
         for i, r in enumerate(self.runs):
+            points = r.curve()
+            if rel:
+                points = [(x, y / r.teacher * 100) for x, y in points] if r.teacher else []
             series.append(
                 Series(
                     r.name,
                     pal.run_color(i),
-                    points=r.curve(),
+                    points=points,
                     kind="linepoints",
                     marker=MARKERS[i % len(MARKERS)],
                     legend=False,
@@ -236,6 +243,8 @@ class CompareScreen(Screen):
             if t is not None and all(abs(t - x) > 1e-9 for x in teachers):
                 teachers.append(t)
         hlines = [HLine(t, pal.teacher, "teacher" if k == 0 else "") for k, t in enumerate(teachers)]
+        if rel:
+            hlines = [HLine(100.0, pal.teacher, "own teacher = 100 %")]
         x_max = max([1] + [p[0] for s in series for p in s.points])
         spec = ChartSpec(
             series=series,
@@ -244,7 +253,8 @@ class CompareScreen(Screen):
             integer_x=True,
             axis_color=pal.axis,
             empty="no evaluations in these runs",
-            legend_extra="x: layers removed · y: aggregate",
+            legend_extra="x: layers removed · y: "
+            + ("% of each run's own teacher (the teachers differ)" if rel else "aggregate"),
         )
         self.query_one("#fig9-chart", BrailleChart).set_spec(spec)
         self.query_one("#fig10-bars", RemovalBars).set_runs(self.runs)
