@@ -239,29 +239,42 @@ class LossPanel(Vertical, can_focus=True):
             bits.append(f"{len(loss):,} steps")
         self.border_title = "Loss" + "".join(f" · {b}" for b in bits)
         self.border_subtitle = "s smooth · y log" if len(loss) else ""
-        self.query_one("#loss-status", Static).update(self._status(loss.last))
+        self._last = loss.last
+        self._restatus()
+
+    def _restatus(self) -> None:
+        status = self.query_one("#loss-status", Static)
+        status.update(self._status(getattr(self, "_last", None), status.content_size.width or 200))
+
+    def on_resize(self, event) -> None:
+        self.call_after_refresh(self._restatus)  # the status line's wrapping follows the width
 
     @staticmethod
-    def _status(last: dict | None) -> Text:
-        """The last step, compactly; it wraps between items (never inside one) to a second line."""
-        st = Text(overflow="ellipsis", style=Style(dim=True))
+    def _status(last: dict | None, width: int = 200) -> Text:
+        """The last step, compactly; a second line takes the items that do not fit (never half of one)."""
+        st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
         if not last:
             return st
-        nb = "\u00a0"  # inside an item: a line breaks only between items
-        items = [f"it{nb}{last['iteration']}{nb}step{nb}{last['step']}"]
+        items = [f"it {last['iteration']} step {last['step']}"]
         share = kl_share(last)
         for n in ("loss", "kl", "mse"):
             v = last.get(n)
             if v is not None:
-                item = f"{_SHORT[n]}{nb}{v:.3g}"
+                item = f"{_SHORT[n]} {v:.3g}"
                 if n == "loss" and share is not None:  # beside the total it splits
-                    item += f"{nb}({share:.0%}{nb}KL)"
+                    item += f" ({share:.0%} KL)"
                 items.append(item)
         if last.get("lr") is not None:
-            items.append(f"lr{nb}{last['lr']:.0e}")
+            items.append(f"lr {last['lr']:.0e}")
         if last.get("grad_norm") is not None:
-            items.append(f"|g|{nb}{last['grad_norm']:.3g}")
+            items.append(f"|g| {last['grad_norm']:.3g}")
         if last.get("tokens_per_s") is not None:
-            items.append(f"{last['tokens_per_s'] / 1000:.1f}k{nb}tok/s")
-        st.append(" · ".join(items))
+            items.append(f"{last['tokens_per_s'] / 1000:.1f}k tok/s")
+        lines = [items[0]]
+        for item in items[1:]:
+            if len(lines[-1]) + 3 + len(item) <= width:
+                lines[-1] += " · " + item
+            else:
+                lines.append(item)
+        st.append("\n".join(lines))
         return st
