@@ -282,3 +282,23 @@ async def test_compare_draws_runs_of_different_teachers_against_their_own(runs):
         chart = app.screen.query_one("#fig9-chart")
         assert "own teacher" in chart.spec.legend_extra
         assert all(s.points[0] == (0, pytest.approx(100.0)) for s in chart.spec.series)
+
+
+async def test_enter_on_the_report_dialogs_checkbox_writes_and_space_toggles(tmp_path):
+    from ild_tui.screens.dialogs import ReportScreen
+    from tests.support import wait_for as _wait
+
+    app = make_app(tmp_path)
+    answers = []
+    async with app.run_test(size=SIZE) as pilot:
+        await _runs_screen(app, pilot)
+        app.push_screen(ReportScreen(["a"], str(tmp_path / "out")), answers.append)
+        await _wait(pilot, lambda: getattr(app.screen, "armed", False))
+        box = app.screen.query_one("#report-measure")
+        box.focus()
+        await pilot.pause()
+        await pilot.press("space")
+        assert box.value is True
+        await pilot.press("enter")
+        await _wait(pilot, lambda: answers)
+    assert answers == [(str(tmp_path / "out"), True)]

@@ -261,7 +261,12 @@ class CompareScreen(Screen):
 
         table = self.query_one("#compare-table", DataTable)
         table.clear(columns=True)
-        for col in ("", "run", "strategy", "status", "layers", "teacher", "final", "retained", "removed (in order)"):
+        columns = ("", "run", "strategy", "status", "layers", "teacher", "final", "retained", "removed (in order)")
+        # Below 120 columns: the columns that tell the runs apart (the removal order panel below
+        # lists what was removed, and the title bar names the strategies' runs).
+        narrow = self.size.width < 120
+        shown = [c for c in columns if not narrow or c not in ("strategy", "teacher", "removed (in order)")]
+        for col in shown:
             table.add_column(col, key=col or "mark")
         for i, r in enumerate(self.runs):
             s = r.state
@@ -269,7 +274,7 @@ class CompareScreen(Screen):
             teacher = r.teacher
             final = curve[-1][1] if curve and curve[-1][0] > 0 else None
             layers_now = s.layers_now
-            table.add_row(
+            cells = (
                 Text(MARKERS[i % len(MARKERS)], style=Style(color=pal.run_color(i), bold=True)),
                 Text(r.name, style=Style(bold=True)),
                 s.strategy or "-",
@@ -280,7 +285,12 @@ class CompareScreen(Screen):
                 Text("-" if final is None or not teacher else f"{final / teacher * 100:.1f}%", justify="right"),
                 Text(" ".join(str(x) for x in s.removed_layers) or "-", no_wrap=True, overflow="ellipsis"),
             )
+            table.add_row(*[cell for col, cell in zip(columns, cells) if col in shown])
         self.query_one("#removal-map", Static).update(removal_map(self.runs, pal))
+
+    def on_resize(self, event) -> None:
+        if self.runs:
+            self._draw()  # the table's columns follow the width
 
     def action_back(self) -> None:
         self.app.pop_screen()
