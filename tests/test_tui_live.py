@@ -381,12 +381,16 @@ async def test_paused_then_approved_from_the_cli_is_not_asked_again(runs):
                 assert screen.status == "paused"
                 assert not screen.query_one(DecisionPanel).display
                 assert screen.check_action("approve", ()) is False and screen.check_action("override", ()) is False
-                assert screen.check_action("pause", ()) is True  # p resumes it
+                assert screen.check_action("resume_engine", ()) is True  # p resumes it
+                assert screen.check_action("pause", ()) is False
                 header = str(screen.query_one("#run-header").render())
                 assert "paused" in header and "approve 23 taken: the engine removes it when resumed" in header
                 await pilot.press("o")
                 await pilot.press("a")
                 assert not isinstance(app.screen, ConfirmScreen) and commands(run) == []
+                if _attach == 1:
+                    await pilot.press("p")
+                    assert [c["name"] for c in commands(run)] == ["resume"]
 
 
 async def test_a_dead_run_offers_no_steering_and_queues_nothing(runs):
@@ -458,6 +462,20 @@ async def test_at_80x24_every_panel_is_reachable_and_fits(runs):
         assert screen.query_one("#loss-panel").region.height >= 18
         await pilot.press("z")
         assert screen.maximized is None
+    for size in ((60, 20), (100, 30), (120, 30)):  # where the loss panel vanished, the scores ran off
+        app = make_app(runs, runs / LIVE, liveness=lambda rd: True)
+        async with app.run_test(size=size) as pilot:
+            screen = await open_live(app, pilot)
+            for key in "1234":
+                await pilot.press(key)
+                await pilot.pause(0.05)
+                for widget in screen.query(".panel, #event-log, #decision"):
+                    if widget.display and widget.region.area:
+                        r = widget.region
+                        assert r.right <= size[0] and r.bottom <= size[1], (size, key, widget.id, r)
+            panel = screen.query_one("#loss-panel")
+            await pilot.press("3")
+            assert panel.display and panel.region.height >= 3, size
     app = make_app(runs, runs / FINISHED)
     async with app.run_test(size=(160, 48)) as pilot:
         screen = await open_live(app, pilot)

@@ -103,7 +103,8 @@ class LiveScreen(PanelScreen):
         Binding("a", "approve", "approve"),
         Binding("o", "override", "override"),
         Binding("m", "mode", "mode"),
-        Binding("p", "pause", "pause/resume"),
+        Binding("p", "pause", "pause"),
+        Binding("p", "resume_engine", "resume"),  # the one of the two that applies is offered
         Binding("X", "stop", "stop run"),
         Binding("s", "smoothing", "smooth", show=False),
         Binding("y", "log_scale", "log y", show=False),
@@ -339,10 +340,14 @@ class LiveScreen(PanelScreen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         """Offer the steering keys only where they can apply: a live engine (a dead or ended run
         takes no command: `ild resume` first), and for a/o an open decision."""
-        if action in ("approve", "override", "pause", "stop", "mode"):
-            return self._steerable() and (
-                action not in ("approve", "override") or self.model.state.pending_proposal is not None
-            )
+        if action in ("approve", "override", "pause", "resume_engine", "stop", "mode"):
+            if not self._steerable():
+                return False
+            state = self.model.state
+            if action in ("approve", "override"):
+                return state.pending_proposal is not None
+            if action in ("pause", "resume_engine"):
+                return state.paused == (action == "resume_engine")
         return True
 
     def _steerable(self) -> bool:
@@ -533,6 +538,9 @@ class LiveScreen(PanelScreen):
         if self.model is None or not self._refuse_unless_steerable():
             return
         self._send("resume" if self.model.state.paused else "pause")
+
+    def action_resume_engine(self) -> None:
+        self.action_pause()
 
     def action_stop(self) -> None:
         from ..screens.dialogs import ConfirmScreen
