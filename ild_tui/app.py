@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from textual import events
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import Screen
@@ -193,6 +194,18 @@ class IldApp(App):
         if theme and theme in self.available_themes and theme != self.settings.theme:
             self.settings.theme = theme
             self.save_settings()
+
+    async def on_event(self, event: events.Event) -> None:
+        # A key typed before the dialog on top was painted is not an answer to it (a burst such as
+        # `d` Enter, a paste, tmux send-keys): drop it before any binding sees it. Both ways a key
+        # reaches the app count: fresh from the terminal, and bubbling back from the widget it was
+        # forwarded to (in a burst, Enter was already forwarded to the table before `d` bubbled
+        # back and opened the dialog; the app checks bindings, the dialog's among them, only then).
+        if isinstance(event, events.Key):
+            stale = getattr(self.screen, "stale", None)
+            if stale is not None and stale(event):
+                return
+        await super().on_event(event)
 
     @property
     def palette(self) -> Palette:

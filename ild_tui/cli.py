@@ -414,7 +414,8 @@ def _console():
     default=None,
     help="Continue with this accelerate config file.",
 )
-def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
+@click.option("--detach", is_flag=True, help="Continue the engine in the background and return at once.")
+def resume(run_ref, runs_dir, processes=None, accelerate_config=None, detach=False):
     """Resume a paused run, or continue a stopped, failed or dead one from its last checkpoint."""
     from engine.runlog.lock import is_alive
 
@@ -437,6 +438,13 @@ def resume(run_ref, runs_dir, processes=None, accelerate_config=None):
         raise Failure(f"run {run_dir.name} already finished", EXIT_USAGE)
     from .launch import launch_args
 
+    if detach:
+        from .launch import start_detached
+
+        pid = start_detached(run_dir.path, launch=launch_args(processes, accelerate_config))
+        click.echo(f"resumed run {run_dir.name} in the background (engine pid {pid})")
+        click.echo(f"attach with:  ild attach {run_dir.name} --runs-dir {run_dir.path.parent}")
+        return
     with HeadlessView() as view:
         view.line(f"resuming {run_dir.path}")
         outcome = run_foreground(run_dir.path, view.handle, launch=launch_args(processes, accelerate_config))
@@ -575,7 +583,7 @@ def list_runs_command(runs_dir):
         table.add_column(column, justify="right" if column in ("layers", "aggregate", "best") else "left")
     for r in runs:
         table.add_row(
-            Text(r.name),  # Text: a name like "[red]x" is shown as it is, not read as markup
+            Text(r.shown_name),  # Text: a name like "[red]x" is shown as it is, not read as markup
             r.status,
             Text(r.model),
             Text(r.strategy),
@@ -1066,6 +1074,11 @@ def suite_check(model, suite_name, layers, device, report_suite, split_seed, dat
     code = subprocess.call(command, env=_engine_env())
     if code:
         sys.exit(code)
+
+
+from .trash_cli import register as _register_trash  # noqa: E402  (ild trash, ild restore)
+
+_register_trash(main, Failure, runs_dir_option)
 
 
 if __name__ == "__main__":  # pragma: no cover

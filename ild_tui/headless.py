@@ -119,13 +119,15 @@ class HeadlessView:
             self.line(f"{event.get('level', 'info')}: {event.get('message')}")
         elif kind == "run_finished":
             self.finished = event
-            where = f"; model in {event['export']}" if event.get("export") else ""
-            self.line(
-                f"finished ({event.get('reason')}): {event.get('layers')} layers, removed {event.get('removed')}{where}"
-            )
+            self.line(finish_words(event))
         elif kind == "run_failed":
             self.failed = event
-            self.line(f"failed: {event.get('error')} — {event.get('hint', '')}")
+            hint = event.get("hint")
+            self.line(f"failed: {event.get('error')}" + (f" ({hint})" if hint else ""))
+        elif kind == "awaiting_decision":
+            self.line(wait_words(event))
+        elif kind in ("command_applied", "command_rejected"):
+            self.line(command_words(event))
 
     def _train_step(self, event: dict) -> None:
         """Healing emits steps, not phases: the bar counts them; piped, a line every quarter."""
@@ -137,3 +139,63 @@ class HeadlessView:
             of = f"/{steps}" if steps else ""
             terms = f" (kl term {_fmt(event.get('kl_term'), 4)}, mse term {_fmt(event.get('mse_term'), 4)})"
             self.line(f"[{it}] healing step {step}{of}: loss {_fmt(event.get('loss'), 4)}" + terms)
+
+
+def _removed(event: dict) -> str:
+    removed = event.get("removed") or []
+    layers = event.get("layers")
+    if not removed:
+        return "before any layer was removed" + (f" ({layers} layers)" if layers is not None else "")
+    depth = f"{layers} layers, " if layers is not None else ""
+    return f"{depth}removed {', '.join(str(x) for x in removed)} (original indices)"
+
+
+def finish_words(event: dict) -> str:
+    """One line for each way a run ends (never "None layers")."""
+    reason = event.get("reason")
+    where = f"; the student is in {event['export']}" if event.get("export") else ""
+    if reason == "stopped":
+        return f"stopped at a safe point, {_removed(event)}; `ild resume` continues from the last checkpoint"
+    if reason == "target":
+        return f"finished: reached the target depth, {_removed(event)}{where}"
+    if reason == "floor":
+        return (
+            "finished at the quality floor: the next removal would take the report aggregate below "
+            f"--min-retention of the teacher's (that student was not kept); {_removed(event)}{where}"
+        )
+    return f"finished ({reason}): {_removed(event)}{where}"
+
+
+def wait_words(event: dict) -> str:
+    """What the engine waits for, and how to answer."""
+    it, layer, mode = event.get("iteration"), event.get("layer"), event.get("mode")
+    if mode == "auto":
+        return f"[{it}] proposal: remove layer {layer} (auto mode: taken at once)"
+    text = f"[{it}] waiting for a decision: remove layer {layer}? (`ild approve RUN` or `ild override RUN --layer N`"
+    deadline = event.get("deadline")
+    if mode == "auto-after" and isinstance(deadline, (int, float)):
+        text += f"; taken by itself at {time.strftime('%H:%M:%S', time.localtime(deadline))}"
+    return text + ")"
+
+
+_APPLIED = {
+    "pause": "paused: the engine waits at a safe point until `ild resume RUN`",
+    "resume": "resumed",
+    "stop": "stop requested: the engine stops at its next safe point and writes a checkpoint",
+}
+
+
+def command_words(event: dict) -> str:
+    name, args, by = event.get("name"), event.get("args") or {}, event.get("by")
+    who = f" (from {by})" if by else ""
+    if event.get("type") == "command_rejected":
+        return f"command {name} rejected: {event.get('reason')}"
+    if name in _APPLIED:
+        return _APPLIED[name] + who
+    if name == "set_mode":
+        seconds = f" {args['seconds']:g}s" if isinstance(args.get("seconds"), (int, float)) else ""
+        return f"mode set to {args.get('mode')}{seconds}{who}"
+    if name in ("approve", "override"):
+        layer = args.get("layer")
+        return f"{name}{' layer ' + str(layer) if layer is not None else ''} taken{who}"
+    return f"{name} applied{who}"

@@ -21,6 +21,14 @@ NAME_MAX = 100
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+# How a status reads on screen where the word alone would mislead (the rest read as they are).
+STATUS_LABELS = {"died": "engine dead", "unknown": "checking"}
+
+
+def status_label(status: str) -> str:
+    return STATUS_LABELS.get(status, status)
+
+
 class RunNotFound(Exception):
     pass
 
@@ -49,6 +57,19 @@ class RunRow:
     last_event_t: float | None = None
     pending: str = ""
     skipped: int = 0  # events skipped: lines that are not JSON objects, or fields of the wrong type
+    dirname: str = ""  # the run directory's name (a copied run keeps its recorded name)
+
+    @property
+    def label(self) -> str:
+        """The status as screens show it (``died`` reads "engine dead")."""
+        return status_label(self.status)
+
+    @property
+    def shown_name(self) -> str:
+        """The recorded name, with the directory's where they differ (a copy of a run)."""
+        if self.dirname and self.dirname != self.name:
+            return f"{self.name} (dir {self.dirname})"
+        return self.name
 
     @property
     def now(self) -> float | None:
@@ -59,7 +80,7 @@ class RunRow:
         text = text.lower().strip()
         if not text:
             return True
-        hay = " ".join((self.name, self.status, self.model, self.strategy, Path(self.path).name)).lower()
+        hay = " ".join((self.name, self.status, self.label, self.model, self.strategy, Path(self.path).name)).lower()
         return all(word in hay for word in text.split())
 
     def sort_key(self, key: str):
@@ -103,6 +124,7 @@ def summarise_state(path: Path, state: RunState, alive: bool | None, now: float)
         last_event_t=state.last_event_t,
         pending=printable(_pending(state)),
         skipped=state.skipped + state.unparsable,
+        dirname=printable(path.name),
     )
 
 
@@ -124,6 +146,16 @@ def _note(state: RunState, status: str) -> str:
         return f"finished: {reason}" + (f" ({note})" if note else "")
     if status == "died":
         return "the engine died without a final event; `ild resume` continues from the last checkpoint"
+    if status == "starting":
+        return "the engine is starting (no event from it yet)"
+    if status == "paused":
+        queued = state.decision_queued
+        if queued:
+            return (
+                f"paused; {queued['name']} of layer {queued['layer']} taken: the engine removes it when resumed "
+                "(`ild resume`)"
+            )
+        return "paused: the engine waits at a safe point until `ild resume` (or p in the dashboard)"
     return ""
 
 
@@ -131,7 +163,10 @@ def _pending(state: RunState) -> str:
     p = state.pending_proposal
     if not p:
         return ""
-    return f"awaiting a decision: iteration {p['iteration']}, proposed layer {p['layer']}"
+    return (
+        f"awaiting a decision: iteration {p['iteration']}, proposed layer {p['layer']} "
+        f"(`ild approve` / `ild override --layer N`, or a / o in the dashboard)"
+    )
 
 
 def summarise(run: RunDir, now: float | None = None) -> tuple[RunRow, RunState]:

@@ -35,6 +35,9 @@ class Settings:
     heatmap_norm: str = "rank"  # rank | iteration | global
     smoothing: float = 0.0  # loss-curve EMA weight; 0 = raw
     log_y: bool = False
+    # `a` approves at once instead of asking first (off: approving removes a layer, so it asks).
+    approve_one_key: bool = False
+    trash_days: float = 30.0  # deleted runs stay this long in <runs dir>/.trash before they go for good
 
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:

@@ -97,3 +97,21 @@ async def open_live(app, pilot):
     await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen) and app.screen.painted)
     await pilot.pause()
     return app.screen
+
+
+def burst(app, *keys: str) -> None:
+    """Queue key presses all at once, as a fast typist, a paste or tmux send-keys delivers them:
+    unlike ``pilot.press`` nothing waits between two keys (no repaint, no idle)."""
+    from textual import events
+
+    chars = {"slash": "/", "enter": "\r", "space": " ", "escape": "\x1b"}
+    for key in keys:
+        event = events.Key(key, chars.get(key, key if len(key) == 1 else None))
+        event.set_sender(app)
+        app._driver.send_message(event)
+
+
+async def answer(app, pilot, key: str = "y") -> None:
+    """Answer the dialog on top once it is on screen (it ignores keys typed before that)."""
+    await wait_for(pilot, lambda: getattr(app.screen, "armed", False))
+    await pilot.press(key)

@@ -321,3 +321,26 @@ def test_engine_time_leaves_out_the_time_between_a_stop_and_a_resume():
     s.apply({"seq": 52, **ev("run_finished", 1040.0, reason="target")})
     assert s.engine_time(now=5000.0, alive=True) == 19 + 40
     assert RunState().engine_time(now=5.0, alive=True) is None
+
+
+def test_a_decision_taken_while_paused_settles_the_question():
+    """Paused, then approved: the engine applies the approve (command_applied) and removes the layer
+    only when resumed. The question is answered at once: not pending, nobody asks again."""
+    s = fold(with_seq(START + iteration(1, 4, 10)[:4]))
+    assert s.status(alive=True, now=0.0) == "awaiting decision"
+    cmd = {"args": {}, "by": "cli"}
+    s.apply({"seq": 100, **ev("command_applied", 14, command_id="p", name="pause", **cmd)})
+    assert s.status(alive=True, now=0.0) == "paused" and s.pending_proposal is not None
+    s.apply({"seq": 101, **ev("command_applied", 15, command_id="a", name="approve", **cmd)})
+    assert s.pending_proposal is None and s.status(alive=True, now=0.0) == "paused"
+    assert s.decision_queued == {"iteration": 1, "layer": 4, "name": "approve", "by": "cli"}
+    s.apply({"seq": 102, **ev("command_applied", 16, command_id="r", name="resume", **cmd)})
+    s.apply({"seq": 103, **ev("decision", 17, iteration=1, layer=4, by="user", proposed=4)})
+    assert s.decision_queued is None and s.status(alive=True, now=0.0) == "running"
+    # a dead engine's applied-but-not-done decision: a resume asks again, and the question is open
+    s.apply({"seq": 104, **ev("proposal", 18, iteration=2, layer=3)})
+    s.apply({"seq": 105, **ev("command_applied", 19, command_id="o", name="override", args={"layer": 2}, by="x")})
+    assert s.decision_queued["layer"] == 2 and s.pending_proposal is None
+    s.apply({"seq": 106, **ev("engine_started", 20, pid=4, host="h")})
+    s.apply({"seq": 107, **ev("proposal", 21, iteration=2, layer=3)})
+    assert s.decision_queued is None and s.pending_proposal["iteration"] == 2

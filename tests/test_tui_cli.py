@@ -259,3 +259,39 @@ def test_show_leads_with_the_report_part_and_adds_the_select_aggregate(tmp_path)
     assert "finished at the floor" in result.output and "--min-retention" in result.output
     plain = CliRunner().invoke(cli.main, ["show", FINISHED, "--runs-dir", str(copy_all(tmp_path / "old"))])
     assert "select" not in plain.output  # an older run has no select part: no column for it
+
+
+def test_resume_detach_returns_at_once_and_the_engine_goes_on_alone(tmp_path):
+    import os
+    import re
+    import time
+
+    runs = copy_all(tmp_path / "runs")
+    RunDir(runs / DEAD).config_file.write_text("model: [unclosed\n")  # the engine ends quickly, alone
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.main, ["resume", DEAD, "--detach", "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    assert f"resumed run {DEAD} in the background" in result.output and f"ild attach {DEAD}" in result.output
+    assert time.monotonic() - started < 10
+    pid = int(re.search(r"engine pid (\d+)", result.output).group(1))
+    deadline = time.monotonic() + 120
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):  # reap it: nothing is left running
+        assert time.monotonic() < deadline, "the detached engine never ended"
+        time.sleep(0.1)
+
+
+def test_every_way_a_run_ends_or_waits_has_words():
+    from ild_tui.headless import command_words, finish_words, wait_words
+
+    stopped_early = finish_words({"reason": "stopped", "iteration": None, "removed": []})
+    assert "None" not in stopped_early and "before any layer was removed" in stopped_early
+    assert "ild resume" in stopped_early
+    assert "reached the target depth, 28 layers, removed 23, 25" in finish_words(
+        {"reason": "target", "layers": 28, "removed": [23, 25]}
+    )
+    assert "quality floor" in finish_words({"reason": "floor", "layers": 27, "removed": [1, 2, 3]})
+    assert "ild approve" in wait_words({"iteration": 2, "layer": 7, "mode": "manual"})
+    assert "paused" in command_words({"type": "command_applied", "name": "pause", "args": {}, "by": "dashboard"})
+    assert "rejected: no decision" in command_words(
+        {"type": "command_rejected", "name": "approve", "reason": "no decision is awaited"}
+    )

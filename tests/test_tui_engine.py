@@ -17,7 +17,7 @@ from engine.runlog.tailer import read_all
 from ild_tui.live.decision import DecisionPanel
 from ild_tui.live.heatmap import Heatmap
 from ild_tui.screens.dialogs import ConfirmScreen
-from tests.support import ild, open_live, run_args, wait_for
+from tests.support import answer, ild, open_live, run_args, wait_for
 from tools.synthetic_runs import make_app
 
 pytestmark = pytest.mark.usefixtures("tui_env")
@@ -106,6 +106,7 @@ async def _approve_then_override(app, pilot, timeout: float) -> tuple[int, int]:
     first = panel.data
     assert first.iteration == 1
     await pilot.press("a")
+    await answer(app, pilot, "y")
     await wait_for(pilot, lambda: 1 in screen.model.state.decisions, timeout)
     await wait_for(pilot, lambda: panel.display and panel.data.iteration == 2, timeout)  # never re-asks 1
     second = panel.data
@@ -119,7 +120,7 @@ async def _approve_then_override(app, pilot, timeout: float) -> tuple[int, int]:
     assert hm.cursor_layer == target
     await pilot.press("o")
     assert isinstance(app.screen, ConfirmScreen)
-    await pilot.press("y")
+    await answer(app, pilot, "y")
     await wait_for(pilot, lambda: 2 in screen.model.state.decisions, timeout)
     await wait_for(pilot, lambda: not panel.display, timeout)
     return first.layer, target

@@ -28,9 +28,11 @@ from typing import Any
 from engine.runlog.jsonsafe import printable
 from engine.runlog.schema import REPORT, STAGES, is_valid
 
-__all__ = ["OUTCOMES", "STARTING_GRACE_S", "RunState", "fold", "is_layer_key"]
+__all__ = ["LIVE_STATUSES", "OUTCOMES", "STARTING_GRACE_S", "RunState", "fold", "is_layer_key"]
 
 OUTCOMES = ("finished", "failed", "stopped")
+# What ``RunState.status`` says of a run whose engine holds its lock.
+LIVE_STATUSES = ("running", "paused", "awaiting decision")
 # A run directory this young with an empty log and a free lock is an engine that has not taken
 # its lock yet, not a dead one.
 STARTING_GRACE_S = 30.0
@@ -78,6 +80,9 @@ class RunState:
     evals: dict[tuple[int, str, str], dict] = field(default_factory=dict)  # (iteration, stage, part)
     checkpoints: dict[int, dict] = field(default_factory=dict)
     commands: dict[str, dict] = field(default_factory=dict)
+    # An approve/override the engine applied to the open decision but has not carried out yet
+    # (it was paused): {iteration, layer, name, by}. It settles the question: nobody is asked again.
+    queued_decision: dict | None = None
     finished: dict | None = None
     failure: dict | None = None
     # A quality floor's rejected iteration: its removal and evals, kept apart from the final student's.
@@ -155,12 +160,14 @@ class RunState:
         return self.outcome is not None
 
     def status(self, alive: bool | None, now: float) -> str:
-        """running | finished | failed | stopped | died | starting | unknown | unreadable.
+        """running | paused | awaiting decision | finished | failed | stopped | died | starting | unknown | unreadable.
 
-        The log's own end event wins; without one, a held lock (``alive``) means running and a
-        free one that the engine died without saying so (SIGKILL, OOM, node lost) - unless the
-        run directory is younger than ``STARTING_GRACE_S`` and the log still empty: then the
-        engine has not taken its lock yet. ``alive=None`` (not checked yet) is unknown.
+        The log's own end event wins; without one, a held lock (``alive``) means a live engine:
+        paused (it applied a pause and no resume since), awaiting decision (a proposal is open),
+        else running. A free lock means the engine died without saying so (SIGKILL, OOM, node
+        lost) - unless the run directory is younger than ``STARTING_GRACE_S`` and the log still
+        empty: then the engine has not taken its lock yet. ``alive=None`` (not checked yet) is
+        unknown.
         """
         if self.unreadable is not None:
             return "unreadable"
@@ -169,6 +176,10 @@ class RunState:
         if alive is None:
             return "unknown"
         if alive:
+            if self.paused:
+                return "paused"
+            if self.pending_proposal is not None:
+                return "awaiting decision"
             return "running"
         if self.events_seen == 0 and self.dir_mtime is not None and now - self.dir_mtime < STARTING_GRACE_S:
             return "starting"
@@ -207,12 +218,33 @@ class RunState:
         best = None
         for it in set(self.proposals) | set(self.awaiting):
             asked = max(self._order.get(("proposal", it), -1), self._order.get(("awaiting", it), -1))
-            settled = max(self._order.get(("decision", it), -1), self._order.get(("removal", it), -1))
+            settled = max(
+                self._order.get(("decision", it), -1),
+                self._order.get(("removal", it), -1),
+                self._order.get(("queued", it), -1),
+            )
             if asked > settled and (best is None or it > best):
                 best = it
         if best is None:
             return None
         return {**self.proposals.get(best, {}), **self.awaiting.get(best, {}), "iteration": best}
+
+    @property
+    def decision_queued(self) -> dict | None:
+        """The decision the engine took from a person and has not carried out yet (it is paused),
+        or None once its decision or removal is logged, the question is asked again or the run ended."""
+        q = self.queued_decision
+        if q is None or self.outcome is not None:
+            return None
+        it, order = q["iteration"], self._order
+        queued = order.get(("queued", it), -1)
+        later = max(
+            order.get(("decision", it), -1),
+            order.get(("removal", it), -1),
+            order.get(("proposal", it), -1),
+            order.get(("awaiting", it), -1),
+        )
+        return q if queued > later else None
 
     # -- scores ----------------------------------------------------------------------------------
 
@@ -431,6 +463,21 @@ def _command(s: RunState, e: dict, n: int) -> None:
     if not rec["applied"]:
         return
     name, args = e["name"], e["args"]
+    if name in ("approve", "override"):
+        # The engine applies a decision only to the question it has open; a paused engine carries
+        # it out when resumed, but the question is answered now.
+        pending = s.pending_proposal
+        if pending is not None:
+            layer = args.get("layer")
+            it = pending["iteration"]
+            s.queued_decision = {
+                "iteration": it,
+                "layer": layer if layer is not None else pending.get("layer"),
+                "name": name,
+                "by": e.get("by"),
+            }
+            s._mark("queued", it, n)
+        return
     if name == "set_mode":
         s._set_mode(args.get("mode"), args.get("seconds"))
     elif name == "pause":

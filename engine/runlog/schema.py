@@ -295,6 +295,17 @@ def _applied(e: dict) -> str:
     return f"command {e['name']} {args}applied"
 
 
+def _finished(e: dict) -> str:
+    """How the run ended, never "None layers" (a run stopped before the model loaded has no depth)."""
+    stopped = e["reason"] == "stopped"
+    head = "run stopped at a safe point" if stopped else f"run finished ({e['reason']})"
+    if e.get("layers") is not None:
+        head += f": {e['layers']} layers"
+    elif not e.get("removed"):
+        head += ": before any layer was removed"
+    return head + ("; `ild resume` continues it" if stopped else "")
+
+
 def _engine_started(e: dict) -> str:
     resumed = e.get("resumed_from")
     return f"engine started (pid {e['pid']} on {e['host']})" + (
@@ -355,7 +366,7 @@ EVENTS: dict[str, EventSpec] = {s.name: s for s in (
     EventSpec("command_rejected", CommandRejected, "the answer to a command that did not",
               True, "warning", lambda e: f"command {e.get('name')} rejected: {e['reason']}"),
     EventSpec("run_finished", RunFinished, "the run ended by design",
-              True, "notice", lambda e: f"run finished ({e['reason']}): {e.get('layers')} layers"),
+              True, "notice", lambda e: _finished(e)),
     EventSpec("run_failed", RunFailed, "the run ended on an error",
               True, "error", lambda e: f"run failed: {e['error']}" + (f" — {e['hint']}" if e.get("hint") else "")),
 )}

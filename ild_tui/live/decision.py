@@ -171,9 +171,10 @@ class DecisionPanel(Vertical):
                     self.table.move_cursor(row=i, animate=False)
                 return
 
-    def draw(self, model: LiveModel) -> None:
-        """Shown with the open decision's candidates, hidden while nothing is asked."""
-        data = decision_view(model.state)
+    def draw(self, model: LiveModel, asking: bool = True) -> None:
+        """Shown with the open decision's candidates, hidden while nothing is asked (and while no
+        engine runs to ask: a dead run's last question is not open to an answer)."""
+        data = decision_view(model.state) if asking else None
         self.display = data is not None
         if data is not None:
             self.show(data, self.app.palette)

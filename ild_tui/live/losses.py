@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 LOSS_NAMES = ("loss", "kl", "mse", "kl_term", "mse_term")
 _LABEL = {"loss": "total", "kl": "kl", "mse": "mse", "kl_term": "kl term", "mse_term": "mse term"}
+_SHORT = {"loss": "tot", "kl": "kl", "mse": "mse"}
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
 _NAN = math.nan
 _isfinite = math.isfinite
@@ -176,7 +177,7 @@ class Smoother:
         return out
 
 
-class LossPanel(Vertical):
+class LossPanel(Vertical, can_focus=True):
     """The chart and a status line with the last step's numbers."""
 
     EVENTS = frozenset({"train_step", "run_started"})
@@ -200,8 +201,15 @@ class LossPanel(Vertical):
         loss.ensure_sorted()
         alpha = settings.smoothing
         colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse, "kl_term": pal.kl, "mse_term": pal.mse}
+        dashes = {"loss": "solid", "kl": "dashed", "kl_term": "dashed", "mse": "dotted", "mse_term": "dotted"}
         series = [
-            Series(_LABEL[n], colors[n], dense=self._smoother.get(loss, n, alpha), z=1 if n == "loss" else 0)
+            Series(
+                _LABEL[n],
+                colors[n],
+                dense=self._smoother.get(loss, n, alpha),
+                z=1 if n == "loss" else 0,
+                dash=dashes[n],
+            )
             for n in loss.shown()
         ]
         bounds = loss.boundaries()
@@ -231,23 +239,42 @@ class LossPanel(Vertical):
             bits.append(f"{len(loss):,} steps")
         self.border_title = "Loss" + "".join(f" · {b}" for b in bits)
         self.border_subtitle = "s smooth · y log" if len(loss) else ""
-        self.query_one("#loss-status", Static).update(self._status(loss.last))
+        self._last = loss.last
+        self._restatus()
+
+    def _restatus(self) -> None:
+        status = self.query_one("#loss-status", Static)
+        status.update(self._status(getattr(self, "_last", None), status.content_size.width or 200))
+
+    def on_resize(self, event) -> None:
+        self.call_after_refresh(self._restatus)  # the status line's wrapping follows the width
 
     @staticmethod
-    def _status(last: dict | None) -> Text:
+    def _status(last: dict | None, width: int = 200) -> Text:
+        """The last step, compactly; a second line takes the items that do not fit (never half of one)."""
         st = Text(no_wrap=True, overflow="ellipsis", style=Style(dim=True))
         if not last:
             return st
-        st.append(f"it {last['iteration']} step {last['step']}")
+        items = [f"it {last['iteration']} step {last['step']}"]
         share = kl_share(last)
         for n in ("loss", "kl", "mse"):
             v = last.get(n)
             if v is not None:
-                st.append(f" · {_LABEL[n]} {v:.3g}")
-                if n == "loss" and share is not None:  # beside the total it splits: the line fits a half-width panel
-                    st.append(f" ({share:.0%} KL)")
+                item = f"{_SHORT[n]} {v:.3g}"
+                if n == "loss" and share is not None:  # beside the total it splits
+                    item += f" ({share:.0%} KL)"
+                items.append(item)
         if last.get("lr") is not None:
-            st.append(f" · lr {last['lr']:.0e}")
+            items.append(f"lr {last['lr']:.0e}")
+        if last.get("grad_norm") is not None:
+            items.append(f"|g| {last['grad_norm']:.3g}")
         if last.get("tokens_per_s") is not None:
-            st.append(f" · {last['tokens_per_s'] / 1000:.1f}k tok/s")
+            items.append(f"{last['tokens_per_s'] / 1000:.1f}k tok/s")
+        lines = [items[0]]
+        for item in items[1:]:
+            if len(lines[-1]) + 3 + len(item) <= width:
+                lines[-1] += " · " + item
+            else:
+                lines.append(item)
+        st.append("\n".join(lines))
         return st

@@ -31,12 +31,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from engine.runlog.inbox import send_command
 from engine.runlog.jsonsafe import printable
 from engine.runlog.layout import RunDir
 from engine.runlog.safefile import open_regular
@@ -49,6 +47,7 @@ from .heatmap import Heatmap, HeatmapPanel
 from .losses import SMOOTHING_STEPS, LossPanel
 from .model import LiveModel
 from .scores import ScoresPanel
+from .steering import SteeringScreen
 
 
 def replay(path: Path) -> tuple[list[dict], EventTailer]:
@@ -99,15 +98,10 @@ class EngineStatus(Message):
         self.alive = alive
 
 
-class LiveScreen(Screen):
+class LiveScreen(SteeringScreen):
     """One run, live or finished."""
 
     BINDINGS = [
-        Binding("a", "approve", "approve"),
-        Binding("o", "override", "override"),
-        Binding("m", "mode", "mode"),
-        Binding("p", "pause", "pause/resume"),
-        Binding("X", "stop", "stop run"),
         Binding("s", "smoothing", "smooth", show=False),
         Binding("y", "log_scale", "log y", show=False),
         Binding("r", "runs", "runs"),
@@ -133,6 +127,7 @@ class LiveScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="run-header")
+        yield Static(id="panel-tabs")
         with Horizontal(id="main"):
             yield HeatmapPanel(id="heat-panel", classes="panel")
             with Vertical(id="right"):
@@ -211,14 +206,18 @@ class LiveScreen(Screen):
             except OSError as exc:  # the log was replaced by something that is not a file
                 self.app.call_from_thread(self.app.notify, printable(str(exc)), severity="error", timeout=60)
                 return
-            if events:
-                self.post_message(EventsBatch(events))
+            if events and not alive:
+                # A new engine takes its lock before its first event: check now, or the events
+                # would be shown with the last second's "no engine" (a false "engine dead").
+                last_check = 0.0
             if time.monotonic() - last_check >= 1.0:
                 last_check = time.monotonic()
                 now_alive = liveness(self.run_dir)
                 if now_alive != alive:
                     alive = now_alive
                     self.post_message(EngineStatus(alive))
+            if events:
+                self.post_message(EventsBatch(events))
 
     def on_loaded(self, message: Loaded) -> None:
         # The replayed log is long-lived: move it out of the collector's sight, so that full
@@ -283,6 +282,7 @@ class LiveScreen(Screen):
                 self._dirty.add(self.query_one(DecisionPanel))  # the countdown
         if self._dirty:
             self._draw()
+        self._update_tabs()  # cheap when nothing changed (escape leaves a zoom without a key of ours)
 
     def _draw(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -314,7 +314,7 @@ class LiveScreen(Screen):
     def _sync_bindings(self) -> None:
         """Re-render the footer only when the set of usable keys changes (it is not cheap)."""
         state = self.model.state
-        key = (state.pending_proposal is not None, state.ended)
+        key = (state.pending_proposal is not None, state.ended, self.alive, state.paused)
         if key != self._bindings_key:
             self._bindings_key = key
             self.refresh_bindings()
@@ -323,7 +323,7 @@ class LiveScreen(Screen):
         """The panel draws itself; showing or hiding it also moves the layout and the focus."""
         panel = self.query_one(DecisionPanel)
         was_shown = panel.display
-        panel.draw(self.model)
+        panel.draw(self.model, asking=self.alive is True)
         if not panel.display:
             if was_shown:
                 self.remove_class("-deciding")
@@ -339,91 +339,7 @@ class LiveScreen(Screen):
                 panel.select_layer(hm.cursor_layer)
         self._sync_bindings()
 
-    # -- decisions and commands -----------------------------------------------------------------
-
-    def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """Hide the steering keys where they cannot apply (no open decision; an ended run)."""
-        if action in ("approve", "override"):
-            return bool(self.model and self.model.state.pending_proposal)
-        if action in ("pause", "stop", "mode"):
-            return bool(self.model and not self.model.state.ended)
-        return True
-
-    def _send(self, name: str, **args) -> str | None:
-        state = self.model.state if self.model else None
-        if state is None:
-            return None
-        if state.ended:
-            self.notify(f"the run has {state.outcome}: nothing to send", severity="warning")
-            return None
-        try:
-            cid = send_command(self.run_dir, name, by="dashboard", **args)
-        except (ValueError, OSError) as exc:
-            self.notify(f"could not send {name}: {exc}", severity="error")
-            return None
-        self.model.note_sent(cid, name, args, self.app.clock())
-        where = "" if self.alive else " (the engine is not running: it applies it when resumed)"
-        self.notify(f"sent {name}{' ' + str(args['layer']) if 'layer' in args else ''}{where}", timeout=3)
-        self._dirty.add(self.query_one(DecisionPanel))
-        self._draw()
-        return cid
-
-    def _open_proposal(self) -> dict | None:
-        """The proposal a person may still decide, or None (with the reason shown)."""
-        pending = self.model.state.pending_proposal if self.model else None
-        if not pending:
-            self.notify("nothing awaits a decision", severity="warning")
-            return None
-        if self.model.awaiting_reply():
-            self.notify("a decision was already sent; waiting for the engine", severity="warning")
-            return None
-        return pending
-
-    def action_approve(self) -> None:
-        pending = self._open_proposal()
-        if pending is None:
-            return
-        self._send("approve", layer=pending["layer"])
-
-    def action_override(self, layer: int | None = None) -> None:
-        pending = self._open_proposal()
-        if pending is None:
-            return
-        panel = self.query_one(DecisionPanel)
-        if layer is None:
-            layer = self._override_target()
-        if layer is None:
-            self.notify("pick a layer in the list or on the heatmap first", severity="warning")
-            return
-        proposed = pending["layer"]
-        if layer == proposed:
-            self.action_approve()
-            return
-        data = panel.data
-        if data and data.candidates and layer not in {c.layer for c in data.candidates}:
-            gone = layer in self.model.state.removed_layers
-            why = "it was removed already" if gone else "it is not a candidate"
-            self.notify(f"cannot remove layer {layer} in iteration {pending['iteration']}: {why}", severity="warning")
-            return
-        from ..screens.dialogs import ConfirmScreen
-
-        def done(ok: bool | None) -> None:
-            if ok:
-                self._send("override", layer=layer)
-
-        self.app.push_screen(
-            ConfirmScreen(
-                f"Remove layer {layer} instead of the proposed layer {proposed}?", yes="override", no="cancel"
-            ),
-            done,
-        )
-
-    def _override_target(self) -> int | None:
-        """The layer `o` would remove: the list's row when the list has focus, else the heatmap cursor's."""
-        panel = self.query_one(DecisionPanel)
-        if panel.has_focus_within:
-            return panel.selected_layer
-        return self.query_one(Heatmap).cursor_layer
+    # -- decisions (the keys that send commands are in ``steering``) -----------------------------
 
     def _decision_status(self) -> None:
         panel = self.query_one(DecisionPanel)
@@ -456,45 +372,6 @@ class LiveScreen(Screen):
         pending = self.model.state.pending_proposal if self.model else None
         self.query_one(HeatmapPanel).move_to_layer(message.layer, pending["iteration"] if pending else None)
         self._decision_status()
-
-    def action_mode(self) -> None:
-        from ..screens.dialogs import ModeScreen
-
-        state = self.model.state if self.model else None
-        if state is None:
-            return
-
-        def done(result: tuple[str, float | None] | None) -> None:
-            if result:
-                mode, seconds = result
-                self._send("set_mode", mode=mode, **({"seconds": seconds} if mode == "auto-after" else {}))
-
-        seconds = state.mode_seconds
-        pending = state.pending_proposal or {}
-        if seconds is None and pending.get("deadline") is not None:
-            seconds = round(pending["deadline"] - pending["t"])  # the wait the engine announced
-        if seconds is None:
-            seconds = state.run_info.get("mode_seconds")
-        self.app.push_screen(ModeScreen(state.mode or "auto", seconds), done)
-
-    def action_pause(self) -> None:
-        if self.model is None:
-            return
-        self._send("resume" if self.model.state.paused else "pause")
-
-    def action_stop(self) -> None:
-        from ..screens.dialogs import ConfirmScreen
-
-        def done(ok: bool | None) -> None:
-            if ok:
-                self._send("stop")
-
-        self.app.push_screen(
-            ConfirmScreen(
-                "Stop the run? The engine finishes its current step, checkpoints and exits.", yes="stop", no="cancel"
-            ),
-            done,
-        )
 
     def action_smoothing(self) -> None:
         s = self.app.settings

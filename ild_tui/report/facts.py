@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.runlog.fold import RunState
+from engine.runlog.fold import LIVE_STATUSES, RunState
 from engine.runlog.layout import RunDir
 from engine.runlog.lock import is_alive
 from engine.runlog.reader import read_run
@@ -139,8 +139,8 @@ def run_rows(runs: list[ReportRun], now: float | None = None) -> list[dict]:
                 "select_aggregate": _aggregate(s.final_eval(SELECT)),
                 "select_retention_pct": _pct(s.retention(SELECT), 1.0),
                 "removed": " ".join(str(x) for x in s.removed_layers),
-                "duration_s": s.duration(now, r.status == "running"),
-                "engine_s": s.engine_time(now, r.status == "running"),
+                "duration_s": s.duration(now, r.status in LIVE_STATUSES),
+                "engine_s": s.engine_time(now, r.status in LIVE_STATUSES),
             }
         )
     return rows

@@ -41,7 +41,31 @@ def _figure(width: float, height: float, **margins) -> Figure:
     return fig
 
 
+def fit(fig: Figure, pad: float = 0.06) -> None:
+    """Grow the figure until every label, tick, title and legend is inside it.
+
+    Fixed margins cannot know how long a y label or a run's name is (Fig. 9's label was cut at
+    the left; a narrow heatmap's colour bar lost its tick labels). One draw measures everything
+    (``get_tightbbox``); the figure grows by what sticks out, and every axes keeps its size in
+    inches, so nothing is squeezed either.
+    """
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer())
+    w, h = fig.get_size_inches()
+    left, bottom = max(0.0, pad - bbox.x0), max(0.0, pad - bbox.y0)
+    right, top = max(0.0, bbox.x1 + pad - w), max(0.0, bbox.y1 + pad - h)
+    if not (left or bottom or right or top):
+        return
+    new_w, new_h = w + left + right, h + bottom + top
+    for ax in fig.axes:
+        pos = ax.get_position()
+        ax.set_position(
+            [(pos.x0 * w + left) / new_w, (pos.y0 * h + bottom) / new_h, pos.width * w / new_w, pos.height * h / new_h]
+        )
+    fig.set_size_inches(new_w, new_h)
+
+
 def _save(fig: Figure, path: Path) -> Path:
+    fit(fig)
     # Fast zlib: the figures are mostly flat colour, so the files stay small anyway.
     fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None}, pil_kwargs={"compress_level": 3})
     return path
@@ -57,15 +81,28 @@ def _teachers(runs: list[ReportRun], part: str) -> dict[str, float]:
     return out
 
 
-def _curves(ax, runs: list[ReportRun], part: str) -> bool:
+def relative(runs: list[ReportRun], part: str) -> bool:
+    """Whether the runs' teachers differ (another model, another suite): then an absolute
+    aggregate on one axis compares nothing, and each run is drawn as % of its own teacher."""
+    values = set()
+    for r in runs:
+        teacher = r.state.teacher_eval(part)
+        if teacher and teacher["aggregate"] is not None:
+            values.add((r.model, round(teacher["aggregate"], 6)))
+    return len(values) > 1
+
+
+def _curves(ax, runs: list[ReportRun], part: str, rel: bool = False) -> bool:
     drawn = False
     for i, r in enumerate(runs):
         points = r.state.curve(part)
-        if not points:
+        teacher = r.state.teacher_eval(part)
+        base = teacher["aggregate"] if teacher else None
+        if not points or (rel and not base):
             continue
         ax.plot(
             [p["removed"] for p in points],
-            [p["aggregate"] for p in points],
+            [p["aggregate"] / base * 100 if rel else p["aggregate"] for p in points],
             marker=MARKERS[i % len(MARKERS)],
             markersize=4,
             linewidth=1.6,
@@ -73,7 +110,9 @@ def _curves(ax, runs: list[ReportRun], part: str) -> bool:
             label=r.label,
         )
         drawn = True
-    for j, (model, value) in enumerate(_teachers(runs, part).items()):
+    if rel:
+        ax.axhline(100, linestyle="--", linewidth=1.1, color="0.35", label="each run's own teacher = 100 %")
+    for j, (model, value) in enumerate([] if rel else _teachers(runs, part).items()):
         ax.axhline(
             value,
             linestyle="--",
@@ -92,9 +131,10 @@ def aggregate_figure(runs: list[ReportRun], path: Path) -> Path | None:
     parameter count on a second axis."""
     fig = _figure(8.0, 5.6, right=0.9, bottom=0.3)
     ax = fig.add_subplot()
-    if not _curves(ax, runs, REPORT):
+    rel = relative(runs, REPORT)
+    if not _curves(ax, runs, REPORT, rel):
         return None
-    ax.set_ylabel("aggregate (report part)")
+    ax.set_ylabel("% of its own teacher's aggregate (report part)" if rel else "aggregate (report part)")
     curves = _params(runs)
     handles, labels = ax.get_legend_handles_labels()
     if curves:
@@ -111,7 +151,9 @@ def aggregate_figure(runs: list[ReportRun], path: Path) -> Path | None:
         ax2.set_ylabel("parameters (millions)")
     # Below the axes: eight strategies and their labels would cover the curves inside.
     ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
-    ax.set_title("Aggregate against layers removed")
+    ax.set_title(
+        "Aggregate against layers removed" + (" (the teachers differ: each run against its own)" if rel else "")
+    )
     return _save(fig, path)
 
 
@@ -139,13 +181,17 @@ def select_report_figure(runs: list[ReportRun], path: Path) -> Path | None:
     """The selection part beside the report part, on one scale: how much the choosing items flatter."""
     if not any(r.has_part(SELECT) for r in runs):
         return None
-    fig = _figure(10.0, 4.2, left=0.07, wspace=0.05)
+    fig = _figure(10.0, 4.2, left=0.07, wspace=0.05, bottom=0.2)
     left, right = fig.subplots(1, 2, sharey=True)
+    rel = relative(runs, REPORT) or relative(runs, SELECT)
     for ax, part in ((left, SELECT), (right, REPORT)):
-        _curves(ax, runs, part)
+        _curves(ax, runs, part, rel)
         ax.set_title(PARTS_WORDS[part], fontsize=10)
-    left.set_ylabel("aggregate")
-    right.legend(fontsize=8, loc="lower left")
+    left.set_ylabel("% of its own teacher's aggregate" if rel else "aggregate")
+    # Below both panels (centred under the gap between them), never over the curves; anchored to an
+    # axes so that it moves with it when ``fit`` grows the figure.
+    handles, labels = right.get_legend_handles_labels()
+    left.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(1.025, -0.16), ncol=4, frameon=False)
     return _save(fig, path)
 
 
@@ -167,7 +213,7 @@ def removal_figure(runs: list[ReportRun], path: Path) -> Path | None:
     ax.tick_params(axis="x", labelsize=7)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, max(1, max(bottom)) + 0.2)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars
     ax.set_title("How often each layer was removed")
     return _save(fig, path)
 
@@ -215,7 +261,9 @@ def importance_figure(run: ReportRun, path: Path) -> Path | None:
     marks = "× removed" + (", ○ scored on part of the items" if partial else "")
     ax.set_title(f"{run.label}: importance ({metric}); {marks}", fontsize=9)
     bar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.02, fraction=0.05)
-    bar.set_label("rank in the iteration (0 = least important)", fontsize=8)
+    bar.set_ticks([0, 0.5, 1], labels=["least", "middle", "most"])
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("importance rank in the iteration", fontsize=8)
     return _save(fig, path)
 
 
@@ -256,7 +304,7 @@ def loss_figure(run: ReportRun, path: Path) -> Path | None:
     ax.set_xlabel("healing step (all iterations; dotted lines start an iteration)")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the curves
     ax.set_title(f"{run.label}: healing losses", fontsize=10)
     return _save(fig, path)
 

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
@@ -22,6 +22,7 @@ from engine.runlog.fold import RunState
 from engine.runlog.jsonsafe import printable
 from engine.runlog.reader import RunReader
 
+from ..runs import status_label
 from ..widgets.braille import ChartSpec, HLine, Series
 from ..widgets.charts import BrailleChart
 from ..widgets.palette import Palette
@@ -167,14 +168,17 @@ class CompareScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="compare-title")
-        with Horizontal(id="compare-charts"):
-            with Vertical(id="fig9", classes="panel"):
-                yield BrailleChart(id="fig9-chart")
-            with Vertical(id="fig10", classes="panel"):
-                yield RemovalBars(id="fig10-bars")
-        yield DataTable(id="compare-table", show_cursor=False, zebra_stripes=True)
-        with Vertical(id="order-panel", classes="panel"):
-            yield Static(id="removal-map")
+        # One scrolling body: on a small terminal (80x24) the table and the removal order are
+        # below the charts, reachable with the arrow keys / page down instead of cut off.
+        with VerticalScroll(id="compare-body"):
+            with Horizontal(id="compare-charts"):
+                with Vertical(id="fig9", classes="panel"):
+                    yield BrailleChart(id="fig9-chart")
+                with Vertical(id="fig10", classes="panel"):
+                    yield RemovalBars(id="fig10-bars")
+            yield DataTable(id="compare-table", show_cursor=False, zebra_stripes=True)
+            with Vertical(id="order-panel", classes="panel"):
+                yield Static(id="removal-map")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -220,12 +224,19 @@ class CompareScreen(Screen):
 
         series = []
         teachers = []
+        # Different teachers (another model or suite): absolute aggregates on one axis compare
+        # nothing, so each run is drawn as % of its own teacher, and the chart says so.
+        distinct = {(r.state.model, round(r.teacher, 6)) for r in self.runs if r.teacher is not None}
+        rel = len(distinct) > 1
         for i, r in enumerate(self.runs):
+            points = r.curve()
+            if rel:
+                points = [(x, y / r.teacher * 100) for x, y in points] if r.teacher else []
             series.append(
                 Series(
                     r.name,
                     pal.run_color(i),
-                    points=r.curve(),
+                    points=points,
                     kind="linepoints",
                     marker=MARKERS[i % len(MARKERS)],
                     legend=False,
@@ -235,6 +246,8 @@ class CompareScreen(Screen):
             if t is not None and all(abs(t - x) > 1e-9 for x in teachers):
                 teachers.append(t)
         hlines = [HLine(t, pal.teacher, "teacher" if k == 0 else "") for k, t in enumerate(teachers)]
+        if rel:
+            hlines = [HLine(100.0, pal.teacher, "own teacher = 100 %")]
         x_max = max([1] + [p[0] for s in series for p in s.points])
         spec = ChartSpec(
             series=series,
@@ -243,14 +256,20 @@ class CompareScreen(Screen):
             integer_x=True,
             axis_color=pal.axis,
             empty="no evaluations in these runs",
-            legend_extra="x: layers removed · y: aggregate",
+            legend_extra="x: layers removed · y: "
+            + ("% of each run's own teacher (the teachers differ)" if rel else "aggregate"),
         )
         self.query_one("#fig9-chart", BrailleChart).set_spec(spec)
         self.query_one("#fig10-bars", RemovalBars).set_runs(self.runs)
 
         table = self.query_one("#compare-table", DataTable)
         table.clear(columns=True)
-        for col in ("", "run", "strategy", "status", "layers", "teacher", "final", "retained", "removed (in order)"):
+        columns = ("", "run", "strategy", "status", "layers", "teacher", "final", "retained", "removed (in order)")
+        # Below 120 columns: the columns that tell the runs apart (the removal order panel below
+        # lists what was removed, and the title bar names the strategies' runs).
+        narrow = self.size.width < 120
+        shown = [c for c in columns if not narrow or c not in ("strategy", "teacher", "removed (in order)")]
+        for col in shown:
             table.add_column(col, key=col or "mark")
         for i, r in enumerate(self.runs):
             s = r.state
@@ -258,18 +277,23 @@ class CompareScreen(Screen):
             teacher = r.teacher
             final = curve[-1][1] if curve and curve[-1][0] > 0 else None
             layers_now = s.layers_now
-            table.add_row(
+            cells = (
                 Text(MARKERS[i % len(MARKERS)], style=Style(color=pal.run_color(i), bold=True)),
                 Text(r.name, style=Style(bold=True)),
                 s.strategy or "-",
-                r.status,
+                status_label(r.status),
                 Text(f"{s.start_layers or '-'} → {layers_now if layers_now is not None else '-'}", justify="right"),
                 Text("-" if teacher is None else f"{teacher:.3f}", justify="right"),
                 Text("-" if final is None else f"{final:.3f}", justify="right"),
                 Text("-" if final is None or not teacher else f"{final / teacher * 100:.1f}%", justify="right"),
                 Text(" ".join(str(x) for x in s.removed_layers) or "-", no_wrap=True, overflow="ellipsis"),
             )
+            table.add_row(*[cell for col, cell in zip(columns, cells) if col in shown])
         self.query_one("#removal-map", Static).update(removal_map(self.runs, pal))
+
+    def on_resize(self, event) -> None:
+        if self.runs:
+            self._draw()  # the table's columns follow the width
 
     def action_back(self) -> None:
         self.app.pop_screen()

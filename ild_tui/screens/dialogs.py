@@ -1,4 +1,10 @@
-"""Small modal screens: confirm, pick a mode, help."""
+"""Small modal screens: confirm, pick a mode, help.
+
+Every dialog that can change a run or delete data is a ``GuardedModal``: it ignores each key that
+was typed before it was on screen (a fast ``d`` Enter, a paste, a laggy SSH link or tmux
+``send-keys`` must never answer a question nobody saw), and its default answer is Cancel.
+``IldApp.on_event`` asks the screen on top whether a key is stale before routing it.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +18,64 @@ from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 
-class ConfirmScreen(ModalScreen[bool]):
-    """Yes/no. ``y``/enter says yes, ``n``/escape says no."""
+def key_time() -> float:
+    """The clock Textual stamps messages with (``Message.time``): monotonic, perf_counter on Windows."""
+    from textual import _time
+
+    return _time.get_time()
+
+
+class GuardedModal(ModalScreen):
+    """A modal that takes no key typed before it was painted.
+
+    ``armed_at`` is set after the first refresh that shows the dialog; ``IldApp`` drops every key
+    event stamped earlier (``stale``). Mouse clicks are not affected: one cannot click a button
+    that is not on screen.
+    """
+
+    armed_at: float = float("inf")
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._arm)
+
+    def _arm(self) -> None:
+        self.armed_at = key_time()
+
+    @property
+    def armed(self) -> bool:
+        return self.armed_at != float("inf")
+
+    def stale(self, event) -> bool:
+        return event.time < self.armed_at
+
+
+class ConfirmScreen(GuardedModal, ModalScreen[bool]):
+    """Yes/no, Cancel by default: ``y`` (or the yes button) says yes; ``n``, escape and enter on
+    the focused cancel button say no. ``question`` names exactly what will happen."""
 
     BINDINGS = [
         Binding("y", "answer(True)", "yes"),
         Binding("n,escape", "answer(False)", "no"),
     ]
 
-    def __init__(self, question: str, yes: str = "yes", no: str = "no") -> None:
+    def __init__(self, question: str, yes: str = "yes", no: str = "cancel", detail: str = "") -> None:
         super().__init__()
         self.question = question
+        self.detail = detail
         self.yes = yes
         self.no = no
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
             yield Label(self.question, id="question")
+            if self.detail:
+                yield Label(self.detail, id="detail", classes="hint")
             with Horizontal(classes="buttons"):
                 yield Button(f"{self.yes} (y)", variant="warning", id="yes")
-                yield Button(f"{self.no} (n)", variant="default", id="no")
+                yield Button(f"{self.no} (n, enter)", variant="default", id="no")
 
     def on_mount(self) -> None:
+        super().on_mount()
         self.query_one("#no", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -43,8 +85,9 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(value)
 
 
-class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
-    """manual / auto / auto-after N seconds."""
+class ModeScreen(GuardedModal, ModalScreen["tuple[str, float | None] | None"]):
+    """manual / auto / auto-after N seconds. It opens on the current mode, and picking the mode the
+    run already has (or escape) changes nothing: the default is no change."""
 
     BINDINGS = [
         Binding("escape", "cancel", "cancel"),
@@ -66,9 +109,13 @@ class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(f"Decision mode (now: {self.current})", id="question")
+            yield Label(f"Decision mode (now: {self.current}; picking it again changes nothing)", id="question")
             yield OptionList(
-                *[Option(f"{i + 1}  {text}", id=mode) for i, (mode, text) in enumerate(self.MODES)], id="modes"
+                *[
+                    Option(f"{i + 1}  {text}" + ("  (now)" if mode == self.current else ""), id=mode)
+                    for i, (mode, text) in enumerate(self.MODES)
+                ],
+                id="modes",
             )
             with Horizontal(id="seconds-row"):
                 yield Label("auto-after seconds ")
@@ -76,6 +123,7 @@ class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
             yield Label("enter picks · 1/2/3 · escape cancels", classes="hint")
 
     def on_mount(self) -> None:
+        super().on_mount()
         ol = self.query_one(OptionList)
         ids = [m for m, _ in self.MODES]
         ol.highlighted = ids.index(self.current) if self.current in ids else 0
@@ -95,7 +143,12 @@ class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
                 self.notify("auto-after needs a positive number of seconds", severity="warning")
                 self.query_one("#seconds", Input).focus()
                 return
+            if mode == self.current and secs == self.seconds:
+                self.dismiss(None)
+                return
             self.dismiss((mode, secs))
+        elif mode == self.current:
+            self.dismiss(None)  # the default: nothing changes
         else:
             self.dismiss((mode, None))
 
@@ -111,10 +164,17 @@ class ModeScreen(ModalScreen["tuple[str, float | None] | None"]):
         self.dismiss(None)
 
 
-class ReportScreen(ModalScreen["tuple[str, bool] | None"]):
-    """Where to write a report of the marked runs, and whether to time the models. Enter writes."""
+class SpaceCheckbox(Checkbox, inherit_bindings=False):
+    """A checkbox that only space toggles: enter stays the dialog's "go" key."""
 
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
+    BINDINGS = [Binding("space", "toggle_button", "toggle", show=False)]
+
+
+class ReportScreen(GuardedModal, ModalScreen["tuple[str, bool] | None"]):
+    """Where to write a report of the marked runs, and whether to time the models. Enter writes
+    (also from the checkbox, which space toggles)."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel"), Binding("enter", "write", "write", show=False)]
 
     def __init__(self, names: list[str], default_dir: str) -> None:
         super().__init__()
@@ -127,13 +187,19 @@ class ReportScreen(ModalScreen["tuple[str, bool] | None"]):
             yield Label(f"Write a report of {shown}", id="question")
             yield Label("into the directory (an earlier report there is replaced):")
             yield Input(self.default_dir, id="report-dir")
-            yield Checkbox("also time the teacher and each student (loads every model)", False, id="report-measure")
+            yield SpaceCheckbox(
+                "also time the teacher and each student (loads every model; space toggles)", False, id="report-measure"
+            )
             with Horizontal(classes="buttons"):
                 yield Button("write (enter)", variant="primary", id="write")
                 yield Button("cancel (escape)", variant="default", id="cancel")
 
     def on_mount(self) -> None:
+        super().on_mount()
         self.query_one("#report-dir", Input).focus()
+
+    def action_write(self) -> None:
+        self._write()
 
     def _write(self) -> None:
         where = self.query_one("#report-dir", Input).value.strip()
@@ -174,19 +240,33 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Asks first (Cancel is the default; keys typed before the question shows are ignored)",
+        [
+            ("a  o  enter", "approve / override a removal: names the layer and the depth after it"),
+            ("X", "stop the run (it checkpoints; `ild resume` continues it)"),
+            ("m", "change the decision mode (picking the current one changes nothing)"),
+            ("d", "move a run to the trash (`ild restore RUN` brings it back)"),
+            ("", "approve_one_key = true in config.toml makes `a` act at once"),
+        ],
+    ),
+    (
         "Live run",
         [
+            ("1 2 3 4", "go to the heatmap, scores, loss, events panel (the tab strip marks it ▸)"),
+            ("z", "zoom: the focused panel full screen; z or escape again to go back"),
+            ("", "below 100x36 one main panel shows at a time: 1 2 3 switch"),
             ("↑ ↓ ← →  h j k l", "move the heatmap cursor: layer / iteration"),
             ("n", "heatmap colour: rank per iteration, min-max per iteration, global"),
             ("g", "heatmap shade glyphs ░▒▓█ (automatic on NO_COLOR and 256 colours)"),
             ("s", "loss smoothing: off, debiased EMA 0.6 / 0.9 / 0.97 / 0.99"),
             ("y", "loss log scale"),
-            ("a", "approve the proposed layer"),
+            ("a", "approve the proposed layer (asks first)"),
             ("o  enter", "override: remove the layer under the heatmap cursor, or the one"),
             ("", "highlighted in the candidate list when that has focus (asks first)"),
-            ("m", "decision mode: manual, auto, auto-after N seconds"),
+            ("m", "decision mode: manual, auto, auto-after N seconds (asks)"),
             ("p", "pause / resume the engine"),
             ("X", "stop the run (asks first)"),
+            ("", "a o m p X only while an engine runs the run (a dead run: `ild resume` first)"),
         ],
     ),
     (
@@ -198,7 +278,7 @@ HELP_SECTIONS: list[tuple[str, list[tuple[str, str]]]] = [
             ("w", "write a report (HTML, PNGs, CSVs) of the marked runs (or the highlighted one)"),
             ("/", "filter by words in name, model, strategy, status"),
             ("s  S", "sort by the next column / reverse (or click a header)"),
-            ("d", "delete the run (asks first; never a live one)"),
+            ("d", "move the run to the trash (asks first; never a live one)"),
         ],
     ),
     (

@@ -8,7 +8,6 @@ same summary ``ild ls`` prints).
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,13 +21,27 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from engine.runlog.layout import RunDir, is_run_dir, list_runs
+from engine.runlog.layout import RunDir, list_runs
 from engine.runlog.reader import RunReader
 
 from ..runs import SKIPPED_NOTE, RunRow, summarise_state
 from ..widgets.header import STATUS_LOOK, fmt_clock, fmt_duration, theme_color
 
 SORTS = ("started", "name", "status", "model", "strategy", "layers", "last", "best", "duration")
+COLUMNS = (
+    ("", "mark"),
+    ("status", "status"),
+    ("run", "name"),
+    ("model", "model"),
+    ("strategy", "strategy"),
+    ("layers", "layers"),
+    ("teacher", "teacher"),
+    ("last", "last"),
+    ("best", "best"),
+    ("started", "started"),
+    ("duration", "duration"),
+)
+WIDE_ONLY = {"model", "teacher", "best", "started", "duration"}  # shown from 120 columns
 
 
 class RunsScanned(Message):
@@ -44,7 +57,9 @@ class RunsScreen(Screen):
         Binding("space", "mark", "mark"),
         Binding("c", "compare", "compare"),
         Binding("w", "report", "report"),
-        Binding("slash", "filter", "filter"),
+        # Priority: the action runs as the key arrives, so the keys typed right after `/` (already
+        # queued) are routed to the box and never to the table's bindings (`d` deletes there).
+        Binding("slash", "filter", "filter", priority=True),
         Binding("s", "sort", "sort"),
         Binding("S", "reverse", "reverse", show=False),
         Binding("d", "delete", "delete"),
@@ -61,6 +76,7 @@ class RunsScreen(Screen):
         self.reverse = True
         self.filter_text = ""
         self.scanned = False
+        self.narrow = False
         self._cache: dict[str, RunReader] = {}
         self._scan_lock = threading.Lock()
 
@@ -76,24 +92,29 @@ class RunsScreen(Screen):
         self.query_one("#runs-filter", Input).display = False
         self.query_one("#runs-empty").display = False
         table = self.query_one("#runs-table", DataTable)
-        for label, key in (
-            ("", "mark"),
-            ("status", "status"),
-            ("run", "name"),
-            ("model", "model"),
-            ("strategy", "strategy"),
-            ("layers", "layers"),
-            ("teacher", "teacher"),
-            ("last", "last"),
-            ("best", "best"),
-            ("started", "started"),
-            ("duration", "duration"),
-        ):
-            table.add_column(label, key=key)
+        self._columns(narrow=False)
         table.focus()
         self._title()
         self.call_after_refresh(self.rescan)
         self.set_interval(2.0, self.rescan)
+
+    def _columns(self, narrow: bool) -> None:
+        """Every column, or (narrow terminals) the ones that say which run is which and how it
+        stands: nothing runs off the right edge at 80 columns; the detail box has the rest."""
+        self.narrow = narrow
+        table = self.query_one("#runs-table", DataTable)
+        table.clear(columns=True)
+        for label, key in COLUMNS:
+            if not narrow or key not in WIDE_ONLY:
+                table.add_column(label, key=key)
+
+    def on_resize(self, event) -> None:
+        narrow = event.size.width < 120
+        self.set_class(event.size.height < 30, "-short")
+        if narrow != getattr(self, "narrow", False):
+            self._columns(narrow)
+            if self.scanned:
+                self._fill()
 
     def on_screen_resume(self) -> None:
         self.rescan()
@@ -168,20 +189,20 @@ class RunsScreen(Screen):
                 layers = f"{r.layers_now if r.layers_now is not None else '-'}/{r.start_layers}"
                 if r.target_layers:
                     layers += f"→{r.target_layers}"
-            table.add_row(
-                Text(mark, style=Style(bold=True)),
-                Text(f"{glyph} {label}", style=Style(color=color)),
-                Text(r.name, style=Style(bold=True)),
-                r.model,
-                r.strategy,
-                Text(layers, justify="right"),
-                Text("-" if r.teacher is None else f"{r.teacher:.3f}", justify="right"),
-                Text("-" if r.last is None else f"{r.last:.3f}", justify="right"),
-                Text("-" if r.best is None else f"{r.best:.3f}", justify="right"),
-                fmt_clock(r.started, True),
-                Text(fmt_duration(r.duration), justify="right"),
-                key=r.path,
-            )
+            cells = {
+                "mark": Text(mark, style=Style(bold=True)),
+                "status": Text(f"{glyph} {label}", style=Style(color=color)),
+                "name": Text(r.shown_name, style=Style(bold=True)),
+                "model": r.model,
+                "strategy": r.strategy,
+                "layers": Text(layers, justify="right"),
+                "teacher": Text("-" if r.teacher is None else f"{r.teacher:.3f}", justify="right"),
+                "last": Text("-" if r.last is None else f"{r.last:.3f}", justify="right"),
+                "best": Text("-" if r.best is None else f"{r.best:.3f}", justify="right"),
+                "started": fmt_clock(r.started, True),
+                "duration": Text(fmt_duration(r.duration), justify="right"),
+            }
+            table.add_row(*[cells[key] for _, key in COLUMNS if not self.narrow or key not in WIDE_ONLY], key=r.path)
         empty = self.query_one("#runs-empty", Static)
         if not self.rows:
             empty.update(
@@ -212,11 +233,15 @@ class RunsScreen(Screen):
         if row is None:
             box.update("")
             return
-        box.border_title = row.name
+        box.border_title = row.shown_name
         dim = Style(dim=True)
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("path ", dim)
         t.append(row.path)
+        if self.narrow:  # the columns a narrow table leaves out
+            t.append(f"\nmodel {row.model}   teacher {'-' if row.teacher is None else f'{row.teacher:.3f}'}", dim)
+            t.append(f"   best {'-' if row.best is None else f'{row.best:.3f}'}", dim)
+            t.append(f"   started {fmt_clock(row.started, True)}   duration {fmt_duration(row.duration)}", dim)
         t.append("   events ", dim)
         t.append(f"{row.events:,}")
         t.append("   mode ", dim)
@@ -334,10 +359,16 @@ class RunsScreen(Screen):
         notes = "".join(f"\n{n}" for n in result.notes[:3])
         self.app.call_from_thread(self.notify, f"report written: {result.page}{notes}", timeout=10)
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        # A `/` typed into the filter is text, not "open the filter".
+        return not (action == "filter" and isinstance(self.focused, Input))
+
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
         box.display = True
-        box.focus()
+        # Focus now, not after the next refresh (``Widget.focus`` defers): the keys typed right
+        # after `/` are already queued, and each must reach the box, not the table's bindings.
+        self.set_focus(box)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "runs-filter":
@@ -375,44 +406,38 @@ class RunsScreen(Screen):
         if self.app.liveness(RunDir(path)):
             self.notify(f"{row.name} is running: stop it first (X on its live screen)", severity="error")
             return
+        from ..trash import dir_size, fmt_bytes
         from .dialogs import ConfirmScreen
 
-        size = _dir_size(Path(path))
+        dirname = Path(path).name
+        days = self.app.settings.trash_days
 
         def done(ok: bool | None) -> None:
             if ok:
-                self._delete(path, row.name)
+                self._delete(path, dirname)
 
         self.app.push_screen(
             ConfirmScreen(
-                f"Delete run {row.name} ({size / 1e6:.1f} MB: events, checkpoints, export)? This cannot be undone.",
-                yes="delete",
+                f"Move run {dirname} ({fmt_bytes(dir_size(Path(path)))}: events, checkpoints, export) to the trash?",
+                detail=f"It leaves this list and stays in {self.root / '.trash'} for {days:g} days; "
+                f"`ild restore {dirname}` brings it back, `ild trash --empty` frees the space now.",
+                yes="move to trash",
                 no="keep",
             ),
             done,
         )
 
     def _delete(self, path: str, name: str) -> None:
-        p = Path(path)
-        if not is_run_dir(p) or p.resolve().parent != self.root.resolve():
-            self.notify(f"refusing to delete {p}: not a run directly under {self.root}", severity="error")
+        from ..trash import TrashError, empty, move_to_trash
+
+        try:
+            move_to_trash(path, self.root, now=time.time())
+        except (TrashError, OSError) as exc:
+            self.notify(f"not deleted: {exc}", severity="error")
             return
-        if self.app.liveness(RunDir(p)):
-            self.notify(f"{name} started running: not deleted", severity="error")
-            return
-        shutil.rmtree(p, ignore_errors=True)
+        # Entries past the retention go for good now, while a delete is being done anyway.
+        empty(self.root, older_than_days=self.app.settings.trash_days)
         if path in self.marked:
             self.marked.remove(path)
-        self.notify(f"deleted {name}")
+        self.notify(f"moved {name} to the trash (`ild restore {name}` brings it back)")
         self.rescan()
-
-
-def _dir_size(path: Path) -> int:
-    total = 0
-    for p in path.rglob("*"):
-        try:
-            if p.is_file():
-                total += p.stat().st_size
-        except OSError:
-            pass
-    return total

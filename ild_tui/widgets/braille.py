@@ -29,6 +29,16 @@ class Series:
     marker: str = "●"
     legend: bool = True
     z: int = 0  # drawing order: higher is drawn later, on top (the legend keeps list order)
+    # solid | dashed | dotted: told apart without colour (NO_COLOR, a monochrome terminal)
+    dash: str = "solid"
+
+
+# Which dot columns a line pattern keeps, and its legend symbol.
+DASHES = {
+    "solid": (None, "━━"),
+    "dashed": (lambda x: (x // 4) % 2 == 0, "╍╍"),
+    "dotted": (lambda x: x % 4 == 0, "┈┈"),
+}
 
 
 @dataclass
@@ -113,8 +123,11 @@ class _Canvas:
         self.color: list[list[str | None]] = [[None] * w for _ in range(h)]
         self.glyph: list[list[tuple[str, str] | None]] = [[None] * w for _ in range(h)]
         self.back: list[list[tuple[str, str] | None]] = [[None] * w for _ in range(h)]
+        self.mask = None  # the current series' dash pattern: which dot columns it draws
 
     def dot(self, x: int, y: int, color: str) -> None:
+        if self.mask is not None and not self.mask(x):
+            return
         if 0 <= x < 2 * self.w and 0 <= y < 4 * self.h:
             cx, cy = x >> 1, y >> 2
             self.bits[cy][cx] |= _BITS[y & 3][x & 1]
@@ -310,6 +323,7 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
     # series ------------------------------------------------------------------------------------
     for s in sorted(spec.series, key=lambda s: s.z):
         color = s.color
+        cv.mask = DASHES.get(s.dash, DASHES["solid"])[0]
         if s.dense is not None and len(s.dense):
             n = len(s.dense)
             lo = max(0, math.floor(x0))
@@ -340,6 +354,7 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
         if s.kind in ("points", "linepoints"):
             for px, py in pts:
                 cv.put(px >> 1, py >> 2, s.marker, color)
+    cv.mask = None
 
     # assemble ----------------------------------------------------------------------------------
     axis = Style(color=spec.axis_color)
@@ -402,7 +417,8 @@ def render_chart(spec: ChartSpec, width: int, height: int, legend: bool = True) 
         for s in spec.series:
             if not s.legend:
                 continue
-            sym = s.marker if s.kind == "points" else ("─" + s.marker + "─" if s.kind == "linepoints" else "━━")
+            line = DASHES.get(s.dash, DASHES["solid"])[1]
+            sym = s.marker if s.kind == "points" else ("─" + s.marker + "─" if s.kind == "linepoints" else line)
             lg.append(sym, Style(color=s.color))
             lg.append(f" {s.name}  ", axis)
         for h in spec.hlines:

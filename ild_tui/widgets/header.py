@@ -8,20 +8,26 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.runlog.fold import RunState
+from engine.runlog.fold import LIVE_STATUSES, RunState
 from engine.runlog.jsonsafe import printable
 
+from ..runs import status_label
+
 STATUS_LOOK = {
-    # status: (glyph, label, theme colour variable)
-    "running": ("●", "running", "success"),
-    "paused": ("‖", "paused", "warning"),
-    "finished": ("✔", "finished", "primary"),
-    "stopped": ("■", "stopped", "warning"),
-    "failed": ("✖", "failed", "error"),
-    "died": ("✖", "engine dead", "error"),
-    "unknown": ("○", "checking", "foreground"),
-    "starting": ("○", "starting", "warning"),
-    "unreadable": ("✖", "unreadable", "error"),  # the log is a directory, a FIFO, a link...
+    # status: (glyph, label, theme colour variable); the label is the one `ild ls` filters match
+    status: (glyph, status_label(status), var)
+    for status, glyph, var in (
+        ("running", "●", "success"),
+        ("paused", "‖", "warning"),
+        ("awaiting decision", "◆", "warning"),
+        ("finished", "✔", "primary"),
+        ("stopped", "■", "warning"),
+        ("failed", "✖", "error"),
+        ("died", "✖", "error"),
+        ("unknown", "○", "foreground"),
+        ("starting", "○", "warning"),
+        ("unreadable", "✖", "error"),  # the log is a directory, a FIFO, a link...
+    )
 }
 
 
@@ -82,8 +88,8 @@ class RunHeader(Static):
     )
 
     def show(self, state: RunState, status: str, now: float, run_name: str, phase_detail: str | None = None) -> None:
-        look_key = "paused" if status == "running" and state.paused else status
-        glyph, label, var = STATUS_LOOK.get(look_key, ("?", look_key, "foreground"))
+        glyph, label, var = STATUS_LOOK.get(status, ("?", status, "foreground"))
+        live = status in LIVE_STATUSES
         color = theme_color(self.app, var)
         strong = Style(bold=True)
         dim = Style(dim=True)
@@ -94,6 +100,8 @@ class RunHeader(Static):
         )
         t.append("  ")
         t.append(state.name or printable(run_name), strong)
+        if state.name and run_name and state.name != run_name:
+            t.append(f" (dir {printable(run_name)})", dim)  # a copied run directory keeps its recorded name
         t.append("  ")
         t.append(state.model or "-")
         t.append(" · ", dim)
@@ -114,17 +122,28 @@ class RunHeader(Static):
             )
         if status == "failed" and state.failure:
             t.append(f"   {state.failure.get('error', '')}", Style(color=color))
+        if status == "starting":
+            t.append("   the engine is starting: no event from it yet", dim)
+        queued = state.decision_queued
+        if status == "paused":
+            if queued:
+                t.append(
+                    f"   {queued['name']} {queued['layer']} taken: the engine removes it when resumed (p)",
+                    Style(color=color),
+                )
+            else:
+                t.append("   the engine waits at a safe point; p resumes it", Style(color=color))
 
         t2 = Text(no_wrap=True, overflow="ellipsis")
         t2.append(" phase ", dim)
         phase = state.phase or "-"
         if status in ("finished", "stopped"):
             phase = "done"
-        elif state.pending_proposal and status == "running":
+        elif status == "awaiting decision":
             phase = "awaiting decision"
             phase_detail = None
         t2.append(phase, strong)
-        if phase_detail and status == "running":
+        if phase_detail and live:
             t2.append(f" ({phase_detail})", dim)
         t2.append("  iteration ", dim)
         t2.append(str(state.iteration if state.iteration is not None else "-"), strong)
@@ -136,7 +155,7 @@ class RunHeader(Static):
         t2.append(fmt_params(state.params), strong)
         if state.params and state.start_params and state.params != state.start_params:
             t2.append(f" ({(state.params / state.start_params - 1) * 100:+.1f}%)", dim)
-        start, elapsed = state.started, state.duration(now, alive=status == "running")
+        start, elapsed = state.started, state.duration(now, alive=live)
         t2.append("  elapsed ", dim)
         t2.append(fmt_duration(elapsed), strong)
         if start:
