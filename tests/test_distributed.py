@@ -216,7 +216,11 @@ def test_the_documented_accelerate_configs_load(tmp_path):
             ["--set", "distributed.gpus_per_process=2", "--device", "cpu"],
             "gpus_per_process > 1 spreads a model over GPUs",
         ),
-        (["--processes", "2", "--device", "cuda:1"], "--device cuda:1 names one GPU"),
+        # on a host without CUDA the missing GPU is said first
+        (
+            ["--processes", "2", "--device", "cuda:1"],
+            "--device cuda:1 names one GPU" if torch.cuda.is_available() else "--device cuda:1: no CUDA GPU",
+        ),
     ],
 )
 def test_bad_distributed_settings_are_one_line(tiny, suite, tmp_path, args, message):

@@ -176,7 +176,7 @@ def test_valid_events_fold_to_consistent_answers(events):
     values = [r["aggregate"] for r in finals.values() if r["aggregate"] is not None]
     teacher = state.teacher_eval()
     assert state.best_aggregate() == (max(values) if values else (teacher["aggregate"] if teacher else None))
-    assert all(r["stage"] in ("after_removal", "after_healing") for r in finals.values())
+    assert all(r["stage"] in ("after_removal", "after_healing", "after_final_healing") for r in finals.values())
     if state.outcome is not None:
         assert state.pending_proposal is None
     _views(state)

@@ -77,10 +77,17 @@ def variant_name(schedule: str, budget: int, data: str) -> str:
 
 
 def slug(name: str) -> str:
+    """A run name for a variant: at most 100 characters (a run name's limit), a long one (a data
+    path) cut and told apart by a digest of the whole name."""
+    import hashlib
+
     out = "".join(c if c.isalnum() else "-" for c in name)
     while "--" in out:
         out = out.replace("--", "-")
-    return out.strip("-")
+    out = out.strip("-")
+    if len(out) > 100:
+        out = f"{out[:87]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return out
 
 
 def _events(run: Path) -> list[dict]:
