@@ -24,7 +24,6 @@ would repeat it many times: the CSV's ``epochs`` says how often).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -32,6 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: tools/ is then not importable as a package
+
+from tools.result_rows import earlier_rows, write_rows  # noqa: E402
+
 ENGINE = [sys.executable, "-m", "engine.worker"]
 ILD = [sys.executable, "-m", "ild_tui.cli"]
 STUDY_REMOVALS = "14,25,13,12,6,27"
@@ -91,7 +94,6 @@ def slug(name: str) -> str:
 
 
 def _events(run: Path) -> list[dict]:
-    sys.path.insert(0, str(ROOT))
     from engine.runlog.layout import RunDir
     from engine.runlog.tailer import read_all
 
@@ -190,11 +192,7 @@ def paired(runs: Path, a: str, b: str, out_dir: Path) -> None:
     Path(str(target) + ".json.tmp").replace(target.with_suffix(".json"))
 
 
-def _earlier_rows(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        return {r["variant"]: r for r in csv.DictReader(f)}
+_earlier_rows = earlier_rows
 
 
 def _write(path: Path, rows: dict[str, dict]) -> None:
@@ -207,13 +205,7 @@ def _write(path: Path, rows: dict[str, dict]) -> None:
             int(r["budget_tokens"]),
         ),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(ranked)
-    tmp.replace(path)
+    write_rows(path, ranked, COLUMNS, extrasaction="ignore")
 
 
 def _setting(item: str) -> tuple[str, object]:

@@ -13,7 +13,6 @@ after healing, and the time healing took.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -21,6 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: tools/ is then not importable as a package
+
+from tools.result_rows import earlier_rows, write_rows  # noqa: E402
+
 ENGINE = [sys.executable, "-m", "engine.worker"]
 
 # name -> heal settings that differ from the defaults (and a strategy for the no-healing row)
@@ -117,7 +120,6 @@ def run_variant(runs: Path, name: str, settings: dict, args) -> Path:
 
 
 def _events(run: Path) -> list[dict]:
-    sys.path.insert(0, str(ROOT))
     from engine.runlog.layout import RunDir
     from engine.runlog.tailer import read_all
 
@@ -203,24 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _earlier_rows(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        return {r["variant"]: r for r in csv.DictReader(f)}
+_earlier_rows = earlier_rows
 
 
 def _write(path: Path, rows: dict[str, dict]) -> None:
     """One row per variant in the order VARIANTS lists them (rows of variants no longer listed last)."""
     order = {name: i for i, name in enumerate(VARIANTS)}
     ranked = sorted(rows.values(), key=lambda r: order.get(r["variant"], len(order)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(ranked[0]))
-        writer.writeheader()
-        writer.writerows(ranked)
-    tmp.replace(path)
+    write_rows(path, ranked, list(ranked[0]))
 
 
 if __name__ == "__main__":
