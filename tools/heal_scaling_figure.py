@@ -1,0 +1,91 @@
+"""The healing-budget figure: report-part retention against healing tokens (log x), one line per
+schedule, from the table ``tools/heal_scaling.py`` writes.
+
+    python tools/heal_scaling_figure.py docs/results/heal_scaling.csv docs/results/heal_scaling.png
+
+Each point is one finished run: x is the tokens it trained on (every healing together), y the
+report aggregate of its final student over the teacher's. The teacher's 90 % is drawn as a line,
+so where the curve is heading and what 90 % would cost can be read off the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+# Okabe-Ito, as in the report's figures: told apart with every common colour-vision deficiency.
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+MARKERS = "os^DvP"
+
+
+def read_points(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """(tokens trained, retention) per series, a series being the schedule and its healing data."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                point = (int(float(row["tokens_trained"])), float(row["retention_report"]))
+            except (KeyError, ValueError):
+                continue  # a row without a finished run's numbers
+            series.setdefault(f"{row['schedule']} ({row['data']})", []).append(point)
+    return {name: sorted(points) for name, points in series.items()}
+
+
+def _tokens(x: float, _pos=None) -> str:
+    return f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"
+
+
+def draw(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> Path:
+    fig = Figure(figsize=(7.0, 4.2))
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.9)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    for i, (name, points) in enumerate(series.items()):
+        xs, ys = zip(*points)
+        ax.plot(
+            xs, [100 * y for y in ys], marker=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)], label=name
+        )
+    ax.axhline(90, color="#666666", linestyle="--", linewidth=1)
+    ax.text(0.01, 90.4, "90 % of the teacher", transform=ax.get_yaxis_transform(), fontsize=8, color="#444444")
+    ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _p: ""))
+    ax.set_xlabel("healing tokens (all healings of the run, log scale)")
+    ax.set_ylabel("report aggregate, % of the teacher")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", type=Path, help="heal_scaling.csv")
+    parser.add_argument("out", type=Path, help="the PNG to write")
+    parser.add_argument("--title", default="SmolLM2-135M, 30 -> 24 layers, fixed removals: retention against healing")
+    args = parser.parse_args(argv)
+    if not args.table.is_file():
+        print(f"error: no table at {args.table}", file=sys.stderr)
+        return 2
+    series = read_points(args.table)
+    if not series:
+        print(f"error: {args.table} has no finished rows to draw", file=sys.stderr)
+        return 1
+    print(draw(series, args.out, args.title))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
