@@ -57,6 +57,7 @@ def draw(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> P
             xs, [100 * y for y in ys], marker=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)], label=name
         )
     ax.axhline(90, color="#666666", linestyle="--", linewidth=1)
+    ax.set_ylim(top=max(93.0, ax.get_ylim()[1]))  # the 90 % line and its label always inside
     ax.text(0.01, 90.4, "90 % of the teacher", transform=ax.get_yaxis_transform(), fontsize=8, color="#444444")
     ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _p: ""))
