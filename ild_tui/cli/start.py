@@ -27,6 +27,20 @@ MAX_THREADS, MAX_PROCESSES = 1024, 256
 EXIT_INTERRUPTED = 130
 
 
+def launch_options(processes_help: str, config_help: str):
+    """``--processes`` and ``--accelerate-config``: how many engine processes start (run, resume)."""
+
+    def decorate(f):
+        f = click.option(
+            "--accelerate-config", type=click.Path(exists=True, dir_okay=False), default=None, help=config_help
+        )(f)
+        return click.option(
+            "--processes", type=click.IntRange(min=1, max=MAX_PROCESSES), default=None, help=processes_help
+        )(f)
+
+    return decorate
+
+
 @click.command()
 @click.option(
     "--model", default=DEFAULT_MODEL, show_default=True, help="Embedded name, Hub id, local HF directory or .gguf file."
@@ -98,17 +112,9 @@ EXIT_INTERRUPTED = 130
 )
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best there is).")
 @click.option("--seed", type=int, default=None, show_default=ENGINE_DEFAULT)
-@click.option(
-    "--processes",
-    type=click.IntRange(min=1, max=MAX_PROCESSES),
-    default=None,
-    help="Engine processes, one per GPU (accelerate launch); on a CPU each takes its share of the cores.",
-)
-@click.option(
-    "--accelerate-config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="An `accelerate config` file (machines, processes): multi-node runs, see docs/distributed.md.",
+@launch_options(
+    "Engine processes, one per GPU (accelerate launch); on a CPU each takes its share of the cores.",
+    "An `accelerate config` file (machines, processes): multi-node runs, see docs/distributed.md.",
 )
 @click.option(
     "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="CPU threads per engine process."
@@ -242,17 +248,9 @@ def _failure_reason(view, outcome) -> str:
 @click.command()
 @click.argument("run_ref", metavar="RUN", required=False)
 @runs_dir_option
-@click.option(
-    "--processes",
-    type=click.IntRange(min=1, max=MAX_PROCESSES),
-    default=None,
-    help="Continue on this many engine processes (default: as the run was started).",
-)
-@click.option(
-    "--accelerate-config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Continue with this accelerate config file.",
+@launch_options(
+    "Continue on this many engine processes (default: as the run was started).",
+    "Continue with this accelerate config file.",
 )
 @click.option("--detach", is_flag=True, help="Continue the engine in the background and return at once.")
 def resume(run_ref, runs_dir, processes=None, accelerate_config=None, detach=False):
