@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.runlog.jsonsafe import printable
-from engine.runlog.schema import problem
+from engine.runlog.schema import describe, problem
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -68,66 +68,33 @@ class HeadlessView:
             self.skipped += 1
             return
         kind = event["type"]
-        it = event.get("iteration")
-        if kind == "run_started":
-            self.line(
-                f"run {event.get('name')}: {event.get('model')}, strategy {event.get('strategy')} "
-                f"({event.get('importance')}), {event.get('start_layers')} -> {event.get('target_layers')} layers"
-            )
-        elif kind == "phase":
-            phase = event.get("phase")
-            detail = event.get("detail") or ""
-            if self.progress is not None:
-                total, done = event.get("total"), event.get("done")
-                description = f"[{it}] {phase}: {detail}"
-                if done is None:
-                    # A phase begins: its own count and clock. A new bar, since Rich's update()
-                    # and reset() cannot take a total back to unknown.
-                    self.progress.remove_task(self.task_id)
-                    self.task_id = self.progress.add_task(description, total=None)
-                else:
-                    self.progress.update(self.task_id, description=description, total=total, completed=done)
-            elif (phase, detail) != self.last_phase and event.get("done") is None:
-                self.line(f"[{it}] {phase} {detail}".rstrip())
-            self.last_phase = (phase, detail)
+        if kind == "phase":
+            self._phase(event)
         elif kind == "train_step":
             self._train_step(event)
-        elif kind == "importance":
-            scores = {k: v for k, v in event["scores"].items() if v is not None}
-            lowest = sorted(scores.items(), key=lambda kv: kv[1])[:3]
-            note = " (one-shot, reused)" if event.get("reused") else ""
-            self.line(
-                f"[{it}] importance {event.get('metric')}{note}: least important "
-                + ", ".join(f"layer {k} {v:.4f}" for k, v in lowest)
-            )
-        elif kind == "decision":
-            self.line(
-                f"[{it}] decision: remove layer {event.get('layer')} (by {event.get('by')}, proposed {event.get('proposed')})"
-            )
-        elif kind == "layer_removed":
-            params = event.get("params")
-            self.line(
-                f"[{it}] removed layer {event.get('layer')}: {event.get('layers', len(event.get('remaining', [])))} layers"
-                + (f", {params / 1e6:.1f}M parameters" if params else "")
-            )
-        elif kind == "eval":
-            part = " (select)" if event.get("part") == "select" else ""
-            self.line(
-                f"[{it}] eval {event['stage']}{part}: aggregate {_fmt(event['aggregate'], 4)} ({_short(event['tasks'])})"
-            )
-        elif kind == "log":
-            self.line(f"{event.get('level', 'info')}: {event.get('message')}")
-        elif kind == "run_finished":
-            self.finished = event
-            self.line(finish_words(event))
-        elif kind == "run_failed":
-            self.failed = event
-            hint = event.get("hint")
-            self.line(f"failed: {event.get('error')}" + (f" ({hint})" if hint else ""))
-        elif kind == "awaiting_decision":
-            self.line(wait_words(event))
-        elif kind in ("command_applied", "command_rejected"):
-            self.line(command_words(event))
+        elif kind in LINES:
+            if kind == "run_finished":
+                self.finished = event
+            elif kind == "run_failed":
+                self.failed = event
+            self.line(LINES[kind](event))
+
+    def _phase(self, event: dict) -> None:
+        """A TTY's bar follows the phase and its progress; piped, a line when a new phase begins."""
+        it, phase, detail = event.get("iteration"), event.get("phase"), event.get("detail") or ""
+        if self.progress is not None:
+            total, done = event.get("total"), event.get("done")
+            description = f"[{it}] {phase}: {detail}"
+            if done is None:
+                # A phase begins: its own count and clock. A new bar, since Rich's update()
+                # and reset() cannot take a total back to unknown.
+                self.progress.remove_task(self.task_id)
+                self.task_id = self.progress.add_task(description, total=None)
+            else:
+                self.progress.update(self.task_id, description=description, total=total, completed=done)
+        elif (phase, detail) != self.last_phase and event.get("done") is None:
+            self.line(f"[{it}] {phase} {detail}".rstrip())
+        self.last_phase = (phase, detail)
 
     def _train_step(self, event: dict) -> None:
         """Healing emits steps, not phases: the bar counts them; piped, a line every quarter."""
@@ -199,3 +166,33 @@ def command_words(event: dict) -> str:
         layer = args.get("layer")
         return f"{name}{' layer ' + str(layer) if layer is not None else ''} taken{who}"
     return f"{name} applied{who}"
+
+
+def _said(event: dict) -> str:
+    """The event log's line for the event (``engine.runlog.schema.describe``)."""
+    return describe(event)[1]
+
+
+def _logged(event: dict) -> str:
+    level, text = describe(event)
+    return f"{level}: {text}"
+
+
+# What a terminal without the dashboard prints for each event: the event log's line, or more where
+# a person at a shell needs it (every task's score, how to answer, where the student went). Types
+# not here print nothing: phases and healing steps drive the progress (above), a proposal is said
+# by the awaiting_decision that follows it, checkpoints and engine starts are chatter here.
+LINES = {
+    "run_started": _said,
+    "importance": _said,
+    "decision": _said,
+    "layer_removed": _said,
+    "eval": lambda e: f"{_said(e)} ({_short(e['tasks'])})",
+    "log": _logged,
+    "alert": _logged,
+    "run_finished": finish_words,
+    "run_failed": _said,
+    "awaiting_decision": wait_words,
+    "command_applied": command_words,
+    "command_rejected": command_words,
+}

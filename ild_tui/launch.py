@@ -33,7 +33,8 @@ class LaunchError(Exception):
         self.code = code
 
 
-def _engine_env() -> dict:
+def engine_env() -> dict:
+    """The environment every engine process gets (quiet tokenizers and warnings, passive OpenMP)."""
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONWARNINGS", "ignore")
@@ -52,8 +53,8 @@ def create_run(run_dir: Path, config: dict, here: bool = True) -> Path:
         input=json.dumps(payload),
         capture_output=True,
         text=True,
-        env=_engine_env(),
-        preexec_fn=_ignore_hangup,
+        env=engine_env(),
+        preexec_fn=ignore_hangup,
     )
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "engine failed"), 2 if result.returncode == 2 else 1)
@@ -105,8 +106,8 @@ def run_foreground(run_dir: Path, on_event, poll: float = 0.2, launch: list[str]
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
-        env=_engine_env(),
-        preexec_fn=_ignore_hangup,  # the engine outlives a foreground `ild run`/`ild study`'s terminal
+        env=engine_env(),
+        preexec_fn=ignore_hangup,  # the engine outlives a foreground `ild run`/`ild study`'s terminal
     )
     tailer = EventTailer(rd.events_file)
     received: list[str] = []
@@ -157,13 +158,14 @@ def _said(path: Path, start: int) -> str | None:
     return _ild_line(text)
 
 
-def _ignore_hangup() -> None:
+def ignore_hangup() -> None:
+    """A ``preexec_fn``: the child ignores SIGHUP from its first instruction."""
     # Runs in the child before exec; an ignored signal stays ignored across exec, so the engine
     # is immune from its first instruction, not only once its own handler is installed.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-_started: list[subprocess.Popen] = []  # engines this process started and has not reaped yet
+_started: list[subprocess.Popen] = []  # detached processes this process started and has not reaped yet
 
 
 def reap_started() -> None:
@@ -173,28 +175,40 @@ def reap_started() -> None:
             _started.remove(child)
 
 
-def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
-    """Start the engine in its own session: closing the terminal, SIGHUP or an SSH drop leave it running."""
-    with _open_out(RunDir(run_dir)) as log:
-        child = subprocess.Popen(
-            [*SUPERVISOR, str(run_dir), *launch],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=_engine_env(),
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_ignore_hangup,
-        )
+def spawn_detached(command: list[str], log) -> subprocess.Popen:
+    """Start ``command`` in its own session, writing to the open file ``log``: closing the terminal,
+    SIGHUP or an SSH drop leave it running. An engine (``start_detached``) and a whole study
+    (``ild study --detach``) start this way."""
+    child = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=engine_env(),
+        start_new_session=True,
+        close_fds=True,
+        preexec_fn=ignore_hangup,
+    )
     _started.append(child)
-    return child.pid
+    return child
+
+
+def start_detached(run_dir: Path, launch: list[str] = ()) -> int:
+    """Start a run's engine in its own session (see ``spawn_detached``); its pid."""
+    with _open_out(RunDir(run_dir)) as log:
+        return spawn_detached([*SUPERVISOR, str(run_dir), *launch], log).pid
+
+
+def run_engine_module(module: str, args: list[str]) -> int:
+    """``python -m MODULE ARGS`` of the engine (eval, paired, suite check) in the foreground; its exit code."""
+    return subprocess.call([ENGINE[0], "-m", module, *args], env=engine_env())
 
 
 def export_run(run_dir: Path, out: Path, force: bool = False, from_checkpoint: int | None = None) -> None:
     command = [*ENGINE, str(run_dir), "--export", "--out", str(out), *(["--force"] if force else [])]
     if from_checkpoint is not None:
         command += ["--from-checkpoint", str(from_checkpoint)]
-    result = subprocess.run(command, capture_output=True, text=True, env=_engine_env())
+    result = subprocess.run(command, capture_output=True, text=True, env=engine_env())
     if result.returncode != 0:
         raise LaunchError(_engine_message(result.stderr, "export failed"), result.returncode)
     for line in result.stderr.splitlines():  # the engine's notes and warnings (a Gemma student's runtimes)

@@ -17,20 +17,19 @@ at most the iteration it interrupted. Other arguments on the same directory are 
 from __future__ import annotations
 
 import argparse
-import copy
-import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from engine.runlog.layout import RunDir, is_run_dir
-from engine.runlog.lock import is_alive
+from engine.runlog.lock import EngineLock, LockHeld, is_alive, read_holder
 from engine.runlog.strategies import STRATEGIES
 from engine.runlog.tailer import EventTailer
+
+from .run_config import run_config
 
 PLAN, LOCK, LOG, RUNS, REPORT = "study.json", "study.lock", "study.log", "runs", "report"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -44,42 +43,42 @@ class StudyError(Exception):
 
 @dataclass
 class Plan:
-    """What every run of the study shares, and the strategies it runs."""
+    """What every run of the study shares, and the strategies it runs. None: the engine's default."""
 
     model: str
     strategies: list[str]
     target_layers: int
-    suite: str = "default"
-    seed: int = 0
-    split_seed: int = 0
-    batch_tokens: int = 4096
+    suite: str | None = None
+    seed: int | None = None
+    split_seed: int | None = None
+    batch_tokens: int | None = None
     device: str | None = None
     settings: dict = field(default_factory=dict)  # the --set overrides, as the nested mapping they make
 
     def run_config(self, strategy: str) -> dict:
-        config = {
-            "name": strategy,
-            "model": self.model,
-            "strategy": strategy,
-            "target_layers": self.target_layers,
-            "suite": self.suite,
-            "mode": "auto",
-            "batch_tokens": self.batch_tokens,
-            "seed": self.seed,
-            "split_seed": self.split_seed,
-            **({"device": self.device} if self.device else {}),
-        }
-        return _merge(config, self.settings)
+        return run_config(
+            strategy,
+            self.model,
+            strategy,
+            settings=self.settings,
+            target_layers=self.target_layers,
+            suite=self.suite,
+            mode="auto",
+            batch_tokens=self.batch_tokens,
+            seed=self.seed,
+            split_seed=self.split_seed,
+            device=self.device,
+        )
 
     def differences(self, other: Plan) -> list[str]:
-        """What ``other`` (a new invocation) changes that the study's runs cannot share. Strategies may
-        come in another order (the runs go in the new one) and new ones may join; none may leave,
-        since the report covers every run."""
+        """What ``other`` (a new invocation) changes that the study's runs cannot share. An option it
+        leaves out (None) keeps the study's. Strategies may come in another order (the runs go in the
+        new one) and new ones may join; none may leave, since the report covers every run."""
         mine, theirs = asdict(self), asdict(other)
         diffs = [
             f"{k}: {_show(mine[k])} in the study, {_show(theirs[k])} given"
             for k in mine
-            if k != "strategies" and mine[k] != theirs[k]
+            if k != "strategies" and theirs[k] is not None and mine[k] != theirs[k]
         ]
         left_out = [s for s in self.strategies if s not in other.strategies]
         if left_out:
@@ -91,19 +90,11 @@ class Plan:
 
 
 def _show(value) -> str:
+    if value is None:
+        return "the engine's default"
     if isinstance(value, list):
         return ",".join(map(str, value))
     return json.dumps(value) if isinstance(value, dict) else str(value)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def parse_strategies(text: str) -> list[str]:
@@ -119,10 +110,12 @@ def parse_strategies(text: str) -> list[str]:
     return names
 
 
-def local_or_as_given(spec: str, files_only: bool = False) -> str:
+def local_or_as_given(spec: str | None, files_only: bool = False) -> str | None:
     """A path that exists here, made absolute (the study, its engines and its report may run from
     elsewhere); anything else (an embedded name, a Hub id) as given. ``files_only`` (suites): only
     a file with a suffix, since an embedded suite's bare name wins over a file of that name."""
+    if spec is None:
+        return None
     path = Path(spec).expanduser()
     local = path.is_file() and bool(path.suffix) if files_only else path.exists()
     return str(path.resolve()) if local else spec
@@ -169,7 +162,7 @@ def prepare(out: Path, plan: Plan) -> bool:
             holder = StudyLock(out).holder()
             if holder is not None:  # it runs the old plan: change nothing under it
                 raise StudyError(f"a study is already running in {out} (pid {holder})", EXIT_FAILED)
-            _write_plan(out, plan)
+            _write_plan(out, replace(stored, strategies=plan.strategies))
         return False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StudyError(f"--out {out} is not empty and holds no study; pick another directory")
@@ -191,44 +184,28 @@ def prepare(out: Path, plan: Plan) -> bool:
 
 
 class StudyLock:
-    """One process runs a study at a time (flock: the kernel frees it when that process dies)."""
+    """One process runs a study at a time: the engine's lock (``engine.runlog.lock``) on ``study.lock``."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / LOCK
-        self.fd: int | None = None
+        self.out = out
+        self.lock = EngineLock(out, out / LOCK)
 
     def holder(self) -> str | None:
         """The pid holding the lock, or None when it is free."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
+        if not is_alive(self.out, self.lock.lock_file):
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        finally:
-            os.close(fd)
-        return None
+        return str((read_holder(self.out, self.lock.lock_file) or {}).get("pid", "?"))
 
     def __enter__(self) -> StudyLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StudyError(f"a study is already running in {self.path.parent} (pid {pid})", EXIT_FAILED) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
+            self.lock.acquire()
+        except LockHeld as exc:
+            pid = (exc.holder or {}).get("pid", "?")
+            raise StudyError(f"a study is already running in {self.out} (pid {pid})", EXIT_FAILED) from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        self.lock.release()
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -317,25 +294,14 @@ def _follow(path: Path, view, poll: float = 0.5) -> None:
 
 def start_detached(out: Path, measure: bool = True) -> int:
     """Run the study in a process of its own session (closing the terminal leaves it going)."""
-    from .launch import _engine_env, _ignore_hangup
+    from .launch import spawn_detached
 
     holder = StudyLock(out).holder()
     if holder is not None:
         raise StudyError(f"a study is already running in {out} (pid {holder})", EXIT_FAILED)
-    log = open(out / LOG, "ab")  # noqa: SIM115 (the detached study writes to it after we return)
     command = [sys.executable, "-m", "ild_tui.study", str(out), *([] if measure else ["--no-measure"])]
-    child = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        env=_engine_env(),
-        start_new_session=True,
-        close_fds=True,
-        preexec_fn=_ignore_hangup,
-    )
-    log.close()
-    return child.pid
+    with open(out / LOG, "ab") as log:  # the detached study keeps writing to it after we return
+        return spawn_detached(command, log).pid
 
 
 def finish(out: Path, view, measure: bool) -> int:

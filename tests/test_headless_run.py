@@ -127,7 +127,7 @@ def test_strategies_finish(tiny, tmp_path, strategy):
             ["--strategy", "iterative-pruning", "--target-layers", "6"],
             "must be below the model's current depth (6 layers)",
         ),
-        (["--strategy", "iterative-pruning", "--target-layers", "0"], "at least 1"),
+        (["--strategy", "iterative-pruning", "--target-layers", "0"], "--target-layers: Input should be greater"),
         (["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "nosuch"], "unknown suite 'nosuch'"),
         (
             ["--strategy", "iterative-pruning", "--target-layers", "4", "--suite", "BADFIELD"],

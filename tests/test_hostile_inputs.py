@@ -18,6 +18,9 @@ from click.testing import CliRunner
 from engine.runlog.layout import RunDir, create
 from engine.runlog.tailer import read_all
 from ild_tui import cli
+from ild_tui.cli import start
+from ild_tui.cli.common import Failure
+from ild_tui.cli.control import send_and_report
 from tests.support import ILD, append_events, hold_lock
 from tools.synthetic_runs import DEAD, FINISHED, LIVE, copy_all
 
@@ -204,8 +207,8 @@ def test_pause_when_commands_was_deleted_recreates_the_inbox(tmp_path):
     for p in rd.commands_dir.iterdir():
         p.unlink()
     rd.commands_dir.rmdir()
-    with hold_lock(rd.path), pytest.raises(cli.Failure, match="did not answer"):
-        cli._send_and_report(rd, "pause", {}, timeout=0.2)
+    with hold_lock(rd.path), pytest.raises(Failure, match="did not answer"):
+        send_and_report(rd, "pause", {}, timeout=0.2)
     assert [json.loads(p.read_text())["name"] for p in rd.commands_dir.glob("*.json")] == ["pause"]
     assert rd.commands_dir.stat().st_mode & 0o777 == 0o700
 
@@ -319,7 +322,7 @@ def test_bad_values_are_one_line_and_create_nothing(tmp_path, extra, says):
 def test_the_cli_bounds_are_the_configs():
     from engine.config import MAX_PROCESSES, MAX_THREADS
 
-    assert (cli.MAX_THREADS, cli.MAX_PROCESSES) == (MAX_THREADS, MAX_PROCESSES)
+    assert (start.MAX_THREADS, start.MAX_PROCESSES) == (MAX_THREADS, MAX_PROCESSES)
 
 
 def test_a_gpu_that_is_not_there_is_refused_at_creation_and_at_start(tiny, tmp_path):

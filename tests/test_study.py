@@ -99,7 +99,7 @@ def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_stra
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
     assert "the study also holds iterative-pruning; name every one of its strategies" in other.stderr
     other = ild(*_args(tiny, out, "--seed", "1"))
-    assert other.returncode == 2 and "seed: 0 in the study, 1 given" in other.stderr
+    assert other.returncode == 2 and "seed: the engine's default in the study, 1 given" in other.stderr
     # Another order, and a strategy joining: the finished runs are kept, the new one runs, all reported.
     grown = ild(*_args(tiny, out, strategies="iterative-bi,iterative-pruning,shortgpt"))
     assert grown.returncode == 0, grown.stdout + grown.stderr

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from engine.runlog.events import EventWriter
 from engine.runlog.layout import RunDir, create
 from ild_tui import cli
+from ild_tui.cli import dashboard
 from tests.support import append_events, hold_lock
 from tools.synthetic_runs import DEAD, FINISHED, LIVE, copy_all
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def opened(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        cli, "_open_dashboard", lambda runs_dir, run_dir, theme: calls.append((runs_dir, run_dir, theme))
+        dashboard, "open_dashboard", lambda runs_dir, run_dir, theme: calls.append((runs_dir, run_dir, theme))
     )
     return calls
 

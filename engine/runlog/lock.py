@@ -42,24 +42,28 @@ class LockHeld(RuntimeError):
         super().__init__(f"an engine is already running in {run_dir}{who}")
 
 
-def read_holder(run_dir: str | os.PathLike) -> dict | None:
-    """What the last (or current) engine wrote into ``engine.lock``, for humans.
+def read_holder(run_dir: str | os.PathLike, lock_file: Path | None = None) -> dict | None:
+    """What the last (or current) engine wrote into ``engine.lock`` (or ``lock_file``), for humans.
 
     Only meaningful while ``is_alive`` is true; afterwards it names the
     engine that last held the lock.
     """
     try:
-        obj = json.loads(read_regular(RunDir(run_dir).lock_file, 4096))
+        obj = json.loads(read_regular(lock_file or RunDir(run_dir).lock_file, 4096))
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
 
 
 class EngineLock:
-    """Exclusive ownership of a run directory for the engine's lifetime."""
+    """Exclusive ownership of a run directory for the engine's lifetime.
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    ``lock_file``: another file of the directory to lock instead of ``engine.lock`` (a study's
+    ``study.lock``: one process runs a study at a time)."""
+
+    def __init__(self, run_dir: str | os.PathLike, lock_file: Path | None = None) -> None:
         self.run_dir = RunDir(run_dir)
+        self.lock_file = lock_file or self.run_dir.lock_file
         self._fd: int | None = None
 
     @property
@@ -75,7 +79,7 @@ class EngineLock:
         """
         if self._fd is not None:
             return self
-        fd = open_regular(self.run_dir.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)  # never through a link
+        fd = open_regular(self.lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)  # never through a link
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -84,7 +88,7 @@ class EngineLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise LockHeld(self.run_dir.path, read_holder(self.run_dir)) from None
+                    raise LockHeld(self.run_dir.path, read_holder(self.run_dir, self.lock_file)) from None
                 time.sleep(0.02)
             except BaseException:
                 os.close(fd)
@@ -112,14 +116,14 @@ class EngineLock:
         self.release()
 
 
-def is_alive(run_dir: str | os.PathLike) -> bool:
-    """True while an engine holds ``engine.lock``; False if none does or no file.
+def is_alive(run_dir: str | os.PathLike, lock_file: Path | None = None) -> bool:
+    """True while an engine holds ``engine.lock`` (or ``lock_file``); False if none does or no file.
 
     Takes a non-blocking *shared* lock on its own descriptor and releases it at
     once: getting it proves nobody holds the exclusive one.
     """
     try:
-        fd = open_regular(RunDir(run_dir).lock_file)
+        fd = open_regular(lock_file or RunDir(run_dir).lock_file)
     except OSError:  # missing, or a link or FIFO no engine of ild would lock
         return False
     try:

@@ -20,8 +20,8 @@ from textual.widgets import DataTable
 from engine.runlog.fold import RunState
 from engine.runlog.schema import REPORT, SELECT
 
-from ..widgets.braille import ChartSpec, HLine, Series
-from ..widgets.charts import BrailleChart
+from ..widgets.braille import Series
+from ..widgets.charts import BrailleChart, aggregate_chart
 
 if TYPE_CHECKING:
     from .model import LiveModel
@@ -110,8 +110,7 @@ class ScoresPanel(Vertical):
         expected = None
         if state.start_layers and state.target_layers and state.start_layers > state.target_layers:
             expected = state.start_layers - state.target_layers
-        its = [p[0] for p in sd.best_path]
-        x_max = max([expected or 0, *its, 1])
+        x_max = max([expected or 0, *(p[0] for p in sd.best_path)])
         healed = bool(sd.healing)
         series = [
             Series(
@@ -127,15 +126,8 @@ class ScoresPanel(Vertical):
             series.append(Series("after healing", pal.after_healing, points=sd.healing, kind="points", marker="◆"))
         if sd.select_path:
             series.append(Series("select", pal.axis, points=sd.select_path, kind="linepoints", marker="·", z=-1))
-        hlines = [HLine(sd.teacher, pal.teacher, "teacher")] if sd.teacher is not None else []
-        spec = ChartSpec(
-            series=series,
-            hlines=hlines,
-            x_range=(0, x_max),
-            integer_x=True,
-            axis_color=pal.axis,
-            empty="no evaluations yet",
-        )
+        teachers = [sd.teacher] if sd.teacher is not None else []
+        spec = aggregate_chart(series, teachers, x_max, pal, empty="no evaluations yet")
         self.query_one("#score-chart", BrailleChart).set_spec(spec)
         title = "Scores"
         latest = sd.latest or {}

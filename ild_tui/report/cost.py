@@ -49,10 +49,10 @@ class Measured:
 
 def measure_spec(spec: str, device: str | None = None, python: str = sys.executable) -> dict:
     """``engine.measure``'s JSON for one model, or ``{"error": its one line}``."""
-    from ..launch import _engine_env
+    from ..launch import engine_env
 
     command = [python, "-m", "engine.measure", spec, "--json", *(["--device", device] if device else [])]
-    done = subprocess.run(command, capture_output=True, text=True, env=_engine_env(), stdin=subprocess.DEVNULL)
+    done = subprocess.run(command, capture_output=True, text=True, env=engine_env(), stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
         return {"error": lines[-1].removeprefix("ild: ")}

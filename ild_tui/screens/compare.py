@@ -13,7 +13,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
@@ -22,9 +21,10 @@ from engine.runlog.fold import RunState
 from engine.runlog.jsonsafe import printable
 from engine.runlog.reader import RunReader
 
+from ..messages import Compared
 from ..runs import status_label
-from ..widgets.braille import ChartSpec, HLine, Series
-from ..widgets.charts import BrailleChart
+from ..widgets.braille import Series
+from ..widgets.charts import BrailleChart, aggregate_chart
 from ..widgets.palette import Palette
 
 MARKERS = "●◆■▲▼★✚◉"
@@ -49,12 +49,6 @@ class ComparedRun:
     def curve(self) -> list[tuple[int, float]]:
         """(layers removed, final aggregate of that iteration), from 0 = the teacher (``RunState.curve``)."""
         return [(p["removed"], p["aggregate"]) for p in self.state.curve()]
-
-
-class Compared(Message):
-    def __init__(self, runs: list[ComparedRun]) -> None:
-        super().__init__()
-        self.runs = runs
 
 
 def removal_bars(runs: list[ComparedRun], palette: Palette, width: int, height: int) -> Text:
@@ -245,17 +239,13 @@ class CompareScreen(Screen):
             t = r.teacher
             if t is not None and all(abs(t - x) > 1e-9 for x in teachers):
                 teachers.append(t)
-        hlines = [HLine(t, pal.teacher, "teacher" if k == 0 else "") for k, t in enumerate(teachers)]
-        if rel:
-            hlines = [HLine(100.0, pal.teacher, "own teacher = 100 %")]
-        x_max = max([1] + [p[0] for s in series for p in s.points])
-        spec = ChartSpec(
-            series=series,
-            hlines=hlines,
-            x_range=(0, x_max),
-            integer_x=True,
-            axis_color=pal.axis,
+        spec = aggregate_chart(
+            series,
+            [100.0] if rel else teachers,
+            max([0] + [p[0] for s in series for p in s.points]),
+            pal,
             empty="no evaluations in these runs",
+            teacher_label="own teacher = 100 %" if rel else "teacher",
             legend_extra="x: layers removed · y: "
             + ("% of each run's own teacher (the teachers differ)" if rel else "aggregate"),
         )

@@ -17,13 +17,13 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from engine.runlog.layout import RunDir, list_runs
 from engine.runlog.reader import RunReader
 
+from ..messages import RunsScanned
 from ..runs import SKIPPED_NOTE, RunRow, summarise_state
 from ..widgets.header import STATUS_LOOK, fmt_clock, fmt_duration, theme_color
 
@@ -42,12 +42,6 @@ COLUMNS = (
     ("duration", "duration"),
 )
 WIDE_ONLY = {"model", "teacher", "best", "started", "duration"}  # shown from 120 columns
-
-
-class RunsScanned(Message):
-    def __init__(self, rows: list[RunRow]) -> None:
-        super().__init__()
-        self.rows = rows
 
 
 class RunsScreen(Screen):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from .braille import ChartSpec, render_chart
+from .braille import ChartSpec, HLine, Series, render_chart
 
 
 class BrailleChart(Widget):
@@ -27,3 +27,25 @@ class BrailleChart(Widget):
         if width <= 0 or height <= 0:
             return Text("")
         return Text("\n", no_wrap=True).join(render_chart(self.spec, width, height, self.legend))
+
+
+def aggregate_chart(
+    series: list[Series],
+    teachers: list[float],
+    x_max: float,
+    palette,
+    empty: str,
+    teacher_label: str = "teacher",
+    legend_extra: str = "",
+) -> ChartSpec:
+    """The aggregate against layers removed, from 0 (the teacher) on, with each teacher's as a
+    dashed line (the first one labelled): the live scores panel and the compare screen (Figure 9)."""
+    return ChartSpec(
+        series=series,
+        hlines=[HLine(t, palette.teacher, teacher_label if k == 0 else "") for k, t in enumerate(teachers)],
+        x_range=(0, max(1, x_max)),
+        integer_x=True,
+        axis_color=palette.axis,
+        empty=empty,
+        legend_extra=legend_extra,
+    )

@@ -1,8 +1,4 @@
-"""``ild trash`` and ``ild restore``: the CLI side of ``ild_tui.trash``.
-
-``ild_tui.cli`` calls ``register`` with its group and its own error type and ``--runs-dir`` option
-(passed in, so this module never imports ``cli`` back).
-"""
+"""``ild trash`` and ``ild restore``: the CLI side of ``ild_tui.trash``."""
 
 from __future__ import annotations
 
@@ -10,29 +6,20 @@ import time
 
 import click
 
-EXIT_USAGE = 2
-
-
-def register(group: click.Group, failure: type[click.ClickException], runs_dir_option) -> None:
-    global Failure
-    Failure = failure
-    group.add_command(runs_dir_option(_trash))
-    group.add_command(runs_dir_option(_restore))
-
-
-Failure: type[click.ClickException] = click.ClickException
+from .common import EXIT_USAGE, Failure, runs_dir_option
 
 
 @click.command(name="trash")
 @click.option("--empty", "empty_it", is_flag=True, help="Remove every trashed run for good (frees the space).")
-def _trash(runs_dir, empty_it):
+@runs_dir_option
+def trash(runs_dir, empty_it):
     """List the runs deleted from the dashboard (kept in RUNS_DIR/.trash), or empty the trash.
 
     Deleted runs stay for `trash_days` days (dashboard setting, default 30); `ild restore RUN`
     brings one back unchanged.
     """
-    from .settings import Settings
-    from .trash import empty, fmt_bytes, list_trash
+    from ..settings import Settings
+    from ..trash import empty, fmt_bytes, list_trash
 
     if empty_it:
         count, freed = empty(runs_dir)
@@ -60,10 +47,12 @@ def _trash(runs_dir, empty_it):
 @click.command(name="restore")
 @click.argument("run_ref", metavar="RUN")
 @click.option("--as", "as_name", default=None, help="Restore under this directory name.")
-def _restore(run_ref, as_name, runs_dir):
+@runs_dir_option
+def restore(run_ref, as_name, runs_dir):
     """Bring a deleted run back from the trash (its name, or an entry `ild trash` lists)."""
-    from .runs import check_name
-    from .trash import TrashError, restore
+    from ..runs import check_name
+    from ..trash import TrashError
+    from ..trash import restore as restore_run
 
     if as_name is not None:
         try:
@@ -71,7 +60,7 @@ def _restore(run_ref, as_name, runs_dir):
         except ValueError as exc:
             raise Failure(str(exc), EXIT_USAGE) from None
     try:
-        target = restore(runs_dir, run_ref, as_name)
+        target = restore_run(runs_dir, run_ref, as_name)
     except TrashError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
     except OSError as exc:
