@@ -25,7 +25,7 @@ from engine.tasks.evaluate import ItemScores
 from tests.support import ENGINE, TINY_HEAL, ild, run_args
 
 # Each run below is two engine processes (plus the launcher) on a 2-core machine: never two at once.
-pytestmark = pytest.mark.xdist_group("distributed")
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("distributed")]
 
 HEAL = TINY_HEAL
 # Fewer tasks than the shared tiny suite (every kind still there): each run here is two processes on two cores.

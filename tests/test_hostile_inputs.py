@@ -49,6 +49,7 @@ def _victim(tmp_path: Path) -> Path:
     return victim
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("entry", ["events.jsonl", "engine.lock", "engine.log", "engine.out", "commands"])
 def test_resume_refuses_a_run_directory_whose_own_file_is_a_link(tmp_path, entry):
     runs = copy_all(tmp_path / "runs")
@@ -292,6 +293,7 @@ def _gpt2(tmp_path: Path) -> Path:
     return model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "extra, says",
     [
@@ -322,6 +324,7 @@ def test_the_cli_bounds_are_the_configs():
     assert (cli.MAX_THREADS, cli.MAX_PROCESSES) == (MAX_THREADS, MAX_PROCESSES)
 
 
+@pytest.mark.e2e
 def test_a_gpu_that_is_not_there_is_refused_at_creation_and_at_start(tiny, tmp_path):
     import torch
 
