@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ browser:
 # Style is kept by the tool: the suite does not start while ruff finds anything.
 test: install browser lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# The fast tier, for every edit: no engine process (e2e) and nothing slow in-process (slow); under 2 minutes
+# on 2 cores. `make test` runs everything, these included.
+test-fast: install lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not e2e and not slow"
 
 # ruff, as configured in pyproject.toml: `make lint LINT_PATHS="engine/runlog ild_tui"` for a part.
 LINT_PATHS ?= .

@@ -12,6 +12,9 @@ Durability (what survives a kill or a power cut at any instruction):
     found on reading, and reading falls back to the newest checkpoint that verifies, saying so;
   * nothing here unpickles code: tensors are safetensors, the optimiser state loads with
     ``torch.load(weights_only=True)``, pointers are plain names inside ``checkpoints/``.
+
+Which tensors a checkpoint holds: ``engine.checkpoint_tensors``; its files' digests and their check:
+``engine.checkpoint_files``.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from pathlib import Path
 import torch
 
 from engine import faults
-from engine.models.adapters import adapter_for
+from engine.checkpoint_files import CheckpointError, describe, fsync_file, plain_name, reason, verify_files
+from engine.checkpoint_tensors import layer_group, load_module_tensors, module_tensors
 from engine.models.surgery import layer_map, remove_layers
 from engine.runlog._fileio import fsync_dir, is_real_dir
 from engine.runlog.atomic import read_json, write_json_atomic, write_text_atomic
 from engine.runlog.layout import RunDir
-from engine.runlog.safefile import UnsafeFile, open_regular, read_regular
+from engine.runlog.safefile import UnsafeFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,6 @@ TENSORS = "layers.safetensors"
 HEAL_STATE = "heal_state.pt"
 PARTIAL_PREFIX = "partial-"
 FORMAT = 2
-
-
-class CheckpointError(Exception):
-    """No usable checkpoint where one was promised; the message is one line."""
 
 
 @dataclass
@@ -81,65 +81,6 @@ class Partial:
     path: Path | None = None
 
 
-# --- module tensors ---------------------------------------------------------------------------------
-def module_tensors(model, groups: list[str]) -> dict[str, torch.Tensor]:
-    """Tensors of the named groups: ``layer.<original>`` (a decoder layer) or ``head``, ``norm``."""
-    adapter = adapter_for(model)
-    mapping = adapter.layer_map()
-    out = {}
-    for group in groups:
-        module = _module(adapter, mapping, group)
-        if module is None:
-            continue
-        for pname, p in module.named_parameters():
-            out[f"{group}.{pname}"] = p.detach().to("cpu").contiguous()
-    return out
-
-
-def load_module_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy saved tensors into a student whose layers were already removed."""
-    from engine.models.surgery import head_is_tied, untie_head
-
-    adapter = adapter_for(model)
-    mapping = adapter.layer_map()
-    if any(key.startswith("head.") for key in tensors) and head_is_tied(model):
-        untie_head(model)
-    with torch.no_grad():
-        for key, value in tensors.items():
-            group, name = _split_key(key)
-            module = _module(adapter, mapping, group)
-            if module is None:
-                raise CheckpointError(f"checkpoint tensor {key} names a layer the student does not have")
-            params = dict(module.named_parameters())
-            if name not in params or params[name].shape != value.shape:
-                raise CheckpointError(f"checkpoint tensor {key} does not fit the student")
-            params[name].copy_(value)
-
-
-def _split_key(key: str) -> tuple[str, str]:
-    head, _, rest = key.partition(".")
-    if head == "layer":
-        index, _, name = rest.partition(".")
-        return f"layer.{index}", name
-    if head in ("head", "norm"):
-        return head, rest
-    # Format 1 wrote "<original>.<parameter>" for layers.
-    return f"layer.{head}", rest
-
-
-def _module(adapter, mapping: list[int], group: str):
-    if group == "head":
-        return adapter.lm_head
-    if group == "norm":
-        return adapter.norm
-    original = int(group.split(".", 1)[1])
-    return adapter.layers[mapping.index(original)] if original in mapping else None
-
-
-def layer_group(original: int) -> str:
-    return f"layer.{original}"
-
-
 # --- the store --------------------------------------------------------------------------------------
 class CheckpointStore:
     def __init__(self, run_dir: str | os.PathLike):
@@ -166,7 +107,7 @@ class CheckpointStore:
             files = {}
             if tensors:
                 save_file(tensors, str(tmp / TENSORS))
-                files[TENSORS] = _describe(tmp / TENSORS)
+                files[TENSORS] = describe(tmp / TENSORS)
             return files
 
         path = self._write_dir(str(iteration), MANIFEST, manifest, write)
@@ -190,7 +131,7 @@ class CheckpointStore:
 
         def write(tmp: Path) -> dict:
             torch.save(state, tmp / HEAL_STATE)
-            return {HEAL_STATE: _describe(tmp / HEAL_STATE)}
+            return {HEAL_STATE: describe(tmp / HEAL_STATE)}
 
         path = self._write_dir(name, PARTIAL_MANIFEST, manifest, write)
         write_text_atomic(self.rundir.partial_file, name + "\n")
@@ -208,7 +149,7 @@ class CheckpointStore:
             files = write(tmp)
             write_json_atomic(tmp / manifest_name, {**manifest, "files": files})
             for f in tmp.iterdir():
-                _fsync_file(f)
+                fsync_file(f)
             fsync_dir(tmp)
             faults.point("checkpoint_write")
             if target.exists():
@@ -314,7 +255,7 @@ class CheckpointStore:
         except UnsafeFile as exc:
             return None, f"LATEST unsafe: {exc}"
         except (OSError, UnicodeDecodeError) as exc:
-            return None, f"LATEST is unreadable ({_reason(exc)})"
+            return None, f"LATEST is unreadable ({reason(exc)})"
 
     def _checkpoint_names(self) -> list[str]:
         try:
@@ -337,7 +278,7 @@ class CheckpointStore:
         try:
             raw = read_regular(path / MANIFEST)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint {name} has no readable {MANIFEST} ({_reason(exc)})") from None
+            raise CheckpointError(f"checkpoint {name} has no readable {MANIFEST} ({reason(exc)})") from None
         digest = recorded.get("manifest_sha256") if recorded else None
         if digest and hashlib.sha256(raw).hexdigest() != digest:
             raise CheckpointError(f"checkpoint {name}: {MANIFEST} is not the one the run's log recorded")
@@ -353,7 +294,7 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {name}: its manifest says iteration {iteration}")
         if manifest.get("format", 1) >= 2 and not isinstance(manifest.get("files"), dict):
             raise CheckpointError(f"checkpoint {name}: its manifest lists no files")
-        _verify_files(path, manifest, f"checkpoint {name}")
+        verify_files(path, manifest, f"checkpoint {name}")
         if recorded and "removed" in recorded and recorded["removed"] != [r["layer"] for r in removed]:
             raise CheckpointError(f"checkpoint {name}: its removals are not those the run's log recorded")
         if manifest.get("format", 1) == 1:
@@ -378,7 +319,7 @@ class CheckpointStore:
             name = read_regular(pointer, 4096).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError):
             return None
-        if not name.startswith(PARTIAL_PREFIX) or not _plain_name(name):
+        if not name.startswith(PARTIAL_PREFIX) or not plain_name(name):
             log.warning("ignoring PARTIAL: %r is not a partial checkpoint name", name[:80])
             return None
         path = self.root / name
@@ -386,7 +327,7 @@ class CheckpointStore:
         if not isinstance(manifest, dict) or manifest.get("iteration") != iteration:
             return None
         try:
-            _verify_files(path, manifest, f"partial checkpoint {name}")
+            verify_files(path, manifest, f"partial checkpoint {name}")
             state = torch.load(path / HEAL_STATE, weights_only=True, map_location="cpu")
             return Partial(
                 iteration=iteration,
@@ -416,7 +357,7 @@ class CheckpointStore:
         try:
             data = read_regular(checkpoint.path / TENSORS)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint {checkpoint.name}: {TENSORS} is unreadable ({_reason(exc)})") from None
+            raise CheckpointError(f"checkpoint {checkpoint.name}: {TENSORS} is unreadable ({reason(exc)})") from None
         expected = checkpoint.files.get(TENSORS)
         # The bytes used are the bytes verified: the file is read once, checked, then parsed.
         if expected is not None and hashlib.sha256(data).hexdigest() != expected.get("sha256"):
@@ -449,56 +390,3 @@ def logged_removals(events: list[dict], iteration: int) -> list[tuple[int, int]]
     if not layers:
         return None
     return [(i, layers[i]) for i in sorted(layers) if i <= iteration]
-
-
-def _reason(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-
-
-def _plain_name(name: str) -> bool:
-    """A file name inside its directory: no path separators, not hidden, not '.' or '..'."""
-    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
-
-
-def _describe(path: Path) -> dict:
-    size, sha = _sha256(path)
-    return {"bytes": size, "sha256": sha}
-
-
-def _sha256(path: Path) -> tuple[int, str]:
-    """(size, SHA-256) of a regular file reached without following a link."""
-    digest = hashlib.sha256()
-    with os.fdopen(open_regular(path), "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return size, digest.hexdigest()
-
-
-def _verify_files(path: Path, manifest: dict, what: str) -> None:
-    files = manifest.get("files")
-    if files is None:
-        return  # format 1 recorded no digests: nothing more to check
-    if not isinstance(files, dict):
-        raise CheckpointError(f"{what}: its manifest's file list is malformed")
-    for name, expected in files.items():
-        if not _plain_name(name) or not isinstance(expected, dict):
-            raise CheckpointError(f"{what}: its manifest names an invalid file")
-        try:
-            size, sha = _sha256(path / name)
-        except FileNotFoundError:
-            raise CheckpointError(f"{what}: {name} is missing") from None
-        except OSError as exc:
-            raise CheckpointError(f"{what}: {name} is not a regular file of the run ({_reason(exc)})") from None
-        if size != expected.get("bytes"):
-            raise CheckpointError(f"{what}: {name} is truncated ({size} of {expected.get('bytes')} bytes)")
-        if sha != expected.get("sha256"):
-            raise CheckpointError(f"{what}: {name} does not match its checksum")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,6 +12,8 @@ from engine.runlog.fold import fold
 from engine.runlog.tailer import EventTailer, read_all
 from tests.support import ENGINE, TINY_HEAL, ild
 
+pytestmark = pytest.mark.e2e  # starts engine processes
+
 HEAL = TINY_HEAL
 
 

@@ -204,6 +204,7 @@ def test_the_documented_accelerate_configs_load(tmp_path):
     assert "engine.distributed.supervise" in sbatch and "--signal=B:TERM" in sbatch and "scontrol requeue" in sbatch
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -232,6 +233,7 @@ def test_bad_distributed_settings_are_one_line(tiny, suite, tmp_path, args, mess
 
 
 # --- two processes against one ----------------------------------------------------------------------
+@pytest.mark.e2e
 def test_two_processes_score_decide_and_export_as_one(tiny, suite, tmp_path):
     """Manual decisions approved from the CLI, a pause and a resume, all broadcast from rank 0."""
     runs = tmp_path / "runs"
@@ -287,6 +289,7 @@ def test_two_processes_score_decide_and_export_as_one(tiny, suite, tmp_path):
     assert not (two / "engine.rank1.log").read_text().count("Traceback")
 
 
+@pytest.mark.e2e
 def test_healing_on_two_processes_survives_a_killed_rank_and_resumes_on_one(tiny, suite, tmp_path):
     runs = tmp_path / "runs"
     reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-distill"))
@@ -336,6 +339,7 @@ def test_healing_on_two_processes_survives_a_killed_rank_and_resumes_on_one(tiny
     _assert_same_healing(_export_tensors(two), _export_tensors(runs / "one"), tiny / "model", two)
 
 
+@pytest.mark.e2e
 def test_sharded_healing_stops_on_sigterm_and_resumes_on_one_process(tiny, suite, tmp_path):
     """FSDP2 over the trainable layers (gloo); preemption: SIGTERM to the launching process ends the run
     as stopped with a partial checkpoint of gathered tensors, which one unsharded process continues."""

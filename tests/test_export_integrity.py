@@ -14,6 +14,8 @@ from engine.runlog.tailer import read_all
 from tests.support import ENGINE
 from tests.test_faults import _create, _env
 
+pytestmark = pytest.mark.e2e  # starts engine processes
+
 
 @pytest.fixture(scope="module")
 def finished(tiny, tmp_path_factory):

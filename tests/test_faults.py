@@ -14,6 +14,8 @@ from engine.runlog.fold import fold
 from engine.runlog.tailer import read_all
 from tests.support import ENGINE, TINY_HEAL
 
+pytestmark = pytest.mark.e2e  # starts engine processes
+
 HEAL = {**TINY_HEAL, "train_tokens": 768}  # every kill restarts an engine: half the healing
 # Two cheap tasks: every kill restarts an engine, so the run itself must cost little.
 LEAN_SUITE = """

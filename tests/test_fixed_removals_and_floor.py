@@ -35,6 +35,7 @@ def _run(tiny, runs, name, *args):
     return read_all(runs / name / "events.jsonl")
 
 
+@pytest.mark.e2e
 def test_fixed_removals_remove_exactly_those_layers_and_heal_once(tiny, tmp_path):
     events = _run(tiny, tmp_path / "runs", "fixed", "--strategy", "iterative-distill", "--removals", "4,1")
     assert [e["layer"] for e in events if e["type"] == "layer_removed"] == [4, 1]
@@ -50,6 +51,7 @@ def test_fixed_removals_remove_exactly_those_layers_and_heal_once(tiny, tmp_path
     assert config["ild_layer_map"] == [0, 2, 3, 5]
 
 
+@pytest.mark.e2e
 def test_bad_fixed_removals_are_one_line(tiny, tmp_path):
     for removals, message in (("4,4", "twice"), ("9", "does not exist"), ("a,b", "original layer indices")):
         result = ild(
@@ -106,6 +108,7 @@ def trained(tiny, tmp_path_factory):
     return root
 
 
+@pytest.mark.e2e
 def test_the_floor_stops_before_the_report_aggregate_falls_below_it(trained, tmp_path):
     runs = tmp_path / "runs"
     free = fold(_run(trained, runs, "free", "--strategy", "iterative-pruning", "--target-layers", "2"))

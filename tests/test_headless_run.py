@@ -7,6 +7,8 @@ import pytest
 from engine.runlog.tailer import read_all
 from tests.support import ild, run_args
 
+pytestmark = pytest.mark.e2e  # starts engine processes
+
 
 def test_iterative_pruning_run_show_ls_export(tiny, tmp_path):
     runs = tmp_path / "runs"

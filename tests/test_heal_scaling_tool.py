@@ -27,6 +27,7 @@ def test_each_schedule_spends_the_same_total_budget():
         assert healings * heal["train_tokens"] + heal.get("final_tokens", 0) == 1200
 
 
+@pytest.mark.e2e
 def test_a_tiny_dry_run_writes_one_row_per_schedule_and_keeps_earlier_rows(tiny, tmp_path):
     tool = _tool()
     out = tmp_path / "heal_scaling.csv"

@@ -90,6 +90,7 @@ def whole(tiny, tmp_path_factory):
     return run
 
 
+@pytest.mark.e2e
 def test_each_healing_takes_the_next_window_and_the_final_healing_is_its_own_stage(whole):
     events = read_all(whole / "events.jsonl")
     healed = [e for e in events if e["type"] == "eval" and e["part"] == "report" and "healing" in e]
@@ -117,6 +118,7 @@ def test_each_healing_takes_the_next_window_and_the_final_healing_is_its_own_sta
     assert shown.returncode == 0 and "after_final_healing" in shown.stdout
 
 
+@pytest.mark.e2e
 def test_a_kill_during_the_final_healing_resumes_to_the_uninterrupted_run(whole, tiny, tmp_path):
     killed = _create(tmp_path / "runs" / "same", tiny, **FINAL)
     engine = subprocess.Popen([*ENGINE, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

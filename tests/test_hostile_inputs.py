@@ -52,6 +52,7 @@ def _victim(tmp_path: Path) -> Path:
     return victim
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("entry", ["events.jsonl", "engine.lock", "engine.log", "engine.out", "commands"])
 def test_resume_refuses_a_run_directory_whose_own_file_is_a_link(tmp_path, entry):
     runs = copy_all(tmp_path / "runs")
@@ -295,6 +296,7 @@ def _gpt2(tmp_path: Path) -> Path:
     return model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "extra, says",
     [
@@ -325,6 +327,7 @@ def test_the_cli_bounds_are_the_configs():
     assert (start.MAX_THREADS, start.MAX_PROCESSES) == (MAX_THREADS, MAX_PROCESSES)
 
 
+@pytest.mark.e2e
 def test_a_gpu_that_is_not_there_is_refused_at_creation_and_at_start(tiny, tmp_path):
     import torch
 

@@ -70,6 +70,7 @@ def test_the_dashboard_ends_when_its_terminal_goes_away(tmp_path, controlling):
             proc.wait()
 
 
+@pytest.mark.e2e
 def test_a_foreground_study_survives_its_terminal_hanging_up(tiny, tmp_path):
     """An SSH drop: SIGHUP and a hung-up terminal. The remaining strategy and the report still run."""
     import fcntl

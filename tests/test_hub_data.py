@@ -74,6 +74,7 @@ def test_a_script_dataset_says_so_and_how_to_point_at_its_files(tmp_path):
     assert row == {"text": "a b c"}
 
 
+@pytest.mark.e2e
 def test_ild_run_with_offline_hub_healing_data_fails_in_one_line_fast(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     runs = tmp_path / "runs"
@@ -98,6 +99,7 @@ def test_local_builders_are_read_through_the_same_check():
     check_suites([paper_on_fixtures()])  # the json builder over the fixtures: ten splits, one row each
 
 
+@pytest.mark.e2e
 def test_healing_rows_from_data_files_must_hold_the_text_field(tiny, tmp_path):
     (tmp_path / "notext.jsonl").write_text(json.dumps({"body": "a b c"}) + "\n")
     source = f"hf:json?data_files={tmp_path / 'notext.jsonl'}"

@@ -49,6 +49,7 @@ def _task_folder(root):
     return root
 
 
+@pytest.mark.e2e
 def test_ild_eval_scores_student_and_teacher_and_report_shows_it(finished, tiny, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -93,6 +94,7 @@ def test_eval_refuses_a_run_without_export(runs):
     ]
 
 
+@pytest.mark.e2e
 def test_eval_refuses_an_unknown_task_in_one_line(finished, tmp_path):
     tasks = _task_folder(tmp_path / "tasks")
     result = ild("eval", "h1", "--lm-eval", "nosuchtask", "--include", str(tasks), "--runs-dir", str(finished))

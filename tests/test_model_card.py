@@ -17,6 +17,7 @@ def finished(tiny, tmp_path_factory):
     return runs
 
 
+@pytest.mark.e2e
 def test_the_run_export_and_ild_export_carry_a_card_the_hub_reads(finished, tmp_path):
     from huggingface_hub import ModelCard
 
@@ -81,6 +82,7 @@ def test_gemma_students_warn_about_vllm_and_llama_cpp(family):
     assert export_warning(tiny_config("llama")) is None and sliding_window_warning("llama", None) is None
 
 
+@pytest.mark.e2e
 def test_push_to_hub_offline_is_refused_in_one_line_before_exporting(finished, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "pushed"
@@ -92,6 +94,7 @@ def test_push_to_hub_offline_is_refused_in_one_line_before_exporting(finished, t
     assert bad.returncode == 2 and "not a Hub repository id" in bad.stderr and not out.exists()
 
 
+@pytest.mark.e2e
 def test_a_failed_upload_is_one_line_and_keeps_the_export(finished, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

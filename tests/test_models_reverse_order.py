@@ -106,6 +106,7 @@ def test_reverse_order_walks_down_from_the_layer_before_the_final_one():
     assert removed == [4, 3, 2] and layer_map(model) == [0, 1, 5]
 
 
+@pytest.mark.e2e
 def test_the_teacher_row_counts_the_teachers_parameters_not_the_untied_students(tiny, tmp_path):
     """reverse-order unties the student's tied head before the teacher is evaluated: the teacher's row
     (and run_started) must say the teacher's size, and the students theirs (their own head included)."""
@@ -134,6 +135,7 @@ def test_the_teacher_row_counts_the_teachers_parameters_not_the_untied_students(
     assert rows[("after_healing", 5)] == parameter_count(teacher) + head - layer  # its own head now
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("tied", [True, False])
 def test_reverse_order_trains_the_head_only_where_the_student_has_its_own(tiny, tmp_path, tied):
     """The preset's default (heal.train_head=untied): a tied head stays tied and untrained, so the

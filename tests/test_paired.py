@@ -69,6 +69,7 @@ def test_students_scored_on_other_items_are_refused():
         paired_bootstrap({"t": _spec("t")}, {"t": _scores([0.1])}, {"u": _scores([0.1])}, 100)
 
 
+@pytest.mark.e2e
 def test_the_command_on_a_tiny_run(tiny, tmp_path):
     """A fixed-removal run's student against its teacher and against itself, as a user calls it."""
     runs = tmp_path / "runs"

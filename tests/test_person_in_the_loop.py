@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from engine.control import Controller
 from engine.runlog.fold import fold
 from engine.runlog.inbox import send_command
@@ -40,6 +42,7 @@ def _wait_finished(run_dir, timeout=180):
         time.sleep(0.05)
 
 
+@pytest.mark.e2e
 def test_engine_survives_the_hangup_of_the_session_that_started_it(tiny, tmp_path):
     runs = tmp_path / "runs"
     # The starting process runs in a session of its own, like a terminal's; it exits, then the
@@ -72,6 +75,7 @@ def test_engine_survives_the_hangup_of_the_session_that_started_it(tiny, tmp_pat
     assert "finished" in listed.stdout
 
 
+@pytest.mark.e2e
 def test_manual_run_driven_from_the_shell(tiny, tmp_path):
     runs = tmp_path / "runs"
     run_dir = _start(tiny, runs, "manual", "--mode", "manual")
@@ -109,6 +113,7 @@ def test_manual_run_driven_from_the_shell(tiny, tmp_path):
     assert any("garbage" in str(r.get("command_id")) or "JSON" in r["reason"] for r in rejected)
 
 
+@pytest.mark.e2e
 def test_auto_after_takes_the_proposal_by_timeout_and_commands_need_a_live_engine(tiny, tmp_path):
     runs = tmp_path / "runs"
     run_dir = _start(tiny, runs, "timeout", "--mode", "auto-after", "--auto-after", "0.5")
@@ -121,6 +126,7 @@ def test_auto_after_takes_the_proposal_by_timeout_and_commands_need_a_live_engin
     assert dead.returncode == 1 and "no live engine" in dead.stderr
 
 
+@pytest.mark.e2e
 def test_pause_resume_and_stop_from_the_shell(tiny, tmp_path):
     runs = tmp_path / "runs"
     run_dir = _start(tiny, runs, "stopper", "--mode", "manual")

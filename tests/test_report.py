@@ -250,6 +250,7 @@ def test_the_cli_writes_a_report_and_says_bad_input_in_one_line(report_runs, tmp
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
 
 
+@pytest.mark.e2e
 def test_the_cost_is_measured_on_the_exported_student(tiny, tmp_path):
     """The teacher and the exported student are loaded and timed for real (a tiny random llama); a
     teacher shared by two runs is measured once, a run with no export says so."""

@@ -97,6 +97,7 @@ def test_it_keeps_the_newest_entries(tmp_path):
     assert cache.get("k0") is None and cache.get("k4") == {"t": 0.4}
 
 
+@pytest.mark.e2e
 def test_a_second_run_reads_its_teachers_scores_from_the_cache(tiny, tmp_path):
     logs = []
     for name in ("first", "second"):

@@ -10,8 +10,12 @@ import re
 import signal
 import time
 
+import pytest
+
 from engine.runlog.tailer import read_all
 from tests.support import ILD, ild
+
+pytestmark = pytest.mark.e2e  # starts engine processes
 
 STRATEGIES = ("shortgpt", "iterative-pruning")
 

@@ -98,7 +98,7 @@ def test_scores_do_not_depend_on_the_head_chunks(tmp_path, monkeypatch):
     """Task scores and loss drop read the LM head a chunk of positions at a time; chunks of 16 rows
     give what one chunk of every position gives."""
     from engine.importance.scores import loss_drop_scores
-    from engine.tasks import evaluate
+    from engine.tasks import batches
     from engine.tasks.requests import prepare_task
 
     suite, tok = _suite(tmp_path)
@@ -107,8 +107,8 @@ def test_scores_do_not_depend_on_the_head_chunks(tmp_path, monkeypatch):
     vocab = model.config.vocab_size
     results = []
     for budget in (1 << 30, 4 * vocab * 16):
-        monkeypatch.setattr(evaluate, "HEAD_CHUNK_BYTES", {"cpu": budget})
-        assert (len(evaluate.head_chunks(50, vocab, "cpu")) == 1) == (budget == 1 << 30)
+        monkeypatch.setattr(batches, "HEAD_CHUNK_BYTES", {"cpu": budget})
+        assert (len(batches.head_chunks(50, vocab, "cpu")) == 1) == (budget == 1 << 30)
         scores = SuiteEvaluator(model, tok, suite, batch_tokens=256).evaluate([None, 1, 3])
         nll = loss_drop_scores(model, sequences, tok.pad_token_id, "nll", batch_tokens=256)
         kl = loss_drop_scores(model, sequences, tok.pad_token_id, "kl", teacher=teacher, batch_tokens=256)

@@ -123,6 +123,7 @@ def test_bad_run_names_are_refused(tmp_path, name, fragment):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 def test_resume_that_the_engine_refuses_says_why(tmp_path):
     runs = copy_all(tmp_path / "runs")
     RunDir(runs / DEAD).config_file.write_text("model: [unclosed\n")
@@ -262,6 +263,7 @@ def test_show_leads_with_the_report_part_and_adds_the_select_aggregate(tmp_path)
     assert "select" not in plain.output  # an older run has no select part: no column for it
 
 
+@pytest.mark.e2e
 def test_resume_detach_returns_at_once_and_the_engine_goes_on_alone(tmp_path):
     import os
     import re

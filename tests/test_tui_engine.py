@@ -166,6 +166,7 @@ def _kill_engine(run: Path) -> None:
                 pass
 
 
+@pytest.mark.e2e
 async def test_dashboard_steers_the_real_engine(tiny, tmp_path):
     runs = tmp_path / "runs"
     result = ild(*run_args(tiny / "model", tiny / "suite.yaml", runs, "real", "--detach", "--mode", "manual"))

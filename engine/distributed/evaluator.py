@@ -19,17 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.tasks.evaluate import (
-    ITEM_COLUMNS,
-    Candidate,
-    ForwardCount,
-    ItemScores,
-    ItemSelection,
-    Progress,
-    SuiteEvaluator,
-    scores_per_task,
-    shared_cost,
-)
+from engine.tasks.evaluate import SuiteEvaluator
+from engine.tasks.item_scores import ITEM_COLUMNS, Candidate, ItemScores, ItemSelection, Progress, TaskScores
+from engine.tasks.prefix import ForwardCount, shared_cost
 
 from .ranks import Ranks
 
@@ -80,7 +72,7 @@ def merge_item_scores(parts: list[ItemScores], order: dict[int, int]) -> ItemSco
     return out
 
 
-class SharedEvaluator:
+class SharedEvaluator(TaskScores):
     """A ``SuiteEvaluator`` whose work is shared out over ``ranks`` (see the module docstring).
 
     ``after_step`` runs on every rank after each collective step: the ranks are in lockstep there,
@@ -104,16 +96,6 @@ class SharedEvaluator:
             }
         return self._order
 
-    def evaluate(
-        self,
-        candidates: Iterable[Candidate] = (None,),
-        shared: bool = True,
-        progress: Progress | None = None,
-        items: ItemSelection | None = None,
-    ) -> dict[Candidate, dict[str, float]]:
-        per_item = self.evaluate_items(candidates, shared=shared, progress=progress, items=items)
-        return scores_per_task(self.inner.tasks, per_item)
-
     def evaluate_items(
         self,
         candidates: Iterable[Candidate] = (None,),
@@ -126,7 +108,7 @@ class SharedEvaluator:
         if size == 1:
             before = self.inner.forwards.copy()
             out = self.inner.evaluate_items(candidates, shared=shared, progress=progress, items=items)
-            self._count(self.inner.forwards - before)
+            self.forwards += self.inner.forwards - before
             return out
         selection = {
             task: list(chosen) for task, chosen in (items if items is not None else self.inner.items()).items()
@@ -143,7 +125,7 @@ class SharedEvaluator:
         local = self.inner.evaluate_items(mine, shared=shared, progress=progress, items=my_items) if mine else {}
         parts = self.ranks.gather((local, self.inner.forwards - before))
         for _, work in parts:
-            self._count(work)
+            self.forwards += work
         order = self._item_order()
         merged: dict[Candidate, dict[str, ItemScores]] = {}
         for c in candidates:
@@ -155,10 +137,6 @@ class SharedEvaluator:
         if self.after_step is not None:
             self.after_step()
         return merged
-
-    def _count(self, work: ForwardCount) -> None:
-        self.forwards.layer_forwards += work.layer_forwards
-        self.forwards.layer_tokens += work.layer_tokens
 
 
 def share_evaluation(evaluation, ranks: Ranks, after_step=None) -> None:
