@@ -22,9 +22,11 @@ SCRIPT = textwrap.dedent(
             torch.ones(12_000_000).sum()
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    plain = faults()
+    # Faults from elsewhere (a loaded machine's page migrations) only add: the least of a few
+    # repeats is the allocator's own count.
+    plain = min(faults() for _ in range(2))
     applied = keep_freed_host_memory()
-    kept = faults()
+    kept = min(faults() for _ in range(3))
     print(applied, plain, kept)
     """
 )
