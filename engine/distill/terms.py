@@ -55,8 +55,9 @@ TERMS: dict[str, LossTerm] = {}
 
 
 def register(term: LossTerm) -> LossTerm:
-    """Add a term (a module's import does it); a name is registered once (re-registering the same
-    name replaces it, so that a reloaded module does not fail)."""
+    """Add a term (a module's import does it); registering a name a second time replaces it, so
+    that a reloaded module does not fail. Readers name a term's columns ``<name>`` (unweighted) and
+    ``<name>_term`` (weighted), hence the rule on names."""
     TERMS[term.name] = term
     return term
 

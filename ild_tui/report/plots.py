@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from engine.runlog.loss_terms import step_terms
 from engine.runlog.schema import REPORT, SELECT
 
 from .facts import ReportRun
@@ -272,15 +273,22 @@ def loss_figure(run: ReportRun, path: Path) -> Path | None:
     steps = run.state.train_curve()
     if not steps:
         return None
-    weighted = any(st.get("kl_term") is not None for st in steps)
-    series = [("loss", "total loss")] + (
-        [("kl_term", "KL term"), ("mse_term", "MSE term")] if weighted else [("kl", "KL"), ("mse", "MSE")]
-    )
+    # every term the run logged, weighted (they add up to the loss) where logged, else unweighted
+    terms = [step_terms(st) for st in steps]
+    weighted = any(v is not None for w, _ in terms for v in w.values())
+    values = [w if weighted else u for w, u in terms]
+    names = dict.fromkeys(n for v in values for n in v)
+    series = [(None, "total loss")] + [(n, f"{n} term" if weighted else n) for n in names]
     fig = _figure(8.0, 3.6, bottom=0.14)
     ax = fig.add_subplot()
     positive = True
     for i, (key, label) in enumerate(series):
-        pts = [(x, st[key]) for x, st in enumerate(steps) if isinstance(st.get(key), (int, float))]
+        if key is None:
+            got = [st.get("loss") for st in steps]
+            got = [v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in got]
+        else:
+            got = [v.get(key) for v in values]
+        pts = [(x, v) for x, v in enumerate(got) if v is not None]
         if pts:
             positive &= all(v > 0 for _, v in pts)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.0, color=colour(i), label=label)
