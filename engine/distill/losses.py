@@ -113,6 +113,7 @@ register(
         "KL(teacher || student) on the logits (heal.kl_scale, heal.kl_reference_tokens, heal.kl_input, ...)",
         always=True,
         summed=lambda c: c.reduction == "sum",
+        order=0,
     )
 )
 register(
@@ -122,13 +123,14 @@ register(
         lambda c: c.mse_scale,
         "the hidden-state MSE of the compared layers (heal.mse_scale, heal.hidden, heal.mse_norm)",
         always=True,
+        order=1,
     )
 )
 
 
 def active_terms(config: LossSettings) -> list[LossTerm]:
-    """The registered terms that enter this loss, in registration order (kl, mse first)."""
-    return [term for term in TERMS.values() if term.active(config)]
+    """The registered terms that enter this loss, in their order (kl, mse first)."""
+    return sorted((term for term in TERMS.values() if term.active(config)), key=lambda term: term.order)
 
 
 def total_loss(

@@ -46,6 +46,9 @@ class LossTerm:
     # (loss settings) -> whether the value is a sum over the batch, not a mean: data parallelism
     # then sums it over the ranks instead of averaging it
     summed: Callable[[Any], bool] = lambda settings: False
+    # where it is summed and logged: the built-ins first (kl 0, mse 1), then the others in the order
+    # registered; a fixed order keeps the loss the same float whatever imported what first
+    order: int = 100
 
     def active(self, settings) -> bool:
         return self.always or self.weight(settings) != 0
@@ -58,6 +61,8 @@ def register(term: LossTerm) -> LossTerm:
     """Add a term (a module's import does it); registering a name a second time replaces it, so
     that a reloaded module does not fail. Readers name a term's columns ``<name>`` (unweighted) and
     ``<name>_term`` (weighted), hence the rule on names."""
+    if not term.name.isidentifier() or term.name == "loss" or term.name.endswith("_term"):
+        raise ValueError(f"loss term name {term.name!r}: a Python identifier, not 'loss', not ending in '_term'")
     TERMS[term.name] = term
     return term
 
