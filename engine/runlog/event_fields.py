@@ -153,8 +153,9 @@ class Eval(TypedDict, total=False):
     params: Annotated[int, "its parameter count"]
     heldout: Annotated[
         dict[str, ByTask],
-        "after healing: the held-out distillation loss before and after ({loss, kl, mse, kl_term, "
-        "mse_term, mse_raw} each; mse_raw: the MSE without mse_norm, absent in older runs)",
+        "after healing: the held-out distillation loss before and after ({loss, then for each term of "
+        "the loss TERM unweighted and TERM_term weighted (kl, kl_term, mse, mse_term, ...), mse_raw} each; "
+        "mse_raw: the MSE without mse_norm, absent in older runs)",
     ]
     healing: Annotated[
         ByTask,
