@@ -161,3 +161,24 @@ def test_the_events_doc_needs_no_edit_for_a_new_term(cosine):
     from engine.runlog.schema import markdown
 
     assert markdown() == (Path(__file__).parent.parent / "docs" / "events.md").read_text()
+
+
+# The heal.* keys users set before the settings had parts (config files, --set, old runs' config.yaml).
+FLAT_KEYS = (
+    "lr warmup_steps batch_size grad_accum clip seq_len train_tokens heldout_tokens data final_tokens "
+    "final_trainable each_removal text_field trainable trainable_k train_norm train_head untie_head kl_scale "
+    "kl_reference_tokens mse_scale mse_norm kl_input direction temperature reduction hidden final_norm cached "
+    "fused_head head_matmul teacher_topk cache_limit_mb teacher_store_mb checkpoint_every_s early_stop "
+    "eval_every patience min_delta"
+).split()
+
+
+def test_every_flat_key_of_older_configs_reads_and_writes_back():
+    written = HealSettings().model_dump()
+    assert set(FLAT_KEYS) <= set(written)  # config.yaml keeps its keys
+    old = dict.fromkeys(FLAT_KEYS)
+    for key in FLAT_KEYS:
+        old[key] = written[key]
+    old.update(lr=1e-4, hidden="last", train_tokens=512, final_tokens=256, data="mixed", trainable="radius")
+    again = HealSettings.model_validate(old).model_dump()
+    assert {k: again[k] for k in FLAT_KEYS} == old
