@@ -164,13 +164,47 @@ def test_the_events_doc_needs_no_edit_for_a_new_term(cosine):
 
 
 # The heal.* keys users set before the settings had parts (config files, --set, old runs' config.yaml).
-FLAT_KEYS = (
-    "lr warmup_steps batch_size grad_accum clip seq_len train_tokens heldout_tokens data final_tokens "
-    "final_trainable each_removal text_field trainable trainable_k train_norm train_head untie_head kl_scale "
-    "kl_reference_tokens mse_scale mse_norm kl_input direction temperature reduction hidden final_norm cached "
-    "fused_head head_matmul teacher_topk cache_limit_mb teacher_store_mb checkpoint_every_s early_stop "
-    "eval_every patience min_delta"
-).split()
+FLAT_KEYS = [
+    "lr",
+    "warmup_steps",
+    "batch_size",
+    "grad_accum",
+    "clip",
+    "seq_len",
+    "train_tokens",
+    "heldout_tokens",
+    "data",
+    "final_tokens",
+    "final_trainable",
+    "each_removal",
+    "text_field",
+    "trainable",
+    "trainable_k",
+    "train_norm",
+    "train_head",
+    "untie_head",
+    "kl_scale",
+    "kl_reference_tokens",
+    "mse_scale",
+    "mse_norm",
+    "kl_input",
+    "direction",
+    "temperature",
+    "reduction",
+    "hidden",
+    "final_norm",
+    "cached",
+    "fused_head",
+    "head_matmul",
+    "teacher_topk",
+    "cache_limit_mb",
+    "teacher_store_mb",
+    "checkpoint_every_s",
+    "early_stop",
+    "eval_every",
+    "patience",
+    "min_delta",
+]
 
 
 def test_every_flat_key_of_older_configs_reads_and_writes_back():
