@@ -35,14 +35,15 @@ def main() -> int:
 
     import torch
 
-    from engine.distill.data import DataConfig, distill_blocks
+    from engine.config import DataSettings
+    from engine.distill.data import distill_blocks
     from engine.models.bridge import estimate_bridge, fuse_bridge
     from engine.models.loading import load_model
     from engine.models.surgery import remove_layers
 
     loaded = load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
-    data = DataConfig(
+    data = DataSettings(
         seq_len=args.seq_len, train_tokens=args.sequences * args.seq_len, heldout_tokens=args.heldout * args.seq_len
     )
     calibration, heldout = distill_blocks(data, tokenizer)

@@ -83,9 +83,10 @@ def main() -> int:
 
     import torch
 
-    from engine.distill.data import DataConfig, distill_blocks
-    from engine.distill.heal import HealConfig, Healer, TeacherCache
-    from engine.distill.trainable import TrainableConfig, choose_trainable
+    from engine.config import DataSettings, HealSettings, TrainableSettings
+    from engine.distill.data import distill_blocks
+    from engine.distill.heal import Healer, TeacherCache
+    from engine.distill.trainable import choose_trainable
     from engine.models.loading import load_model
     from engine.models.surgery import layer_map, remove_layers
     from engine.worker import _quiet_libraries
@@ -94,7 +95,7 @@ def main() -> int:
     loaded = load_model(args.model, device=args.device)
     teacher = loaded.model
     device = next(teacher.parameters()).device
-    data = DataConfig(
+    data = DataSettings(
         seq_len=args.seq_len, train_tokens=args.steps * args.batch_size * args.seq_len, heldout_tokens=args.seq_len
     )
     train, heldout = distill_blocks(data, loaded.tokenizer)
@@ -108,9 +109,9 @@ def main() -> int:
         student = copy.deepcopy(teacher)
         remove_layers(student, args.remove_one)
         trainable = choose_trainable(
-            layer_map(student), len(layer_map(teacher)), args.remove_one, TrainableConfig(k=1)
+            layer_map(student), len(layer_map(teacher)), args.remove_one, TrainableSettings(k=1)
         )  # the two neighbours, as measured
-        config = HealConfig(
+        config = HealSettings(
             batch_size=args.batch_size,
             cached=(mode != "plain"),
             data=data,

@@ -114,9 +114,10 @@ def _rel(a: list[float], b: list[float]) -> float:
 def worker(args) -> int:
     import torch
 
-    from engine.distill.data import DataConfig, distill_blocks
-    from engine.distill.heal import HealConfig, Healer, TeacherCache
-    from engine.distill.trainable import TrainableConfig, choose_trainable
+    from engine.config import DataSettings, HealSettings, TrainableSettings
+    from engine.distill.data import distill_blocks
+    from engine.distill.heal import Healer, TeacherCache
+    from engine.distill.trainable import choose_trainable
     from engine.distributed.evaluator import SharedEvaluator, assign_candidates, candidate_cost
     from engine.distributed.ranks import apply_threads, default_threads, from_environment, resolve_device
     from engine.models.adapters import adapter_for
@@ -159,15 +160,15 @@ def worker(args) -> int:
     # --- healing: steps after one removal, the global batch shared out -----------------------------
     remove_layers(student, args.remove)
     trainable = choose_trainable(
-        layer_map(student), n, args.remove, TrainableConfig(k=1)
+        layer_map(student), n, args.remove, TrainableSettings(k=1)
     )  # the two neighbours, as measured
-    data = DataConfig(
+    data = DataSettings(
         seq_len=args.seq_len,
         train_tokens=(args.steps + 1) * args.batch_size * args.seq_len,
         heldout_tokens=args.seq_len,
     )
     train, heldout = distill_blocks(data, teacher.tokenizer)
-    config = HealConfig(batch_size=args.batch_size, data=data, warmup_steps=1, early_stop=False)
+    config = HealSettings(batch_size=args.batch_size, data=data, warmup_steps=1, early_stop=False)
     cache = TeacherCache(teacher.model, train, heldout, None, 1 << 34, args.batch_size)
     healer = Healer(student, cache, config, ranks=ranks)
     stamps, losses, objects = [], [], []

@@ -32,13 +32,11 @@ def main() -> int:
     parser.add_argument("--layer", type=int, default=15, help="the compared layer (original index)")
     args = parser.parse_args()
 
-    import dataclasses
-
     import torch
 
     from engine.config import HealSettings
     from engine.distill.data import distill_blocks
-    from engine.distill.heal import HealConfig, TeacherCache
+    from engine.distill.heal import TeacherCache
     from engine.distill.teacher_store import TeacherStore
     from engine.models.loading import load_model
     from engine.worker import _quiet_libraries
@@ -46,8 +44,8 @@ def main() -> int:
     _quiet_libraries()
     loaded = load_model(args.model, device="cpu")
     teacher = loaded.model.eval()
-    config = HealConfig.from_settings(HealSettings(train_tokens=args.train_tokens))
-    data = dataclasses.replace(config.data, train_tokens=args.train_tokens)
+    config = HealSettings(train_tokens=args.train_tokens)
+    data = config.data
     train, heldout = distill_blocks(data, loaded.tokenizer, seed=0)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "

@@ -414,14 +414,13 @@ class Runner:
 
     def _train_head_if_untied(self) -> None:
         """``heal.train_head=untied``: the head trains where the student has its own."""
-        import dataclasses
 
         from engine.models.adapters import adapter_for
         from engine.models.surgery import head_is_tied
 
         own = not head_is_tied(self.model)
-        trainable = dataclasses.replace(self.heal_config.trainable, train_head=own)
-        self.heal_config = dataclasses.replace(self.heal_config, trainable=trainable)
+        trainable = self.heal_config.trainable.model_copy(update={"train_head": own})
+        self.heal_config = self.heal_config.model_copy(update={"trainable": trainable})
         if not own:
             extra = adapter_for(self.model).embed_tokens.weight.numel()
             self.say(
@@ -430,10 +429,10 @@ class Runner:
             )
 
     def _healer(self):
-        from engine.distill.heal import HealConfig, Healer, TeacherCache
+        from engine.distill.heal import Healer, TeacherCache
         from engine.distill.plan import HealPlan
 
-        self.heal_config = HealConfig.from_settings(self.config.heal)
+        self.heal_config = self.config.heal
         self._phase("preparing", "distillation data")
         healings = 0
         if self.strategy.heal:
@@ -492,7 +491,6 @@ class Runner:
     def final_heal(self) -> None:
         """After the last removal, one longer healing (heal.final_tokens) of every layer next to a
         gap or of all layers; evaluated as the stage after_final_healing, then checkpointed again."""
-        import dataclasses
 
         from engine.distill.trainable import choose_trainable
 
@@ -501,7 +499,7 @@ class Runner:
             partial = None  # an iteration's healing state, left by a kill before checkpoint cleanup
         mapping = layer_map(self.model)
         choice = "all" if self.config.heal.final_trainable == "all" else "radius"
-        rule = dataclasses.replace(self.heal_config.trainable, choice=choice, k=1)
+        rule = self.heal_config.trainable.model_copy(update={"choice": choice, "k": 1})
         trainable = choose_trainable(mapping, self.config.start_layers, [], rule)
         if partial is not None:
             self.say(f"resuming the final healing at step {partial.step}")

@@ -87,9 +87,10 @@ def _resolve(data: dict):
 
 def _check_distill_data(config) -> None:
     """The healing text must exist and hold the text field, before a model is loaded."""
-    from engine.distill.data import DataConfig, load_texts
+    from engine.config import DataSettings
+    from engine.distill.data import load_texts
 
-    source = config.heal.data
+    source = config.heal.data.source
     if source.startswith("hf:"):
         from engine.hub_data import heal_row
 
@@ -97,7 +98,7 @@ def _check_distill_data(config) -> None:
             raise ValueError(f"heal.data {source}: no '{config.heal.text_field}' field in a row")
         return
     try:
-        texts = load_texts(DataConfig(source=source, text_field=config.heal.text_field, max_documents=10**9))
+        texts = load_texts(DataSettings(source=source, text_field=config.heal.text_field, max_documents=10**9))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         detail = (
             f"no '{config.heal.text_field}' field in a row" if isinstance(exc, KeyError) else str(exc).splitlines()[0]

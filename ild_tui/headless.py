@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.runlog.jsonsafe import printable
+from engine.runlog.loss_terms import step_terms
 from engine.runlog.schema import describe, problem
 
 
@@ -104,7 +105,8 @@ class HeadlessView:
             return
         if step == 1 or step == steps or (steps and step % max(1, steps // 4) == 0):
             of = f"/{steps}" if steps else ""
-            terms = f" (kl term {_fmt(event.get('kl_term'), 4)}, mse term {_fmt(event.get('mse_term'), 4)})"
+            terms = ", ".join(f"{n} term {_fmt(v, 4)}" for n, v in step_terms(event)[0].items())
+            terms = f" ({terms})" if terms else ""
             self.line(f"[{it}] healing step {step}{of}: loss {_fmt(event.get('loss'), 4)}" + terms)
 
 

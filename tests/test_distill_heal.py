@@ -3,10 +3,9 @@ import copy
 import pytest
 import torch
 
-from engine.distill.data import DataConfig
-from engine.distill.heal import HealConfig, Healer, NonFiniteLoss, TeacherCache
-from engine.distill.losses import LossConfig
-from engine.distill.trainable import TrainableConfig, choose_trainable
+from engine.config import HealSettings, TrainableSettings
+from engine.distill.heal import Healer, NonFiniteLoss, TeacherCache
+from engine.distill.trainable import choose_trainable
 from engine.models.surgery import layer_map, remove_layers
 
 
@@ -26,7 +25,7 @@ def _setup(cached=True, lr=1e-3, seed=0, **heal):
     heldout = torch.randint(3, 256, (4, 24), generator=g)
     heal.setdefault("head_matmul", "fp32")  # exact comparisons; bf16 has its own test
     heal.setdefault("early_stop", False)  # every step runs; early stopping has its own tests
-    config = HealConfig(lr=lr, batch_size=4, cached=cached, data=DataConfig(seq_len=24), **heal)
+    config = HealSettings(lr=lr, batch_size=4, cached=cached, seq_len=24, **heal)
     cache = TeacherCache(teacher, train, heldout, None, 1 << 30, 4)
     return teacher, student, Healer(student, cache, config)
 
@@ -36,7 +35,7 @@ def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
     for cached in (True, False):
         _teacher, student, healer = _setup(cached=cached)
         before = {k: v.clone() for k, v in student.state_dict().items()}
-        trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig(k=1))
+        trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(k=1))
         steps = []
         healer.heal(trainable, iteration=1, seed=0, on_step=steps.append)
         after = student.state_dict()
@@ -50,7 +49,10 @@ def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
     for key in runs[True][1]:
         assert torch.allclose(runs[True][1][key], runs[False][1][key], atol=1e-4)
     assert [s["step"] for s in runs[True][0]] == [1, 2, 3, 4]
-    assert {"loss", "kl", "mse", "lr", "grad_norm", "tokens_per_s"} <= set(runs[True][0][0])
+    first = runs[True][0][0]
+    assert {"loss", "terms", "unweighted", "lr", "grad_norm", "tokens_per_s"} <= set(first)
+    assert list(first["terms"]) == list(first["unweighted"]) == ["kl", "mse"]
+    assert sum(first["terms"].values()) == pytest.approx(first["loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("heal", [{"fused_head": False}, {"teacher_topk": 256}], ids=["dense-head", "topk-whole-vocab"])
@@ -79,7 +81,7 @@ def test_bf16_head_matmul_trains_like_fp32():
         healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
         runs[head] = (steps, student.state_dict())
     for a, b in zip(runs["fp32"][0], runs["bf16"][0]):
-        assert b["kl"] == pytest.approx(a["kl"], rel=0.02, abs=1e-4)
+        assert b["unweighted"]["kl"] == pytest.approx(a["unweighted"]["kl"], rel=0.02, abs=1e-4)
     for key, value in runs["fp32"][1].items():
         assert torch.allclose(value, runs["bf16"][1][key], atol=2e-3), key
 
@@ -91,14 +93,14 @@ def test_topk_teacher_cache_heals_with_a_lower_bound_of_the_kl():
     healer.heal([2, 3], iteration=1, seed=0, on_step=steps.append)
     exact.heal([2, 3], iteration=1, seed=0, on_step=exact_steps.append)
     # Step 1 sees the same weights: the bucketed KL is at most the exact one.
-    assert steps[0]["kl"] <= exact_steps[0]["kl"] + 1e-6
+    assert steps[0]["unweighted"]["kl"] <= exact_steps[0]["unweighted"]["kl"] + 1e-6
     logp, _ids, tail = healer.cache.topk["train"]
     assert logp[:].shape[-1] == 8 and torch.all(tail[:] <= 0)
 
 
 def test_healing_lowers_the_heldout_distillation_loss():
     _teacher, student, healer = _setup()
-    trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig(k=1))
+    trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(k=1))
     pairs = [max(trainable), 4]
     before = healer.heldout_loss(pairs)["loss"]
     for epoch in range(3):
@@ -108,8 +110,8 @@ def test_healing_lowers_the_heldout_distillation_loss():
 
 def test_relative_mse_heals_and_reports_the_raw_mse_beside_it():
     *_, plain = _setup()
-    _teacher, student, healer = _setup(loss=LossConfig(mse_norm="teacher"))
-    trainable = choose_trainable(layer_map(student), 6, 3, TrainableConfig(k=1))
+    _teacher, student, healer = _setup(mse_norm="teacher")
+    trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(k=1))
     pairs = [max(trainable), 4]
     raw, relative = plain.heldout_loss(pairs), healer.heldout_loss(pairs)
     # one model, two weightings: the raw MSE is the same figure; the relative one enters the loss
@@ -125,17 +127,17 @@ def test_relative_mse_heals_and_reports_the_raw_mse_beside_it():
 def test_non_finite_loss_restores_the_weights(monkeypatch):
     _teacher, student, healer = _setup()
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    import engine.distill.heal as heal_module
+    import engine.distill.loops as loops
 
-    real = heal_module.total_loss
+    real = loops.total_loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        loss, kl, mse = real(*args, **kwargs)
-        return (loss * float("nan"), kl, mse) if calls["n"] == 3 else (loss, kl, mse)
+        loss, values = real(*args, **kwargs)
+        return (loss * float("nan"), values) if calls["n"] == 3 else (loss, values)
 
-    monkeypatch.setattr(heal_module, "total_loss", flaky)
+    monkeypatch.setattr(loops, "total_loss", flaky)
     with pytest.raises(NonFiniteLoss, match="step 3"):
         healer.heal([2, 3], iteration=1, seed=0)
     after = student.state_dict()
@@ -159,7 +161,7 @@ def test_resume_mid_iteration_matches_an_uninterrupted_heal():
         if state.step == 2:
             raise Killed  # the process dies right after its mid-iteration checkpoint
 
-    healer_b.config = HealConfig(**{**healer_b.config.__dict__, "checkpoint_every_s": 0.0})
+    healer_b.config = healer_b.config.model_copy(update={"checkpoint_every_s": 0.0})
     with pytest.raises(Killed):
         healer_b.heal([2, 3], iteration=1, seed=0, on_checkpoint=save_then_die)
     state: HealState = saved[-1]

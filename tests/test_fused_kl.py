@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.config import LossSettings
 from engine.distill.fused_kl import TAIL_LOGP_FLOOR, TopK, fused_head_kl, teacher_topk
-from engine.distill.losses import LossConfig, kl_loss
+from engine.distill.losses import kl_loss
 
 N, D, V = 24, 16, 300
 
@@ -28,7 +29,7 @@ def _fused_value_and_grad(h, w, target, mask, **kw):
 
 def _dense_value_and_grad(h, th, w, mask, temperature, reduction):
     h = h.clone().requires_grad_(True)
-    config = LossConfig(temperature=temperature, reduction=reduction)
+    config = LossSettings(temperature=temperature, reduction=reduction)
     loss = kl_loss(h @ w.T, th @ w.T, mask, config)
     loss.backward()
     return loss.detach(), h.grad

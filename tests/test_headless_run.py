@@ -107,7 +107,8 @@ def test_strategies_finish(tiny, tmp_path, strategy):
     assert bool(steps) is heals
     removed = [e for e in events if e["type"] == "layer_removed"]
     if heals:
-        assert {"loss", "kl", "mse", "kl_term", "mse_term", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
+        assert {"loss", "terms", "unweighted", "lr", "grad_norm", "tokens_per_s"} <= set(steps[0])
+        assert list(steps[0]["terms"]) == list(steps[0]["unweighted"]) == ["kl", "mse"]
         shown = ild("show", "r", "--runs-dir", str(runs))
         assert shown.stdout.count("after_healing") == 2, shown.stdout
     if strategy == "reverse-order":

@@ -8,13 +8,12 @@ embedded SmolLM2-135M with the ablation's removals (layers 14, 13, 12) on held-o
 """
 
 import copy
-import dataclasses
 
 import pytest
 
 from engine.config import HealSettings
 from engine.distill.data import distill_blocks
-from engine.distill.heal import HealConfig, Healer, TeacherCache
+from engine.distill.heal import Healer, TeacherCache
 from engine.distill.losses import hidden_pairs
 from engine.distill.trainable import choose_trainable
 from engine.models.loading import load_model
@@ -28,10 +27,8 @@ def test_default_healing_weighs_both_terms_on_the_embedded_model():
     teacher = loaded.model.eval()
     student = copy.deepcopy(teacher)
     remove_layers(student, [14, 13, 12])
-    config = HealConfig.from_settings(HealSettings())
-    data = dataclasses.replace(
-        config.data, train_tokens=config.data.seq_len * 4, heldout_tokens=config.data.seq_len * 4
-    )
+    config = HealSettings()
+    data = config.data.model_copy(update={"train_tokens": config.seq_len * 4, "heldout_tokens": config.seq_len * 4})
     train, heldout = distill_blocks(data, loaded.tokenizer, seed=0)
     cache = TeacherCache(teacher, train, heldout, None, 1 << 30, config.batch_size)
     healer = Healer(student, cache, config)

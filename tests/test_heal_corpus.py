@@ -5,7 +5,8 @@ import importlib.util
 from collections import Counter
 from pathlib import Path
 
-from engine.distill.data import DataConfig, load_texts
+from engine.config import DataSettings
+from engine.distill.data import load_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,5 +50,5 @@ def test_the_mixed_corpus_is_selectable_and_mixes_prose_russian_and_code():
     assert set(chars) == {"brown_en", "fortunes_ru", "debian_faq_ru", "python_stdlib", "python_docs"}
     # ~2.5M SmolLM2 tokens (docs/heal_corpus.md); characters per source as the tool printed them
     assert chars["brown_en"] > 5_000_000 and chars["fortunes_ru"] > 500_000 and chars["python_stdlib"] > 1_500_000
-    texts = load_texts(DataConfig(source="mixed"))
+    texts = load_texts(DataSettings(source="mixed"))
     assert texts == [row["text"] for row in rows]

@@ -250,13 +250,14 @@ def test_block_distances_match_running_the_stack_and_use_original_indices():
 
 @pytest.mark.slow
 def test_bridge_beats_plain_removal_on_held_out_text_of_the_real_model():
-    from engine.distill.data import DataConfig, distill_blocks
+    from engine.config import DataSettings
+    from engine.distill.data import distill_blocks
     from engine.models.loading import load_model
 
     loaded = load_model("smollm2-135m", device="cpu")
     model = loaded.model
     calibration, heldout = distill_blocks(
-        DataConfig(seq_len=128, train_tokens=16 * 128, heldout_tokens=4 * 128), loaded.tokenizer
+        DataSettings(seq_len=128, train_tokens=16 * 128, heldout_tokens=4 * 128), loaded.tokenizer
     )
     heldout = heldout[:4]
     with torch.no_grad():

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from engine.distill.trainable import TrainableConfig, choose_trainable, freeze_except
+from engine.config import TrainableSettings
+from engine.distill.trainable import choose_trainable, freeze_except
 from engine.models.export import export_model
 from engine.models.surgery import layer_map, parameter_count, remove_layers, reverse_order_candidates, untie_head
 from tests.tiny_models import batch, tiny_config
@@ -62,13 +63,13 @@ def test_untied_head_exports_and_reloads_with_its_own_weight(family, tmp_path):
 
 def test_training_the_untied_head_and_last_layers_leaves_the_embedding_alone():
     model = _tied_model()
-    config = TrainableConfig(choice="last", k=3, train_head=True)
+    config = TrainableSettings(choice="last", k=3, train_head=True)
     trainable = choose_trainable(layer_map(model), 6, 5, config)
     assert trainable == [3, 4, 5]
     with pytest.raises(ValueError, match="tied"):
         freeze_except(model, trainable, config)
     # "untied": the head trains only where it is the student's own; tied, the layers alone train.
-    freeze_except(model, trainable, TrainableConfig(choice="last", k=3, train_head="untied"))
+    freeze_except(model, trainable, TrainableSettings(choice="last", k=3, train_head="untied"))
     assert not model.lm_head.weight.requires_grad and any(p.requires_grad for p in model.model.layers[3].parameters())
     untie_head(model)
     params = freeze_except(model, trainable, config)

@@ -108,9 +108,9 @@ def test_a_damaged_entry_is_recomputed_and_the_store_keeps_its_limit(tmp_path):
 
 @pytest.mark.parametrize("stored", [False, True])
 def test_healing_from_the_store_equals_healing_without_it(tmp_path, stored):
-    from engine.distill.data import DataConfig
-    from engine.distill.heal import HealConfig, Healer
-    from engine.distill.trainable import TrainableConfig, choose_trainable
+    from engine.config import HealSettings, TrainableSettings
+    from engine.distill.heal import Healer
+    from engine.distill.trainable import choose_trainable
     from engine.models.surgery import layer_map, remove_layers
 
     teacher = _teacher()
@@ -121,10 +121,10 @@ def test_healing_from_the_store_equals_healing_without_it(tmp_path, stored):
     for use in (None, store):
         student = copy.deepcopy(teacher)
         remove_layers(student, 2)
-        config = HealConfig(lr=1e-3, batch_size=4, data=DataConfig(seq_len=16), head_matmul="fp32", early_stop=False)
+        config = HealSettings(lr=1e-3, batch_size=4, seq_len=16, head_matmul="fp32", early_stop=False)
         cache = TeacherCache(teacher, *_blocks(), None, 1 << 30, 4, store=use)
         healer = Healer(student, cache, config)
-        trainable = choose_trainable(layer_map(student), len(layer_map(teacher)), 2, TrainableConfig())
+        trainable = choose_trainable(layer_map(student), len(layer_map(teacher)), 2, TrainableSettings())
         healer.heal(trainable, iteration=1, seed=0)
         losses.append(healer.heldout_loss([max(trainable), len(layer_map(student)) - 1]))
     assert losses[0] == losses[1]

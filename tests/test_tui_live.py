@@ -318,7 +318,7 @@ async def test_panels_show_what_newer_engines_log(tmp_path):
         assert "~ partial" in str(screen.query_one("#heat-legend").render())
         hm = screen.query_one(Heatmap)
         assert any(seg.text.strip() == "~" for y in range(1, 31) for seg in hm.render_line(y))
-        assert "% KL)" in str(screen.query_one("#loss-status").render())  # the KL's share of the total
+        assert "% kl, " in str(screen.query_one("#loss-status").render())  # each term's share of the total
         chart = str(screen.query_one("#loss-chart", BrailleChart).render())
         assert "kl term" in chart and "mse term" in chart
         assert "select" in str(screen.query_one("#score-chart", BrailleChart).render())

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: tools/ is then not importable as a package
 
+from engine.runlog.loss_terms import step_terms  # noqa: E402
 from tools.result_rows import earlier_rows, write_rows  # noqa: E402
 
 ENGINE = [sys.executable, "-m", "engine.worker"]
@@ -131,6 +132,12 @@ def _finished(run: Path) -> bool:
     return bool(events) and events[-1]["type"] == "run_finished" and events[-1].get("reason") == "target"
 
 
+def _kl_share(step: dict) -> float | str:
+    """The KL term's share of a step's loss (any run: terms map or the older fixed fields)."""
+    kl = step_terms(step)[0].get("kl")
+    return round(kl / step["loss"], 4) if kl is not None and step.get("loss") else ""
+
+
 def _raw_mse(figures: dict, settings: dict) -> float | str:
     """The MSE without normalisation, so rows with and without ``mse_norm`` compare; blank where
     no hidden state was compared (its 0 would read as a perfect match)."""
@@ -161,7 +168,7 @@ def row(name: str, settings: dict, run: Path, removals: list[int]) -> dict:
         "heldout_kl_after": round(heldout["after"]["kl"], 5) if heldout else "",
         "heldout_mse_before": _raw_mse(heldout["before"], settings) if heldout else "",
         "heldout_mse_after": _raw_mse(heldout["after"], settings) if heldout else "",
-        "kl_share_first_step": round(steps[0]["kl_term"] / steps[0]["loss"], 4) if steps and steps[0]["loss"] else "",
+        "kl_share_first_step": _kl_share(steps[0]) if steps else "",
         "steps": len(steps),
         "heal_seconds": round(steps[-1]["t"] - steps[0]["t"], 1) if len(steps) > 1 else 0,
     }

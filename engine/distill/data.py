@@ -16,22 +16,11 @@ from pathlib import Path
 
 import torch
 
-from engine.config import heal_default
+from engine.config import DataSettings
 from engine.tasks.spec import DATA_DIR
 
 EMBEDDED_DISTILL_FILE = "distill_en.jsonl"
 MIXED_DISTILL_FILE = "heal_mix.jsonl.xz"  # see docs/heal_corpus.md
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    # "embedded" | "mixed" | a .jsonl[.xz]/.txt path | "hf:NAME[:CONFIG[:SPLIT]][?data_files=PATTERN[,PATTERN]]"
-    source: str = heal_default("data")
-    text_field: str = heal_default("text_field")
-    seq_len: int = heal_default("seq_len")
-    train_tokens: int = heal_default("train_tokens")  # per iteration
-    heldout_tokens: int = heal_default("heldout_tokens")
-    max_documents: int = 20000
 
 
 def _embedded_texts() -> list[str]:
@@ -55,7 +44,7 @@ def _jsonl_texts(path: Path, field: str) -> list[str]:
         raise ValueError(f"{path.name}: not a readable .xz file ({exc})") from None
 
 
-def load_texts(config: DataConfig) -> list[str]:
+def load_texts(config: DataSettings) -> list[str]:
     if config.source == "embedded":
         return _embedded_texts()
     if config.source == "mixed":
@@ -170,7 +159,7 @@ class HealingData:
 
 
 def distill_blocks(
-    config: DataConfig, tokenizer, seed: int = 0, budget: int | None = None
+    config: DataSettings, tokenizer, seed: int = 0, budget: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(train blocks, held-out blocks); the split is by document and fixed by the seed. The train
     blocks hold ``budget`` tokens (default: one healing's ``train_tokens``) or all the data has."""
@@ -193,7 +182,7 @@ def distill_blocks(
 READ_TOKENS = 8_000_000
 
 
-def healing_data(config: DataConfig, tokenizer, seed: int, budget: int) -> HealingData:
+def healing_data(config: DataSettings, tokenizer, seed: int, budget: int) -> HealingData:
     """The stream for a run that heals ``budget`` tokens in all: all the data, or as much of it as
     the budget needs when the data holds more than ``READ_TOKENS``."""
     return HealingData(*distill_blocks(config, tokenizer, seed, budget=max(budget, config.train_tokens, READ_TOKENS)))

@@ -1,6 +1,9 @@
 """The healing loss: ``KL(teacher || student) * kl_scale + MSE(hidden states) * mse_scale``.
 
-Every Table 1 variant of the paper is a value of ``LossConfig``, not a code change:
+The loss is the sum of the registered terms of ``engine.distill.terms`` (here: ``kl`` and ``mse``),
+each weighted; ``total_loss`` returns every term's value by name, and each healing step logs them
+(``train_step.terms``). Every Table 1 variant of the paper is a value of ``LossSettings``
+(``engine.config``; the user sets ``heal.<name>``), not a code change:
   * ``kl_input``: ``log_probs`` (the KL of the two distributions) or ``logits`` (raw student
     logits fed where log-probabilities belong, as a naive ``kl_div(student_logits, p_t)`` does);
   * ``direction``: ``forward`` KL(teacher || student) or ``reverse`` KL(student || teacher);
@@ -29,56 +32,16 @@ Padding is masked everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from engine.config import heal_default
+from engine.config import LossSettings
 
-HIDDEN_CHOICES = ("last_trainable+last", "last_trainable", "last", "all_trainable", "all", "none")
-MSE_NORMS = ("none", "teacher")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    kl_scale: float = heal_default("kl_scale")
-    mse_scale: float = heal_default("mse_scale")
-    kl_input: str = heal_default("kl_input")  # "log_probs" | "logits"
-    direction: str = heal_default("direction")  # "forward" | "reverse"
-    temperature: float = heal_default("temperature")
-    reduction: str = heal_default("reduction")  # "token_mean" | "sum"
-    hidden: str = heal_default("hidden")
-    # "last" compares the final hidden state after the final norm (the paper's code)
-    final_norm: bool = heal_default("final_norm")
-    # token_mean: the KL term weighs kl_scale * this (the paper's tokens per device)
-    kl_reference_tokens: int = heal_default("kl_reference_tokens")
-    mse_norm: str = heal_default("mse_norm")  # "none" | "teacher"
-
-    @property
-    def kl_weight(self) -> float:
-        """What the reduced KL is multiplied by in the loss."""
-        return self.kl_scale * (self.kl_reference_tokens if self.reduction == "token_mean" else 1)
-
-    def __post_init__(self):
-        checks = {
-            "kl_input": ("log_probs", "logits"),
-            "direction": ("forward", "reverse"),
-            "reduction": ("token_mean", "sum"),
-            "hidden": HIDDEN_CHOICES,
-            "mse_norm": MSE_NORMS,
-        }
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"loss.{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
-        if self.temperature <= 0:
-            raise ValueError("loss.temperature must be positive")
-        if self.kl_reference_tokens < 1:
-            raise ValueError("loss.kl_reference_tokens must be at least 1")
+from .terms import TERMS, LossTerm, TermBatch, register
 
 
 def kl_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, config: LossConfig
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, config: LossSettings
 ) -> torch.Tensor:
     """KL over the vocabulary at each real token, reduced as configured. Shapes (..., V) and (...)."""
     t = config.temperature
@@ -113,7 +76,7 @@ def mse_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, n
     return mse
 
 
-def hidden_pairs(config: LossConfig, trainable: list[int], num_layers: int) -> list[int]:
+def hidden_pairs(config: LossSettings, trainable: list[int], num_layers: int) -> list[int]:
     """The current layer indices whose outputs the MSE compares with the teacher's."""
     if config.hidden == "none":
         return []
@@ -128,26 +91,70 @@ def hidden_pairs(config: LossConfig, trainable: list[int], num_layers: int) -> l
     return sorted(set(choice))
 
 
+def _kl_value(batch: TermBatch, config: LossSettings) -> torch.Tensor:
+    if batch.kl is not None:  # the fused head + KL of ``fused_kl``
+        return batch.kl
+    return kl_loss(batch.student_logits, batch.teacher_logits, batch.mask, config)
+
+
+def _mse_value(batch: TermBatch, config: LossSettings) -> torch.Tensor:
+    """Summed over the compared layers, as in the paper (relative where ``mse_norm``)."""
+    mse = torch.zeros((), dtype=torch.float32, device=batch.mask.device)
+    for key, value in batch.student_hidden.items():
+        mse = mse + mse_loss(value, batch.teacher_hidden[key], batch.mask, config.mse_norm)
+    return mse
+
+
+register(
+    LossTerm(
+        "kl",
+        _kl_value,
+        lambda c: c.kl_weight,
+        "KL(teacher || student) on the logits (heal.kl_scale, heal.kl_reference_tokens, heal.kl_input, ...)",
+        always=True,
+        summed=lambda c: c.reduction == "sum",
+        order=0,
+    )
+)
+register(
+    LossTerm(
+        "mse",
+        _mse_value,
+        lambda c: c.mse_scale,
+        "the hidden-state MSE of the compared layers (heal.mse_scale, heal.hidden, heal.mse_norm)",
+        always=True,
+        order=1,
+    )
+)
+
+
+def active_terms(config: LossSettings) -> list[LossTerm]:
+    """The registered terms that enter this loss, in their order (kl, mse first)."""
+    return sorted((term for term in TERMS.values() if term.active(config)), key=lambda term: term.order)
+
+
 def total_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
     student_hidden: dict[int, torch.Tensor],
     teacher_hidden: dict[int, torch.Tensor],
     mask: torch.Tensor,
-    config: LossConfig,
+    config: LossSettings,
     kl: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, kl, mse); the MSE (relative where ``mse_norm``) is summed over the compared layers, as in
-    the paper. ``kl`` given
-    (the fused head + KL of ``fused_kl``) replaces the KL of the two logits, which are then unused."""
-    if kl is None:
-        kl = kl_loss(student_logits, teacher_logits, mask, config)
-    mse = kl.new_zeros((), dtype=torch.float32)
-    for key, value in student_hidden.items():
-        mse = mse + mse_loss(value, teacher_hidden[key], mask, config.mse_norm)
-    return kl * config.kl_weight + mse * config.mse_scale, kl.detach(), mse.detach()
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(total, {term: its unweighted value, detached}): the total is each active term's value times
+    its weight, summed in registration order. ``kl`` given (the fused head + KL of ``fused_kl``)
+    replaces the KL of the two logits, which are then unused."""
+    batch = TermBatch(student_logits, teacher_logits, student_hidden, teacher_hidden, mask, kl)
+    total, values = None, {}
+    for term in active_terms(config):
+        value = term.value(batch, config)
+        part = value * term.weight(config)
+        total = part if total is None else total + part
+        values[term.name] = value.detach()
+    return total, values
 
 
-def weighted_terms(kl: float, mse: float, config: LossConfig) -> dict[str, float]:
-    """The two terms as they enter the loss: the balance a person needs to see."""
-    return {"kl_term": float(kl) * config.kl_weight, "mse_term": float(mse) * config.mse_scale}
+def weighted_terms(values: dict[str, float], config: LossSettings) -> dict[str, float]:
+    """Each term as it enters the loss (they add up to it): the balance a person needs to see."""
+    return {name: float(value) * TERMS[name].weight(config) for name, value in values.items()}

@@ -8,7 +8,9 @@ resumed run takes the same tokens as an uninterrupted one.
 
 from __future__ import annotations
 
-from .data import DataConfig, HealingData, Window, healing_data
+from engine.config import DataSettings
+
+from .data import HealingData, Window, healing_data
 
 
 class HealPlan:
@@ -20,7 +22,7 @@ class HealPlan:
         self.cursor = 0  # blocks of the stream taken by the healings done so far
 
     @classmethod
-    def build(cls, config: DataConfig, tokenizer, seed: int, healings: int, final_tokens: int) -> HealPlan:
+    def build(cls, config: DataSettings, tokenizer, seed: int, healings: int, final_tokens: int) -> HealPlan:
         budget = healings * config.train_tokens + final_tokens
         return cls(healing_data(config, tokenizer, seed, budget), config.train_tokens, healings, final_tokens)
 

@@ -2,33 +2,16 @@
 
 Embeddings, the final norm and the LM head are frozen unless asked for, and tied embeddings are
 never trained by accident: training the head of a tied model would move the input embedding too,
-so ``train_head`` refuses a tied model unless ``allow_tied`` is set.
+so ``train_head`` refuses a tied model unless ``untie_head`` is set (the runner unties it first).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
-from engine.config import heal_default
+from engine.config import TrainableSettings
 from engine.models.adapters import adapter_for
 from engine.models.surgery import head_is_tied
-
-
-@dataclass(frozen=True)
-class TrainableConfig:
-    choice: str = heal_default("trainable")  # "adjacent" | "radius" | "last" | "all"
-    k: int = heal_default("trainable_k")  # layers each side of the newest gap / every gap, or how many last ones
-    train_norm: bool = heal_default("train_norm")
-    train_head: bool | str = heal_default("train_head")  # "untied" is resolved by the runner on the model
-    allow_tied: bool = False
-
-    def __post_init__(self):
-        if self.choice not in ("adjacent", "radius", "last", "all"):
-            raise ValueError(f"trainable.choice must be adjacent, radius, last or all (got {self.choice!r})")
-        if self.k < 1:
-            raise ValueError("trainable.k must be at least 1")
 
 
 def gaps(layer_map: list[int], teacher_layers: int) -> list[int]:
@@ -50,7 +33,7 @@ def newest_gap(layer_map: list[int], removed_original: int) -> int:
 
 
 def choose_trainable(
-    layer_map: list[int], teacher_layers: int, removed_original: int | list[int], config: TrainableConfig
+    layer_map: list[int], teacher_layers: int, removed_original: int | list[int], config: TrainableSettings
 ) -> list[int]:
     """Current indices of the layers to train; ``removed_original``: the layer(s) this healing
     repairs (adjacent trains the ``k`` layers on each side of each of their gaps: k = 1 is the
@@ -73,7 +56,7 @@ def choose_trainable(
     return sorted(chosen)
 
 
-def freeze_except(model: nn.Module, trainable: list[int], config: TrainableConfig) -> list[nn.Parameter]:
+def freeze_except(model: nn.Module, trainable: list[int], config: TrainableSettings) -> list[nn.Parameter]:
     """Set requires_grad so that exactly the chosen parts train; return those parameters."""
     adapter = adapter_for(model)
     for p in model.parameters():
@@ -91,10 +74,10 @@ def freeze_except(model: nn.Module, trainable: list[int], config: TrainableConfi
         tied = head_is_tied(model)
         if tied and config.train_head == "untied":  # the head trains only where it is the student's own
             return params
-        if tied and not config.allow_tied:
+        if tied and not config.untie_head:
             raise ValueError(
                 "the LM head is tied to the input embedding: training it moves the embedding too "
-                "(set trainable.allow_tied to do it anyway)"
+                "(heal.untie_head gives the student its own head)"
             )
         for p in adapter.lm_head.parameters():
             p.requires_grad_(True)

@@ -137,7 +137,7 @@ def build_card(record: dict, config=None, state=None, model_config=None, iterati
         heal = config.heal
         lines.append(
             f"- Healing budget per removal: {heal.train_tokens:,} tokens at sequence length {heal.seq_len} "
-            f"from `{heal.data}` (lr {heal.lr})"
+            f"from `{heal.data.source}` (lr {heal.lr})"
         )
     rows = retention_rows(state, iteration)[0] if state is not None else []
     lines += ["", "## Retention on the report part", ""]

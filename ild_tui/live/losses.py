@@ -5,8 +5,10 @@ resumed engine's re-emitted steps replace the old ones) in step order across ite
 chart buckets the full-resolution series per dot column, and ``Smoother`` extends its debiased
 EMA as points arrive, so a 100,000-step run stays cheap to follow.
 
-When the engine logs the weighted terms of the loss (``kl_term + mse_term = loss``), the panel
-plots those - the balance between the two is what the weights set - and says the KL's share.
+The loss is a sum of named terms (``train_step.terms``; ``kl`` and ``mse`` by default, any other
+registered in ``engine.distill.terms``; older runs' fixed fields are read as those two). When the
+engine logs the weighted terms, the panel plots them - the balance between them is what the weights
+set - and says each one's share; colours and dashes go to the terms in turn.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from engine.runlog.loss_terms import shares, step_terms
 from engine.runlog.strategies import STRATEGIES
 
 from ..widgets.braille import ChartSpec, Series, VLine
@@ -27,49 +30,74 @@ from ..widgets.charts import BrailleChart
 if TYPE_CHECKING:
     from .model import LiveModel
 
-LOSS_NAMES = ("loss", "kl", "mse", "kl_term", "mse_term")
-_LABEL = {"loss": "total", "kl": "kl", "mse": "mse", "kl_term": "kl term", "mse_term": "mse term"}
-_SHORT = {"loss": "tot", "kl": "kl", "mse": "mse"}
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.97, 0.99)
 _NAN = math.nan
 _isfinite = math.isfinite
+DASHES = ("dashed", "dotted")  # the terms' curves, told apart without colour too
+
+
+def label(column: str) -> str:
+    """A column's legend: ``loss`` the total, ``<term>_term`` a weighted term, ``<term>`` an unweighted one."""
+    return "total" if column == "loss" else column.removesuffix("_term") + (" term" if column.endswith("_term") else "")
+
+
+def term_colors(pal) -> tuple[str, ...]:
+    """The colours the terms take in turn (the total has its own)."""
+    return (pal.kl, pal.mse, pal.after_healing, pal.after_removal, pal.teacher)
 
 
 class LossSeries:
-    """Training losses in step order across iterations; x is the point's index."""
+    """Training losses in step order across iterations; x is the point's index.
+
+    Columns: ``loss``, and for each term a run logs (in the order they first appear) ``<term>_term``
+    (weighted) and ``<term>`` (unweighted); a step without a column's value has NaN there."""
 
     def __init__(self) -> None:
         self.keys: list[tuple[int, int]] = []  # (iteration, step)
         self.iterations: list[int] = []
-        self.values: dict[str, list[float]] = {n: [] for n in LOSS_NAMES}
-        self.present: dict[str, bool] = dict.fromkeys(LOSS_NAMES, False)
+        self.names: list[str] = []  # the terms, in the order they first appeared
+        self.values: dict[str, list[float]] = {"loss": []}
+        self.present: dict[str, bool] = {"loss": False}
         self.last: dict | None = None
         self.generation = 0  # bumps when points are replaced or re-sorted (caches restart)
         self._index: dict[tuple, int] = {}
         self._sorted = True
         self._bounds: tuple | None = None
-        self._columns = tuple(self.values[n] for n in LOSS_NAMES)  # the same lists, in LOSS_NAMES order
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def _column(self, name: str) -> list[float]:
+        column = self.values.get(name)
+        if column is None:  # a term seen for the first time: a gap at every earlier step
+            column = self.values[name] = [_NAN] * len(self.keys)
+            self.present[name] = False
+        return column
 
     def add(self, event: dict) -> None:
         """One *valid* train_step event (see ``RunState``): its fields have their registered types."""
         it = event["iteration"]
         key = (it, event["step"])
-        get = event.get
-        got = [get(name) for name in LOSS_NAMES]
-        for v in got:
-            if v is not None and not _isfinite(v):  # NaN or inf from a hand-written log: a gap
-                got = [None if v is None or not _isfinite(v) else v for v in got]
-                break
-        if got[0] is None and got[1] is not None and got[2] is not None:
-            got[0] = got[1] + got[2]
+        weighted, unweighted = step_terms(event)  # older runs' fixed fields included
+        for name in (*weighted, *unweighted):
+            if name not in self.names:
+                self.names.append(name)
+        loss = event.get("loss")
+        if loss is not None and not _isfinite(loss):  # NaN or inf from a hand-written log: a gap
+            loss = None
+        if loss is None:  # the total is derived when only the parts are logged
+            parts = list(weighted.values()) or list(unweighted.values())
+            if parts and None not in parts:
+                loss = sum(parts)
+        got = {"loss": loss, **{f"{n}_term": v for n, v in weighted.items()}, **unweighted}
         self.last = event
+        for name in got:
+            self._column(name)
         i = self._index.get(key)
         if i is not None:
-            for name, v in zip(LOSS_NAMES, got):
-                self.values[name][i] = _NAN if v is None else v
+            for name, column in self.values.items():
+                v = got.get(name)
+                column[i] = _NAN if v is None else v
                 self.present[name] |= v is not None
             self.generation += 1
             return
@@ -79,7 +107,8 @@ class LossSeries:
         self.keys.append(key)
         self.iterations.append(it)
         present = self.present
-        for column, name, v in zip(self._columns, LOSS_NAMES, got):
+        for name, column in self.values.items():
+            v = got.get(name)
             if v is None:
                 column.append(_NAN)
             else:
@@ -93,10 +122,8 @@ class LossSeries:
         order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
         self.keys = [self.keys[i] for i in order]
         self.iterations = [self.iterations[i] for i in order]
-        for name in LOSS_NAMES:
-            vs = self.values[name]
+        for name, vs in self.values.items():
             self.values[name] = [vs[i] for i in order]
-        self._columns = tuple(self.values[n] for n in LOSS_NAMES)
         self._index = {k: i for i, k in enumerate(self.keys)}
         self._sorted = True
         self.generation += 1
@@ -119,17 +146,16 @@ class LossSeries:
         return list(out)
 
     def shown(self) -> tuple[str, ...]:
-        """What the chart plots: the weighted terms when logged (they add up to the total), else KL and MSE."""
-        parts = ("kl_term", "mse_term") if self.present["kl_term"] or self.present["mse_term"] else ("kl", "mse")
-        return tuple(n for n in ("loss", *parts) if self.present[n])
+        """What the chart plots: the weighted terms when logged (they add up to the total), else the unweighted ones."""
+        weighted = [f"{n}_term" for n in self.names if self.present.get(f"{n}_term")]
+        parts = weighted or [n for n in self.names if self.present.get(n)]
+        return tuple(["loss"] if self.present["loss"] else []) + tuple(parts)
 
 
 def kl_share(step: dict) -> float | None:
     """The KL's share of the loss in one step (weighted terms), or None when not logged."""
-    kl, mse = step.get("kl_term"), step.get("mse_term")
-    if kl is None or mse is None or not kl + mse:
-        return None
-    return kl / (kl + mse)
+    split = shares(step_terms(step)[0])
+    return split.get("kl") if split else None
 
 
 def ema(
@@ -200,18 +226,19 @@ class LossPanel(Vertical, can_focus=True):
         loss = model.loss
         loss.ensure_sorted()
         alpha = settings.smoothing
-        colors = {"loss": pal.loss, "kl": pal.kl, "mse": pal.mse, "kl_term": pal.kl, "mse_term": pal.mse}
-        dashes = {"loss": "solid", "kl": "dashed", "kl_term": "dashed", "mse": "dotted", "mse_term": "dotted"}
-        series = [
-            Series(
-                _LABEL[n],
-                colors[n],
-                dense=self._smoother.get(loss, n, alpha),
-                z=1 if n == "loss" else 0,
-                dash=dashes[n],
+        cycle = term_colors(pal)
+        series = []
+        for n in loss.shown():
+            k = loss.names.index(n.removesuffix("_term")) if n != "loss" else -1  # the term's place: its colour
+            series.append(
+                Series(
+                    label(n),
+                    pal.loss if k < 0 else cycle[k % len(cycle)],
+                    dense=self._smoother.get(loss, n, alpha),
+                    z=1 if k < 0 else 0,
+                    dash="solid" if k < 0 else DASHES[k % len(DASHES)],
+                )
             )
-            for n in loss.shown()
-        ]
         bounds = loss.boundaries()
         vlines = [VLine(x, str(it)) for x, it in bounds[1:]] if len(bounds) > 1 else []
         strategy = STRATEGIES.get(state.strategy or "")
@@ -256,14 +283,14 @@ class LossPanel(Vertical, can_focus=True):
         if not last:
             return st
         items = [f"it {last['iteration']} step {last['step']}"]
-        share = kl_share(last)
-        for n in ("loss", "kl", "mse"):
-            v = last.get(n)
-            if v is not None:
-                item = f"{_SHORT[n]} {v:.3g}"
-                if n == "loss" and share is not None:  # beside the total it splits
-                    item += f" ({share:.0%} KL)"
-                items.append(item)
+        weighted, unweighted = step_terms(last)
+        split = shares(weighted)
+        if last.get("loss") is not None:
+            item = f"tot {last['loss']:.3g}"
+            if split:  # beside the total, how the terms split it
+                item += " (" + ", ".join(f"{v:.0%} {n}" for n, v in split.items()) + ")"
+            items.append(item)
+        items += [f"{n} {v:.3g}" for n, v in unweighted.items() if v is not None]
         if last.get("lr") is not None:
             items.append(f"lr {last['lr']:.0e}")
         if last.get("grad_norm") is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.runlog.fold import LIVE_STATUSES, RunState
 from engine.runlog.layout import RunDir
 from engine.runlog.lock import is_alive
+from engine.runlog.loss_terms import step_terms
 from engine.runlog.reader import read_run
 from engine.runlog.schema import PARTS, REPORT, SELECT, STAGES
 
@@ -283,23 +284,26 @@ def removal_rows(runs: list[ReportRun]) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
-TRAIN_COLUMNS = [
-    "run",
-    "iteration",
-    "step",
-    "loss",
-    "kl",
-    "mse",
-    "kl_term",
-    "mse_term",
-    "lr",
-    "grad_norm",
-    "tokens_per_s",
-    "heldout_loss",
-]
+TRAIN_COLUMNS = ["run", "iteration", "step", "loss"]  # then each term's columns, then TRAIN_TAIL
+TRAIN_TAIL = ["lr", "grad_norm", "tokens_per_s", "heldout_loss"]
 
 
 def train_rows(runs: list[ReportRun]) -> list[dict]:
-    return [
-        {"run": r.label, **{c: step.get(c) for c in TRAIN_COLUMNS[1:]}} for r in runs for step in r.state.train_curve()
-    ]
+    """One row a healing step: each term of the loss as ``<term>`` (unweighted) and ``<term>_term``
+    (weighted; they add up to the loss), whichever terms the run logged (older runs: kl and mse)."""
+    rows = []
+    for r in runs:
+        for step in r.state.train_curve():
+            weighted, unweighted = step_terms(step)
+            row = {"run": r.label, **{c: step.get(c) for c in (*TRAIN_COLUMNS[1:], *TRAIN_TAIL)}}
+            for name in dict.fromkeys([*unweighted, *weighted]):
+                row[name], row[f"{name}_term"] = unweighted.get(name), weighted.get(name)
+            rows.append(row)
+    return rows
+
+
+def train_columns(rows: list[dict]) -> list[str]:
+    """The columns of ``train_rows``: the terms' in the order they first appear."""
+    fixed = {*TRAIN_COLUMNS, *TRAIN_TAIL}
+    terms = dict.fromkeys(k for row in rows for k in row if k not in fixed)
+    return [*TRAIN_COLUMNS, *terms, *TRAIN_TAIL]

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from engine.runlog.loss_terms import step_terms
 from engine.runlog.schema import REPORT, SELECT
 
 from .facts import ReportRun
@@ -267,20 +268,29 @@ def importance_figure(run: ReportRun, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def loss_series(steps: list[dict]) -> list[tuple[str, list[tuple[int, float]]]]:
+    """The curves of the loss figure: the total, then every term the run logged, weighted (they
+    add up to the loss) where logged, else unweighted; each ``(label, [(x, value)])``."""
+    terms = [step_terms(st) for st in steps]
+    weighted = any(v is not None for w, _ in terms for v in w.values())
+    values = [w if weighted else u for w, u in terms]
+    total = [st.get("loss") for st in steps]
+    total = [v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in total]
+    out = [("total loss", total)]
+    for name in dict.fromkeys(n for v in values for n in v):
+        out.append((f"{name} term" if weighted else name, [v.get(name) for v in values]))
+    return [(label, [(x, v) for x, v in enumerate(got) if v is not None]) for label, got in out]
+
+
 def loss_figure(run: ReportRun, path: Path) -> Path | None:
     """The healing losses in step order across iterations (log scale), iterations marked."""
     steps = run.state.train_curve()
     if not steps:
         return None
-    weighted = any(st.get("kl_term") is not None for st in steps)
-    series = [("loss", "total loss")] + (
-        [("kl_term", "KL term"), ("mse_term", "MSE term")] if weighted else [("kl", "KL"), ("mse", "MSE")]
-    )
     fig = _figure(8.0, 3.6, bottom=0.14)
     ax = fig.add_subplot()
     positive = True
-    for i, (key, label) in enumerate(series):
-        pts = [(x, st[key]) for x, st in enumerate(steps) if isinstance(st.get(key), (int, float))]
+    for i, (label, pts) in enumerate(loss_series(steps)):
         if pts:
             positive &= all(v > 0 for _, v in pts)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.0, color=colour(i), label=label)

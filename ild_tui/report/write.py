@@ -112,7 +112,7 @@ def write_report(
     written.append(write_csv(out / "removals.csv", removal_columns, removal_rows))
     train = facts.train_rows(runs)
     if train:
-        written.append(write_csv(out / "train_steps.csv", facts.TRAIN_COLUMNS, train))
+        written.append(write_csv(out / "train_steps.csv", facts.train_columns(train), train))
 
     from . import lm_eval
 

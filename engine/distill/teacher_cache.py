@@ -1,0 +1,158 @@
+"""The teacher's outputs on the distillation data, computed once per run (or read back from the
+teacher store, across runs): its final hidden state, the outputs of the original layers the MSE
+compares, and with ``teacher_topk`` its top-k tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.digests import weights_digest
+from engine.models.adapters import adapter_for
+
+from .cache import BlockStore
+from .fused_kl import TopK, teacher_topk
+from .teacher_store import StoreEntry, TeacherStore
+
+
+class TeacherCache:
+    """The teacher's outputs on the training and held-out blocks, computed once per run."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        train: torch.Tensor,
+        heldout: torch.Tensor,
+        spill_dir: Path | None,
+        limit_bytes: int,
+        batch_size: int,
+        store: TeacherStore | None = None,
+    ):
+        self.teacher = teacher
+        self.store = store  # across runs: the outputs of this teacher on these blocks, once computed
+        self._entries: dict[str, StoreEntry] = {}
+        self._digest: str | None = None
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.adapter = adapter_for(teacher)
+        self.blocks = {"train": train, "heldout": heldout}
+        # each step's batch is drawn from these positions, each naming a row of the train blocks
+        # (a window longer than the data names some rows more than once)
+        self.train_index = torch.arange(len(train))
+        self.spill_dir, self.limit, self.batch_size = spill_dir, limit_bytes, batch_size
+        self.final: dict[str, BlockStore] = {}
+        self.layers: dict[tuple[str, int], BlockStore] = {}
+        self.topk: dict[str, tuple[BlockStore, BlockStore, BlockStore]] = {}
+
+    def set_train(self, blocks: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Train on other blocks from now on (the next healing's window): the teacher's outputs on
+        the old ones are dropped, those on the new ones computed when first asked for."""
+        if index is None:
+            index = torch.arange(len(blocks))
+        if torch.equal(blocks, self.blocks["train"]) and torch.equal(index, self.train_index):
+            return
+        for key in [k for k in self.layers if k[0] == "train"]:
+            self.layers.pop(key).close()
+        for store in [self.final.pop("train", None), *self.topk.pop("train", ())]:
+            if store is not None:
+                store.close()
+        self._entries.pop("train", None)
+        self.blocks["train"], self.train_index = blocks, index
+
+    @torch.no_grad()
+    def ensure(self, originals: set[int], split: str) -> None:
+        """Compute the final hidden state and the outputs of the given original layers, if missing."""
+        missing = [o for o in sorted(originals) if (split, o) not in self.layers]
+        if split in self.final and not missing:
+            return
+        blocks = self.blocks[split]
+        device = next(self.teacher.parameters()).device
+        n, t = blocks.shape
+        d = self.teacher.config.hidden_size
+        entry = self._entry(split)
+        if entry is not None:  # what an earlier run of this teacher on these blocks computed
+            if split not in self.final and (array := entry.load("final", (n, t, d))) is not None:
+                self.final[split] = BlockStore.over(array)
+            for o in list(missing):
+                if (array := entry.load(f"layer-{o}", (n, t, d))) is not None:
+                    self.layers[(split, o)] = BlockStore.over(array)
+                    missing.remove(o)
+            if split in self.final and not missing:
+                return
+        if split not in self.final:
+            self.final[split] = BlockStore(n, (t, d), torch.float32, self.spill_dir, self.limit)
+            todo_final = True
+        else:
+            todo_final = False
+        for o in missing:
+            self.layers[(split, o)] = BlockStore(n, (t, d), torch.float32, self.spill_dir, self.limit)
+        stop = self.adapter.num_layers if todo_final else max(missing) + 1
+        for b in range(0, n, self.batch_size):
+            ids = blocks[b : b + self.batch_size].to(device)
+            inputs = self.adapter.prepare(ids, None)
+            hidden = inputs.hidden
+            for j in range(stop):
+                hidden = self.adapter.run_layer(j, hidden, inputs)
+                if j in missing:
+                    self.layers[(split, j)][b : b + len(ids)] = hidden.float()
+            if todo_final:
+                self.final[split][b : b + len(ids)] = hidden.float()
+        if entry is not None:
+            if todo_final:
+                entry.save("final", (n, t, d), self.final[split])
+            for o in missing:
+                entry.save(f"layer-{o}", (n, t, d), self.layers[(split, o)])
+
+    def _entry(self, split: str) -> StoreEntry | None:
+        if self.store is None:
+            return None
+        if split not in self._entries:
+            if self._digest is None:
+                try:
+                    self._digest = weights_digest(self.teacher)
+                except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded)
+                    self.store = None
+                    return None
+            self._entries[split] = self.store.entry(self._digest, self.blocks[split])
+        return self._entries[split]
+
+    @torch.no_grad()
+    def ensure_topk(self, split: str, k: int, temperature: float) -> None:
+        """The teacher's top-k log-probabilities, their ids and its tail mass, once per run."""
+        if split in self.topk:
+            return
+        self.ensure(set(), split)
+        n, t = self.blocks[split].shape
+        stores = (
+            BlockStore(n, (t, k), torch.float32, self.spill_dir, self.limit),
+            BlockStore(n, (t, k), torch.int32, self.spill_dir, self.limit),
+            BlockStore(n, (t,), torch.float32, self.spill_dir, self.limit),
+        )
+        device = next(self.teacher.parameters()).device
+        for b in range(0, n, self.batch_size):
+            index = slice(b, b + self.batch_size)
+            top = teacher_topk(self.logits(split, index, device), k, temperature)
+            stores[0][index], stores[1][index], stores[2][index] = top.logp, top.index.int(), top.tail_logp
+        self.topk[split] = stores
+
+    def topk_target(self, split: str, index, device) -> TopK:
+        logp, ids, tail = self.topk[split]
+        return TopK(logp[index].to(device), ids[index].to(device).long(), tail[index].to(device))
+
+    def logits(self, split: str, index: slice, device) -> torch.Tensor:
+        with torch.no_grad():
+            return self.adapter.head(self.final[split][index].to(device, self.adapter.lm_head.weight.dtype))
+
+    @torch.no_grad()
+    def normed_final(self, split: str, index, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The teacher's final hidden state after the final norm (what its LM head reads)."""
+        return self.adapter.norm(self.final[split][index].to(device, dtype))
+
+    def hidden(self, split: str, original: int, index: slice, device) -> torch.Tensor:
+        return self.layers[(split, original)][index].to(device)
+
+    def close(self) -> None:
+        for store in [*self.final.values(), *self.layers.values(), *(s for t in self.topk.values() for s in t)]:
+            store.close()
