@@ -98,7 +98,11 @@ for _metric in (
     Metric("angular", f"{_SCORES}:angular", "angular distance of the layer's input and output", calibration=True),
     Metric("loss_nll", f"{_SCORES}:loss_nll", "calibration NLL gained with the layer skipped", calibration=True),
     Metric(
-        "loss_kl", f"{_SCORES}:loss_kl", "KL to the teacher gained with the layer skipped", calibration=True, teacher=True
+        "loss_kl",
+        f"{_SCORES}:loss_kl",
+        "KL to the teacher gained with the layer skipped",
+        calibration=True,
+        teacher=True,
     ),
     Metric("position", f"{_SCORES}:position", "the place in the reverse order (last layers before the final one)"),
     Metric(
