@@ -66,8 +66,9 @@ class Progress:
 
 
 class Runner:
-    def __init__(self, run_dir: str | Path, config: RunConfig, ranks: Ranks = SINGLE):
+    def __init__(self, run_dir: str | Path, config: RunConfig, ranks: Ranks = SINGLE, prepare=setup.prepare):
         self.ranks = ranks  # the engine processes of this run; rank 0 alone writes the run directory
+        self.prepare = prepare  # builds the parts from the config (engine.setup.prepare; tests wrap it)
         self.rundir = RunDir(run_dir)
         self.config = config
         self.strategy = get_strategy(config.strategy)
@@ -192,7 +193,7 @@ class Runner:
         if checkpoint is not None:
             self.restore(checkpoint)
 
-        parts = setup.prepare(self)
+        parts = self.prepare(self)
         self.evaluation, self.teacher, self.calibration = parts.evaluation, parts.teacher, parts.calibration
         self.healing, self.scorer = parts.healing, parts.scorer
 
