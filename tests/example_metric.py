@@ -24,7 +24,7 @@ def score(scorer):
             "suite": scorer.evaluator is not None,
         }
     )
-    return scorer.ranking({layer: float(-place) for place, layer in enumerate(mapping)}, note="deepest first")
+    return scorer.ranking({layer: float(-place) for place, layer in enumerate(mapping)})
 
 
 METRIC = register_metric(
