@@ -15,8 +15,6 @@ import logging
 import os
 import random
 import socket
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +32,7 @@ from engine.models.adapters import adapter_for
 from engine.models.export import export_model
 from engine.models.loading import model_version
 from engine.models.surgery import layer_map, parameter_count, remove_layers
+from engine.progress import Progress
 from engine.runlog.layout import RunDir
 from engine.runlog.state import write_state
 from engine.runlog.strategies import get_strategy
@@ -41,28 +40,6 @@ from engine.runlog.tailer import read_all
 from engine.scoring import Ranking, reuse
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """Throttled progress as `phase` events (a few a second at most), and a safe point per call."""
-
-    control: RankedController
-    iteration: int = 0
-    phase: str = ""
-    last: float = 0.0
-    interval: float = 0.5
-    extra: dict = field(default_factory=dict)
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        self.control.safe_point()
-        now = time.monotonic()
-        if done < total and now - self.last < self.interval:
-            return
-        self.last = now
-        self.control.emit(
-            "phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra
-        )
 
 
 class Runner:
@@ -130,13 +107,13 @@ class Runner:
                 self.remove(decision.layer, decision.by, ranking.proposal)
                 if self.whole_step():
                     self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
-            if self.healing is not None and self.strategy.heal and self.whole_step():
+            if self.heals_now():
                 self.healing.after_removal(self._gaps_this_heal(), partial)
                 self.evaluate("after_healing", heldout=self.healing.heldout, healing=self.healing.summary)
             if self.below_floor():
                 return self.stop_at_floor()
             self.checkpoint()
-        if self.healing is not None and self.config.heal.final_tokens > 0 and not self.final_healed:
+        if self.final_heal_due():
             self.final_heal()
         self.export()
         self._finish(
@@ -357,6 +334,12 @@ class Runner:
         return self.config.removals is None or self.config.heal.each_removal
 
     # --- healing (engine.healing) ---------------------------------------------------------------
+    def heals_now(self) -> bool:
+        return self.healing is not None and self.strategy.heal and self.whole_step()
+
+    def final_heal_due(self) -> bool:
+        return self.healing is not None and self.config.heal.final_tokens > 0 and not self.final_healed
+
     def final_heal(self) -> None:
         """After the last removal, one longer healing (heal.final_tokens); evaluated as the stage
         after_final_healing, then checkpointed again."""
