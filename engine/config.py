@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from .control import check_notify_cmd
 from .distill.terms import TERMS, term_setting
-from .runlog.strategies import IMPORTANCE_METRICS, get_strategy
+from .runlog.strategies import get_metric, get_strategy
 
 
 class ConfigError(ValueError):
@@ -249,7 +249,7 @@ class RunConfig(_Strict):
     report_suite: str | None = None  # evaluated after every iteration, never used to choose
     min_retention: float | None = Field(default=None, gt=0, le=1)  # stop before the report aggregate falls below
     suite: str = "default"
-    importance: Literal["task_drop", "bi", "angular", "loss_nll", "loss_kl", "position", "block_distance"] | None = None
+    importance: str | None = None  # a registered importance metric (engine.runlog.strategies.METRICS)
     split_seed: int = 0  # which items of each task are the selection part and which the report part
     scoring: ScoringSettings = Field(default_factory=lambda: ScoringSettings())
     mode: Literal["auto", "manual", "auto-after"] = "auto"
@@ -298,8 +298,11 @@ def validate_config(data: dict) -> RunConfig:
             check_notify_cmd(config.notify_cmd)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if config.importance is not None and config.importance not in IMPORTANCE_METRICS:
-        raise ConfigError(f"unknown importance metric '{config.importance}'")
+    if config.importance is not None:
+        try:
+            get_metric(config.importance)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.target_layers >= config.start_layers:
         raise ConfigError(
             f"--target-layers {config.target_layers} must be below the model's current depth ({config.start_layers} layers)"

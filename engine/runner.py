@@ -1,7 +1,9 @@
 """The method as a recipe: score -> propose -> decide -> remove -> heal -> evaluate -> checkpoint.
 
-Each step is one method below, in the order the method runs them; the parts they use live in
-their own modules (``scoring``, ``evaluation``, ``distill``, ``checkpoints``, ``control``).
+``Runner._run`` is the loop; each step is one method below, in the order the method runs them.
+The parts they use are built by ``engine.setup`` from the config (the student, the teacher, the
+evaluation, the scorer, the healing, the calibration text) and live in their own modules
+(``scoring``, ``evaluation``, ``healing``, ``checkpoints``, ``control``).
 Everything the run learns goes out as events through the controller (layers always named by
 their original teacher index); ``checkpoints/<k>/`` lets a new engine continue where a dead one
 stopped, and a run with nothing left to do ends with its export.
@@ -13,59 +15,37 @@ import logging
 import os
 import random
 import socket
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from engine import faults
+from engine import faults, setup
 from engine.checkpoints import Checkpoint, CheckpointStore, layer_group, manifest_digest
 from engine.config import RunConfig
 from engine.control import Decision, StopRequested
 from engine.distributed.control import RankedController
 from engine.distributed.ranks import SINGLE, Ranks
-from engine.evaluation import Evaluation, summary
+from engine.evaluation import summary
 from engine.failures import DISK_FULL_HINT, disk_full
 from engine.failures import describe as describe_failure
 from engine.models.adapters import adapter_for
 from engine.models.export import export_model
-from engine.models.loading import load_model, model_version
+from engine.models.loading import model_version
 from engine.models.surgery import layer_map, parameter_count, remove_layers
+from engine.progress import Progress
 from engine.runlog.layout import RunDir
 from engine.runlog.state import write_state
 from engine.runlog.strategies import get_strategy
 from engine.runlog.tailer import read_all
-from engine.scoring import Ranking, Scorer, reuse
+from engine.scoring import Ranking, reuse
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Progress:
-    """Throttled progress as `phase` events (a few a second at most), and a safe point per call."""
-
-    control: RankedController
-    iteration: int = 0
-    phase: str = ""
-    last: float = 0.0
-    interval: float = 0.5
-    extra: dict = field(default_factory=dict)
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        self.control.safe_point()
-        now = time.monotonic()
-        if done < total and now - self.last < self.interval:
-            return
-        self.last = now
-        self.control.emit(
-            "phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra
-        )
-
-
 class Runner:
-    def __init__(self, run_dir: str | Path, config: RunConfig, ranks: Ranks = SINGLE):
+    def __init__(self, run_dir: str | Path, config: RunConfig, ranks: Ranks = SINGLE, prepare=setup.prepare):
         self.ranks = ranks  # the engine processes of this run; rank 0 alone writes the run directory
+        self.prepare = prepare  # builds the parts from the config (engine.setup.prepare; tests wrap it)
         self.rundir = RunDir(run_dir)
         self.config = config
         self.strategy = get_strategy(config.strategy)
@@ -118,21 +98,18 @@ class Runner:
         while self.depth > self.config.target_layers:
             self.iteration += 1
             self.progress.iteration = self.iteration
-            partial = self.store.partial(self.iteration)
+            partial = self.store.partial(self.iteration)  # a healing a killed engine left half done
             if partial is not None:
-                decision = self.redo_removal(partial.decision)
-                self.say(
-                    f"resuming iteration {self.iteration} at healing step {partial.step} (layer {decision.layer} already removed)"
-                )
+                self.redo_removal(partial)
             else:
                 ranking = self.score()
                 decision = self.decide(ranking)
-                self.remove(decision)
-                if self.evaluates_now():
+                self.remove(decision.layer, decision.by, ranking.proposal)
+                if self.whole_step():
                     self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
             if self.heals_now():
-                self.heal(decision, partial)
-                self.evaluate("after_healing", heldout=self._heldout, healing=self._healing)
+                self.healing.after_removal(self._gaps_this_heal(), partial)
+                self.evaluate("after_healing", heldout=self.healing.heldout, healing=self.healing.summary)
             if self.below_floor():
                 return self.stop_at_floor()
             self.checkpoint()
@@ -170,8 +147,8 @@ class Runner:
             self.say(checkpoint.note, level="warning")
         self.control.lockstep_point()
 
-        self._phase("loading", config.model)
-        loaded = self._load()
+        self.phase("loading", config.model)
+        loaded = setup.load(config, self.ranks)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         # the teacher's size, before a strategy unties the student's head (+ vocabulary x hidden)
         self.teacher_params = parameter_count(self.model)
@@ -193,46 +170,9 @@ class Runner:
         if checkpoint is not None:
             self.restore(checkpoint)
 
-        self._phase("preparing", f"tokenising suite '{config.suite}'")
-        scores = None
-        if config.score_cache and not self.ranks.distributed:  # ranks would each ask it: no
-            from engine.digests import store_root
-            from engine.score_cache import ScoreCache
-
-            scores = ScoreCache(store_root() / "scores")
-        self.evaluation = Evaluation(
-            self.model,
-            self.tokenizer,
-            config.suite,
-            config.report_suite,
-            config.batch_tokens,
-            config.split_seed,
-            cache=scores,
-        )
-        if self.ranks.distributed:
-            from engine.distributed.evaluator import share_evaluation
-
-            share_evaluation(self.evaluation, self.ranks, self.control.lockstep_point)
-        self.teacher = None
-        heals = self.strategy.heal or config.heal.final_tokens > 0
-        if self.metric == "loss_kl" or heals:
-            self.teacher = self._load().model
-        self.calibration = self._calibration() if self._needs_calibration() else []
-        self.healer = self._healer() if heals else None
-        from engine.importance.racing import RacingSettings
-
-        self.scorer = Scorer(
-            self.metric,
-            self.model,
-            self.evaluation.select,
-            self.calibration,
-            self.evaluation.pad_id,
-            config.batch_tokens,
-            teacher=self.teacher,
-            racing=RacingSettings(enabled=config.scoring.racing, seed=config.seed),
-            block=config.start_layers - config.target_layers,
-            progress=self.progress,
-        )
+        parts = self.prepare(self)
+        self.evaluation, self.teacher, self.calibration = parts.evaluation, parts.teacher, parts.calibration
+        self.healing, self.scorer = parts.healing, parts.scorer
 
     def restore(self, checkpoint: Checkpoint) -> None:
         self.store.restore(self.model, checkpoint)
@@ -244,7 +184,7 @@ class Runner:
         self.final_healed = bool(checkpoint.extra.get("final_healed"))
         if "heal_cursor" in checkpoint.extra:
             self.heal_cursor = int(checkpoint.extra["heal_cursor"])
-        elif self.strategy.heal and self._each_removal():  # a checkpoint from before windows
+        elif self.strategy.heal and self.each_removal():  # a checkpoint from before windows
             self.heal_cursor = self.iteration * max(1, self.config.heal.train_tokens // self.config.heal.seq_len)
         self.say(
             f"resumed from checkpoint {checkpoint.name} (iteration {self.iteration}, removed {self.removed_layers})"
@@ -262,7 +202,7 @@ class Runner:
     def evaluate(self, stage: str, free_select: dict[str, float] | None = None, **extra) -> None:
         """Both parts of the model as it is now; the selection part may be known already (task drop
         scored exactly this model: the shared prefix is exact)."""
-        self._phase("evaluating", stage.replace("_", " "))
+        self.phase("evaluating", stage.replace("_", " "))
         self.evaluation.cached.clear()
         select = free_select if free_select is not None else self.evaluation.scores("select", self.progress)
         report = self.evaluation.scores("report", self.progress)
@@ -291,7 +231,7 @@ class Runner:
         if not self.strategy.rescore and self.one_shot is not None:
             ranking = reuse(self.one_shot, layer_map(self.model), self.metric)
         else:
-            self._phase("scoring", self.metric)
+            self.phase("scoring", self.metric)
             ranking = self.scorer.score()
             if not self.strategy.rescore:
                 self.one_shot = {int(k): v for k, v in ranking.event["scores"].items()}
@@ -330,48 +270,35 @@ class Runner:
             proposed=ranking.proposal,
             command_id=decision.command_id,
         )
-        self._proposed = ranking.proposal
         return decision
 
     # --- 4. remove ------------------------------------------------------------------------------
-    def remove(self, decision: Decision) -> None:
-        bridge = None
+    def remove(self, layer: int, by: str, proposed: int, announce: bool = True) -> None:
+        bridge = None  # what the linear map that replaced the layer did, where the strategy bridges
         if self.strategy.bridge:
-            bridge = self._remove_with_bridge(decision.layer)
+            bridge = self._remove_with_bridge(layer)
         else:
-            remove_layers(self.model, decision.layer)
-        self.removed.append(
-            {
-                "iteration": self.iteration,
-                "layer": decision.layer,
-                "by": decision.by,
-                "proposed": getattr(self, "_proposed", decision.layer),
-            }
-        )
+            remove_layers(self.model, layer)
+        self.removed.append({"iteration": self.iteration, "layer": layer, "by": by, "proposed": proposed})
+        if not announce:
+            return
         mapping = layer_map(self.model)
         self.emit(
             "layer_removed",
             iteration=self.iteration,
-            layer=decision.layer,
+            layer=layer,
             remaining=mapping,
             layers=len(mapping),
             params=parameter_count(self.model),
             **({"bridge": bridge} if bridge else {}),
         )
 
-    def redo_removal(self, decision: dict) -> Decision:
+    def redo_removal(self, partial) -> None:
         """Iteration k's removal again, as it was decided before the engine died (bridges are
-        deterministic: the same data gives the same map)."""
-        redone = Decision(layer=int(decision["layer"]), by=decision["by"])
-        self._proposed = decision.get("proposed", redone.layer)
-        if self.strategy.bridge:
-            self._remove_with_bridge(redone.layer)
-        else:
-            remove_layers(self.model, redone.layer)
-        self.removed.append(
-            {"iteration": self.iteration, "layer": redone.layer, "by": redone.by, "proposed": self._proposed}
-        )
-        return redone
+        deterministic: the same data gives the same map); its events are in the log already."""
+        layer, by = int(partial.decision["layer"]), partial.decision["by"]
+        self.remove(layer, by, partial.decision.get("proposed", layer), announce=False)
+        self.say(f"resuming iteration {self.iteration} at healing step {partial.step} (layer {layer} already removed)")
 
     def _remove_with_bridge(self, layer: int) -> dict | None:
         """Remove ``layer``, replaced by a least-squares map fused into the layer before it; plain
@@ -395,204 +322,43 @@ class Runner:
         )
         return fit.summary()
 
-    def evaluates_now(self) -> bool:
-        """Every removal is evaluated, but for the removals before the last of a fixed-removal run
-        (it heals once, and what it compares is the student before and after that healing)."""
-        return self._each_removal() or self.depth == self.config.target_layers
+    def whole_step(self) -> bool:
+        """Whether this removal is healed (where the run heals) and evaluated: every one, but the
+        removals before the last of a fixed-removal run that heals once (it compares the student
+        before and after that one healing)."""
+        return self.each_removal() or self.depth == self.config.target_layers
 
-    def _each_removal(self) -> bool:
+    def each_removal(self) -> bool:
         """Whether every removal is healed and evaluated: always but in a fixed-removal run that
         heals once (heal.each_removal heals each of its removals too)."""
         return self.config.removals is None or self.config.heal.each_removal
 
-    # --- healing --------------------------------------------------------------------------------
+    # --- healing (engine.healing) ---------------------------------------------------------------
     def heals_now(self) -> bool:
-        """Healing strategies heal every iteration; a fixed-removal run heals once, after its last removal."""
-        if self.healer is None or not self.strategy.heal:
-            return False
-        return self._each_removal() or self.depth == self.config.target_layers
-
-    def _train_head_if_untied(self) -> None:
-        """``heal.train_head=untied``: the head trains where the student has its own."""
-
-        from engine.models.adapters import adapter_for
-        from engine.models.surgery import head_is_tied
-
-        own = not head_is_tied(self.model)
-        trainable = self.heal_config.trainable.model_copy(update={"train_head": own})
-        self.heal_config = self.heal_config.model_copy(update={"trainable": trainable})
-        if not own:
-            extra = adapter_for(self.model).embed_tokens.weight.numel()
-            self.say(
-                "the LM head is tied to the input embedding: healing trains the layers only "
-                f"(heal.untie_head=true gives the student its own head to train, {extra / 1e6:.1f} M parameters more)"
-            )
-
-    def _healer(self):
-        from engine.distill.heal import Healer, TeacherCache
-        from engine.distill.plan import HealPlan
-
-        self.heal_config = self.config.heal
-        self._phase("preparing", "distillation data")
-        healings = 0
-        if self.strategy.heal:
-            healings = self.config.start_layers - self.config.target_layers if self._each_removal() else 1
-        try:
-            self.plan = HealPlan.build(
-                self.heal_config.data, self.tokenizer, self.config.seed, healings, self.config.heal.final_tokens
-            )
-        except (ValueError, OSError) as exc:
-            raise RuntimeError(f"distillation data: {exc}") from exc
-        self.plan.cursor = self.heal_cursor
-        for note in self.plan.notes():
-            self.say(note, level="warning")
-        window = self.plan.window(final=healings == 0)
-        train, heldout = window.blocks, self.plan.data.heldout
-        store = None
-        # a sharded teacher has no whole weights to key the store with
-        if self.config.heal.teacher_store_mb and self.config.distributed.heal != "fsdp":
-            from engine.digests import store_root
-            from engine.distill.teacher_store import TeacherStore
-
-            store = TeacherStore(store_root() / "teacher", self.config.heal.teacher_store_mb << 20)
-        cache = TeacherCache(
-            self.teacher,
-            train,
-            heldout,
-            self.rundir.cache_dir,
-            self.config.heal.cache_limit_mb << 20,
-            self.heal_config.batch_size,
-            store=store,
-        )
-        if self.config.heal.untie_head:
-            from engine.models.surgery import untie_head
-
-            untie_head(self.model)
-            self.modified.add("head")
-        if self.config.heal.train_head == "untied":
-            self._train_head_if_untied()
-        cache.set_train(window.blocks, window.index)
-        return Healer(
-            self.model, cache, self.heal_config, ranks=self.ranks, shard=self.config.distributed.heal == "fsdp"
-        )
-
-    def heal(self, decision: Decision, partial) -> None:
-        from engine.distill.trainable import choose_trainable
-
-        mapping = layer_map(self.model)
-        gaps = self._gaps_this_heal()
-        trainable = choose_trainable(mapping, self.config.start_layers, gaps, self.heal_config.trainable)
-        chosen = {"layer": decision.layer, "by": decision.by, "proposed": getattr(self, "_proposed", decision.layer)}
-        self._heal_window(trainable, chosen, partial, final=False)
+        return self.healing is not None and self.strategy.heal and self.whole_step()
 
     def final_heal_due(self) -> bool:
-        return self.healer is not None and self.config.heal.final_tokens > 0 and not self.final_healed
+        return self.healing is not None and self.config.heal.final_tokens > 0 and not self.final_healed
 
     def final_heal(self) -> None:
-        """After the last removal, one longer healing (heal.final_tokens) of every layer next to a
-        gap or of all layers; evaluated as the stage after_final_healing, then checkpointed again."""
-
-        from engine.distill.trainable import choose_trainable
-
-        partial = self.store.partial(self.iteration)
-        if partial is not None and partial.extra.get("stage") != "final":
-            partial = None  # an iteration's healing state, left by a kill before checkpoint cleanup
-        mapping = layer_map(self.model)
-        choice = "all" if self.config.heal.final_trainable == "all" else "radius"
-        rule = self.heal_config.trainable.model_copy(update={"choice": choice, "k": 1})
-        trainable = choose_trainable(mapping, self.config.start_layers, [], rule)
-        if partial is not None:
-            self.say(f"resuming the final healing at step {partial.step}")
-        self._heal_window(trainable, {"final": True}, partial, final=True)
-        self.evaluate("after_final_healing", heldout=self._heldout, healing=self._healing)
+        """After the last removal, one longer healing (heal.final_tokens); evaluated as the stage
+        after_final_healing, then checkpointed again."""
+        self.healing.final()
+        self.evaluate("after_final_healing", heldout=self.healing.heldout, healing=self.healing.summary)
         self.final_healed = True
         self.checkpoint()
-
-    def _heal_window(self, trainable: list[int], chosen: dict, partial, final: bool) -> None:
-        """Heal ``trainable`` on the plan's next window of data (resuming ``partial`` if given)."""
-        from engine.distill.heal import HealInterrupted, HealState, NonFiniteLoss
-        from engine.distill.losses import hidden_pairs
-
-        mapping = layer_map(self.model)
-        window = self.plan.window(final=final)
-        self.healer.cache.set_train(window.blocks, window.index)
-        pairs = hidden_pairs(self.heal_config.loss, trainable, len(mapping))
-        what = "final healing: " if final else ""
-        self._phase("healing", f"{what}layers {[mapping[j] for j in trainable]} (original)")
-        self.say(self.plan.describe(window), level="warning" if window.repeats else "info")
-        self.progress("teacher cache", 0, 1)
-        before = self.healer.heldout_loss(pairs)
-        resume = HealState.from_saved(partial.state) if partial is not None else None
-        tag = {"stage": "final"} if final else {}
-
-        def save_partial(state: HealState) -> None:
-            faults.point("partial_checkpoint")
-            if not self.ranks.is_main:
-                return
-            self.store.save_partial(self.iteration, state.step, chosen, trainable, state.to_saved(), extra=tag)
-            self.emit(
-                "checkpoint",
-                iteration=self.iteration,
-                name=f"partial-{self.iteration}-{state.step}",
-                partial=True,
-                step=state.step,
-            )
-
-        def interrupt() -> bool:
-            try:
-                self.control.lockstep_point()
-            except StopRequested:
-                return True
-            return False
-
-        try:
-            summary_ = self.healer.heal(
-                trainable,
-                self.iteration,
-                self.config.seed,
-                on_step=lambda r: self.emit("train_step", **r, **tag),
-                on_checkpoint=save_partial,
-                resume=resume,
-                interrupt=interrupt,
-                baseline=before["loss"],
-                salt=7919 if final else 0,
-            )
-            note = f"healed {summary_['steps']} steps ({summary_['tokens']} tokens) in {summary_['seconds']:.0f}s"
-            if summary_["stopped_early"]:
-                note += f", stopped early (no held-out gain in {self.heal_config.patience} checks)"
-            if summary_["kept_step"] != summary_["steps"]:
-                note += f"; kept the weights of step {summary_['kept_step']}, the best held-out check"
-        except HealInterrupted:
-            raise StopRequested() from None
-        except NonFiniteLoss as exc:
-            note = f"healing stopped: {exc}; restored the weights from before this iteration's healing"
-            self.emit("alert", level="error", message=note, iteration=self.iteration)
-        self.modified.update(layer_group(mapping[j]) for j in trainable)
-        if self.heal_config.trainable.train_norm:
-            self.modified.add("norm")
-        if self.heal_config.trainable.train_head:
-            self.modified.add("head")
-        after = self.healer.heldout_loss(pairs)
-        self.plan.advance(window)
-        self.heal_cursor = self.plan.cursor
-        self.say(
-            f"{what}{note}; held-out distillation loss {before['loss']:.4f} -> {after['loss']:.4f}; "
-            f"{window.epochs:.2f} passes over the healing data"
-        )
-        self._heldout = {"before": before, "after": after}
-        self._healing = window.summary(self.plan.seq_len)
 
     def _gaps_this_heal(self) -> list[int]:
         """The layers whose removal this healing repairs: this iteration's, or in a fixed-removal
         run (which heals once) all of them."""
-        if not self._each_removal():
+        if not self.each_removal():
             return list(self.config.removals)
         return [self.removed[-1]["layer"]]
 
     # --- the quality floor ----------------------------------------------------------------------
     def below_floor(self) -> bool:
         floor = self.config.min_retention
-        if floor is None or self.teacher_report is None or not self.evaluates_now():
+        if floor is None or self.teacher_report is None or not self.whole_step():
             return False
         return self.last_report < floor * self.teacher_report
 
@@ -606,7 +372,7 @@ class Runner:
             f"iteration {self.iteration - 1}"
         )
         checkpoint = self.store.latest()
-        self.model = self._load().model
+        self.model = setup.load(self.config, self.ranks).model
         self.removed, self.iteration = list(checkpoint.removed), checkpoint.iteration
         self.store.restore(self.model, checkpoint)
         self.export()
@@ -636,7 +402,7 @@ class Runner:
             self._write_state()
 
     def export(self) -> None:
-        self._phase("exporting", str(self.rundir.export_dir))
+        self.phase("exporting", str(self.rundir.export_dir))
         faults.point("export")
         if not self.ranks.is_main:
             return
@@ -678,14 +444,6 @@ class Runner:
         )
 
     # --- helpers --------------------------------------------------------------------------------
-    def _load(self):
-        """The model on this rank's device (rank 0 first: downloads and GGUF caches happen once)."""
-        from engine.distributed.ranks import resolve_device
-
-        gpus = self.config.distributed.gpus_per_process
-        with self.ranks.main_first():
-            return load_model(self.config.model, device=resolve_device(self.config.device, self.ranks, gpus), gpus=gpus)
-
     @property
     def depth(self) -> int:
         return adapter_for(self.model).num_layers
@@ -694,7 +452,7 @@ class Runner:
     def removed_layers(self) -> list[int]:
         return [r["layer"] for r in self.removed]
 
-    def _phase(self, phase: str, detail: str = "") -> None:
+    def phase(self, phase: str, detail: str = "") -> None:
         self.progress.phase = phase
         self.emit("phase", iteration=self.iteration, phase=phase, detail=detail)
 
@@ -704,36 +462,6 @@ class Runner:
             if e.get("type") == type_ and all(e.get(k) == v for k, v in fields.items()):
                 return e
         return None
-
-    def _needs_calibration(self) -> bool:
-        return self.metric in ("bi", "angular", "loss_nll", "loss_kl", "block_distance") or self.strategy.bridge
-
-    def _calibration(self):
-        """Text for similarity, loss drop and bridges: never the evaluation items."""
-        from engine.tasks.requests import ScoredSequence
-        from engine.tasks.sources import read_rows
-        from engine.tasks.spec import EmbeddedSource, FileSource, TaskSpec
-
-        cal = self.config.calibration
-        path = Path(cal.path)
-        source = (
-            FileSource(type="jsonl", path=str(path))
-            if path.is_file()
-            else EmbeddedSource(type="embedded", path=cal.path)
-        )
-        spec = TaskSpec(
-            name="calibration",
-            kind="language_modeling",
-            source=source,
-            metric="next_token_accuracy",
-            samples=cal.samples,
-        )
-        sequences = []
-        for i, row in enumerate(read_rows(spec, limit=cal.samples)):
-            ids = self.tokenizer(row["text"])["input_ids"][: cal.max_tokens]
-            if len(ids) >= 2:
-                sequences.append(ScoredSequence(ids, list(range(len(ids) - 1)), ids[1:], item=i))
-        return sequences
 
 
 def _hint(exc: BaseException) -> str:

@@ -1,7 +1,10 @@
-"""The strategies, as presets over importance metric, re-scoring, bridging and healing.
+"""The strategies, as presets over importance metric, re-scoring, bridging and healing, and the
+registry of importance metrics.
 
 In ``engine.runlog`` (standard library only) so that the CLI and the dashboard read the same
-table as the engine: no client keeps its own list of names.
+tables as the engine: no client keeps its own list of names. A metric names its scoring function
+by import path (``"module:function"``), imported by the engine only, so this module stays free of
+torch.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    importance: str  # "bi" | "angular" | "task_drop" | "loss_nll" | "loss_kl" | "position" | "block_distance"
+    importance: str  # the name of an importance metric (METRICS)
     rescore: bool  # re-score the student every iteration (False: one shot on the teacher)
     heal: bool  # distil the student against the teacher after each removal
     summary: str
@@ -60,11 +63,65 @@ STRATEGIES = {
     )
 }
 DEFAULT_STRATEGY = "iterative-distill"
-IMPORTANCE_METRICS = ("task_drop", "bi", "angular", "loss_nll", "loss_kl", "position", "block_distance")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An importance metric: what it needs and where its scoring function is.
+
+    The function, ``score(scorer) -> Ranking`` (see ``engine.scoring``), ranks the layers of
+    ``scorer.model``, least important first. The setup makes only what a metric asks for: the
+    calibration text, the teacher (a second copy of the model), the selection part of the suite.
+    """
+
+    name: str
+    score: str  # "package.module:function"
+    summary: str
+    calibration: bool = False  # scores on the calibration text (never evaluation items)
+    teacher: bool = False  # compares against the teacher
+    suite: bool = False  # scores on the selection part of the suite
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to the registry: config validation, the runner and ``ild run --help`` see it."""
+    METRICS[metric.name] = metric
+    return metric
+
+
+_SCORES = "engine.importance.metrics"
+for _metric in (
+    Metric("task_drop", f"{_SCORES}:task_drop", "aggregate suite score lost with the layer skipped", suite=True),
+    Metric("bi", f"{_SCORES}:block_influence", "Block Influence, 1 - cos(layer input, output)", calibration=True),
+    Metric("angular", f"{_SCORES}:angular", "angular distance of the layer's input and output", calibration=True),
+    Metric("loss_nll", f"{_SCORES}:loss_nll", "calibration NLL gained with the layer skipped", calibration=True),
+    Metric(
+        "loss_kl",
+        f"{_SCORES}:loss_kl",
+        "KL to the teacher gained with the layer skipped",
+        calibration=True,
+        teacher=True,
+    ),
+    Metric("position", f"{_SCORES}:position", "the place in the reverse order (last layers before the final one)"),
+    Metric(
+        "block_distance", f"{_SCORES}:block_distance", "ReplaceMe's most redundant block of layers", calibration=True
+    ),
+):
+    register_metric(_metric)
+IMPORTANCE_METRICS = tuple(METRICS)  # the built-in metrics, in the order the CLI's help names them
 
 
 class UnknownStrategy(ValueError):
     pass
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown importance metric '{name}' (known: {', '.join(METRICS)})") from None
 
 
 def get_strategy(name: str) -> Strategy:
