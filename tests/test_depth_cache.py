@@ -199,3 +199,34 @@ def test_the_depths_kept():
     assert {15, 16, 17} <= kept and len(kept) == 6
     assert plan_depths(8, 0, None, set(), 100) == set(range(1, 8))
     assert plan_depths(8, 0, None, set(), 0) == set()
+
+
+def test_the_engines_own_healing_is_seen(suite):
+    """Healing as the runner does it (engine.distill.heal: accelerate, AdamW, the cached loop), after
+    a removal: the evaluation after healing starts at the lowest trainable layer, with a full
+    pass's numbers."""
+    from engine.distill.data import DataConfig
+    from engine.distill.heal import HealConfig, Healer, TeacherCache
+    from engine.distill.trainable import TrainableConfig, choose_trainable
+    from engine.models.surgery import layer_map
+
+    spec, tokenizer = suite
+    teacher = tiny_llama(seed=1)
+    student = copy.deepcopy(teacher)
+    evaluator = SuiteEvaluator(student, tokenizer, spec, eval_cache_mb=64)
+    items = forward_items(evaluator)
+    n = sequences(evaluator, items)
+    scored(evaluator, items)
+    remove_layers(student, 4)
+    scored(evaluator, items)
+    g = torch.Generator().manual_seed(5)
+    train, heldout = torch.randint(3, 256, (8, 16), generator=g), torch.randint(3, 256, (4, 16), generator=g)
+    config = HealConfig(lr=1e-3, batch_size=4, data=DataConfig(seq_len=16), early_stop=False, head_matmul="fp32")
+    healer = Healer(student, TeacherCache(teacher, train, heldout, None, 1 << 30, 4), config)
+    trainable = choose_trainable(layer_map(student), LAYERS, 4, TrainableConfig(k=1))
+    assert trainable == [3, 4]
+    before = scored(SuiteEvaluator(student, tokenizer, spec, eval_cache_mb=0), items)[0]
+    healer.heal(trainable, iteration=1, seed=0)
+    after, layers = scored(evaluator, items)
+    assert after == reference(student, tokenizer, spec, items) and after != before
+    assert layers == (LAYERS - 1 - 3) * n

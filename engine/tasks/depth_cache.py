@@ -257,7 +257,11 @@ class DepthCache:
         base, layers = base_signature(adapter), layer_signatures(adapter)
         cpu_ids = ids.detach().cpu()
         cpu_mask = mask.detach().cpu() if mask is not None else None
-        key = (tuple(cpu_ids.shape), hash(cpu_ids.numpy().tobytes()), None if mask is None else hash(cpu_mask.numpy().tobytes()))
+        key = (
+            tuple(cpu_ids.shape),
+            hash(cpu_ids.numpy().tobytes()),
+            None if mask is None else hash(cpu_mask.numpy().tobytes()),
+        )
         entry = self.entries.get(key)
         if entry is not None and not (_same(entry.ids, cpu_ids) and _same(entry.mask, cpu_mask)):
             self._drop(key)  # a hash collision: another batch
