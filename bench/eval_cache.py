@@ -27,8 +27,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from bench.racing import cpu_flags
-
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -38,6 +36,7 @@ def main() -> int:
 
     import torch
 
+    from bench.racing import cpu_flags
     from engine.models.adapters import adapter_for
     from engine.models.loading import load_model
     from engine.models.surgery import remove_layers
