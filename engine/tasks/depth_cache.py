@@ -217,10 +217,6 @@ class DepthCache:
         self.pool.tokens[id(self)] = tokens
         weakref.finalize(self, _release, self.pool, id(self), self.entries)
 
-    @property
-    def enabled(self) -> bool:
-        return self.pool.limit > 0
-
     def clear(self) -> None:
         for key in list(self.entries):
             self._drop(key)
