@@ -101,6 +101,10 @@ def test_after_a_removal_it_starts_at_the_gap(suite):
     after, layers = scored(evaluator, items)
     assert after == reference(model, tokenizer, spec, items)
     assert layers == (LAYERS - 1 - 4) * n
+    remove_layers(model, LAYERS - 1)  # the last layer: what entered it is a full output, not the rows'
+    after, layers = scored(evaluator, items)
+    assert after == reference(model, tokenizer, spec, items)
+    assert layers == n  # the new last layer, from its stored input, at the scored rows
 
 
 def test_removals_and_healing_in_turn_give_a_full_pass_numbers(suite):

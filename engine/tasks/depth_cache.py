@@ -265,7 +265,9 @@ class DepthCache:
         start, change, old = 0, None, {}
         if entry is not None and entry.base.matches(base):
             change = first_change(entry.layers, layers)
-            old = {p: t for p, t in entry.depths.items() if p <= change}
+            # Never past the last layer's input: the last layer runs at the scored rows only, and a
+            # removal of the last layer leaves a stored full output there that is not that.
+            old = {p: t for p, t in entry.depths.items() if p <= min(change, n - 1)}
             start = max(old, default=0)
             if (
                 change == n == len(entry.layers)
