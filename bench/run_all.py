@@ -8,7 +8,16 @@ HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
     failed = 0
-    for script in ("importance.py", "racing.py", "distill.py", "teacher_store.py", "bridge.py", "tui.py", "scale.py"):
+    for script in (
+        "importance.py",
+        "racing.py",
+        "distill.py",
+        "teacher_store.py",
+        "eval_cache.py",
+        "bridge.py",
+        "tui.py",
+        "scale.py",
+    ):
         path = HERE / script
         if not path.exists():
             continue

@@ -39,6 +39,7 @@ from .batches import (
     per_sequence,
     score_positions,
 )
+from .depth_cache import depth_cache_for
 from .generation import GenerationScoring
 from .item_scores import (
     ITEM_COLUMNS,
@@ -111,6 +112,7 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         max_batch: int = 16,
         part: Part = None,
         split_seed: int = 0,
+        eval_cache_mb: int | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -127,6 +129,9 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         # Every id that ends an answer: EOS, generation_config's list, the template's end of turn.
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.forwards = ForwardCount()
+        # The model's own evaluations start from the lowest changed layer (depth_cache.py): in the
+        # process's pool (ILD_EVAL_CACHE_MB), or a pool of eval_cache_mb of its own; None when 0.
+        self.depth_cache = depth_cache_for(self, eval_cache_mb)
 
     @property
     def task_names(self) -> list[str]:
@@ -183,7 +188,10 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         for number, batch in enumerate(batches):
             seqs = [sequences[i] for i in batch]
             ids, mask, rows, cols, targets = pack_right(seqs, self.pad_id, device)
-            finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols, counter=self.forwards)
+            if self.depth_cache is not None and shared and candidates == [None]:
+                finals = {None: self.depth_cache.hidden(adapter, ids, mask, rows, cols, self.forwards)}
+            else:
+                finals = candidate_hidden(adapter, ids, mask, candidates, shared, rows, cols, counter=self.forwards)
             letter_at = letter_rows(seqs)
             for c in candidates:
                 # Popped so each candidate's final hidden state is freed once it is scored.
