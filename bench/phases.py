@@ -1,4 +1,4 @@
-"""Where a run's time went, read from its event log: ``python bench/profile.py RUN_DIR [--json]``.
+"""Where a run's time went, read from its event log: ``python bench/phases.py RUN_DIR [--json]``.
 
 One row per kind of work (task-drop scoring, each evaluation, healing before its first step and its
 steps, waiting for a decision, ...), one column per iteration, in seconds of wall time between the
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     events_file = args.run_dir / "events.jsonl"
     if not events_file.is_file():
-        print(f"profile: {args.run_dir} is not a run directory (no events.jsonl)", file=sys.stderr)
+        print(f"phases: {args.run_dir} is not a run directory (no events.jsonl)", file=sys.stderr)
         return 2
     labels, iterations, cells = table(read_all(events_file))
     if args.json:

@@ -1,9 +1,9 @@
-"""bench/profile.py: the time of each piece of work, read from a run's events."""
+"""bench/phases.py: the time of each piece of work, read from a run's events."""
 
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).parent.parent / "bench" / "profile.py")
+spec = importlib.util.spec_from_file_location("bench_phases", Path(__file__).parent.parent / "bench" / "phases.py")
 profile = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(profile)
 
