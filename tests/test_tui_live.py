@@ -5,7 +5,7 @@ import pytest
 from engine.runlog.tailer import read_all
 from ild_tui.live.decision import DecisionPanel
 from ild_tui.live.heatmap import Heatmap
-from ild_tui.live.screen import EventsBatch
+from ild_tui.messages import EventsBatch
 from ild_tui.screens.dialogs import ConfirmScreen, HelpScreen, ModeScreen
 from ild_tui.widgets.charts import BrailleChart
 from tests.support import answer, append_events, burst, commands, hold_lock, open_live, wait_for

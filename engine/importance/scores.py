@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from engine.config import BATCH_TOKENS
 from engine.models.adapters import adapter_for
 from engine.tasks.evaluate import SuiteEvaluator, candidate_hidden, head_chunks, pack_right
 from engine.tasks.requests import ScoredSequence
@@ -41,7 +42,11 @@ def _batches(sequences: list[ScoredSequence], batch_tokens: int) -> list[list[Sc
 
 @torch.no_grad()
 def similarity_scores(
-    model, sequences: list[ScoredSequence], pad_id: int, batch_tokens: int = 4096, progress: Progress | None = None
+    model,
+    sequences: list[ScoredSequence],
+    pad_id: int,
+    batch_tokens: int = BATCH_TOKENS,
+    progress: Progress | None = None,
 ) -> dict[str, dict[int, float]]:
     """Block Influence and angular distance of every current layer, over real (unpadded) tokens."""
     adapter = adapter_for(model)
@@ -79,7 +84,7 @@ def loss_drop_scores(
     kind: str = "nll",
     teacher=None,
     shared: bool = True,
-    batch_tokens: int = 4096,
+    batch_tokens: int = BATCH_TOKENS,
     progress: Progress | None = None,
 ) -> dict[int, float]:
     """Increase of calibration NLL (or KL to the teacher) when each layer is skipped."""

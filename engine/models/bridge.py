@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.config import BATCH_TOKENS
+
 from .adapters import PLAIN_RESIDUAL_LAYERS, DecoderAdapter, adapter_for
 from .errors import SurgeryError
 from .surgery import _ranges, current_index, remove_layers
@@ -191,7 +193,7 @@ def estimate_bridge(
     originals: list[int],
     calibration: Calibration,
     pad_id: int,
-    batch_tokens: int = 4096,
+    batch_tokens: int = BATCH_TOKENS,
     ridge: float = DEFAULT_RIDGE,
     measure: bool = True,
     progress: Progress | None = None,
@@ -303,7 +305,7 @@ def remove_with_bridge(
     originals: list[int],
     calibration: Calibration,
     pad_id: int,
-    batch_tokens: int = 4096,
+    batch_tokens: int = BATCH_TOKENS,
     ridge: float = DEFAULT_RIDGE,
     measure: bool = True,
     progress: Progress | None = None,
@@ -326,7 +328,7 @@ def block_distances(
     n: int,
     calibration: Calibration,
     pad_id: int,
-    batch_tokens: int = 4096,
+    batch_tokens: int = BATCH_TOKENS,
     metric: str = "angular",
     include_first: bool = False,
     progress: Progress | None = None,

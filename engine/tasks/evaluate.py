@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 import torch
 
+from engine.config import BATCH_TOKENS
 from engine.models.adapters import adapter_for
 
 from .batches import (
@@ -108,7 +109,7 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         model,
         tokenizer,
         suite: SuiteSpec,
-        batch_tokens: int = 4096,
+        batch_tokens: int = BATCH_TOKENS,
         max_batch: int = 16,
         part: Part = None,
         split_seed: int = 0,

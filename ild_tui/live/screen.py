@@ -30,7 +30,6 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -40,6 +39,7 @@ from engine.runlog.layout import RunDir
 from engine.runlog.safefile import open_regular
 from engine.runlog.tailer import EventTailer
 
+from ..messages import EngineStatus, EventsBatch, Loaded
 from ..widgets.header import RunHeader, theme_color
 from .decision import DecisionPanel
 from .eventlog import EventLog
@@ -72,30 +72,6 @@ def replay(path: Path) -> tuple[list[dict], EventTailer]:
         tailer = EventTailer(path)
         return tailer.poll(), tailer
     return events, EventTailer(path, offset=end)
-
-
-class Loaded(Message):
-    """The replayed log, folded in the tail thread; the model now belongs to the UI thread."""
-
-    def __init__(self, model: LiveModel, alive: bool, seconds: float) -> None:
-        super().__init__()
-        self.model = model
-        self.alive = alive
-        self.seconds = seconds
-
-
-class EventsBatch(Message):
-    """Everything one poll of the log found (never one message per event)."""
-
-    def __init__(self, events: list[dict]) -> None:
-        super().__init__()
-        self.events = events
-
-
-class EngineStatus(Message):
-    def __init__(self, alive: bool) -> None:
-        super().__init__()
-        self.alive = alive
 
 
 class LiveScreen(SteeringScreen):
