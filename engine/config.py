@@ -157,7 +157,8 @@ class HealSettings(_Strict):
     # "gaps" every layer next to a gap, "all" every layer. Logged as the stage after_final_healing.
     final_tokens: int = Field(default=0, ge=0)
     final_trainable: Literal["gaps", "all"] = "gaps"
-    # With --removals: heal after each removal, as an iterative run does (false: once, after the last)
+    # With --removals or a prune-then-heal strategy (block-distill): heal after each removal, as an
+    # iterative run does (false: once, after the last)
     each_removal: bool = False
     cached: bool = True
     # the cached loop's head + KL fused and chunked (where the loss allows it)

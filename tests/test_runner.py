@@ -268,3 +268,27 @@ def test_an_unregistered_metric_is_a_one_line_config_error():
         validate_config(
             dict(name="x", model="m", strategy="iterative-pruning", start_layers=6, target_layers=4, importance="nope")
         )
+
+
+def test_block_distill_removes_the_block_and_heals_it_once(small, tmp_path):
+    """The prune-then-heal preset: ReplaceMe's block chosen once on the teacher, its layers removed
+    one after another with nothing evaluated or healed between, one healing of every gap at the end."""
+    runner, events, fakes = run(small, tmp_path / "block", healing={}, strategy="block-distill", target_layers=4)
+    assert runner.reason == "target"
+    removed = runner.removed_layers
+    assert len(removed) == 2 and abs(removed[0] - removed[1]) == 1  # one contiguous block
+    importance = [e for e in events if e["type"] == "importance"]
+    assert importance[0]["metric"] == "block_distance"
+    assert all(e.get("reused") for e in importance[1:])  # chosen once, on the teacher
+    assert steps(events, 1) == ["importance", "proposal", "decision", "layer_removed", "checkpoint"]
+    assert steps(events, 2) == ITERATION
+    assert fakes["healing"].calls == [(2, removed, None)]
+
+
+def test_block_distill_heals_each_removal_when_asked(small, tmp_path):
+    each = {**HEAL, "each_removal": True}
+    _, events, fakes = run(
+        small, tmp_path / "block-each", healing={}, strategy="block-distill", target_layers=4, heal=each
+    )
+    assert [c[0] for c in fakes["healing"].calls] == [1, 2]
+    assert steps(events, 1)[-6:] == ITERATION[-6:]
