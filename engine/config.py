@@ -259,6 +259,9 @@ class RunConfig(_Strict):
     seed: int = 0
     batch_tokens: int = Field(default=BATCH_TOKENS, ge=64)
     score_cache: bool = True  # scores of weights already scored on the same items are read back
+    # MiB of hidden states kept so that an evaluation runs only the layers above the lowest one that
+    # changed (engine/tasks/depth_cache.py; exact); 0: off; None: ILD_EVAL_CACHE_MB, else 1024
+    eval_cache_mb: int | None = Field(default=None, ge=0)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     heal: HealSettings = Field(default_factory=HealSettings)
     device: str | None = None

@@ -292,3 +292,25 @@ def test_block_distill_heals_each_removal_when_asked(small, tmp_path):
     )
     assert [c[0] for c in fakes["healing"].calls] == [1, 2]
     assert steps(events, 1)[-6:] == ITERATION[-6:]
+
+
+def test_evaluations_from_the_lowest_changed_layer_equal_full_passes(small, tmp_path):
+    """eval_cache_mb: the run's evaluations start above the layers that did not change; every score
+    equals the one of a run that evaluates from the embeddings (eval_cache_mb=0), to the bit."""
+
+    def scores(events):
+        return [
+            (e["iteration"], e["stage"], e["part"], e["tasks"], e["aggregate"]) for e in events if e["type"] == "eval"
+        ]
+
+    runs = {}
+    for mb in (0, 64):
+        runner, events, _ = run(
+            small, tmp_path / f"cache{mb}", scorer={"order": [3, 1]}, target_layers=4, eval_cache_mb=mb
+        )
+        runs[mb] = (runner, events)
+    assert scores(runs[64][1]) == scores(runs[0][1])
+    cached = [e.depth_cache for e in (runs[64][0].evaluation.select, *runs[64][0].evaluation.report)]
+    assert all(c is not None for c in cached)
+    assert all(e.depth_cache is None for e in (runs[0][0].evaluation.select, *runs[0][0].evaluation.report))
+    assert runs[64][0].evaluation.select.forwards.layer_forwards < runs[0][0].evaluation.select.forwards.layer_forwards
