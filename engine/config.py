@@ -157,7 +157,8 @@ class HealSettings(_Strict):
     # "gaps" every layer next to a gap, "all" every layer. Logged as the stage after_final_healing.
     final_tokens: int = Field(default=0, ge=0)
     final_trainable: Literal["gaps", "all"] = "gaps"
-    # With --removals: heal after each removal, as an iterative run does (false: once, after the last)
+    # With --removals or a prune-then-heal strategy (block-distill): heal after each removal, as an
+    # iterative run does (false: once, after the last)
     each_removal: bool = False
     cached: bool = True
     # the cached loop's head + KL fused and chunked (where the loss allows it)
@@ -258,6 +259,9 @@ class RunConfig(_Strict):
     seed: int = 0
     batch_tokens: int = Field(default=BATCH_TOKENS, ge=64)
     score_cache: bool = True  # scores of weights already scored on the same items are read back
+    # MiB of hidden states kept so that an evaluation runs only the layers above the lowest one that
+    # changed (engine/tasks/depth_cache.py; exact); 0: off; None: ILD_EVAL_CACHE_MB, else 1024
+    eval_cache_mb: int | None = Field(default=None, ge=0)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     heal: HealSettings = Field(default_factory=HealSettings)
     device: str | None = None

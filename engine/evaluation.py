@@ -9,6 +9,7 @@ sees, and a report part. The report part of the run's suite and every task of th
 from __future__ import annotations
 
 from engine.score_cache import ScoreCache, evaluator_digest
+from engine.tasks.depth_cache import Pool
 from engine.tasks.evaluate import SuiteEvaluator, aggregate
 from engine.tasks.spec import load_report_suite, load_suite
 
@@ -25,20 +26,20 @@ class Evaluation:
         batch_tokens: int,
         split_seed: int,
         cache: ScoreCache | None = None,
+        eval_cache_mb: int | None = None,
     ):
         self.cache = cache
         self._digests: dict[str, list[str]] = {}
         self.cached: dict[str, bool] = {}  # part -> whether its last scores came from the cache
         main = load_suite(suite)
-        self.select = SuiteEvaluator(
-            model, tokenizer, main, batch_tokens=batch_tokens, part="select", split_seed=split_seed
-        )
-        self.report = [
-            SuiteEvaluator(model, tokenizer, main, batch_tokens=batch_tokens, part="report", split_seed=split_seed)
-        ]
+        # the run's evaluations from the lowest changed layer share one budget (None: ILD_EVAL_CACHE_MB)
+        pool = None if eval_cache_mb is None else Pool(eval_cache_mb << 20)
+        common = {"batch_tokens": batch_tokens, "depth_pool": pool}
+        self.select = SuiteEvaluator(model, tokenizer, main, part="select", split_seed=split_seed, **common)
+        self.report = [SuiteEvaluator(model, tokenizer, main, part="report", split_seed=split_seed, **common)]
         extra = load_report_suite(main, report_suite)
         if extra is not None:
-            self.report.append(SuiteEvaluator(model, tokenizer, extra, batch_tokens=batch_tokens, part=None))
+            self.report.append(SuiteEvaluator(model, tokenizer, extra, part=None, **common))
 
     @property
     def pad_id(self) -> int:

@@ -329,9 +329,10 @@ class Runner:
         return self.each_removal() or self.depth == self.config.target_layers
 
     def each_removal(self) -> bool:
-        """Whether every removal is healed and evaluated: always but in a fixed-removal run that
-        heals once (heal.each_removal heals each of its removals too)."""
-        return self.config.removals is None or self.config.heal.each_removal
+        """Whether every removal is healed and evaluated: always but in a fixed-removal run or a
+        prune-then-heal strategy (``heal_once``), which heal once (heal.each_removal: each too)."""
+        once = self.config.removals is not None or self.strategy.heal_once
+        return not once or self.config.heal.each_removal
 
     # --- healing (engine.healing) ---------------------------------------------------------------
     def heals_now(self) -> bool:
@@ -349,10 +350,10 @@ class Runner:
         self.checkpoint()
 
     def _gaps_this_heal(self) -> list[int]:
-        """The layers whose removal this healing repairs: this iteration's, or in a fixed-removal
-        run (which heals once) all of them."""
+        """The layers whose removal this healing repairs: this iteration's, or in a run that heals
+        once (fixed removals, a prune-then-heal strategy) all of them."""
         if not self.each_removal():
-            return list(self.config.removals)
+            return [r["layer"] for r in self.removed]
         return [self.removed[-1]["layer"]]
 
     # --- the quality floor ----------------------------------------------------------------------

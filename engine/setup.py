@@ -76,7 +76,14 @@ def _evaluation(run) -> Evaluation:
 
         scores = ScoreCache(store_root() / "scores")
     evaluation = Evaluation(
-        run.model, run.tokenizer, config.suite, config.report_suite, config.batch_tokens, config.split_seed, scores
+        run.model,
+        run.tokenizer,
+        config.suite,
+        config.report_suite,
+        config.batch_tokens,
+        config.split_seed,
+        scores,
+        eval_cache_mb=config.eval_cache_mb,
     )
     if run.ranks.distributed:
         from engine.distributed.evaluator import share_evaluation

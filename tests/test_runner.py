@@ -268,3 +268,49 @@ def test_an_unregistered_metric_is_a_one_line_config_error():
         validate_config(
             dict(name="x", model="m", strategy="iterative-pruning", start_layers=6, target_layers=4, importance="nope")
         )
+
+
+def test_block_distill_removes_the_block_and_heals_it_once(small, tmp_path):
+    """The prune-then-heal preset: ReplaceMe's block chosen once on the teacher, its layers removed
+    one after another with nothing evaluated or healed between, one healing of every gap at the end."""
+    runner, events, fakes = run(small, tmp_path / "block", healing={}, strategy="block-distill", target_layers=4)
+    assert runner.reason == "target"
+    removed = runner.removed_layers
+    assert len(removed) == 2 and abs(removed[0] - removed[1]) == 1  # one contiguous block
+    importance = [e for e in events if e["type"] == "importance"]
+    assert importance[0]["metric"] == "block_distance"
+    assert all(e.get("reused") for e in importance[1:])  # chosen once, on the teacher
+    assert steps(events, 1) == ["importance", "proposal", "decision", "layer_removed", "checkpoint"]
+    assert steps(events, 2) == ITERATION
+    assert fakes["healing"].calls == [(2, removed, None)]
+
+
+def test_block_distill_heals_each_removal_when_asked(small, tmp_path):
+    each = {**HEAL, "each_removal": True}
+    _, events, fakes = run(
+        small, tmp_path / "block-each", healing={}, strategy="block-distill", target_layers=4, heal=each
+    )
+    assert [c[0] for c in fakes["healing"].calls] == [1, 2]
+    assert steps(events, 1)[-6:] == ITERATION[-6:]
+
+
+def test_evaluations_from_the_lowest_changed_layer_equal_full_passes(small, tmp_path):
+    """eval_cache_mb: the run's evaluations start above the layers that did not change; every score
+    equals the one of a run that evaluates from the embeddings (eval_cache_mb=0), to the bit."""
+
+    def scores(events):
+        return [
+            (e["iteration"], e["stage"], e["part"], e["tasks"], e["aggregate"]) for e in events if e["type"] == "eval"
+        ]
+
+    runs = {}
+    for mb in (0, 64):
+        runner, events, _ = run(
+            small, tmp_path / f"cache{mb}", scorer={"order": [3, 1]}, target_layers=4, eval_cache_mb=mb
+        )
+        runs[mb] = (runner, events)
+    assert scores(runs[64][1]) == scores(runs[0][1])
+    cached = [e.depth_cache for e in (runs[64][0].evaluation.select, *runs[64][0].evaluation.report)]
+    assert all(c is not None for c in cached)
+    assert all(e.depth_cache is None for e in (runs[0][0].evaluation.select, *runs[0][0].evaluation.report))
+    assert runs[64][0].evaluation.select.forwards.layer_forwards < runs[0][0].evaluation.select.forwards.layer_forwards

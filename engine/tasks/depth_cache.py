@@ -324,10 +324,11 @@ def evaluator_tokens(evaluator) -> int:
     return total
 
 
-def depth_cache_for(evaluator, budget_mb: int | None = None) -> DepthCache | None:
-    """The evaluator's depth cache in the process's pool, or in a pool of its own of ``budget_mb``
-    MiB if given; None when the budget is 0."""
-    pool = shared_pool() if budget_mb is None else Pool(max(0, budget_mb) << 20)
+def depth_cache_for(evaluator, budget_mb: int | None = None, pool: Pool | None = None) -> DepthCache | None:
+    """The evaluator's depth cache in ``pool``, or in a pool of its own of ``budget_mb`` MiB if
+    given, else in the process's pool; None when the budget is 0."""
+    if pool is None:
+        pool = shared_pool() if budget_mb is None else Pool(max(0, budget_mb) << 20)
     if pool.limit <= 0:
         return None
     return DepthCache(evaluator_tokens(evaluator), pool)

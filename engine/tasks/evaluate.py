@@ -114,6 +114,7 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         part: Part = None,
         split_seed: int = 0,
         eval_cache_mb: int | None = None,
+        depth_pool=None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -131,8 +132,9 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         self.stop_ids = stop_token_ids(tokenizer, model)
         self.forwards = ForwardCount()
         # The model's own evaluations start from the lowest changed layer (depth_cache.py): in the
-        # process's pool (ILD_EVAL_CACHE_MB), or a pool of eval_cache_mb of its own; None when 0.
-        self.depth_cache = depth_cache_for(self, eval_cache_mb)
+        # process's pool (ILD_EVAL_CACHE_MB), the given ``depth_pool`` (a run's evaluators share
+        # one), or a pool of eval_cache_mb of its own; None when 0.
+        self.depth_cache = depth_cache_for(self, eval_cache_mb, depth_pool)
 
     @property
     def task_names(self) -> list[str]:
