@@ -374,7 +374,7 @@ from engine.failures import describe
 
 root = Path(sys.argv[1])
 rows = torch.ones(64, 1024)  # 256 KiB on a 64 KiB disk
-entry = TeacherStore(root / "teacher", 1 << 30).entry("teacher", rows)
+entry = TeacherStore(root / "teacher", 1 << 30).entry("teacher", rows, 8)
 entry.save("final", (64, 1024), rows)  # costs the next run the computation, nothing else
 print("store:", sorted(p.name for p in (root / "teacher").rglob("*.bin")))
 try:

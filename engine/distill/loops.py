@@ -18,6 +18,7 @@ from engine.models.adapters import adapter_for
 
 from .cache import BlockStore
 from .losses import total_loss
+from .teacher_prefix import shared_depth
 
 if TYPE_CHECKING:
     from .heal import Healer
@@ -102,8 +103,13 @@ class _CachedLoop(_PlainLoop):
         self.healer, self.pairs, self.layer_map, self.device = healer, pairs, layer_map, device
         config = healer.config
         cache = healer.cache
-        cache.ensure(healer._needed(pairs, layer_map), "train")
         self.start = min(trainable)
+        # The student's lowest layers that are still the teacher's: their output on the training
+        # blocks comes from the teacher's pass (same batches, bit-identical), not from a second one.
+        # Not with a rank's own subset of blocks: batched differently, the sums could differ.
+        self.shared = shared_depth(healer.student, cache.teacher, self.start) if needed is None else 0
+        cache.ensure(healer._needed(pairs, layer_map) | ({self.shared - 1} if self.shared else set()), "train")
+        self.owned = True  # whether close() frees the prefix (not when it is the teacher cache's)
         self.prefix = self._prefix(device, needed) if self.start > 0 else None
         self.runner = StudentFromPrefix(healer.student, self.start, pairs, config.loss.final_norm, fused=self.fused)
 
@@ -115,6 +121,10 @@ class _CachedLoop(_PlainLoop):
         rank trains on (``needed``; None: all)."""
         healer, adapter = self.healer, adapter_for(self.healer.student)
         blocks, batch = healer.cache.blocks["train"], healer.config.batch_size
+        shared = healer.cache.layers[("train", self.shared - 1)] if self.shared else None
+        if self.shared == self.start:
+            self.owned = False
+            return shared
         store = BlockStore(
             len(blocks),
             (blocks.shape[1], healer.student.config.hidden_size),
@@ -126,7 +136,8 @@ class _CachedLoop(_PlainLoop):
             for b in range(0, len(blocks), batch):
                 ids = blocks[b : b + batch].to(device)
                 inputs = adapter.prepare(ids, None)
-                store[b : b + len(ids)] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()
+                hidden = inputs.hidden if shared is None else shared[b : b + len(ids)].to(device, inputs.hidden.dtype)
+                store[b : b + len(ids)] = adapter.run_layers(hidden, inputs, self.shared, self.start).float()
             return store
         needed = needed.unique()  # sorted; a window longer than the data names some blocks twice
         for b in range(0, len(needed), batch):
@@ -144,7 +155,7 @@ class _CachedLoop(_PlainLoop):
         return self.healer.cache.logits("train", picked, self.device)
 
     def close(self) -> None:
-        if self.prefix is not None:
+        if self.prefix is not None and self.owned:
             self.prefix.close()
 
 

@@ -115,7 +115,7 @@ class TeacherCache:
                 except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded)
                     self.store = None
                     return None
-            self._entries[split] = self.store.entry(self._digest, self.blocks[split])
+            self._entries[split] = self.store.entry(self._digest, self.blocks[split], self.batch_size)
         return self._entries[split]
 
     @torch.no_grad()

@@ -36,9 +36,12 @@ class TeacherStore:
     def __init__(self, root: Path, limit_bytes: int) -> None:
         self.root, self.limit = Path(root), limit_bytes
 
-    def entry(self, teacher: str, blocks: torch.Tensor) -> StoreEntry:
-        """Where the outputs of the teacher with ``weights_digest`` ``teacher`` on ``blocks`` live."""
-        key = value_digest([FORMAT, teacher, tensor_digest(blocks), code_digest(*TEACHER_CODE)])
+    def entry(self, teacher: str, blocks: torch.Tensor, batch_size: int) -> StoreEntry:
+        """Where the outputs of the teacher with ``weights_digest`` ``teacher`` on ``blocks``, run
+        ``batch_size`` blocks at a time, live. The batching is part of the key because a GEMM's
+        sums may be ordered differently for another number of rows: what is read back is bit for
+        bit what this run would compute (and what the student's shared prefix computes)."""
+        key = value_digest([FORMAT, teacher, tensor_digest(blocks), batch_size, code_digest(*TEACHER_CODE)])
         return StoreEntry(self, self.root / key)
 
     def used_bytes(self) -> int:

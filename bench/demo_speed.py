@@ -1,0 +1,161 @@
+"""`make demo`'s run, side by side: an earlier commit against this tree, on this machine, one after
+the other, each from an empty store (as on a fresh clone), printing both wall times, their ratio,
+where the time went in each (``bench/phases.py``'s table, totals per kind of work), and whether the
+two runs removed the same layers and printed the same aggregates.
+
+    .venv/bin/python bench/demo_speed.py --old df344b1 [--new HEAD] [--target-layers 28] [--keep DIR] [--json FILE]
+
+Both commits are checked out into git worktrees and run with this checkout's virtual environment
+(their code first on the path), so later edits here cannot reach a run under way; the runs are ``ild run --strategy iterative-distill
+--headless`` on the embedded model, exactly what ``ild demo`` runs. The model's converted weights
+(``ILD_CACHE_DIR``) are warmed first and shared: a fresh clone pays that once, whichever code it runs.
+Run it on an otherwise idle machine: both runs take all the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.phases import table  # noqa: E402
+from bench.racing import cpu_flags  # noqa: E402
+from engine.runlog.tailer import read_all  # noqa: E402
+
+DEFAULT_MODEL = "smollm2-135m"  # what `ild demo` prunes
+CLI = "import sys; from ild_tui.cli import main; sys.exit(main())"
+
+
+def run_demo(tree: Path, work: Path, side: str, target_layers: int) -> tuple[float, Path]:
+    """One demo run of the code in ``tree``; (wall seconds, run directory)."""
+    runs = work / f"runs-{side}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "ILD_STORE_DIR": str(work / f"store-{side}"),  # empty: no teacher outputs or scores kept from before
+    }
+    cmd = [sys.executable, "-c", CLI, "run", "--model", DEFAULT_MODEL, "--strategy", "iterative-distill"]
+    cmd += ["--target-layers", str(target_layers), "--name", side, "--runs-dir", str(runs), "--headless"]
+    started = time.perf_counter()
+    with open(work / f"{side}.log", "w") as log:
+        done = subprocess.run(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"demo_speed: the {side} run failed (exit {done.returncode}); see {work / f'{side}.log'}")
+    return seconds, runs / side
+
+
+def outcome(run_dir: Path) -> dict:
+    """What the run decided and printed: its removals and every evaluation's aggregate and task scores."""
+    events = read_all(run_dir / "events.jsonl")
+    removals = [e.get("layer") for e in events if e.get("type") == "decision"]
+    evals = {
+        f"{e.get('iteration')} {e.get('stage')} {e.get('part')}": {
+            "aggregate": e.get("aggregate"),
+            "tasks": e.get("tasks"),
+        }
+        for e in events
+        if e.get("type") == "eval"
+    }
+    return {"removals": removals, "evals": evals, "events": events}
+
+
+def compare(old: dict, new: dict) -> list[str]:
+    """The differences between two runs' outcomes, in words (empty: the same to the bit)."""
+    out = []
+    if old["removals"] != new["removals"]:
+        out.append(f"removals differ: {old['removals']} vs {new['removals']}")
+    for key in sorted(set(old["evals"]) | set(new["evals"])):
+        a, b = old["evals"].get(key), new["evals"].get(key)
+        if a is None or b is None:
+            out.append(f"{key}: only in the {'new' if a is None else 'old'} run")
+        elif a != b:
+            out.append(f"{key}: aggregate {a['aggregate']} vs {b['aggregate']}")
+    return out
+
+
+def phase_totals(events: list[dict]) -> dict[str, float]:
+    labels, _, cells = table(events)
+    totals = dict.fromkeys(labels, 0.0)
+    for (label, _), seconds in cells.items():
+        totals[label] += seconds
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", required=True, help="the earlier commit (any git revision)")
+    parser.add_argument("--new", default="HEAD", help="the later commit (default: HEAD)")
+    parser.add_argument("--target-layers", type=int, default=28)
+    parser.add_argument("--keep", type=Path, help="keep both runs and logs here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="ild-demo-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    trees = {side: work / f"{side}-tree" for side in ("old", "new")}
+    for side, rev in (("old", args.old), ("new", args.new)):
+        if not trees[side].exists():
+            subprocess.run(["git", "worktree", "add", "--detach", str(trees[side]), rev], cwd=ROOT, check=True)
+    short = lambda tree: subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True
+    ).stdout.strip()
+    rev, new_rev = short(trees["old"]), short(trees["new"])
+    try:
+        from engine.models.loading import load_model
+
+        load_model(DEFAULT_MODEL)  # the converted weights, shared by both sides
+        old_s, old_dir = run_demo(trees["old"], work, "old", args.target_layers)
+        new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers)
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    old, new = outcome(old_dir), outcome(new_dir)
+    differences = compare(old, new)
+    old_phases, new_phases = phase_totals(old["events"]), phase_totals(new["events"])
+
+    print(f"demo 30 -> {args.target_layers}, CPU flags: {cpu_flags()}, {os.cpu_count()} cores")
+    print(f"old {rev}: {old_s:8.1f} s")
+    print(f"new {new_rev}: {new_s:8.1f} s")
+    print(f"new / old: {new_s / old_s:.3f}")
+    print(f"\n{'work':40s} {'old s':>8s} {'new s':>8s} {'ratio':>6s}")
+    for label in dict.fromkeys([*old_phases, *new_phases]):
+        a, b = old_phases.get(label, 0.0), new_phases.get(label, 0.0)
+        print(f"{label:40s} {a:8.0f} {b:8.0f} {b / a if a else float('nan'):6.2f}")
+    print(f"\nremovals: old {old['removals']}, new {new['removals']}")
+    if differences:
+        print("NOT the same outcome:")
+        for line in differences:
+            print("  " + line)
+    else:
+        print(f"the same removals and all {len(new['evals'])} evaluations' scores equal to the bit")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "old": rev,
+                    "new": new_rev,
+                    "cpu_flags": cpu_flags(),
+                    "old_seconds": old_s,
+                    "new_seconds": new_s,
+                    "ratio": new_s / old_s,
+                    "old_phases": old_phases,
+                    "new_phases": new_phases,
+                    "differences": differences,
+                },
+                indent=1,
+            )
+        )
+    return 1 if differences else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
