@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from engine.score_cache import ScoreCache, evaluator_digest
 from engine.tasks.depth_cache import Pool
-from engine.tasks.evaluate import SuiteEvaluator, aggregate
+from engine.tasks.evaluate import ItemScores, SuiteEvaluator, aggregate, task_score
 from engine.tasks.spec import load_report_suite, load_suite
 
 PARTS = ("select", "report")
@@ -67,6 +67,28 @@ class Evaluation:
             out.update(evaluator.evaluate([None], progress=progress)[None])
         if key is not None:
             self.cache.put(key, out)
+        return out
+
+    def completed(self, known: dict[str, ItemScores], progress=None) -> dict[str, float]:
+        """Task scores of the model as it is on the selection part, given its per-item results on
+        some items already (``known``, e.g. what racing measured of the layer then removed): only
+        the other items are scored. Each task's items are put back in the evaluator's own order
+        before its score is taken, so the sums run as in a whole evaluation."""
+        evaluator = self.select
+        order = evaluator.items()
+        seen = {t: set(scores.items) for t, scores in known.items()}
+        missing = {t: [i for i in items if i not in seen.get(t, ())] for t, items in order.items()}
+        missing = {t: items for t, items in missing.items() if items}
+        fresh = evaluator.evaluate_items([None], progress=progress, items=missing)[None] if missing else {}
+        out = {}
+        for task in evaluator.tasks:
+            name = task.spec.name
+            merged = ItemScores()
+            for part in (known.get(name), fresh.get(name)):
+                if part is not None:
+                    merged.extend(part)
+            position = {item: k for k, item in enumerate(merged.items)}
+            out[name] = task_score(task.spec, merged.at(position[i] for i in order[name]))
         return out
 
 

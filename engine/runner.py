@@ -106,7 +106,11 @@ class Runner:
                 decision = self.decide(ranking)
                 self.remove(decision.layer, decision.by, ranking.proposal)
                 if self.whole_step():
-                    self.evaluate("after_removal", free_select=ranking.per_task.get(decision.layer))
+                    self.evaluate(
+                        "after_removal",
+                        free_select=ranking.per_task.get(decision.layer),
+                        known_select=ranking.partial_items.get(decision.layer),
+                    )
             if self.heals_now():
                 self.healing.after_removal(self._gaps_this_heal(), partial)
                 self.evaluate("after_healing", heldout=self.healing.heldout, healing=self.healing.summary)
@@ -199,12 +203,20 @@ class Runner:
             self.evaluate("teacher")
             self.checkpoint()
 
-    def evaluate(self, stage: str, free_select: dict[str, float] | None = None, **extra) -> None:
+    def evaluate(
+        self, stage: str, free_select: dict[str, float] | None = None, known_select: dict | None = None, **extra
+    ) -> None:
         """Both parts of the model as it is now; the selection part may be known already (task drop
-        scored exactly this model: the shared prefix is exact)."""
+        scored exactly this model: the shared prefix is exact), or known on some of its items
+        (``known_select``: racing dropped the removed layer early), the rest then scored."""
         self.phase("evaluating", stage.replace("_", " "))
         self.evaluation.cached.clear()
-        select = free_select if free_select is not None else self.evaluation.scores("select", self.progress)
+        if free_select is not None:
+            select = free_select
+        elif known_select:
+            select = self.evaluation.completed(known_select, self.progress)
+        else:
+            select = self.evaluation.scores("select", self.progress)
         report = self.evaluation.scores("report", self.progress)
         cached = [p for p in ("select", "report") if self.evaluation.cached.get(p)]
         if cached:

@@ -21,6 +21,8 @@ class Ranking:
     ranked: list[tuple[int, float]]  # (original layer, score), least important first
     per_task: dict[int, dict[str, float]] = field(default_factory=dict)  # original layer -> task scores
     event: dict = field(default_factory=dict)  # fields of the importance event (metric, scores, ...)
+    # original layer -> {task: ItemScores}: what racing measured of a layer it dropped early
+    partial_items: dict[int, dict] = field(default_factory=dict)
 
     @property
     def proposal(self) -> int:

@@ -125,6 +125,10 @@ def test_racing_finds_the_full_proposal_with_fewer_layer_forwards(tmp_path):
         raced.partial, key=lambda i: (raced.drops[i], i)
     )
     assert json.dumps([r.as_dict() for r in raced.rounds])
+    # What the race measured of each partial layer is handed over item by item, on the items it saw.
+    assert set(raced.partial_items) == raced.partial
+    for i in raced.partial:
+        assert sum(len(s.items) for s in raced.partial_items[i].values()) == raced.items[i]
 
 
 def test_racing_settings_are_validated():

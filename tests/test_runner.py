@@ -83,7 +83,7 @@ def small(tiny):
     return tiny
 
 
-def run(small, path, *, scorer=None, healing=None, resume=False, **settings):
+def run(small, path, *, scorer=None, healing=None, resume=False, scorer_class=None, **settings):
     """One engine's run on ``path``; returns the runner, its events (all of the log) and the fakes."""
     config = dict(
         name=path.name,
@@ -100,7 +100,7 @@ def run(small, path, *, scorer=None, healing=None, resume=False, **settings):
     def prepare(runner):
         parts = setup.prepare(runner)
         if scorer is not None:
-            parts.scorer = fakes["scorer"] = FakeScorer(runner, **scorer)
+            parts.scorer = fakes["scorer"] = (scorer_class or FakeScorer)(runner, **scorer)
         if healing is not None:
             parts.healing = fakes["healing"] = FakeHealing(runner, **healing)
         return parts
@@ -314,3 +314,51 @@ def test_evaluations_from_the_lowest_changed_layer_equal_full_passes(small, tmp_
     assert all(c is not None for c in cached)
     assert all(e.depth_cache is None for e in (runs[0][0].evaluation.select, *runs[0][0].evaluation.report))
     assert runs[64][0].evaluation.select.forwards.layer_forwards < runs[0][0].evaluation.select.forwards.layer_forwards
+
+
+class PartialScorer(FakeScorer):
+    """As FakeScorer, with what a race that dropped the proposal early hands over: its per-item
+    results on the first half of each task's items, scored with the layer skipped."""
+
+    def score(self) -> Ranking:
+        ranking = super().score()
+        layer = ranking.proposal
+        evaluator = self.run.evaluation.select
+        self.half = {t: items[: len(items) // 2] for t, items in evaluator.items().items()}
+        skipped = layer_map(self.run.model).index(layer)
+        ranking.partial_items = {layer: evaluator.evaluate_items([skipped], items=self.half)[skipped]}
+        return ranking
+
+
+def test_a_layer_raced_out_early_is_evaluated_only_on_the_items_the_race_left(small, tmp_path, monkeypatch):
+    from engine.tasks.evaluate import SuiteEvaluator
+
+    _, events, _ = run(small, tmp_path / "whole", scorer={"order": [3]}, strategy="iterative-pruning", target_layers=5)
+    asked = []
+    real = SuiteEvaluator.evaluate_items
+
+    def spy(self, candidates=(None,), shared=True, progress=None, items=None):
+        if self.part == "select" and list(candidates) == [None]:
+            asked.append(None if items is None else {t: list(v) for t, v in items.items()})
+        return real(self, candidates, shared, progress, items)
+
+    monkeypatch.setattr(SuiteEvaluator, "evaluate_items", spy)
+    _, raced, fakes = run(
+        small,
+        tmp_path / "raced",
+        scorer={"order": [3]},
+        scorer_class=PartialScorer,
+        strategy="iterative-pruning",
+        target_layers=5,
+    )
+    half = fakes["scorer"].half
+    everything = fakes["scorer"].run.evaluation.select.items()
+    rest = {t: [i for i in items if i not in half[t]] for t, items in everything.items()}
+    assert asked == [None, {t: v for t, v in rest.items() if v}]  # the teacher's whole part, then the rest only
+    pick = lambda log: next(
+        e for e in log if e["type"] == "eval" and e["stage"] == "after_removal" and e["part"] == "select"
+    )
+    whole, completed = pick(events), pick(raced)
+    # the same per-item values (float32 forwards batched differently), summed in the same order
+    assert completed["tasks"] == pytest.approx(whole["tasks"], abs=1e-6)
+    assert completed["aggregate"] == pytest.approx(whole["aggregate"], abs=1e-6)

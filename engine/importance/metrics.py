@@ -68,7 +68,8 @@ def task_drop(scorer: Scorer) -> Ranking:
 
     A layer the race dropped early keeps its estimate on the items it saw (``partial``): it is
     ranked after every fully scored layer, and its per-task scores are not an evaluation of the
-    model without it (the runner evaluates that model afresh if a person picks it)."""
+    model without it: if a person picks it, the runner scores that model on the items the race did
+    not reach and keeps the per-item results it has (``Ranking.partial_items``)."""
     from engine.importance.racing import RacingSettings
     from engine.importance.racing import task_drop as race
     from engine.tasks.evaluate import aggregate
@@ -78,6 +79,7 @@ def task_drop(scorer: Scorer) -> Ranking:
     result = race(scorer.evaluator, racing=racing, progress=scorer.progress)
     ranked = [(mapping[i], drop) for i, drop in result.ranked()]
     by_layer = {mapping[i]: result.per_task[i] for i in result.per_task if i not in result.partial}
+    partial_items = {mapping[i]: tasks for i, tasks in result.partial_items.items()}
     by_task = {
         task: {str(mapping[i]): result.per_task[i][task] for i in result.per_task}
         for task in scorer.evaluator.task_names
@@ -98,7 +100,7 @@ def task_drop(scorer: Scorer) -> Ranking:
                 "rounds": [r.as_dict(name=lambda i: mapping[i]) for r in result.rounds],
             },
         )
-    return Ranking(ranked, by_layer, event)
+    return Ranking(ranked, by_layer, event, partial_items)
 
 
 def block_distance(scorer: Scorer) -> Ranking:

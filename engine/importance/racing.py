@@ -125,6 +125,9 @@ class TaskDrop:
     proposal: int
     rounds: list[RoundLog] = field(default_factory=list)
     forwards: ForwardCount = field(default_factory=ForwardCount)
+    # the per-item results of each partial layer on the items it saw: an evaluation of the model
+    # without it needs only the rest (engine.evaluation.Evaluation.completed)
+    partial_items: dict[int, dict[str, ItemScores]] = field(default_factory=dict)
 
     def ranked(self) -> list[tuple[int, float]]:
         """(layer, drop), least important first: the fully scored layers by drop (the proposal
@@ -315,4 +318,5 @@ def _result(scored, specs, layers: list[int], total: int, rounds: list[RoundLog]
     partial = {c for c in layers if items[c] < total}
     complete = [c for c in layers if c not in partial]
     proposal = min(complete, key=lambda c: (drops[c], c))
-    return TaskDrop(drops, per_task, current, items, total, partial, proposal, rounds, forwards)
+    partial_items = {c: dict(scored[c]) for c in partial}
+    return TaskDrop(drops, per_task, current, items, total, partial, proposal, rounds, forwards, partial_items)
