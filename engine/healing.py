@@ -53,7 +53,7 @@ class Healing:
         run = self.run
         mapping = layer_map(run.model)
         window = self.plan.window(final=final)
-        self.healer.cache.set_train(window.blocks, window.index)
+        self.healer.cache.set_train(window.blocks, window.index, window.rows, self.plan.data.train)
         pairs = hidden_pairs(self.config.loss, trainable, len(mapping))
         what = "final healing: " if final else ""
         run.phase("healing", f"{what}layers {[mapping[j] for j in trainable]} (original)")

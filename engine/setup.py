@@ -157,7 +157,7 @@ def _healing(run, teacher) -> Healing:
         run.modified.add("head")
     if config.heal.train_head == "untied":
         heal_config = _train_head_if_untied(run, heal_config)
-    cache.set_train(window.blocks, window.index)
+    cache.set_train(window.blocks, window.index, window.rows, plan.data.train)
     healer = Healer(run.model, cache, heal_config, ranks=run.ranks, shard=config.distributed.heal == "fsdp")
     return Healing(run, healer, plan, heal_config)
 

@@ -106,6 +106,11 @@ class Window:
         return self.start + self.count
 
     @property
+    def rows(self) -> torch.Tensor:
+        """Each of ``blocks``' row of the stream."""
+        return (self.start + torch.arange(len(self.blocks))) % self.stream_blocks
+
+    @property
     def epochs(self) -> float:
         """Passes over the data once this window is trained on (1.0: every block seen once)."""
         return self.end / self.stream_blocks

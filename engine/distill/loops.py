@@ -106,8 +106,11 @@ class _CachedLoop(_PlainLoop):
         self.start = min(trainable)
         # The student's lowest layers that are still the teacher's: their output on the training
         # blocks comes from the teacher's pass (same batches, bit-identical), not from a second one.
-        # Not with a rank's own subset of blocks: batched differently, the sums could differ.
-        self.shared = shared_depth(healer.student, cache.teacher, self.start) if needed is None else 0
+        # Not with a rank's own subset of blocks, nor where the teacher ran the stream's batches and
+        # this window's blocks do not fall into them (it wraps around the data's end): batched
+        # differently, the sums could differ.
+        same_batches = needed is None and cache.batches_match()
+        self.shared = shared_depth(healer.student, cache.teacher, self.start) if same_batches else 0
         cache.ensure(healer._needed(pairs, layer_map) | ({self.shared - 1} if self.shared else set()), "train")
         self.owned = True  # whether close() frees the prefix (not when it is the teacher cache's)
         self.prefix = self._prefix(device, needed) if self.start > 0 else None

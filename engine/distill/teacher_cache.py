@@ -1,11 +1,12 @@
-"""The teacher's outputs on the distillation data, computed once per run (or read back from the
-teacher store, across runs): its final hidden state, the outputs of the original layers the MSE
+"""The teacher's outputs on the distillation data, computed once (or read back from the teacher
+store, across windows and runs): its final hidden state, the outputs of the original layers the MSE
 compares, and with ``teacher_topk`` its top-k tokens."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,12 +46,30 @@ class TeacherCache:
         self.final: dict[str, BlockStore] = {}
         self.layers: dict[tuple[str, int], BlockStore] = {}
         self.topk: dict[str, tuple[BlockStore, BlockStore, BlockStore]] = {}
+        # The data stream the training blocks are cut from, and each block's row of it (None: the
+        # blocks stand alone and the teacher runs them batch_size at a time in their own order).
+        self.stream: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None
 
-    def set_train(self, blocks: torch.Tensor, index: torch.Tensor | None = None) -> None:
+    def set_train(
+        self,
+        blocks: torch.Tensor,
+        index: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        stream: torch.Tensor | None = None,
+    ) -> None:
         """Train on other blocks from now on (the next healing's window): the teacher's outputs on
-        the old ones are dropped, those on the new ones computed when first asked for."""
+        the old ones are dropped, those on the new ones computed when first asked for.
+
+        ``rows``: each block's row of ``stream`` (the run's whole training data). The teacher then
+        runs the stream's own batches (rows kB .. kB+B-1 for B = batch_size), whatever window a
+        block falls in, and keeps each batch's outputs as one entry of the teacher store: a block
+        is computed once across every window of a run (a second pass over the data repeats none)
+        and every later run on the same stream, however it cuts its windows (with the store on,
+        the default; without it, each window computes its own)."""
         if index is None:
             index = torch.arange(len(blocks))
+        self.stream, self.rows = (stream, rows) if rows is not None and stream is not None else (None, None)
         if torch.equal(blocks, self.blocks["train"]) and torch.equal(index, self.train_index):
             return
         for key in [k for k in self.layers if k[0] == "train"]:
@@ -67,6 +86,8 @@ class TeacherCache:
         missing = [o for o in sorted(originals) if (split, o) not in self.layers]
         if split in self.final and not missing:
             return
+        if split == "train" and self.rows is not None:
+            return self._ensure_by_stream_batch(missing)
         blocks = self.blocks[split]
         device = next(self.teacher.parameters()).device
         n, t = blocks.shape
@@ -105,16 +126,89 @@ class TeacherCache:
             for o in missing:
                 entry.save(f"layer-{o}", (n, t, d), self.layers[(split, o)])
 
+    def batches_match(self) -> bool:
+        """Whether the teacher ran the training blocks in the batches the blocks' own order gives
+        (what the student's prefix runs: ``batch_size`` blocks at a time), so that a layer both
+        run gives bit-identical outputs (``teacher_prefix``)."""
+        if self.rows is None:
+            return True
+        rows, size, n = self.rows.tolist(), self.batch_size, len(self.stream)
+        for b in range(0, len(rows), size):
+            first = rows[b] - rows[b] % size
+            if rows[b : b + size] != list(range(first, min(first + size, n))):
+                return False
+        return True
+
+    def _ensure_by_stream_batch(self, missing: list[int]) -> None:
+        """``ensure`` for training blocks cut from a stream: batch by batch of the stream, each read
+        from the teacher store when some run computed it before, else computed (and stored)."""
+        n, t = self.blocks["train"].shape
+        d = self.teacher.config.hidden_size
+        new: dict[str, BlockStore] = {}
+        if "train" not in self.final:
+            self.final["train"] = new["final"] = BlockStore(n, (t, d), torch.float32, self.spill_dir, self.limit)
+        for o in missing:
+            self.layers[("train", o)] = new[f"layer-{o}"] = BlockStore(
+                n, (t, d), torch.float32, self.spill_dir, self.limit
+            )
+        size, total = self.batch_size, len(self.stream)
+        places: dict[int, list[tuple[int, int]]] = {}  # stream batch -> [(block, its place in the batch)]
+        for block, row in enumerate(self.rows.tolist()):
+            places.setdefault(row // size, []).append((block, row % size))
+        for k in sorted(places):
+            outputs = self._batch_outputs(self.stream[k * size : min((k + 1) * size, total)], list(new))
+            for block, place in places[k]:
+                for name, store in new.items():
+                    store[block] = outputs[name][place]
+
+    def _batch_outputs(self, ids: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """The teacher's outputs ``names`` ("final", "layer-<o>") on one batch of the stream."""
+        shape = (*ids.shape, self.teacher.config.hidden_size)
+        entry = self._entry_for(ids)
+        out: dict[str, torch.Tensor] = {}
+        if entry is not None:
+            for name in names:
+                if (array := entry.load(name, shape)) is not None:
+                    out[name] = torch.from_numpy(np.array(array))
+        todo = [name for name in names if name not in out]
+        if not todo:
+            return out
+        wanted = {int(name.split("-")[1]): name for name in todo if name != "final"}
+        stop = self.adapter.num_layers if "final" in todo else max(wanted) + 1
+        device = next(self.teacher.parameters()).device
+        inputs = self.adapter.prepare(ids.to(device), None)
+        hidden = inputs.hidden
+        for j in range(stop):
+            hidden = self.adapter.run_layer(j, hidden, inputs)
+            if j in wanted:
+                out[wanted[j]] = hidden.float().cpu()
+        if "final" in todo:
+            out["final"] = hidden.float().cpu()
+        if entry is not None:
+            for name in todo:
+                entry.save(name, shape, out[name])
+        return out
+
+    def _entry_for(self, blocks: torch.Tensor) -> StoreEntry | None:
+        if self.store is None or not self._digest_ready():
+            return None
+        return self.store.entry(self._digest, blocks, self.batch_size)
+
+    def _digest_ready(self) -> bool:
+        if self._digest is None:
+            try:
+                self._digest = weights_digest(self.teacher)
+            except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded)
+                self.store = None
+                return False
+        return True
+
     def _entry(self, split: str) -> StoreEntry | None:
         if self.store is None:
             return None
         if split not in self._entries:
-            if self._digest is None:
-                try:
-                    self._digest = weights_digest(self.teacher)
-                except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded)
-                    self.store = None
-                    return None
+            if not self._digest_ready():
+                return None
             self._entries[split] = self.store.entry(self._digest, self.blocks[split], self.batch_size)
         return self._entries[split]
 

@@ -35,6 +35,7 @@ class TeacherStore:
 
     def __init__(self, root: Path, limit_bytes: int) -> None:
         self.root, self.limit = Path(root), limit_bytes
+        self._used: int | None = None  # bytes on disk as last counted, plus what this process added since
 
     def entry(self, teacher: str, blocks: torch.Tensor, batch_size: int) -> StoreEntry:
         """Where the outputs of the teacher with ``weights_digest`` ``teacher`` on ``blocks``, run
@@ -47,6 +48,18 @@ class TeacherStore:
     def used_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.root.glob("*/*.bin") if f.is_file())
 
+    def added(self, nbytes: int, keep: Path) -> None:
+        """``nbytes`` were just stored (in ``keep``): evict if the store may be over its limit. The
+        count is kept between saves (a store of a run's stream batches holds thousands of entries,
+        and counting them all at every save would cost more than the saves), and counted afresh
+        before anything is dropped."""
+        if self._used is None:
+            self._used = self.used_bytes()
+        else:
+            self._used += nbytes
+        if self._used > self.limit:
+            self.evict(keep)
+
     def evict(self, keep: Path) -> None:
         """Drop whole entries, least recently used first, until the store fits its limit."""
         entries = sorted((d for d in self.root.iterdir() if d.is_dir() and d != keep), key=_last_used)
@@ -57,6 +70,7 @@ class TeacherStore:
             size = sum(f.stat().st_size for f in entry.glob("*.bin") if f.is_file())
             shutil.rmtree(entry, ignore_errors=True)
             used -= size
+        self._used = used
 
 
 def _last_used(entry: Path) -> float:
@@ -102,7 +116,7 @@ class StoreEntry:
                 raise OSError(f"{tmp}: wrote {tmp.stat().st_size} of {nbytes} bytes")
             os.replace(tmp, self.path / f"{name}.bin")
             self._record(name, shape)
-            self.store.evict(keep=self.path)
+            self.store.added(nbytes, keep=self.path)
         except OSError:
             tmp.unlink(missing_ok=True)
 
