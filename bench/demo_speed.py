@@ -87,6 +87,10 @@ def phase_totals(events: list[dict]) -> dict[str, float]:
     totals = dict.fromkeys(labels, 0.0)
     for (label, _), seconds in cells.items():
         totals[label] += seconds
+    # The old side may show a healing's preparation whole, the new one in parts: both summed too.
+    preparation = [label for label in totals if label.startswith("healing: ") and label != "healing: steps"]
+    if preparation:
+        totals["healing: preparation, all parts"] = sum(totals[label] for label in preparation)
     return totals
 
 

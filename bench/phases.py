@@ -19,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.runlog.tailer import read_all
 
 ENDS = ("engine_started", "run_failed", "run_finished")
+# What a healing does before its first step, each marked as it starts (runs before these marks
+# show it all as "healing: before the first step")
+HEALING_PARTS = ("held-out loss", "teacher outputs", "student prefix")
 
 
 def _label(event: dict) -> str:
@@ -51,7 +54,9 @@ def segments(events: list[dict]) -> list[tuple[str, int, float]]:
         if not isinstance(t, (int, float)):
             continue
         it = e.get("iteration") if isinstance(e.get("iteration"), int) else iteration
-        if kind == "phase" and "total" not in e:  # progress within a phase repeats it with done/total
+        if kind == "phase" and e.get("phase") == "healing" and e.get("detail") in HEALING_PARTS and it not in stepped:
+            switch(f"healing: {e['detail']}", it, t)  # the parts of a healing's preparation
+        elif kind == "phase" and "total" not in e:  # progress within a phase repeats it with done/total
             new = _label(e)
             same_healing = bool(label) and label.startswith("healing") and new.startswith("healing")
             if it != iteration or (new != label and not same_healing):

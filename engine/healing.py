@@ -58,7 +58,8 @@ class Healing:
         what = "final healing: " if final else ""
         run.phase("healing", f"{what}layers {[mapping[j] for j in trainable]} (original)")
         run.say(self.plan.describe(window), level="warning" if window.repeats else "info")
-        run.progress("teacher cache", 0, 1)
+        run.progress.mark("held-out loss")
+        self.healer.stage = run.progress.mark  # the parts of its preparation, for bench/phases.py
         before = self.healer.heldout_loss(pairs)
         resume = HealState.from_saved(partial.state) if partial is not None else None
         tag = {"stage": "final"} if final else {}

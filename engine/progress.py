@@ -28,3 +28,9 @@ class Progress:
         self.control.emit(
             "phase", iteration=self.iteration, phase=self.phase, detail=what, done=done, total=total, **self.extra
         )
+
+    def mark(self, what: str) -> None:
+        """The start of a part of a long step, never throttled (``bench/phases.py`` times the parts
+        of a healing's preparation by these)."""
+        self.last = 0.0
+        self(what, 0, 1)

@@ -42,3 +42,21 @@ def test_each_piece_of_work_is_timed_per_iteration_and_a_dead_engine_ends_its_pi
     assert cells[("evaluation after healing", 1)] == 10
     assert sum(cells.values()) == 80 - 0 + 511 - 500
     assert labels.index("loading") < labels.index("healing: steps")
+
+
+def test_a_healings_preparation_is_split_where_the_engine_marked_its_parts():
+    events = [
+        _e(0, "engine_started", 0),
+        _e(10, "phase", 1, phase="healing", detail="layers [13, 14] (original)"),
+        _e(11, "phase", 1, phase="healing", detail="held-out loss", done=0, total=1),
+        _e(14, "phase", 1, phase="healing", detail="teacher outputs", done=0, total=1),
+        _e(74, "phase", 1, phase="healing", detail="student prefix", done=0, total=1),
+        _e(94, "train_step", 1, step=1),
+        _e(100, "phase", 1, phase="evaluating", detail="after healing"),
+        _e(110, "run_finished", 1),
+    ]
+    _, _, cells = profile.table(events)
+    assert cells[("healing: before the first step", 1)] == 1
+    assert cells[("healing: held-out loss", 1)] == 3
+    assert cells[("healing: teacher outputs", 1)] == 60 and cells[("healing: student prefix", 1)] == 20
+    assert cells[("healing: steps", 1)] == 6

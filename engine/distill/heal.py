@@ -106,6 +106,7 @@ class Healer:
         self.shard = shard and self.ranks.distributed  # FSDP2 over the trainable layers (engine.distributed.sharding)
         self._sharded_now = False
         self.train_loss = config.loss  # the loss the steps minimise (see heal)
+        self.stage: Callable[[str], None] = lambda what: None  # told as each part of the preparation starts
         self._head_cast: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- what the student is compared with ------------------------------------------------------

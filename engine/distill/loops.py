@@ -111,8 +111,11 @@ class _CachedLoop(_PlainLoop):
         # differently, the sums could differ.
         same_batches = needed is None and cache.batches_match()
         self.shared = shared_depth(healer.student, cache.teacher, self.start) if same_batches else 0
+        healer.stage("teacher outputs")
         cache.ensure(healer._needed(pairs, layer_map) | ({self.shared - 1} if self.shared else set()), "train")
         self.owned = True  # whether close() frees the prefix (not when it is the teacher cache's)
+        if self.start > self.shared:
+            healer.stage("student prefix")
         self.prefix = self._prefix(device, needed) if self.start > 0 else None
         self.runner = StudentFromPrefix(healer.student, self.start, pairs, config.loss.final_norm, fused=self.fused)
 

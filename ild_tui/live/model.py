@@ -79,8 +79,8 @@ class LiveModel:
         ev = self.phase_event
         train = self.state.last_train
         if train is not None and (ev is None or train["seq"] > ev["seq"]):
-            # Healing emits steps, not phase events: the last phase's detail (the teacher cache
-            # 0/1 it started with) would stand for the whole of the training.
+            # Healing emits steps, not phase events: the last phase's detail (the last part of the
+            # preparation it marked, "student prefix 0/1") would stand for the whole of the training.
             steps = train.get("steps")
             return f"step {train['step']}/{steps}" if steps else f"step {train['step']}"
         if not ev:
