@@ -89,7 +89,6 @@ class TeacherCache:
         if split == "train" and self.rows is not None:
             return self._ensure_by_stream_batch(missing)
         blocks = self.blocks[split]
-        device = next(self.teacher.parameters()).device
         n, t = blocks.shape
         d = self.teacher.config.hidden_size
         entry = self._entry(split)
@@ -109,17 +108,14 @@ class TeacherCache:
             todo_final = False
         for o in missing:
             self.layers[(split, o)] = BlockStore(n, (t, d), torch.float32, self.spill_dir, self.limit)
-        stop = self.adapter.num_layers if todo_final else max(missing) + 1
+        names = {o: f"layer-{o}" for o in missing}
         for b in range(0, n, self.batch_size):
-            ids = blocks[b : b + self.batch_size].to(device)
-            inputs = self.adapter.prepare(ids, None)
-            hidden = inputs.hidden
-            for j in range(stop):
-                hidden = self.adapter.run_layer(j, hidden, inputs)
-                if j in missing:
-                    self.layers[(split, j)][b : b + len(ids)] = hidden.float()
+            ids = blocks[b : b + self.batch_size]
+            outputs = self._forward(ids, names, todo_final)
+            for o, name in names.items():
+                self.layers[(split, o)][b : b + len(ids)] = outputs[name]
             if todo_final:
-                self.final[split][b : b + len(ids)] = hidden.float()
+                self.final[split][b : b + len(ids)] = outputs["final"]
         if entry is not None:
             if todo_final:
                 entry.save("final", (n, t, d), self.final[split])
@@ -174,19 +170,24 @@ class TeacherCache:
         if not todo:
             return out
         wanted = {int(name.split("-")[1]): name for name in todo if name != "final"}
-        stop = self.adapter.num_layers if "final" in todo else max(wanted) + 1
-        device = next(self.teacher.parameters()).device
-        inputs = self.adapter.prepare(ids.to(device), None)
-        hidden = inputs.hidden
-        for j in range(stop):
-            hidden = self.adapter.run_layer(j, hidden, inputs)
-            if j in wanted:
-                out[wanted[j]] = hidden.float().cpu()
-        if "final" in todo:
-            out["final"] = hidden.float().cpu()
+        out.update(self._forward(ids, wanted, "final" in todo))
         if entry is not None:
             for name in todo:
                 entry.save(name, shape, out[name])
+        return out
+
+    def _forward(self, ids: torch.Tensor, layers: dict[int, str], final: bool) -> dict[str, torch.Tensor]:
+        """The teacher on one batch, as deep as asked: the outputs of ``layers`` (original index ->
+        name) and with ``final`` its final hidden state ("final"), float32 on the CPU."""
+        stop = self.adapter.num_layers if final else max(layers) + 1
+        inputs = self.adapter.prepare(ids.to(next(self.teacher.parameters()).device), None)
+        hidden, out = inputs.hidden, {}
+        for j in range(stop):
+            hidden = self.adapter.run_layer(j, hidden, inputs)
+            if j in layers:
+                out[layers[j]] = hidden.float().cpu()
+        if final:
+            out["final"] = hidden.float().cpu()
         return out
 
     def _entry_for(self, blocks: torch.Tensor) -> StoreEntry | None:
