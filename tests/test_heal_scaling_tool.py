@@ -63,3 +63,11 @@ def test_bad_budgets_are_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
         _tool().main(["--budgets", "0.2M"])
     assert "comma-separated integers" in str(exc.value)
+
+
+def test_a_label_keeps_runs_with_other_settings_apart():
+    tool = _tool()
+    assert tool.variant_name("once + final", 196608, "mixed") == "once + final 196608 mixed"
+    labelled = tool.variant_name("once + final", 196608, "mixed", "final-all")
+    assert labelled == "once + final 196608 mixed final-all"
+    assert tool.slug(labelled) == "once-final-196608-mixed-final-all"

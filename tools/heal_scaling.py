@@ -16,7 +16,10 @@ run where it stopped and never runs a finished one again. Rows are merged by var
 rewritten atomically after every run, so a partial table is always whole. With ``--paired`` (the
 default) each budget's ``iterative`` and ``once`` students, then ``iterative + final`` and
 ``once + final``, are compared by ``ild paired`` on the report part once both are finished
-(``docs/results/paired/heal-scaling-*.{txt,json}``). Healing data: ``--data`` (default ``mixed``,
+(``docs/results/paired/heal-scaling-*.{txt,json}``). ``--heal KEY=VALUE`` sets another heal setting
+for every run; give such runs a ``--label`` (e.g. ``--heal final_trainable=all --label final-all``),
+which is appended to their names so that they never share a row or a run directory with the defaults'.
+Healing data: ``--data`` (default ``mixed``,
 the 2.5M-token mixed corpus; the default ``embedded`` Brown text holds ~70k tokens, so large budgets
 would repeat it many times: the CSV's ``epochs`` says how often).
 """
@@ -75,8 +78,8 @@ def heal_settings(schedule: str, budget: int, removals: int) -> dict:
     raise ValueError(schedule)
 
 
-def variant_name(schedule: str, budget: int, data: str) -> str:
-    return f"{schedule} {budget} {data}"
+def variant_name(schedule: str, budget: int, data: str, label: str = "") -> str:
+    return f"{schedule} {budget} {data}" + (f" {label}" if label else "")
 
 
 def slug(name: str) -> str:
@@ -240,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="another heal setting for every run (repeatable)",
     )
+    parser.add_argument(
+        "--label",
+        default="",
+        help="appended to every variant's name (and run directory): tells runs with other --heal settings apart",
+    )
     args = parser.parse_args(argv)
     args.heal = dict(_setting(item) for item in args.heal)
     try:
@@ -255,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = _earlier_rows(args.out)
     for budget in budgets:  # the cheap budgets first: the curve's left end arrives first
         for schedule in schedules:
-            name = variant_name(schedule, budget, args.data)
+            name = variant_name(schedule, budget, args.data, args.label)
             run = args.runs_dir / slug(name)
             if args.table_only:
                 if not _finished(run):
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             _write(args.out, rows)
         if args.paired and not args.table_only:
             for a, b in PAIRS:
-                names = [variant_name(s, budget, args.data) for s in (a, b)]
+                names = [variant_name(s, budget, args.data, args.label) for s in (a, b)]
                 if all(_finished(args.runs_dir / slug(n)) for n in names):
                     paired(args.runs_dir, *names, args.paired_dir)
     return 0
