@@ -3,13 +3,20 @@ the other, each from an empty store (as on a fresh clone), printing both wall ti
 where the time went in each (``bench/phases.py``'s table, totals per kind of work), and whether the
 two runs removed the same layers and printed the same aggregates.
 
-    .venv/bin/python bench/demo_speed.py --old df344b1 [--new HEAD] [--target-layers 28] [--keep DIR] [--json FILE]
+    .venv/bin/python bench/demo_speed.py --old df344b1 [--new HEAD] [--again] [--target-layers 28] [--keep DIR] [--json FILE]
 
 Both commits are checked out into git worktrees and run with this checkout's virtual environment
 (their code first on the path), so later edits here cannot reach a run under way; the runs are ``ild run --strategy iterative-distill
 --headless`` on the embedded model, exactly what ``ild demo`` runs. The model's converted weights
 (``ILD_CACHE_DIR``) are warmed first and shared: a fresh clone pays that once, whichever code it runs.
 Run it on an otherwise idle machine: both runs take all the cores.
+
+It also prints the *floor*: the new run's healing steps and teacher outputs, arithmetic that every
+exact run redoes on an empty store (the same steps on the same tokens, the teacher on those tokens),
+as a fraction of the old run: no exact speed-up of the rest (scoring, evaluations, loading) can bring
+the ratio below it. ``--again`` runs the new code a third time on the new run's store, as a second
+`make demo` on the same machine would (the teacher's outputs and the teacher's scores kept from the
+first): its time, its ratio and whether its outcome is the same too.
 """
 
 from __future__ import annotations
@@ -34,14 +41,11 @@ DEFAULT_MODEL = "smollm2-135m"  # what `ild demo` prunes
 CLI = "import sys; from ild_tui.cli import main; sys.exit(main())"
 
 
-def run_demo(tree: Path, work: Path, side: str, target_layers: int) -> tuple[float, Path]:
-    """One demo run of the code in ``tree``; (wall seconds, run directory)."""
+def run_demo(tree: Path, work: Path, side: str, target_layers: int, store: str | None = None) -> tuple[float, Path]:
+    """One demo run of the code in ``tree``; (wall seconds, run directory). ``store``: whose store it
+    uses (default its own, empty: no teacher outputs or scores kept from before)."""
     runs = work / f"runs-{side}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(tree),
-        "ILD_STORE_DIR": str(work / f"store-{side}"),  # empty: no teacher outputs or scores kept from before
-    }
+    env = {**os.environ, "PYTHONPATH": str(tree), "ILD_STORE_DIR": str(work / f"store-{store or side}")}
     cmd = [sys.executable, "-c", CLI, "run", "--model", DEFAULT_MODEL, "--strategy", "iterative-distill"]
     cmd += ["--target-layers", str(target_layers), "--name", side, "--runs-dir", str(runs), "--headless"]
     started = time.perf_counter()
@@ -94,11 +98,22 @@ def phase_totals(events: list[dict]) -> dict[str, float]:
     return totals
 
 
+# What an exact run must recompute from an empty store: the healing itself and the teacher on its tokens.
+FLOOR_PARTS = ("healing: steps", "healing: teacher outputs")
+
+
+def floor_seconds(phases: dict[str, float]) -> float:
+    return sum(phases.get(label, 0.0) for label in FLOOR_PARTS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="the earlier commit (any git revision)")
     parser.add_argument("--new", default="HEAD", help="the later commit (default: HEAD)")
     parser.add_argument("--target-layers", type=int, default=28)
+    parser.add_argument(
+        "--again", action="store_true", help="then the new code once more on its own store (a second make demo)"
+    )
     parser.add_argument("--keep", type=Path, help="keep both runs and logs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -119,21 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         load_model(DEFAULT_MODEL)  # the converted weights, shared by both sides
         old_s, old_dir = run_demo(trees["old"], work, "old", args.target_layers)
         new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers)
+        again = run_demo(trees["new"], work, "again", args.target_layers, store="new") if args.again else None
     finally:
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     old, new = outcome(old_dir), outcome(new_dir)
     differences = compare(old, new)
     old_phases, new_phases = phase_totals(old["events"]), phase_totals(new["events"])
+    again_out = outcome(again[1]) if again else None
+    again_phases = phase_totals(again_out["events"]) if again else {}
 
     print(f"demo 30 -> {args.target_layers}, CPU flags: {cpu_flags()}, {os.cpu_count()} cores")
     print(f"old {rev}: {old_s:8.1f} s")
     print(f"new {new_rev}: {new_s:8.1f} s")
     print(f"new / old: {new_s / old_s:.3f}")
-    print(f"\n{'work':40s} {'old s':>8s} {'new s':>8s} {'ratio':>6s}")
+    print(f"\n{'work':40s} {'old s':>8s} {'new s':>8s} {'ratio':>6s}" + (f" {'again s':>8s}" if again else ""))
     for label in dict.fromkeys([*old_phases, *new_phases]):
         a, b = old_phases.get(label, 0.0), new_phases.get(label, 0.0)
-        print(f"{label:40s} {a:8.0f} {b:8.0f} {b / a if a else float('nan'):6.2f}")
+        line = f"{label:40s} {a:8.0f} {b:8.0f} {b / a if a else float('nan'):6.2f}"
+        print(line + (f" {again_phases.get(label, 0.0):8.0f}" if again else ""))
     print(f"\nremovals: old {old['removals']}, new {new['removals']}")
     if differences:
         print("NOT the same outcome:")
@@ -141,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + line)
     else:
         print(f"the same removals and all {len(new['evals'])} evaluations' scores equal to the bit")
+    floor = floor_seconds(new_phases)
+    print(
+        f"\nfloor: the new run's {' + '.join(FLOOR_PARTS)} = {floor:.0f} s = {floor / old_s:.3f} of the old run "
+        "(the ratio even if scoring, evaluations and loading took no time)"
+    )
+    if again is not None:
+        again_s = again[0]
+        repeat = compare(old, again_out)
+        differences += [f"again: {line}" for line in repeat]
+        print(f"again on the new run's store: {again_s:8.1f} s, again / old: {again_s / old_s:.3f}; ", end="")
+        print("the same outcome" if not repeat else "NOT the same outcome: " + "; ".join(repeat))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -153,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio": new_s / old_s,
                     "old_phases": old_phases,
                     "new_phases": new_phases,
+                    "floor_seconds": floor,
+                    "again_seconds": again[0] if again else None,
+                    "again_phases": again_phases,
                     "differences": differences,
                 },
                 indent=1,
