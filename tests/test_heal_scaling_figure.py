@@ -45,6 +45,13 @@ def test_series_by_schedule_sorted_by_tokens(tmp_path):
                 "tokens_trained": 196608,
                 "retention_report": 0.70,
             },
+            {
+                "variant": "once + final 196608 mixed final-all",
+                "schedule": "once + final",
+                "data": "mixed",
+                "tokens_trained": 196608,
+                "retention_report": 0.76,
+            },
             {"variant": "half", "schedule": "once", "data": "mixed", "tokens_trained": "", "retention_report": ""},
         ],
     )
@@ -52,6 +59,7 @@ def test_series_by_schedule_sorted_by_tokens(tmp_path):
     assert series == {
         "once (mixed)": [(196608, 0.7315), (393216, 0.75)],
         "iterative (mixed)": [(196608, 0.70)],
+        "once + final (mixed, final-all)": [(196608, 0.76)],
     }
     out = tmp_path / "fig.png"
     assert figure.main([str(table), str(out)]) == 0

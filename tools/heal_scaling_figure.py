@@ -29,7 +29,8 @@ MARKERS = "os^DvP"
 
 
 def read_points(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """(tokens trained, retention) per series, a series being the schedule and its healing data."""
+    """(tokens trained, retention) per series, a series being the schedule, its healing data and the
+    variant's label (what ``tools/heal_scaling.py --label`` appended after the data)."""
     series: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -37,12 +38,14 @@ def read_points(path: Path) -> dict[str, list[tuple[int, float]]]:
                 point = (int(float(row["tokens_trained"])), float(row["retention_report"]))
             except (KeyError, ValueError):
                 continue  # a row without a finished run's numbers
-            series.setdefault(f"{row['schedule']} ({row['data']})", []).append(point)
+            label = row.get("variant", "").partition(f" {row['data']}")[2].strip()
+            name = f"{row['schedule']} ({row['data']}{', ' + label if label else ''})"
+            series.setdefault(name, []).append(point)
     return {name: sorted(points) for name, points in series.items()}
 
 
 def _tokens(x: float, _pos=None) -> str:
-    return f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"
+    return f"{x / 1e6:.2f}M" if x >= 1e5 else f"{x / 1e3:.0f}k"
 
 
 def draw(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> Path:
@@ -59,6 +62,8 @@ def draw(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> P
     ax.axhline(90, color="#666666", linestyle="--", linewidth=1)
     ax.set_ylim(top=max(93.0, ax.get_ylim()[1]))  # the 90 % line and its label always inside
     ax.text(0.01, 90.4, "90 % of the teacher", transform=ax.get_yaxis_transform(), fontsize=8, color="#444444")
+    # Ticks at the measured budgets: a log axis's own ticks (powers of ten) may miss them all.
+    ax.set_xticks(sorted({x for points in series.values() for x, _ in points}))
     ax.xaxis.set_major_formatter(FuncFormatter(_tokens))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _p: ""))
     ax.set_xlabel("healing tokens (all healings of the run, log scale)")
