@@ -10,7 +10,10 @@ def _outcome(removals, aggregate):
 def test_the_same_outcome_has_no_differences_and_any_change_is_named():
     assert compare(_outcome([14, 25], 0.4069), _outcome([14, 25], 0.4069)) == []
     changed = compare(_outcome([14, 25], 0.4069), _outcome([14, 24], 0.40690001))
-    assert changed == ["removals differ: [14, 25] vs [14, 24]", "1 after_healing report: aggregate 0.4069 vs 0.40690001"]
+    assert changed == [
+        "removals differ: [14, 25] vs [14, 24]",
+        "1 after_healing report: aggregate 0.4069 vs 0.40690001",
+    ]
 
 
 def test_the_floor_is_the_healing_steps_and_the_teacher_outputs_only():
