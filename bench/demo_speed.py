@@ -13,8 +13,8 @@ Run it on an otherwise idle machine: both runs take all the cores.
 
 It also prints the *floor*: the new run's healing steps and teacher outputs, arithmetic that every
 exact run redoes on an empty store (the same steps on the same tokens, the teacher on those tokens),
-as a fraction of the old run: no exact speed-up of the rest (scoring, evaluations, loading) can bring
-the ratio below it. ``--again`` runs the new code a third time on the new run's store, as a second
+as a fraction of the old run: the ratio that would remain even if scoring, evaluations and loading
+took no time. ``--again`` runs the new code a third time on the new run's store, as a second
 `make demo` on the same machine would (the teacher's outputs and the teacher's scores kept from the
 first): its time, its ratio and whether its outcome is the same too.
 """
@@ -134,25 +134,27 @@ def main(argv: list[str] | None = None) -> int:
         load_model(DEFAULT_MODEL)  # the converted weights, shared by both sides
         old_s, old_dir = run_demo(trees["old"], work, "old", args.target_layers)
         new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers)
-        again = run_demo(trees["new"], work, "again", args.target_layers, store="new") if args.again else None
+        again_s, again_dir = (
+            run_demo(trees["new"], work, "again", args.target_layers, store="new") if args.again else (None, None)
+        )
     finally:
         for tree in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     old, new = outcome(old_dir), outcome(new_dir)
     differences = compare(old, new)
     old_phases, new_phases = phase_totals(old["events"]), phase_totals(new["events"])
-    again_out = outcome(again[1]) if again else None
-    again_phases = phase_totals(again_out["events"]) if again else {}
+    again = outcome(again_dir) if args.again else None
+    again_phases = phase_totals(again["events"]) if args.again else {}
 
     print(f"demo 30 -> {args.target_layers}, CPU flags: {cpu_flags()}, {os.cpu_count()} cores")
     print(f"old {rev}: {old_s:8.1f} s")
     print(f"new {new_rev}: {new_s:8.1f} s")
     print(f"new / old: {new_s / old_s:.3f}")
-    print(f"\n{'work':40s} {'old s':>8s} {'new s':>8s} {'ratio':>6s}" + (f" {'again s':>8s}" if again else ""))
+    print(f"\n{'work':40s} {'old s':>8s} {'new s':>8s} {'ratio':>6s}" + (f" {'again s':>8s}" if args.again else ""))
     for label in dict.fromkeys([*old_phases, *new_phases]):
         a, b = old_phases.get(label, 0.0), new_phases.get(label, 0.0)
         line = f"{label:40s} {a:8.0f} {b:8.0f} {b / a if a else float('nan'):6.2f}"
-        print(line + (f" {again_phases.get(label, 0.0):8.0f}" if again else ""))
+        print(line + (f" {again_phases.get(label, 0.0):8.0f}" if args.again else ""))
     print(f"\nremovals: old {old['removals']}, new {new['removals']}")
     if differences:
         print("NOT the same outcome:")
@@ -165,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfloor: the new run's {' + '.join(FLOOR_PARTS)} = {floor:.0f} s = {floor / old_s:.3f} of the old run "
         "(the ratio even if scoring, evaluations and loading took no time)"
     )
-    if again is not None:
-        again_s = again[0]
-        repeat = compare(old, again_out)
+    if args.again:
+        repeat = compare(old, again)
         differences += [f"again: {line}" for line in repeat]
         print(f"again on the new run's store: {again_s:8.1f} s, again / old: {again_s / old_s:.3f}; ", end="")
         print("the same outcome" if not repeat else "NOT the same outcome: " + "; ".join(repeat))
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                     "old_phases": old_phases,
                     "new_phases": new_phases,
                     "floor_seconds": floor,
-                    "again_seconds": again[0] if again else None,
+                    "again_seconds": again_s,
                     "again_phases": again_phases,
                     "differences": differences,
                 },
