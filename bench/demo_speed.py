@@ -1,9 +1,11 @@
 """`make demo`'s run, side by side: an earlier commit against this tree, on this machine, one after
 the other, each from an empty store (as on a fresh clone), printing both wall times, their ratio,
 where the time went in each (``bench/phases.py``'s table, totals per kind of work), and whether the
-two runs removed the same layers and printed the same aggregates.
+two runs removed the same layers and printed the same aggregates. ``--set`` passes a setting to
+both runs: across a change of a default (``heal.trainable`` became ``all``), pin the old one
+(``--set heal.trainable=adjacent``) to compare the speed of the same work.
 
-    .venv/bin/python bench/demo_speed.py --old df344b1 [--new HEAD] [--again] [--target-layers 28] [--keep DIR] [--json FILE]
+    .venv/bin/python bench/demo_speed.py --old df344b1 [--new HEAD] [--again] [--target-layers 28] [--set KEY=VALUE ...] [--keep DIR] [--json FILE]
 
 Both commits are checked out into git worktrees and run with this checkout's virtual environment
 (their code first on the path), so later edits here cannot reach a run under way; the runs are ``ild run --strategy iterative-distill
@@ -41,13 +43,17 @@ DEFAULT_MODEL = "smollm2-135m"  # what `ild demo` prunes
 CLI = "import sys; from ild_tui.cli import main; sys.exit(main())"
 
 
-def run_demo(tree: Path, work: Path, side: str, target_layers: int, store: str | None = None) -> tuple[float, Path]:
+def run_demo(
+    tree: Path, work: Path, side: str, target_layers: int, store: str | None = None, settings: tuple[str, ...] = ()
+) -> tuple[float, Path]:
     """One demo run of the code in ``tree``; (wall seconds, run directory). ``store``: whose store it
-    uses (default its own, empty: no teacher outputs or scores kept from before)."""
+    uses (default its own, empty: no teacher outputs or scores kept from before); ``settings``:
+    KEY=VALUE passed with ``--set``."""
     runs = work / f"runs-{side}"
     env = {**os.environ, "PYTHONPATH": str(tree), "ILD_STORE_DIR": str(work / f"store-{store or side}")}
     cmd = [sys.executable, "-c", CLI, "run", "--model", DEFAULT_MODEL, "--strategy", "iterative-distill"]
     cmd += ["--target-layers", str(target_layers), "--name", side, "--runs-dir", str(runs), "--headless"]
+    cmd += [arg for setting in settings for arg in ("--set", setting)]
     started = time.perf_counter()
     with open(work / f"{side}.log", "w") as log:
         done = subprocess.run(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -114,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--again", action="store_true", help="then the new code once more on its own store (a second make demo)"
     )
+    parser.add_argument(
+        "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="for both runs (repeatable)"
+    )
     parser.add_argument("--keep", type=Path, help="keep both runs and logs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -132,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         from engine.models.loading import load_model
 
         load_model(DEFAULT_MODEL)  # the converted weights, shared by both sides
-        old_s, old_dir = run_demo(trees["old"], work, "old", args.target_layers)
-        new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers)
+        settings = tuple(args.settings)
+        old_s, old_dir = run_demo(trees["old"], work, "old", args.target_layers, settings=settings)
+        new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers, settings=settings)
         again_s, again_dir = (
-            run_demo(trees["new"], work, "again", args.target_layers, store="new") if args.again else (None, None)
+            run_demo(trees["new"], work, "again", args.target_layers, store="new", settings=settings)
+            if args.again
+            else (None, None)
         )
     finally:
         for tree in trees.values():
@@ -147,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     again_phases = phase_totals(again["events"]) if args.again else {}
 
     print(f"demo 30 -> {args.target_layers}, CPU flags: {cpu_flags()}, {os.cpu_count()} cores")
+    if settings:
+        print(f"both runs with: {' '.join(settings)}")
     print(f"old {rev}: {old_s:8.1f} s")
     print(f"new {new_rev}: {new_s:8.1f} s")
     print(f"new / old: {new_s / old_s:.3f}")
@@ -178,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "old": rev,
                     "new": new_rev,
+                    "settings": list(settings),
                     "cpu_flags": cpu_flags(),
                     "old_seconds": old_s,
                     "new_seconds": new_s,

@@ -20,3 +20,22 @@ def test_the_floor_is_the_healing_steps_and_the_teacher_outputs_only():
     phases = {"healing: steps": 343.0, "healing: teacher outputs": 147.0, "scoring (task drop)": 191.0}
     assert floor_seconds(phases) == 490.0
     assert floor_seconds({"scoring (task drop)": 5.0}) == 0.0  # an old run that never split its preparation
+
+
+def test_settings_reach_the_run_as_set_options(tmp_path, monkeypatch):
+    import subprocess
+
+    import bench.demo_speed as demo_speed
+
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"], seen["env"] = cmd, kwargs["env"]
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(demo_speed.subprocess, "run", fake_run)
+    _, run_dir = demo_speed.run_demo(tmp_path, tmp_path, "old", 28, settings=("heal.trainable=adjacent", "seed=1"))
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--set") :] == ["--set", "heal.trainable=adjacent", "--set", "seed=1"]
+    assert cmd[cmd.index("--target-layers") + 1] == "28" and run_dir == tmp_path / "runs-old" / "old"
+    assert seen["env"]["ILD_STORE_DIR"] == str(tmp_path / "store-old")

@@ -227,7 +227,7 @@ def test_the_engines_own_healing_is_seen(suite):
     train, heldout = torch.randint(3, 256, (8, 16), generator=g), torch.randint(3, 256, (4, 16), generator=g)
     config = HealSettings(lr=1e-3, batch_size=4, seq_len=16, early_stop=False, head_matmul="fp32")
     healer = Healer(student, TeacherCache(teacher, train, heldout, None, 1 << 30, 4), config)
-    trainable = choose_trainable(layer_map(student), LAYERS, 4, TrainableSettings(k=1))
+    trainable = choose_trainable(layer_map(student), LAYERS, 4, TrainableSettings(choice="adjacent", k=1))
     assert trainable == [3, 4]
     before = scored(SuiteEvaluator(student, tokenizer, spec, eval_cache_mb=0), items)[0]
     healer.heal(trainable, iteration=1, seed=0)

@@ -35,7 +35,7 @@ def test_cached_loop_equals_plain_loop_and_trains_only_the_gap_neighbours():
     for cached in (True, False):
         _teacher, student, healer = _setup(cached=cached)
         before = {k: v.clone() for k, v in student.state_dict().items()}
-        trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(k=1))
+        trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(choice="adjacent", k=1))
         steps = []
         healer.heal(trainable, iteration=1, seed=0, on_step=steps.append)
         after = student.state_dict()
@@ -100,7 +100,7 @@ def test_topk_teacher_cache_heals_with_a_lower_bound_of_the_kl():
 
 def test_healing_lowers_the_heldout_distillation_loss():
     _teacher, student, healer = _setup()
-    trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(k=1))
+    trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(choice="adjacent", k=1))
     pairs = [max(trainable), 4]
     before = healer.heldout_loss(pairs)["loss"]
     for epoch in range(3):
@@ -111,7 +111,7 @@ def test_healing_lowers_the_heldout_distillation_loss():
 def test_relative_mse_heals_and_reports_the_raw_mse_beside_it():
     *_, plain = _setup()
     _teacher, student, healer = _setup(mse_norm="teacher")
-    trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(k=1))
+    trainable = choose_trainable(layer_map(student), 6, 3, TrainableSettings(choice="adjacent", k=1))
     pairs = [max(trainable), 4]
     raw, relative = plain.heldout_loss(pairs), healer.heldout_loss(pairs)
     # one model, two weightings: the raw MSE is the same figure; the relative one enters the loss

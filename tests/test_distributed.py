@@ -292,13 +292,16 @@ def test_two_processes_score_decide_and_export_as_one(tiny, suite, tmp_path):
 @pytest.mark.e2e
 def test_healing_on_two_processes_survives_a_killed_rank_and_resumes_on_one(tiny, suite, tmp_path):
     runs = tmp_path / "runs"
-    reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-distill"))
+    # every step of every healing runs, so that a rank dies mid-healing (every layer trains by
+    # default: at this tiny scale early stopping may end a healing within its first steps)
+    heal = {**HEAL, "early_stop": False}
+    reference = _one_process(runs / "one", _config(tiny, suite, "one", "iterative-distill", heal=heal))
     two = runs / "two"
     created = subprocess.run(
         [*ENGINE, str(two), "--create"],
         capture_output=True,
         text=True,
-        input=json.dumps(_config(tiny, suite, "two", "iterative-distill", distributed={"processes": 2})),
+        input=json.dumps(_config(tiny, suite, "two", "iterative-distill", heal=heal, distributed={"processes": 2})),
     )
     assert created.returncode == 0, created.stderr
     supervisor = subprocess.Popen(

@@ -118,7 +118,9 @@ def test_the_floor_stops_before_the_report_aggregate_falls_below_it(trained, tmp
     # The first iteration after the first whose student is worse than every earlier student: a floor
     # between the two stops there, keeping the students before it.
     k = next((i for i in range(2, len(values)) if values[i] < min(values[1:i])), None)
-    assert k is not None and values[-1] < values[0], f"removals should cost the trained model quality: {values}"
+    # (The tiny model's scores are noisy: with transformers 5.25 its 2-layer student scores above the
+    # teacher. What the floor needs is one dip below every earlier student and below the teacher.)
+    assert k is not None and values[k] < values[0], f"a removal should cost the trained model quality: {values}"
     teacher = values[0]
     floor = (values[k] + min(values[1:k])) / 2 / teacher
     events = _run(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.tiny_suite import WORDS
 
@@ -57,6 +58,9 @@ def test_a_tiny_dry_run_writes_one_row_per_schedule_and_keeps_earlier_rows(tiny,
     assert tool.main([*args, "--only", "once"]) == 0
     assert {p: p.stat().st_size for p in logs} == logs
     assert {r["variant"]: r for r in csv.DictReader(out.open())} == rows
+    # the rows are measured on the layers next to the gaps, whatever the engine's default
+    configs = [yaml.safe_load((run / "config.yaml").read_text()) for run in (tmp_path / "runs").iterdir()]
+    assert {c["heal"]["trainable"] for c in configs} == {"adjacent"}
 
 
 def test_bad_budgets_are_one_line(capsys):
