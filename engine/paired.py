@@ -1,6 +1,7 @@
 """Is one student better than another, or just luckier? A paired bootstrap over the same items.
 
     python -m engine.paired RUN_A RUN_B      # or RUN_B = teacher: RUN_A's own teacher
+    python -m engine.paired RUN_A RUN_B --layers 27   # both runs' students at 27 layers
 
 Both students (each run's last checkpoint, as ``ild export`` rebuilds it) are scored item by item
 on the same part of the same suite (the report part and the report suite unless ``--part select``).
@@ -95,19 +96,30 @@ def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed:
 
 
 # --- the command ------------------------------------------------------------------------------------
-def _student(run_dir: Path, config, device, teacher: bool):
-    """A run's student of its last checkpoint (or, with ``teacher``, its teacher)."""
-    from engine.checkpoints import CheckpointStore
+def _student(run_dir: Path, config, device, teacher: bool, layers: int | None = None):
+    """A run's student of its last checkpoint, or of the last one with ``layers`` layers (or, with
+    ``teacher``, its teacher)."""
+    from engine.checkpoints import CheckpointError, CheckpointStore, recorded_checkpoints
+    from engine.models.adapters import adapter_for
     from engine.models.loading import load_model
     from engine.runlog.layout import RunDir
     from engine.runlog.tailer import read_all
 
     store = CheckpointStore(run_dir)
-    # The student is the run's newest checkpoint or an error, as for an export.
-    checkpoint = None if teacher else store.newest(read_all(RunDir(run_dir).events_file))
+    events = read_all(RunDir(run_dir).events_file)
     loaded = load_model(config.model, device=device)
-    if checkpoint is not None:
-        store.restore(loaded.model, checkpoint)
+    if teacher:
+        return loaded
+    chosen = None
+    if layers is not None:
+        # the last checkpoint (after healing, where the run healed) of the student with that many layers
+        removals = len(adapter_for(loaded.model).layers) - layers
+        names = [n for n, e in recorded_checkpoints(events).items() if len(e.get("removed") or []) == removals]
+        if removals <= 0 or not names:
+            raise CheckpointError(f"{config.name} has no checkpoint of a student with {layers} layers")
+        chosen = max(map(int, names))
+    # The student is the run's newest (or chosen) checkpoint or an error, as for an export.
+    store.restore(loaded.model, store.newest(events, from_checkpoint=chosen))
     return loaded
 
 
@@ -133,9 +145,10 @@ def _per_item(loaded, config, part: str) -> tuple[dict, dict]:
     return results, specs
 
 
-def _print(result: PairedResult, name_a: str, name_b: str, part: str) -> None:
+def _print(result: PairedResult, name_a: str, name_b: str, part: str, layers: int | None = None) -> None:
     pct = f"{result.level:.0%}"
-    print(f"{name_a} (A) against {name_b} (B), {part} part, {result.resamples} paired resamples")
+    at = f" at {layers} layers" if layers is not None else ""
+    print(f"{name_a} (A) against {name_b} (B){at}, {part} part, {result.resamples} paired resamples")
     print(f"{'task':14} {'items':>5} {'A':>7} {'B':>7} {'A - B':>8}  {pct + ' interval':>19} {'p':>7}")
     rows = [(t, d, result.items[t]) for t, d in result.tasks.items()] + [("aggregate", result.aggregate, None)]
 
@@ -161,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--level", type=float, default=0.95)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--layers", type=int, default=None, help="both students at this many layers (default: the last)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.resamples < 100 or not 0.5 <= args.level < 1:
@@ -177,19 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         _same_items(config_a, config_b)
-        loaded = _student(args.run_a, config_a, args.device, teacher=False)
+        loaded = _student(args.run_a, config_a, args.device, teacher=False, layers=args.layers)
         a, specs = _per_item(loaded, config_a, args.part)
         del loaded
-        b, _ = _per_item(_student(run_b, config_b, args.device, teacher=vs_teacher), config_b, args.part)
+        student_b = _student(run_b, config_b, args.device, teacher=vs_teacher, layers=args.layers)
+        b, _ = _per_item(student_b, config_b, args.part)
         result = paired_bootstrap(specs, a, b, args.resamples, args.seed, args.level)
     except (ValueError, ModelSpecError, CheckpointError) as exc:
         print(f"ild: {exc}", file=sys.stderr)
         return 2
     name_b = f"{config_a.name}'s teacher" if vs_teacher else config_b.name
-    _print(result, config_a.name, name_b, args.part)
+    _print(result, config_a.name, name_b, args.part, args.layers)
     if args.json is not None:
         args.json.write_text(
-            json.dumps({"a": config_a.name, "b": name_b, "part": args.part, **asdict(result)}, indent=1)
+            json.dumps(
+                {"a": config_a.name, "b": name_b, "part": args.part, "layers": args.layers, **asdict(result)}, indent=1
+            )
         )
     return 0
 

@@ -170,3 +170,28 @@ def test_resume_mid_iteration_matches_an_uninterrupted_heal():
     healer_c.heal([2, 3], iteration=1, seed=0, resume=state)
     for key, value in student_a.state_dict().items():
         assert torch.allclose(value, student_c.state_dict()[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("start", [0.0, 0.75])
+def test_early_stopping_waits_for_its_share_of_the_steps(start, monkeypatch):
+    """A held-out loss that first rises, then falls (every layer trainable, measured on make demo's
+    first healing): from the start, patience 2 stops at the second check and keeps the weights from
+    before healing; with early_stop_from no stop comes before that share of the steps (the default:
+    half), and the best check's weights are kept."""
+    assert HealSettings().early_stop_from == 0.5
+    _teacher, student, healer = _setup(
+        early_stop=True, eval_every=1, patience=2, early_stop_from=start, trainable="all", lr=1e-3
+    )
+    script = iter([10.0, 11.0, 11.5, 9.0, 8.0, 8.5, 8.6, 8.7])  # before healing, then one per step
+    monkeypatch.setattr(healer, "heldout_loss", lambda pairs: {"loss": next(script)})
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainable = list(range(len(layer_map(student))))
+    result = healer.heal(trainable, iteration=1, seed=0)
+    assert healer.cache.train_index.numel() // 4 == 4  # four steps: checks at 1, 2, 3, 4
+    if start == 0.0:
+        assert result["stopped_early"] and result["steps"] == 2 and result["kept_step"] == 0
+        assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    else:
+        # steps 1 and 2 missed (before 3 of 4: no stop), 3 and 4 improved: all four ran, 4 kept
+        assert not result["stopped_early"] and result["steps"] == 4 and result["kept_step"] == 4
+        assert [loss for _, loss in result["checks"]] == [11.0, 11.5, 9.0, 8.0]

@@ -60,7 +60,7 @@ def test_a_tiny_dry_run_writes_one_row_per_schedule_and_keeps_earlier_rows(tiny,
     assert {r["variant"]: r for r in csv.DictReader(out.open())} == rows
     # the rows are measured on the layers next to the gaps, whatever the engine's default
     configs = [yaml.safe_load((run / "config.yaml").read_text()) for run in (tmp_path / "runs").iterdir()]
-    assert {c["heal"]["trainable"] for c in configs} == {"adjacent"}
+    assert {(c["heal"]["trainable"], c["heal"]["early_stop_from"]) for c in configs} == {("adjacent", 0.0)}
 
 
 def test_bad_budgets_are_one_line(capsys):

@@ -113,3 +113,37 @@ def test_the_command_on_a_tiny_run(tiny, tmp_path):
     ):
         bad = ild(*args, "--runs-dir", str(runs))
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.e2e
+def test_layers_picks_each_runs_student_of_that_depth(tiny, tmp_path):
+    """--layers N scores each run's student with N layers (its checkpoint of that iteration), the
+    one the run logged at that depth; a depth a run never had is a one-line error."""
+    runs = tmp_path / "runs"
+    common = ["--model", str(tiny / "model"), "--suite", str(tiny / "suite.yaml"), "--runs-dir", str(runs)]
+    for name, strategy in (("scored", "iterative-pruning"), ("bi", "iterative-bi")):
+        made = ild("run", *common, "--strategy", strategy, "--target-layers", "4", "--name", name, "--headless")
+        assert made.returncode == 0, made.stderr
+    out = tmp_path / "at5.json"
+    at5 = ild(
+        "paired", "scored", "bi", "--layers", "5", "--runs-dir", str(runs), "--resamples", "200", "--json", str(out)
+    )
+    assert at5.returncode == 0, at5.stderr
+    assert "scored (A) against bi (B) at 5 layers, report part" in at5.stdout
+    saved = json.loads(out.read_text())
+    assert saved["layers"] == 5
+
+    def logged(run: str, iteration: int) -> float:
+        events = [json.loads(line) for line in (runs / run / "events.jsonl").read_text().splitlines()]
+        evals = [e for e in events if e["type"] == "eval" and e.get("part") == "report" and e["iteration"] == iteration]
+        return evals[-1]["aggregate"]
+
+    # the students scored are the runs' own at 5 layers (iteration 1), not their last (4 layers)
+    assert saved["aggregate"]["a"] == pytest.approx(logged("scored", 1), abs=1e-6)
+    assert saved["aggregate"]["b"] == pytest.approx(logged("bi", 1), abs=1e-6)
+    assert logged("scored", 1) != pytest.approx(logged("scored", 2), abs=1e-6)
+
+    for depth in ("6", "3"):  # the teacher's own depth is no student's; 3 layers was never reached
+        bad = ild("paired", "scored", "bi", "--layers", depth, "--runs-dir", str(runs), "--resamples", "100")
+        assert bad.returncode == 2 and "has no checkpoint of a student with" in bad.stderr
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

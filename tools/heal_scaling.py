@@ -19,9 +19,9 @@ default) each budget's ``iterative`` and ``once`` students, then ``iterative + f
 (``docs/results/paired/heal-scaling-*.{txt,json}``). ``--heal KEY=VALUE`` sets another heal setting
 for every run; give such runs a ``--label`` (e.g. ``--heal final_trainable=all --label final-all``),
 which is appended to their names so that they never share a row or a run directory with the defaults'.
-The layers next to the gaps train unless ``--heal trainable=...`` says otherwise (every unlabelled
-row was measured so; the engine's default became every layer later, measured with
-``--heal trainable=all --label all``).
+The layers next to the gaps train and early stopping may stop from the first check, as every
+committed row was measured, unless ``--heal`` says otherwise (the engine's defaults became every
+layer and no stop before half a healing's steps later: ``--heal trainable=all --label all``).
 Healing data: ``--data`` (default ``mixed``,
 the 2.5M-token mixed corpus; the default ``embedded`` Brown text holds ~70k tokens, so large budgets
 would repeat it many times: the CSV's ``epochs`` says how often).
@@ -123,9 +123,11 @@ def run_variant(run: Path, schedule: str, budget: int, args) -> None:
             "heal": {
                 **heal_settings(schedule, budget, len(args.removals)),
                 "data": args.data,
-                # the layers next to the gaps, as every unlabelled row was measured (the default is
-                # now every layer: --heal trainable=all --label all, as those rows were)
+                # the layers next to the gaps and early stopping from the first check, as every
+                # committed row was measured (the defaults are now every layer, no stop before half
+                # the steps: --heal trainable=all --label all, as those rows were)
                 "trainable": "adjacent",
+                "early_stop_from": 0.0,
                 **({"early_stop": False} if args.no_early_stop else {}),
                 **args.heal,
             },

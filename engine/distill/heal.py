@@ -340,7 +340,9 @@ class Healer:
                     held = self.heldout_loss(pairs)["loss"]
                     last["heldout_loss"] = held
                     early.update(step, held, weights, config.min_delta)
-                    stopped_early = early.misses >= config.patience and step < total_steps
+                    stopped_early = (
+                        early.misses >= config.patience and config.early_stop_from * total_steps <= step < total_steps
+                    )
                 if on_step:
                     on_step(last)
                 if stopped_early:

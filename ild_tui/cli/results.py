@@ -115,23 +115,30 @@ def eval_command(refs, lm_eval_tasks, include, num_fewshot, limit, batch_size, d
 @click.option("--resamples", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--level", type=float, default=0.95, show_default=True, help="The interval's coverage.")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: the best there is).")
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Compare both runs' students at this many layers (each run's last checkpoint with that many; "
+    "default: each run's last student).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result here.")
 @runs_dir_option
-def paired(run_a, run_b, part, resamples, level, device, json_out, runs_dir):
+def paired(run_a, run_b, part, resamples, level, device, layers, json_out, runs_dir):
     """Is RUN_A's student better than RUN_B's (or than its teacher), or just luckier?
 
     Both are scored item by item on the same items and compared by a paired bootstrap: each
     task's score difference and the aggregate's, with an interval and a p-value.
 
-    Example: ild paired iterative-distill iterative-pruning --runs-dir study/runs
+    Example: ild paired iterative-distill iterative-pruning --runs-dir study/runs [--layers 27]
     """
     from ..launch import run_engine_module
 
     paths = [str(find_or_fail(runs_dir, ref).path) if ref != "teacher" else ref for ref in (run_a, run_b)]
     args = [*paths, "--part", part, "--resamples", str(resamples), "--level", str(level)]
-    for flag, value in (("--device", device), ("--json", json_out)):
+    for flag, value in (("--device", device), ("--json", json_out), ("--layers", layers)):
         if value:
-            args += [flag, value]
+            args += [flag, str(value)]
     exit_with(run_engine_module("engine.paired", args))
 
 
