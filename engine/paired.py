@@ -3,8 +3,10 @@
     python -m engine.paired RUN_A RUN_B      # or RUN_B = teacher: RUN_A's own teacher
     python -m engine.paired RUN_A RUN_B --layers 27   # both runs' students at 27 layers
 
-Both students (each run's last checkpoint, as ``ild export`` rebuilds it) are scored item by item
-on the same part of the same suite (the report part and the report suite unless ``--part select``).
+Both students (each run's last checkpoint, as ``ild export`` rebuilds it, or its checkpoint with
+``--layers`` layers) are scored item by item on the same part of the same suite (the report part and
+the report suite unless ``--part select``). The per-item scores are kept in the run directory
+(``engine.item_store``), so a comparison runs again without scoring, and without the weights.
 The items are then resampled with replacement, each task's on its own and the same draw for both
 students (paired: an item both find hard moves both scores together), the task scores and the
 aggregate recomputed by each task's own metric (corpus metrics over the drawn texts). The printed
@@ -96,31 +98,88 @@ def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed:
 
 
 # --- the command ------------------------------------------------------------------------------------
-def _student(run_dir: Path, config, device, teacher: bool, layers: int | None = None):
-    """A run's student of its last checkpoint, or of the last one with ``layers`` layers (or, with
-    ``teacher``, its teacher)."""
-    from engine.checkpoints import CheckpointError, CheckpointStore, recorded_checkpoints
-    from engine.models.adapters import adapter_for
-    from engine.models.loading import load_model
-    from engine.runlog.layout import RunDir
-    from engine.runlog.tailer import read_all
+def _which(config, events: list[dict], teacher: bool, layers: int | None) -> tuple[str, str, int | None]:
+    """(the student's name in the item store, its digest, the checkpoint to restore) from the run's
+    log alone: a run's last checkpoint, the last one with ``layers`` layers, or its teacher."""
+    from engine.checkpoints import CheckpointError, recorded_checkpoints
 
-    store = CheckpointStore(run_dir)
-    events = read_all(RunDir(run_dir).events_file)
-    loaded = load_model(config.model, device=device)
     if teacher:
-        return loaded
-    chosen = None
+        started = next((e for e in events if e.get("type") == "run_started"), {})
+        return "teacher", f"{config.model} {started.get('model_version')}", None
+    recorded = recorded_checkpoints(events)
+    names = [n for n, e in recorded.items() if e.get("removed")]
     if layers is not None:
         # the last checkpoint (after healing, where the run healed) of the student with that many layers
-        removals = len(adapter_for(loaded.model).layers) - layers
-        names = [n for n, e in recorded_checkpoints(events).items() if len(e.get("removed") or []) == removals]
-        if removals <= 0 or not names:
+        start = next((e.get("start_layers") for e in events if e.get("type") == "run_started"), None)
+        if not isinstance(start, int):
+            raise CheckpointError(f"{config.name}'s log does not say how many layers its teacher has")
+        names = [n for n in names if len(recorded[n]["removed"]) == start - layers]
+        if not names:
             raise CheckpointError(f"{config.name} has no checkpoint of a student with {layers} layers")
-        chosen = max(map(int, names))
-    # The student is the run's newest (or chosen) checkpoint or an error, as for an export.
-    store.restore(loaded.model, store.newest(events, from_checkpoint=chosen))
+    if not names:
+        return "", "", None  # no student logged: the checkpoint store says why (ild export's errors)
+    name = max(names, key=int)
+    return name, str(recorded[name].get("manifest_sha256")), int(name)
+
+
+def _load(run_dir: Path, config, events: list[dict], device, teacher: bool, checkpoint: int | None):
+    """The teacher, or the run's student of ``checkpoint`` (None: its newest), verified as for an export."""
+    from engine.checkpoints import CheckpointStore
+    from engine.models.loading import load_model
+
+    loaded = load_model(config.model, device=device)
+    if not teacher:
+        store = CheckpointStore(run_dir)
+        store.restore(loaded.model, store.newest(events, from_checkpoint=checkpoint))
     return loaded
+
+
+def _scores(run_dir: Path, config, device, part: str, teacher: bool = False, layers: int | None = None) -> dict:
+    """Per-item scores of one student on ``part``: from the run's item store when it holds them,
+    else scored from its checkpoint (then stored for the next comparison)."""
+    from engine import item_store
+    from engine.checkpoints import CheckpointError
+    from engine.digests import code_digest
+    from engine.runlog.layout import RunDir
+    from engine.runlog.tailer import read_all
+    from engine.score_cache import SCORING_CODE
+
+    events = read_all(RunDir(run_dir).events_file)
+    student, digest, checkpoint = _which(config, events, teacher, layers)
+    key = item_store.StudentKey(
+        student=student or "none",
+        digest=digest,
+        part=part,
+        suite=config.suite,
+        report_suite=config.report_suite,
+        split_seed=config.split_seed,
+        batch_tokens=config.batch_tokens,
+        code=code_digest(*SCORING_CODE),
+    )
+    stored, _ = item_store.load(run_dir, key) if student else (None, False)
+    if stored is not None:
+        return stored
+    try:
+        loaded = _load(run_dir, config, events, device, teacher, checkpoint)
+    except CheckpointError:
+        stored, _ = item_store.load(run_dir, key, any_code=True) if student else (None, False)
+        if stored is None:
+            raise
+        print(f"note: {config.name}'s {student} scored by earlier code (its weights are gone)", file=sys.stderr)
+        return stored
+    scores = _per_item(loaded, config, part)
+    if student:
+        item_store.save(run_dir, key, scores)
+    return scores
+
+
+def _specs(config, part: str) -> dict:
+    """Task name -> TaskSpec of the scored tasks (their metrics turn items into task scores)."""
+    from engine.tasks.spec import load_report_suite, load_suite
+
+    main = load_suite(config.suite)
+    suites = [main] if part == "select" else [main, load_report_suite(main, config.report_suite)]
+    return {task.name: task for suite in suites if suite is not None for task in suite.tasks}
 
 
 def _same_items(a, b) -> None:
@@ -131,18 +190,17 @@ def _same_items(a, b) -> None:
             )
 
 
-def _per_item(loaded, config, part: str) -> tuple[dict, dict]:
+def _per_item(loaded, config, part: str) -> dict:
     from engine.evaluation import Evaluation
 
     evaluation = Evaluation(
         loaded.model, loaded.tokenizer, config.suite, config.report_suite, config.batch_tokens, config.split_seed
     )
     evaluators = [evaluation.select] if part == "select" else evaluation.report
-    results, specs = {}, {}
+    results = {}
     for evaluator in evaluators:
         results.update(evaluator.evaluate_items([None])[None])
-        specs.update({t.spec.name: t.spec for t in evaluator.tasks})
-    return results, specs
+    return results
 
 
 def _print(result: PairedResult, name_a: str, name_b: str, part: str, layers: int | None = None) -> None:
@@ -185,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.checkpoints import CheckpointError
     from engine.models.errors import ModelSpecError
+    from engine.tasks.spec import TaskFileError
     from engine.worker import _load_config, _quiet_libraries
 
     vs_teacher = args.run_b == TEACHER
@@ -193,13 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         _same_items(config_a, config_b)
-        loaded = _student(args.run_a, config_a, args.device, teacher=False, layers=args.layers)
-        a, specs = _per_item(loaded, config_a, args.part)
-        del loaded
-        student_b = _student(run_b, config_b, args.device, teacher=vs_teacher, layers=args.layers)
-        b, _ = _per_item(student_b, config_b, args.part)
+        a = _scores(args.run_a, config_a, args.device, args.part, layers=args.layers)
+        b = _scores(run_b, config_b, args.device, args.part, teacher=vs_teacher, layers=args.layers)
+        specs = _specs(config_a, args.part)
         result = paired_bootstrap(specs, a, b, args.resamples, args.seed, args.level)
-    except (ValueError, ModelSpecError, CheckpointError) as exc:
+    except (ValueError, ModelSpecError, CheckpointError, TaskFileError) as exc:
         print(f"ild: {exc}", file=sys.stderr)
         return 2
     name_b = f"{config_a.name}'s teacher" if vs_teacher else config_b.name

@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 
 import pytest
 
@@ -142,6 +143,18 @@ def test_layers_picks_each_runs_student_of_that_depth(tiny, tmp_path):
     assert saved["aggregate"]["a"] == pytest.approx(logged("scored", 1), abs=1e-6)
     assert saved["aggregate"]["b"] == pytest.approx(logged("bi", 1), abs=1e-6)
     assert logged("scored", 1) != pytest.approx(logged("scored", 2), abs=1e-6)
+
+    # The per-item scores stay in the run directories: the same comparison again needs no weights.
+    stored = sorted(p.name for p in (runs / "scored" / "paired-items").iterdir())
+    assert stored == ["1-report.json.xz"]
+    for run in ("scored", "bi"):
+        shutil.rmtree(runs / run / "checkpoints")
+    again = ild("paired", "scored", "bi", "--layers", "5", "--runs-dir", str(runs), "--resamples", "200")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-2:] == at5.stdout.splitlines()[-2:]
+    # a student never compared before, weights gone: one line, no traceback
+    gone = ild("paired", "scored", "bi", "--runs-dir", str(runs), "--resamples", "100")
+    assert gone.returncode == 2 and "checkpoint" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
 
     for depth in ("6", "3"):  # the teacher's own depth is no student's; 3 layers was never reached
         bad = ild("paired", "scored", "bi", "--layers", depth, "--runs-dir", str(runs), "--resamples", "100")
