@@ -2,8 +2,9 @@
 the other, each from an empty store (as on a fresh clone), printing both wall times, their ratio,
 where the time went in each (``bench/phases.py``'s table, totals per kind of work), and whether the
 two runs removed the same layers and printed the same aggregates. ``--set`` passes a setting to
-both runs: across a change of a default (``heal.trainable`` became ``all``), pin the old one
-(``--set heal.trainable=adjacent``) to compare the speed of the same work.
+both runs, ``--set-new`` to the new code's only: across a change of defaults (``heal.trainable``
+became ``all`` and early stopping waits for half the steps, 2026-12-04), pin the old ones
+(``--set heal.trainable=adjacent --set-new heal.early_stop_from=0``) to time the same work.
 
     .venv/bin/python bench/demo_speed.py --old df344b1 [--new HEAD] [--again] [--target-layers 28] [--set KEY=VALUE ...] [--keep DIR] [--json FILE]
 
@@ -112,6 +113,11 @@ def floor_seconds(phases: dict[str, float]) -> float:
     return sum(phases.get(label, 0.0) for label in FLOOR_PARTS)
 
 
+def side_settings(both: list[str], new_only: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The --set settings of the old code's run and of the new code's runs."""
+    return tuple(both), tuple(both + new_only)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="the earlier commit (any git revision)")
@@ -122,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="for both runs (repeatable)"
+    )
+    parser.add_argument(
+        "--set-new",
+        dest="new_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="for the new code's runs only: a setting the old code does not know (repeatable)",
     )
     parser.add_argument("--keep", type=Path, help="keep both runs and logs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -141,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         from engine.models.loading import load_model
 
         load_model(DEFAULT_MODEL)  # the converted weights, shared by both sides
-        settings = tuple(args.settings)
+        settings, new_settings = side_settings(args.settings, args.new_settings)
         old_s, old_dir = run_demo(trees["old"], work, "old", args.target_layers, settings=settings)
-        new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers, settings=settings)
+        new_s, new_dir = run_demo(trees["new"], work, "new", args.target_layers, settings=new_settings)
         again_s, again_dir = (
-            run_demo(trees["new"], work, "again", args.target_layers, store="new", settings=settings)
+            run_demo(trees["new"], work, "again", args.target_layers, store="new", settings=new_settings)
             if args.again
             else (None, None)
         )
@@ -161,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo 30 -> {args.target_layers}, CPU flags: {cpu_flags()}, {os.cpu_count()} cores")
     if settings:
         print(f"both runs with: {' '.join(settings)}")
+    if args.new_settings:
+        print(f"the new code's runs also with: {' '.join(args.new_settings)}")
     print(f"old {rev}: {old_s:8.1f} s")
     print(f"new {new_rev}: {new_s:8.1f} s")
     print(f"new / old: {new_s / old_s:.3f}")
@@ -193,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     "old": rev,
                     "new": new_rev,
                     "settings": list(settings),
+                    "new_settings": list(args.new_settings),
                     "cpu_flags": cpu_flags(),
                     "old_seconds": old_s,
                     "new_seconds": new_s,

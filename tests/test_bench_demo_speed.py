@@ -1,6 +1,6 @@
 """bench/demo_speed.py's reading of two runs: what counts as the same outcome, and the floor."""
 
-from bench.demo_speed import compare, floor_seconds
+from bench.demo_speed import compare, floor_seconds, side_settings
 
 
 def _outcome(removals, aggregate):
@@ -39,3 +39,9 @@ def test_settings_reach_the_run_as_set_options(tmp_path, monkeypatch):
     assert cmd[cmd.index("--set") :] == ["--set", "heal.trainable=adjacent", "--set", "seed=1"]
     assert cmd[cmd.index("--target-layers") + 1] == "28" and run_dir == tmp_path / "runs-old" / "old"
     assert seen["env"]["ILD_STORE_DIR"] == str(tmp_path / "store-old")
+
+
+def test_a_setting_the_old_code_lacks_goes_to_the_new_runs_only():
+    old, new = side_settings(["heal.trainable=adjacent"], ["heal.early_stop_from=0"])
+    assert old == ("heal.trainable=adjacent",)
+    assert new == ("heal.trainable=adjacent", "heal.early_stop_from=0")
