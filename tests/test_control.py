@@ -36,7 +36,8 @@ def test_notify_runs_through_the_shell_after_the_event_and_a_broken_notifier_is_
     with control:
         control.notify("finished", "all done")
         deadline = time.time() + 10
-        while not marker.exists() and time.time() < deadline:
+        # the shell creates the file (the redirection) before printf writes to it: wait for the words
+        while (not marker.exists() or not marker.read_text()) and time.time() < deadline:
             time.sleep(0.02)
         assert marker.read_text() == "finished|all done"
     broken = _controller(tmp_path / "b", notify_cmd="/nonexistent/notifier --flag")
