@@ -98,14 +98,28 @@ def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed:
 
 
 # --- the command ------------------------------------------------------------------------------------
-def _which(config, events: list[dict], teacher: bool, layers: int | None) -> tuple[str, str, int | None]:
+def _teacher_digest(run_dir: Path, config, events: list[dict]) -> str:
+    import json
+
+    from engine.models.identity import IDENTITY_FILE
+    from engine.runlog.safefile import read_regular
+
+    try:
+        digest = json.loads(read_regular(Path(run_dir) / IDENTITY_FILE, 1 << 20)).get("digest")
+    except (OSError, ValueError, AttributeError):
+        digest = None
+    started = next((e for e in events if e.get("type") == "run_started"), {})
+    return f"{config.model} {started.get('model_version')} {digest}"
+
+
+def _which(run_dir: Path, config, events: list[dict], teacher: bool, layers: int | None) -> tuple[str, str, int | None]:
     """(the student's name in the item store, its digest, the checkpoint to restore) from the run's
     log alone: a run's last checkpoint, the last one with ``layers`` layers, or its teacher."""
     from engine.checkpoints import CheckpointError, recorded_checkpoints
 
     if teacher:
-        started = next((e for e in events if e.get("type") == "run_started"), {})
-        return "teacher", f"{config.model} {started.get('model_version')}", None
+        # the digest of the teacher's weight files the run recorded at its start (teacher.json)
+        return "teacher", _teacher_digest(run_dir, config, events), None
     recorded = recorded_checkpoints(events)
     names = [n for n, e in recorded.items() if e.get("removed")]
     if layers is not None:
@@ -145,7 +159,7 @@ def _scores(run_dir: Path, config, device, part: str, teacher: bool = False, lay
     from engine.score_cache import SCORING_CODE
 
     events = read_all(RunDir(run_dir).events_file)
-    student, digest, checkpoint = _which(config, events, teacher, layers)
+    student, digest, checkpoint = _which(run_dir, config, events, teacher, layers)
     key = item_store.StudentKey(
         student=student or "none",
         digest=digest,
