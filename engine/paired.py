@@ -98,7 +98,7 @@ def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed:
 
 
 # --- the command ------------------------------------------------------------------------------------
-def _teacher_digest(run_dir: Path, config, events: list[dict]) -> str:
+def _teacher_digest(run_dir: Path, config, started: dict) -> str:
     import json
 
     from engine.models.identity import IDENTITY_FILE
@@ -108,7 +108,6 @@ def _teacher_digest(run_dir: Path, config, events: list[dict]) -> str:
         digest = json.loads(read_regular(Path(run_dir) / IDENTITY_FILE, 1 << 20)).get("digest")
     except (OSError, ValueError, AttributeError):
         digest = None
-    started = next((e for e in events if e.get("type") == "run_started"), {})
     return f"{config.model} {started.get('model_version')} {digest}"
 
 
@@ -117,14 +116,15 @@ def _which(run_dir: Path, config, events: list[dict], teacher: bool, layers: int
     log alone: a run's last checkpoint, the last one with ``layers`` layers, or its teacher."""
     from engine.checkpoints import CheckpointError, recorded_checkpoints
 
+    started = next((e for e in events if e.get("type") == "run_started"), {})
     if teacher:
         # the digest of the teacher's weight files the run recorded at its start (teacher.json)
-        return "teacher", _teacher_digest(run_dir, config, events), None
+        return "teacher", _teacher_digest(run_dir, config, started), None
     recorded = recorded_checkpoints(events)
     names = [n for n, e in recorded.items() if e.get("removed")]
     if layers is not None:
         # the last checkpoint (after healing, where the run healed) of the student with that many layers
-        start = next((e.get("start_layers") for e in events if e.get("type") == "run_started"), None)
+        start = started.get("start_layers")
         if not isinstance(start, int):
             raise CheckpointError(f"{config.name}'s log does not say how many layers its teacher has")
         names = [n for n in names if len(recorded[n]["removed"]) == start - layers]
@@ -160,8 +160,10 @@ def _scores(run_dir: Path, config, device, part: str, teacher: bool = False, lay
 
     events = read_all(RunDir(run_dir).events_file)
     student, digest, checkpoint = _which(run_dir, config, events, teacher, layers)
+    if not student:  # no student logged: restoring says why, as for an export
+        return _per_item(_load(run_dir, config, events, device, teacher, checkpoint), config, part)
     key = item_store.StudentKey(
-        student=student or "none",
+        student=student,
         digest=digest,
         part=part,
         suite=config.suite,
@@ -170,20 +172,19 @@ def _scores(run_dir: Path, config, device, part: str, teacher: bool = False, lay
         batch_tokens=config.batch_tokens,
         code=code_digest(*SCORING_CODE),
     )
-    stored, _ = item_store.load(run_dir, key) if student else (None, False)
+    stored, _ = item_store.load(run_dir, key)
     if stored is not None:
         return stored
     try:
         loaded = _load(run_dir, config, events, device, teacher, checkpoint)
     except CheckpointError:
-        stored, _ = item_store.load(run_dir, key, any_code=True) if student else (None, False)
+        stored, _ = item_store.load(run_dir, key, any_code=True)
         if stored is None:
             raise
         print(f"note: {config.name}'s {student} scored by earlier code (its weights are gone)", file=sys.stderr)
         return stored
     scores = _per_item(loaded, config, part)
-    if student:
-        item_store.save(run_dir, key, scores)
+    item_store.save(run_dir, key, scores)
     return scores
 
 
