@@ -218,24 +218,76 @@ def _per_item(loaded, config, part: str) -> dict:
     return results
 
 
-def _print(result: PairedResult, name_a: str, name_b: str, part: str, layers: int | None = None) -> None:
+@dataclass
+class Comparison:
+    """One paired comparison as ``ild paired`` prints and saves it."""
+
+    result: PairedResult
+    name_a: str
+    name_b: str
+    part: str
+    layers: int | None = None
+
+    def as_json(self) -> dict:
+        return {"a": self.name_a, "b": self.name_b, "part": self.part, "layers": self.layers, **asdict(self.result)}
+
+
+def compare(
+    run_a: Path,
+    run_b: Path | str,
+    part: str = "report",
+    layers: int | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    device=None,
+) -> Comparison:
+    """RUN_A's student against RUN_B's (``TEACHER``: RUN_A's teacher), item by item on ``part``.
+
+    Raises ValueError, ``CheckpointError``, ``ModelSpecError`` or ``TaskFileError`` with a one-line
+    reason (other items, no such student, weights gone and never scored)."""
+    from engine.worker import _load_config, _quiet_libraries
+
+    vs_teacher = run_b == TEACHER
+    run_b = Path(run_a) if vs_teacher else Path(run_b)
+    config_a, config_b = _load_config(Path(run_a)), _load_config(run_b)  # a one-line error unless both are runs
+    _quiet_libraries()
+    _same_items(config_a, config_b)
+    a = _scores(Path(run_a), config_a, device, part, layers=layers)
+    b = _scores(run_b, config_b, device, part, teacher=vs_teacher, layers=layers)
+    result = paired_bootstrap(_specs(config_a, part), a, b, resamples, seed, level)
+    name_b = f"{config_a.name}'s teacher" if vs_teacher else config_b.name
+    return Comparison(result, config_a.name, name_b, part, layers)
+
+
+def p_text(p: float, resamples: int) -> str:
+    """A bootstrap p-value as printed: none of the resamples crossed zero is below their resolution."""
+    return f"<{1 / resamples:.4f}" if p == 0 else f"{p:.3f}"
+
+
+def verdict(d: Difference) -> str:
+    return "measured" if d.low > 0 or d.high < 0 else "inside the noise of these items"
+
+
+def render(comparison: Comparison) -> str:
+    """The comparison as ``ild paired`` prints it: one row a task, then the aggregate's verdict."""
+    result = comparison.result
     pct = f"{result.level:.0%}"
-    at = f" at {layers} layers" if layers is not None else ""
-    print(f"{name_a} (A) against {name_b} (B){at}, {part} part, {result.resamples} paired resamples")
-    print(f"{'task':14} {'items':>5} {'A':>7} {'B':>7} {'A - B':>8}  {pct + ' interval':>19} {'p':>7}")
+    at = f" at {comparison.layers} layers" if comparison.layers is not None else ""
+    lines = [
+        f"{comparison.name_a} (A) against {comparison.name_b} (B){at}, {comparison.part} part, "
+        f"{result.resamples} paired resamples",
+        f"{'task':14} {'items':>5} {'A':>7} {'B':>7} {'A - B':>8}  {pct + ' interval':>19} {'p':>7}",
+    ]
     rows = [(t, d, result.items[t]) for t, d in result.tasks.items()] + [("aggregate", result.aggregate, None)]
-
-    def p_value(p: float) -> str:  # none of the resamples crossed zero: the p-value is below their resolution
-        return f"<{1 / result.resamples:.4f}" if p == 0 else f"{p:.3f}"
-
     for name, d, n in rows:
-        print(
+        lines.append(
             f"{name:14} {'' if n is None else n:>5} {d.a:7.4f} {d.b:7.4f} {d.diff:+8.4f}  "
-            f"[{d.low:+8.4f}, {d.high:+8.4f}] {p_value(d.p):>7}"
+            f"[{d.low:+8.4f}, {d.high:+8.4f}] {p_text(d.p, result.resamples):>7}"
         )
     d = result.aggregate
-    verdict = "measured" if d.low > 0 or d.high < 0 else "inside the noise of these items"
-    print(f"aggregate difference {d.diff:+.4f}: {verdict} (p = {p_value(d.p)})")
+    lines.append(f"aggregate difference {d.diff:+.4f}: {verdict(d)} (p = {p_text(d.p, result.resamples)})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,29 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     from engine.checkpoints import CheckpointError
     from engine.models.errors import ModelSpecError
     from engine.tasks.spec import TaskFileError
-    from engine.worker import _load_config, _quiet_libraries
 
-    vs_teacher = args.run_b == TEACHER
-    run_b = args.run_a if vs_teacher else Path(args.run_b)
-    config_a, config_b = _load_config(args.run_a), _load_config(run_b)  # a one-line error unless both are runs
-    _quiet_libraries()
     try:
-        _same_items(config_a, config_b)
-        a = _scores(args.run_a, config_a, args.device, args.part, layers=args.layers)
-        b = _scores(run_b, config_b, args.device, args.part, teacher=vs_teacher, layers=args.layers)
-        specs = _specs(config_a, args.part)
-        result = paired_bootstrap(specs, a, b, args.resamples, args.seed, args.level)
+        comparison = compare(
+            args.run_a, args.run_b, args.part, args.layers, args.resamples, args.seed, args.level, args.device
+        )
     except (ValueError, ModelSpecError, CheckpointError, TaskFileError) as exc:
         print(f"ild: {exc}", file=sys.stderr)
         return 2
-    name_b = f"{config_a.name}'s teacher" if vs_teacher else config_b.name
-    _print(result, config_a.name, name_b, args.part, args.layers)
+    print(render(comparison))
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {"a": config_a.name, "b": name_b, "part": args.part, "layers": args.layers, **asdict(result)}, indent=1
-            )
-        )
+        args.json.write_text(json.dumps(comparison.as_json(), indent=1))
     return 0
 
 

@@ -8,6 +8,7 @@ A study lives in one directory::
     DIR/study.log     what a detached study printed
     DIR/runs/<strategy>/   one ordinary run directory per strategy (ild ls / attach / the dashboard)
     DIR/report/       the report of every run (ild report)
+    DIR/paired/       the two best strategies at each depth, compared item by item (best-two.csv)
 
 Running the same command again continues: a finished run is skipped, an unfinished one (killed,
 stopped, failed, never started) is resumed from its last checkpoint by the engine, so a kill costs
@@ -278,7 +279,26 @@ def run_study(out: Path, view, measure: bool = True) -> StudyOutcome:
             return StudyOutcome(unfinished, None, str(exc))
         for note in result.notes:
             view.line(f"note: {note}")
+        _pair_best_two(out, plan, paths, view)
         return StudyOutcome(unfinished, result.page)
+
+
+def _pair_best_two(out: Path, plan: Plan, paths: list[Path], view) -> None:
+    """The two best strategies at each depth, paired (``ild_tui.study_paired``); a note when not."""
+    from .study_paired import PAIRED, line, pair_best_two
+
+    summary = out / REPORT / "summary.csv"
+    if not summary.is_file():
+        view.line("note: no summary.csv in the report; the best two at each depth were not compared")
+        return
+    run_dirs = {s: run_dir(out, s) for s in plan.strategies if run_dir(out, s) in paths}
+    paired = pair_best_two(out, summary, run_dirs, device=plan.device, progress=view.line)
+    for row in paired.rows:
+        view.line(line(row))
+    for note in paired.notes:
+        view.line(f"note: {note}")
+    if paired.rows:
+        view.line(f"paired, the two best at each depth: {out / PAIRED}")
 
 
 def _follow(path: Path, view, poll: float = 0.5) -> None:

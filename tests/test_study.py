@@ -95,6 +95,7 @@ def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_stra
         (s, str(n), p) for s in STRATEGIES for n in (5, 4, 3) for p in ("select", "report")
     }
     assert (out / "report" / "report.html").is_file()
+    _assert_best_two_paired(out, rows, again.stdout)
     log = (out / "study.log").read_text()  # what the detached study printed before the kill
     assert f"[1/2] shortgpt: starting {first}" in log and f"[2/2] iterative-pruning: starting {second}" in log
 
@@ -116,7 +117,34 @@ def test_a_detached_study_killed_mid_run_resumes_without_redoing_a_finished_stra
         "shortgpt",
     ]
     with open(out / "report" / "summary.csv", newline="") as f:
-        assert {r["strategy"] for r in csv.DictReader(f)} == {"iterative-bi", *STRATEGIES}
+        rows = list(csv.DictReader(f))
+    assert {r["strategy"] for r in rows} == {"iterative-bi", *STRATEGIES}
+    _assert_best_two_paired(out, rows, grown.stdout)
+
+
+def _assert_best_two_paired(out, summary_rows, printed):
+    """At each depth the two best strategies by the report's aggregate are paired: the files say the
+    aggregates the report has, one pair a depth (an earlier pair at a depth is replaced)."""
+    with open(out / "paired" / "best-two.csv", newline="") as f:
+        paired = {int(r["layers"]): r for r in csv.DictReader(f)}
+    assert sorted(paired) == [3, 4, 5]
+    for layers, row in paired.items():
+        at = sorted(
+            (
+                (float(r["aggregate"]), r["strategy"])
+                for r in summary_rows
+                if r["part"] == "report" and r["layers"] == str(layers)
+            ),
+            key=lambda x: (-x[0], x[1]),
+        )
+        assert [row["a"], row["b"]] == [at[0][1], at[1][1]]
+        saved = json.loads((out / "paired" / row["file"].replace(".txt", ".json")).read_text())
+        assert saved["layers"] == layers
+        assert saved["aggregate"]["a"] == pytest.approx(at[0][0], abs=1e-6)
+        assert saved["aggregate"]["b"] == pytest.approx(at[1][0], abs=1e-6)
+        assert saved["aggregate"]["diff"] >= 0 and row["verdict"] in printed.replace("\n", " ")
+        assert len(list((out / "paired").glob(f"best-two-{layers}-*"))) == 2  # its .txt and .json
+    assert "paired, the two best at each depth" in printed
 
 
 def test_sigterm_stops_the_running_strategy_and_the_study_not_only_the_run(tiny, tmp_path):

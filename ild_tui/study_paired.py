@@ -1,0 +1,103 @@
+"""The study's two best strategies at each depth, compared item by item, so that "best" is measured.
+
+After its report, a study ranks its strategies at every depth by the report part's aggregate
+(the report's ``summary.csv``) and compares the first two with ``engine.paired`` (a paired
+bootstrap over the same items): one ``paired/best-two-N-A_vs_B.txt`` (and ``.json``) a depth, and
+``paired/best-two.csv`` with one row a depth. The students' per-item scores are kept in their run
+directories (``engine.item_store``), so running the study again redoes none of the scoring. A depth
+whose students cannot be scored (weights gone and never scored) is a note, not a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+PAIRED = "paired"
+TABLE = "best-two.csv"
+COLUMNS = ["layers", "a", "b", "a_aggregate", "b_aggregate", "diff", "low", "high", "p", "verdict", "file"]
+
+
+@dataclass
+class PairedDepths:
+    rows: list[dict]  # one a depth compared, as in best-two.csv
+    notes: list[str]  # depths not compared, and why
+
+
+def ranked(summary_csv: Path, strategies: list[str]) -> dict[int, list[tuple[str, float]]]:
+    """Depth -> (strategy, report aggregate), best first, of the students the report holds (the
+    teacher's depth excluded: no strategy removed anything there)."""
+    by_depth: dict[int, list[tuple[str, float]]] = {}
+    with open(summary_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["part"] != "report" or row["strategy"] not in strategies or not row["aggregate"]:
+                continue
+            if int(row.get("layers_removed") or 0) == 0:
+                continue
+            by_depth.setdefault(int(row["layers"]), []).append((row["strategy"], float(row["aggregate"])))
+    # a strategy's name breaks ties, so the order does not depend on the order of the runs
+    return {n: sorted(rows, key=lambda r: (-r[1], r[0])) for n, rows in sorted(by_depth.items(), reverse=True)}
+
+
+def pair_best_two(out: Path, summary_csv: Path, run_dirs: dict[str, Path], device=None, progress=None) -> PairedDepths:
+    """Compare the two best strategies at each depth; write ``out/paired/``. ``run_dirs``: strategy ->
+    its run directory."""
+    from engine.checkpoints import CheckpointError
+    from engine.models.errors import ModelSpecError
+    from engine.paired import compare, p_text, render, verdict
+    from engine.runlog.atomic import write_text_atomic
+    from engine.tasks.spec import TaskFileError
+
+    folder = out / PAIRED
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, notes = [], []
+    for layers, order in ranked(summary_csv, list(run_dirs)).items():
+        if len(order) < 2:
+            notes.append(f"{layers} layers: only {order[0][0]} got there; nothing to compare")
+            continue
+        (a, _), (b, _) = order[:2]
+        if progress:
+            progress(f"paired at {layers} layers: {a} against {b}")
+        try:
+            comparison = compare(run_dirs[a], run_dirs[b], "report", layers, device=device)
+        except (ValueError, ModelSpecError, CheckpointError, TaskFileError) as exc:
+            notes.append(f"{layers} layers ({a} against {b}) not compared: {exc}")
+            continue
+        stem = f"best-two-{layers}-{a}_vs_{b}"
+        for stale in folder.glob(f"best-two-{layers}-*"):  # an earlier pair at this depth (a strategy joined)
+            stale.unlink()
+        write_text_atomic(folder / f"{stem}.txt", render(comparison) + "\n")
+        write_text_atomic(folder / f"{stem}.json", json.dumps(comparison.as_json(), indent=1) + "\n")
+        d = comparison.result.aggregate
+        rows.append(
+            {
+                "layers": layers,
+                "a": a,
+                "b": b,
+                "a_aggregate": round(d.a, 6),
+                "b_aggregate": round(d.b, 6),
+                "diff": round(d.diff, 6),
+                "low": round(d.low, 6),
+                "high": round(d.high, 6),
+                "p": p_text(d.p, comparison.result.resamples),
+                "verdict": verdict(d),
+                "file": f"{stem}.txt",
+            }
+        )
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(folder / TABLE, text.getvalue())
+    return PairedDepths(rows, notes)
+
+
+def line(row: dict) -> str:
+    """One depth's comparison in a sentence for the study's output."""
+    return (
+        f"{row['layers']} layers: {row['a']} {row['a_aggregate']:.4f} against {row['b']} {row['b_aggregate']:.4f}: "
+        f"{row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], p = {row['p']} ({row['verdict']})"
+    )
