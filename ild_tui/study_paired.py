@@ -13,11 +13,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 PAIRED = "paired"
 TABLE = "best-two.csv"
+# the last line ild paired prints
+_VERDICT = re.compile(r"aggregate difference \S+: (?P<verdict>.+) \(p = (?P<p>\S+)\)")
 COLUMNS = ["layers", "a", "b", "a_aggregate", "b_aggregate", "diff", "low", "high", "p", "verdict", "file"]
 
 
@@ -44,12 +48,10 @@ def ranked(summary_csv: Path, strategies: list[str]) -> dict[int, list[tuple[str
 
 def pair_best_two(out: Path, summary_csv: Path, run_dirs: dict[str, Path], device=None, progress=None) -> PairedDepths:
     """Compare the two best strategies at each depth; write ``out/paired/``. ``run_dirs``: strategy ->
-    its run directory."""
-    from engine.checkpoints import CheckpointError
-    from engine.models.errors import ModelSpecError
-    from engine.paired import compare, p_text, render, verdict
+    its run directory. Each comparison is ``ild paired A B --layers N`` (the engine's process)."""
     from engine.runlog.atomic import write_text_atomic
-    from engine.tasks.spec import TaskFileError
+
+    from .launch import ENGINE, engine_env
 
     folder = out / PAIRED
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,29 +63,36 @@ def pair_best_two(out: Path, summary_csv: Path, run_dirs: dict[str, Path], devic
         (a, _), (b, _) = order[:2]
         if progress:
             progress(f"paired at {layers} layers: {a} against {b}")
-        try:
-            comparison = compare(run_dirs[a], run_dirs[b], "report", layers, device=device)
-        except (ValueError, ModelSpecError, CheckpointError, TaskFileError) as exc:
-            notes.append(f"{layers} layers ({a} against {b}) not compared: {exc}")
-            continue
         stem = f"best-two-{layers}-{a}_vs_{b}"
+        saved = folder / f"{stem}.json.tmp"
+        command = [ENGINE[0], "-m", "engine.paired", str(run_dirs[a]), str(run_dirs[b]), "--layers", str(layers)]
+        command += ["--json", str(saved), *(["--device", device] if device else [])]
+        done = subprocess.run(command, capture_output=True, text=True, env=engine_env())
+        said = _VERDICT.search(done.stdout)
+        if done.returncode != 0 or said is None or not saved.is_file():
+            why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1].removeprefix("ild: ")
+            notes.append(f"{layers} layers ({a} against {b}) not compared: {why}")
+            saved.unlink(missing_ok=True)
+            continue
         for stale in folder.glob(f"best-two-{layers}-*"):  # an earlier pair at this depth (a strategy joined)
-            stale.unlink()
-        write_text_atomic(folder / f"{stem}.txt", render(comparison) + "\n")
-        write_text_atomic(folder / f"{stem}.json", json.dumps(comparison.as_json(), indent=1) + "\n")
-        d = comparison.result.aggregate
+            if stale != saved:
+                stale.unlink()
+        result = json.loads(saved.read_text())
+        saved.replace(folder / f"{stem}.json")
+        write_text_atomic(folder / f"{stem}.txt", done.stdout)
+        d = result["aggregate"]
         rows.append(
             {
                 "layers": layers,
                 "a": a,
                 "b": b,
-                "a_aggregate": round(d.a, 6),
-                "b_aggregate": round(d.b, 6),
-                "diff": round(d.diff, 6),
-                "low": round(d.low, 6),
-                "high": round(d.high, 6),
-                "p": p_text(d.p, comparison.result.resamples),
-                "verdict": verdict(d),
+                "a_aggregate": round(d["a"], 6),
+                "b_aggregate": round(d["b"], 6),
+                "diff": round(d["diff"], 6),
+                "low": round(d["low"], 6),
+                "high": round(d["high"], 6),
+                "p": said.group("p"),
+                "verdict": said.group("verdict"),
                 "file": f"{stem}.txt",
             }
         )
