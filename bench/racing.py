@@ -57,6 +57,12 @@ def main() -> int:
         parser.add_argument(f"--{name}", type=kind, default=None, help="a racing setting (default: RacingSettings())")
     parser.add_argument("--variance", choices=("task", "moderated"), default=None, help="racing.variance")
     parser.add_argument(
+        "--pack",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the forward-scored tasks share batches (scoring.pack_tasks; auto: on a GPU, as a run does)",
+    )
+    parser.add_argument(
         "--seeds", type=int, default=0, help="with --replay: also race with item orders 0..N-1 (racing.seed) and sum up"
     )
     args = parser.parse_args()
@@ -96,10 +102,12 @@ def live(args, settings) -> int:
     model = loaded.model
     evaluator = SuiteEvaluator(model, loaded.tokenizer, load_suite(args.suite), part="select")
     device = next(model.parameters()).device
+    evaluator.pack_tasks = device.type == "cuda" if args.pack == "auto" else args.pack == "on"
     card = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{card}, {next(model.parameters()).dtype}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{card}, {next(model.parameters()).dtype}, "
+        f"tasks {'packed into shared batches' if evaluator.pack_tasks else 'batched each on its own'}"
     )
     print(
         f"model {args.model} ({adapter_for(model).num_layers} layers) -> {args.target}; suite {args.suite}, selection part: "

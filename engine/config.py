@@ -39,6 +39,9 @@ class ScoringSettings(_Strict):
     """How task drop scores the candidates."""
 
     racing: bool = True  # stop scoring candidates that can no longer be the least important
+    # the forward-scored tasks share batches when several candidates are scored (a racing round's few
+    # items a task fill a GPU's batch); None: on a GPU, off on a CPU (where it changes no speed)
+    pack_tasks: bool | None = None
 
 
 class LossSettings(_Strict):

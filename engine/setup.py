@@ -85,6 +85,8 @@ def _evaluation(run) -> Evaluation:
         scores,
         eval_cache_mb=config.eval_cache_mb,
     )
+    pack = config.scoring.pack_tasks
+    evaluation.select.pack_tasks = pack if pack is not None else next(run.model.parameters()).device.type == "cuda"
     if run.ranks.distributed:
         from engine.distributed.evaluator import share_evaluation
 

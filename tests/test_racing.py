@@ -263,3 +263,35 @@ def test_the_count_is_the_layers_run(shared, at_rows):
     finally:
         for h in handles:
             h.remove()
+
+
+def test_packed_tasks_score_what_each_task_batched_alone_scores(tmp_path):
+    """scoring.pack_tasks (on a GPU): the forward-scored tasks of a round share batches. Each
+    sequence is scored on its own row with its own mask, so only the batches' shapes differ: every
+    per-item value equals the unpacked one to float32 rounding, the race takes the same decisions,
+    and a packed round runs fewer batches."""
+    suite, tok = _suite(tmp_path)
+    model = _trained_model(tmp_path, tok)
+    alone, packed = SuiteEvaluator(model, tok, suite), SuiteEvaluator(model, tok, suite)
+    packed.pack_tasks = True
+    batches = {"alone": 0, "packed": 0}
+    for name, evaluator in (("alone", alone), ("packed", packed)):
+        forward = evaluator._forward
+
+        def counted(sequences, *args, _forward=forward, _name=name, _evaluator=evaluator):
+            batches[_name] += len(_evaluator._batches(sequences))
+            return _forward(sequences, *args)
+
+        evaluator._forward = counted
+    a = task_drop(alone, racing=RacingSettings())
+    b = task_drop(packed, racing=RacingSettings())
+    assert a.proposal == b.proposal and a.partial == b.partial and a.items == b.items
+    assert [r.eliminated.keys() for r in a.rounds] == [r.eliminated.keys() for r in b.rounds]
+    for i in a.drops:
+        assert b.drops[i] == pytest.approx(a.drops[i], abs=1e-5)
+        for t in a.per_task[i]:
+            assert b.per_task[i][t] == pytest.approx(a.per_task[i][t], abs=1e-5)
+    assert b.forwards.layer_forwards == a.forwards.layer_forwards  # the same work, in fewer batches
+    assert batches["packed"] < batches["alone"]
+    # one candidate (the model's own evaluation) is never packed: its batches are those of the runs before
+    assert packed.evaluate_items([None])[None].keys() == alone.evaluate_items([None])[None].keys()

@@ -135,6 +135,12 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         # process's pool (ILD_EVAL_CACHE_MB), the given ``depth_pool`` (a run's evaluators share
         # one), or a pool of eval_cache_mb of its own; None when 0.
         self.depth_cache = depth_cache_for(self, eval_cache_mb, depth_pool)
+        # Several candidates (task drop): the forward-scored tasks' sequences share batches instead of
+        # each task batching its own. A racing round scores a few items a task, so per-task batches
+        # are tiny, and a GPU runs at the speed of its kernel launches; packed, a round is a few full
+        # batches. Off on a CPU, where batch size barely matters and per-task batches keep the
+        # scores bit-for-bit those of the runs before (the setup turns it on for a GPU).
+        self.pack_tasks = False
 
     @property
     def task_names(self) -> list[str]:
@@ -158,7 +164,16 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
         candidates = list(dict.fromkeys(candidates))
         results: dict[Candidate, dict[str, ItemScores]] = {c: {} for c in candidates}
         tasks = [t for t in self.tasks if items is None or t.spec.name in items]
+        packed = {}
+        if self.pack_tasks and len(candidates) > 1:
+            packed = self._packed_scores(
+                [t for t in tasks if t.spec.kind != "generation"], candidates, shared, progress, items
+            )
         for number, task in enumerate(tasks):
+            if task.spec.name in packed:
+                for c in candidates:
+                    results[c][task.spec.name] = packed[task.spec.name][c]
+                continue
 
             def step(done, total, _name=task.spec.name, _n=number):
                 if progress:
@@ -176,6 +191,28 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
             for c in candidates:
                 results[c][task.spec.name] = scores[c]
         return results
+
+    def _packed_scores(self, tasks, candidates, shared, progress, items) -> dict[str, dict[Candidate, ItemScores]]:
+        """Task name -> candidate -> per-item scores of the forward-scored ``tasks``, their sequences
+        scored in shared batches (``pack_tasks``)."""
+        chosen = {}
+        for task in tasks:
+            wanted = None if items is None else set(items[task.spec.name])
+            chosen[task.spec.name] = [s for s in task.sequences if wanted is None or s.item in wanted]
+        sequences = [s for seqs in chosen.values() for s in seqs]
+
+        def step(done, total):
+            if progress:
+                progress(f"{len(tasks)} tasks packed", done, total)
+
+        per_seq = self._forward(sequences, candidates, shared, step) if sequences else {c: [] for c in candidates}
+        out, start = {}, 0
+        for task in tasks:
+            seqs = chosen[task.spec.name]
+            end = start + len(seqs)
+            out[task.spec.name] = {c: forward_items(task, seqs, per_seq[c][start:end]) for c in candidates}
+            start = end
+        return out
 
     # --- forward passes with a shared prefix ----------------------------------------------------
     def _batches(self, sequences: list[ScoredSequence]) -> list[list[int]]:
