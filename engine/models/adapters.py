@@ -10,6 +10,7 @@ checks that running every layer this way gives the model's own logits for every 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -49,6 +50,13 @@ class StackInputs:
     masks: dict[str, object]  # attention-mask object per layer type
     rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]  # (cos, sin) per layer type
     attention_mask: torch.Tensor | None  # the 2-D padding mask (1 = real token)
+
+
+@functools.cache
+def no_cache(function) -> dict:
+    """The keyword that says "no KV cache" to ``function``: transformers 5.x renamed
+    ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40)."""
+    return {"cache" if "cache" in inspect.signature(function).parameters else "past_key_values": None}
 
 
 class DecoderAdapter:
@@ -124,8 +132,8 @@ class DecoderAdapter:
             config=self.config,
             inputs_embeds=hidden,
             attention_mask=attention_mask,
-            past_key_values=None,
             position_ids=position_ids,
+            **no_cache(create_causal_mask),
         )
         makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         masks = {kind: makers[kind](**mask_args) for kind in kinds}
@@ -146,8 +154,8 @@ class DecoderAdapter:
             attention_mask=inputs.masks[kind],
             position_embeddings=inputs.rotary[kind],
             position_ids=inputs.position_ids,
-            past_key_values=None,
             use_cache=False,
+            **no_cache(type(layer).forward),
         )
         return out[0] if isinstance(out, tuple) else out
 
@@ -168,9 +176,9 @@ class DecoderAdapter:
             hidden_states=layer.input_layernorm(hidden),
             attention_mask=inputs.masks[kind],
             position_ids=inputs.position_ids,
-            past_key_values=None,
             use_cache=False,
             position_embeddings=inputs.rotary[kind],
+            **no_cache(type(layer.self_attn).forward),
         )[0]
         read = (hidden + attended)[rows, cols]
         return read + layer.mlp(layer.post_attention_layernorm(read))
