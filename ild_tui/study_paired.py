@@ -108,5 +108,6 @@ def line(row: dict) -> str:
     """One depth's comparison in a sentence for the study's output."""
     return (
         f"{row['layers']} layers: {row['a']} {row['a_aggregate']:.4f} against {row['b']} {row['b_aggregate']:.4f}: "
-        f"{row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], p = {row['p']} ({row['verdict']})"
+        f"{row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], p {'' if row['p'].startswith('<') else '= '}{row['p']} "
+        f"({row['verdict']})"
     )
