@@ -4,8 +4,10 @@ After its report, a study ranks its strategies at every depth by the report part
 (the report's ``summary.csv``) and compares the first two with ``engine.paired`` (a paired
 bootstrap over the same items): one ``paired/best-two-N-A_vs_B.txt`` (and ``.json``) a depth, and
 ``paired/best-two.csv`` with one row a depth. The students' per-item scores are kept in their run
-directories (``engine.item_store``), so running the study again redoes none of the scoring. A depth
-whose students cannot be scored (weights gone and never scored) is a note, not a failure.
+directories (``engine.item_store``), so running the study again scores nothing while the scoring
+code is unchanged (after a change it scores again from the weights, or, the weights gone, reuses
+the earlier scores with a note). A depth whose students cannot be scored (weights gone and never
+scored) is a note, not a failure.
 """
 
 from __future__ import annotations
