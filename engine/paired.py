@@ -99,8 +99,6 @@ def paired_bootstrap(specs: dict, a: dict, b: dict, resamples: int = 2000, seed:
 
 # --- the command ------------------------------------------------------------------------------------
 def _teacher_digest(run_dir: Path, config, started: dict) -> str:
-    import json
-
     from engine.models.identity import IDENTITY_FILE
     from engine.runlog.safefile import read_regular
 
@@ -249,11 +247,12 @@ def compare(
     from engine.worker import _load_config, _quiet_libraries
 
     vs_teacher = run_b == TEACHER
-    run_b = Path(run_a) if vs_teacher else Path(run_b)
-    config_a, config_b = _load_config(Path(run_a)), _load_config(run_b)  # a one-line error unless both are runs
+    run_a = Path(run_a)
+    run_b = run_a if vs_teacher else Path(run_b)
+    config_a, config_b = _load_config(run_a), _load_config(run_b)  # a one-line error unless both are runs
     _quiet_libraries()
     _same_items(config_a, config_b)
-    a = _scores(Path(run_a), config_a, device, part, layers=layers)
+    a = _scores(run_a, config_a, device, part, layers=layers)
     b = _scores(run_b, config_b, device, part, teacher=vs_teacher, layers=layers)
     result = paired_bootstrap(_specs(config_a, part), a, b, resamples, seed, level)
     name_b = f"{config_a.name}'s teacher" if vs_teacher else config_b.name

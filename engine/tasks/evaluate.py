@@ -179,11 +179,11 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
                 if progress:
                     progress(f"{_name} ({_n + 1}/{len(tasks)})", done, total)
 
-            wanted = None if items is None else set(items[task.spec.name])
             if task.spec.kind == "generation":
+                wanted = None if items is None else set(items[task.spec.name])
                 scores = self._generation_scores(task, candidates, shared, step, wanted)
             else:
-                sequences = [s for s in task.sequences if wanted is None or s.item in wanted]
+                sequences = _chosen(task, items)
                 per_seq = (
                     self._forward(sequences, candidates, shared, step) if sequences else {c: [] for c in candidates}
                 )
@@ -195,10 +195,7 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
     def _packed_scores(self, tasks, candidates, shared, progress, items) -> dict[str, dict[Candidate, ItemScores]]:
         """Task name -> candidate -> per-item scores of the forward-scored ``tasks``, their sequences
         scored in shared batches (``pack_tasks``)."""
-        chosen = {}
-        for task in tasks:
-            wanted = None if items is None else set(items[task.spec.name])
-            chosen[task.spec.name] = [s for s in task.sequences if wanted is None or s.item in wanted]
+        chosen = {task.spec.name: _chosen(task, items) for task in tasks}
         sequences = [s for seqs in chosen.values() for s in seqs]
 
         def step(done, total):
@@ -240,3 +237,9 @@ class SuiteEvaluator(GenerationScoring, TaskScores):
                     out[c][i] = result
             progress(number + 1, len(batches))
         return out
+
+
+def _chosen(task: PreparedTask, items: ItemSelection | None) -> list[ScoredSequence]:
+    """The task's forward-scored sequences of the selected items (None: every item)."""
+    wanted = None if items is None else set(items[task.spec.name])
+    return [s for s in task.sequences if wanted is None or s.item in wanted]
