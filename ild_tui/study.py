@@ -274,23 +274,30 @@ def run_study(out: Path, view, measure: bool = True) -> StudyOutcome:
             return StudyOutcome(unfinished, None, "no run to report on")
         view.line(f"writing the report of {len(paths)} runs to {out / REPORT}")
         try:
-            result = write_report(paths, out / REPORT, measure=measure, device=plan.device, progress=view.line)
+            result = write_report(
+                paths,
+                out / REPORT,
+                measure=measure,
+                device=plan.device,
+                progress=view.line,
+                more_sections=lambda _: _pair_best_two(out, plan, paths, view),
+            )
         except ReportError as exc:
             return StudyOutcome(unfinished, None, str(exc))
         for note in result.notes:
             view.line(f"note: {note}")
-        _pair_best_two(out, plan, paths, view)
         return StudyOutcome(unfinished, result.page)
 
 
-def _pair_best_two(out: Path, plan: Plan, paths: list[Path], view) -> None:
-    """The two best strategies at each depth, paired (``ild_tui.study_paired``); a note when not."""
-    from .study_paired import PAIRED, line, pair_best_two
+def _pair_best_two(out: Path, plan: Plan, paths: list[Path], view) -> list[str]:
+    """The two best strategies at each depth, paired (``ild_tui.study_paired``); a note when not.
+    Returns the report page's section of them (called once the report's tables are written)."""
+    from .study_paired import PAIRED, line, pair_best_two, section
 
     summary = out / REPORT / "summary.csv"
     if not summary.is_file():
         view.line("note: no summary.csv in the report; the best two at each depth were not compared")
-        return
+        return []
     run_dirs = {s: run_dir(out, s) for s in plan.strategies if run_dir(out, s) in paths}
     paired = pair_best_two(out, summary, run_dirs, device=plan.device, progress=view.line)
     for row in paired.rows:
@@ -299,6 +306,7 @@ def _pair_best_two(out: Path, plan: Plan, paths: list[Path], view) -> None:
         view.line(f"note: {note}")
     if paired.rows:
         view.line(f"paired, the two best at each depth: {out / PAIRED}")
+    return [section(paired, f"../{PAIRED}")]
 
 
 def _follow(path: Path, view, poll: float = 0.5) -> None:

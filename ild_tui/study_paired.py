@@ -113,3 +113,35 @@ def line(row: dict) -> str:
         f"{row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], p {'' if row['p'].startswith('<') else '= '}{row['p']} "
         f"({row['verdict']})"
     )
+
+
+def section(paired: PairedDepths, folder: str) -> str:
+    """The report page's section: one row a depth compared, each linking its ``ild paired`` output
+    (``folder``: the paired folder relative to the page), then the depths not compared."""
+    from .report.page import Markup, esc, fmt, table
+
+    if not paired.rows and not paired.notes:
+        return ""
+    body = [
+        [
+            str(r["layers"]),
+            r["a"],
+            r["b"],
+            fmt(r["a_aggregate"]),
+            fmt(r["b_aggregate"]),
+            f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
+            r["p"],
+            Markup(f'<a href="{esc(folder)}/{esc(r["file"])}">{esc(r["verdict"])}</a>'),
+        ]
+        for r in paired.rows
+    ]
+    out = [
+        "<h2>The two best at each depth, paired</h2>",
+        '<p class="note">The two strategies with the highest report-part aggregate at each depth, compared item '
+        "by item (<code>ild paired A B --layers N</code>: a paired bootstrap over the same items; the difference "
+        "is A minus B with its 95 % interval). A difference whose interval holds zero is noise, not a ranking.</p>",
+    ]
+    if body:
+        out.append(table(["layers", "A", "B", "A", "B", "A - B [95 %]", "p", "verdict"], body, numeric={0, 3, 4, 5, 6}))
+    out += [f'<p class="note">{esc(note)}</p>' for note in paired.notes]
+    return "\n".join(out)

@@ -110,3 +110,12 @@ def test_the_table_puts_models_side_by_side_with_retention():
         "task  metric   teacher        s1",
         "t     acc       0.8000  0.6000 (75%)",
     ]
+
+
+def test_the_report_section_escapes_each_cell_once():
+    from ild_tui.report.lm_eval import section
+
+    html = section(
+        [{"run": "a&b", "task": "arc<easy>", "metric": "acc", "teacher": 0.5, "student": 0.4, "retention": 0.8}]
+    )
+    assert "<td>a&amp;b</td>" in html and "<td>arc&lt;easy&gt;</td>" in html

@@ -145,6 +145,12 @@ def _assert_best_two_paired(out, summary_rows, printed):
         assert saved["aggregate"]["diff"] >= 0 and row["verdict"] in printed.replace("\n", " ")
         assert len(list((out / "paired").glob(f"best-two-{layers}-*"))) == 2  # its .txt and .json
     assert "paired, the two best at each depth" in printed
+    # the report page shows them too, each row linking a file that exists next to the report
+    page = (out / "report" / "report.html").read_text()
+    assert "The two best at each depth, paired" in page
+    links = re.findall(r'href="(\.\./paired/[^"]+)"', page)
+    assert sorted(links) == sorted(f"../paired/{r['file']}" for r in paired.values())
+    assert all((out / "report" / link).resolve().is_file() for link in links)
 
 
 def test_sigterm_stops_the_running_strategy_and_the_study_not_only_the_run(tiny, tmp_path):

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from ild_tui.study_paired import pair_best_two, ranked
+from ild_tui.study_paired import PairedDepths, pair_best_two, ranked, section
 
 FIELDS = ["strategy", "layers", "part", "aggregate", "layers_removed"]
 
@@ -55,3 +55,24 @@ def test_a_depth_that_cannot_be_compared_is_a_note_not_a_failure(tmp_path):
     assert paired.notes[1] == "28 layers: only a got there; nothing to compare"
     assert (tmp_path / "paired" / "best-two.csv").read_text().startswith("layers,a,b,")
     assert not list((tmp_path / "paired").glob("*.tmp"))
+
+
+def test_the_report_section_lists_each_pair_and_the_notes():
+    row = {
+        "layers": 27,
+        "a": "block-distill",
+        "b": "iterative-<distill>",
+        "a_aggregate": 0.41,
+        "b_aggregate": 0.39,
+        "diff": 0.02,
+        "low": -0.001,
+        "high": 0.04,
+        "p": "0.06",
+        "verdict": "noise",
+        "file": "best-two-27-block-distill_vs_iterative-distill.txt",
+    }
+    html = section(PairedDepths([row], ["26 layers: only a got there; nothing to compare"]), "../paired")
+    assert '<a href="../paired/best-two-27-block-distill_vs_iterative-distill.txt">noise</a>' in html
+    assert "iterative-&lt;distill&gt;" in html and "+0.0200 [-0.0010, +0.0400]" in html
+    assert "26 layers: only a got there" in html
+    assert section(PairedDepths([], []), "../paired") == ""

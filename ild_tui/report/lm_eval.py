@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .page import esc, fmt, fmt_pct, table
+from .page import fmt, fmt_pct, table
 
 RESULTS_FILE = "lm_eval.json"  # engine/harness.py writes it
 COLUMNS = ["run", "task", "metric", "teacher", "student", "retention", "num_fewshot", "limit"]
@@ -50,9 +50,9 @@ def section(found: list[dict]) -> str:
         return ""
     body = [
         [
-            esc(r["run"]),
-            esc(r["task"]),
-            esc(r["metric"]),
+            r["run"],  # table() escapes each cell
+            r["task"],
+            r["metric"],
             fmt(r["teacher"]),
             fmt(r["student"]),
             fmt_pct(None if r["retention"] is None else 100 * r["retention"]),

@@ -59,12 +59,23 @@ def fmt_duration(seconds) -> str:
     )
 
 
+class Markup(str):
+    """A table cell that is HTML already (a link), put in as it is."""
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, Markup) else esc(value)
+
+
 def table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    """``rows`` hold finished cell texts (escaped here); columns in ``numeric`` align right."""
+    """``rows`` hold finished cell texts (escaped here, but for ``Markup``); columns in ``numeric``
+    align right."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join(
         "<tr>"
-        + "".join(f'<td class="num">{esc(c)}</td>' if i in numeric else f"<td>{esc(c)}</td>" for i, c in enumerate(row))
+        + "".join(
+            f'<td class="num">{_cell(c)}</td>' if i in numeric else f"<td>{_cell(c)}</td>" for i, c in enumerate(row)
+        )
         + "</tr>"
         for row in rows
     )

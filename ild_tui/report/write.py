@@ -80,9 +80,12 @@ def write_report(
     device: str | None = None,
     title: str | None = None,
     progress: Callable[[str], None] | None = None,
+    more_sections: Callable[[Path], list[str]] | None = None,
 ) -> ReportResult:
     """Write the report of ``run_paths`` into ``out`` (made if missing). ``measure``: time the
-    teachers and the exported students on this machine (minutes for large models)."""
+    teachers and the exported students on this machine (minutes for large models).
+    ``more_sections``: called with ``out`` once its tables are written (``summary.csv`` among them),
+    returns HTML sections for the page (a study's paired comparisons of its best strategies)."""
     from . import page, plots
     from .cost import COST_COLUMNS, measure_runs
 
@@ -143,6 +146,7 @@ def write_report(
     }
     written += [p for p in figures.values() if p] + [p for d in per_run.values() for p in d.values() if p]
 
+    extra = more_sections(out) if more_sections else []
     names = [p.name for p in written]
     html = page.render(
         title=title or _title(runs),
@@ -154,7 +158,7 @@ def write_report(
         cost_rows=cost_rows,
         notes=notes,
         files=names,
-        sections=[lm_eval.section(harness)],
+        sections=[lm_eval.section(harness), *extra],
     )
     (out / PAGE).write_text(html, encoding="utf-8")
     names = [PAGE, *names]
