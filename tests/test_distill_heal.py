@@ -195,3 +195,26 @@ def test_early_stopping_waits_for_its_share_of_the_steps(start, monkeypatch):
         # steps 1 and 2 missed (before 3 of 4: no stop), 3 and 4 improved: all four ran, 4 kept
         assert not result["stopped_early"] and result["steps"] == 4 and result["kept_step"] == 4
         assert [loss for _, loss in result["checks"]] == [11.0, 11.5, 9.0, 8.0]
+
+
+def test_a_last_check_below_the_min_delta_gain_keeps_the_best_weights(monkeypatch):
+    """Stopping says "no held-out gain" when a check beats the best by less than min_delta (relative);
+    the weights kept follow the same rule: a last check 0.04 % below the loss before healing is no
+    gain, so the weights from before healing come back, not the last ones."""
+    _teacher, student, healer = _setup(early_stop=True, eval_every=1, patience=2, early_stop_from=0.0, min_delta=0.002)
+    script = iter([20.3144, 20.397, 20.3058])  # before healing, then steps 1 and 2 (as measured)
+    monkeypatch.setattr(healer, "heldout_loss", lambda pairs: {"loss": next(script)})
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    result = healer.heal([2, 3], iteration=1, seed=0)
+    assert result["stopped_early"] and result["steps"] == 2 and result["kept_step"] == 0
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_a_last_check_that_gains_min_delta_keeps_its_own_weights(monkeypatch):
+    _teacher, student, healer = _setup(early_stop=True, eval_every=1, patience=2, early_stop_from=0.0, min_delta=0.002)
+    script = iter([10.0, 10.5, 9.9, 9.0, 8.0])  # every check after the first beats the best by >= 0.2 %
+    monkeypatch.setattr(healer, "heldout_loss", lambda pairs: {"loss": next(script)})
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    result = healer.heal([2, 3], iteration=1, seed=0)
+    assert not result["stopped_early"] and result["kept_step"] == result["steps"] == 4
+    assert not all(torch.equal(before[k], v) for k, v in student.state_dict().items())

@@ -377,9 +377,12 @@ class Healer:
             del runner
             accelerator.free_memory()
         kept = step
-        if early is not None and early.checks and early.checks[-1][1] > early.best_loss:
-            # The last check is not the best one: keep the best weights (those from before healing
-            # when no check beat them), so healing never leaves the held-out loss worse.
+        if early is not None and early.checks and early.checks[-1][0] != early.best_step:
+            # The last check was no gain (it did not beat the best by min_delta, the rule that stops
+            # healing): keep the best weights (those from before healing when no check beat them),
+            # so healing never leaves weights that a check did not show better. A last check lower
+            # than the best by less than min_delta is within the noise: keeping its weights once
+            # cost 1.8 points of the suite (a final healing of every layer, 20.3144 -> 20.3058).
             _put(params, names, early.best if early.best is not None else snapshot)
             kept = early.best_step
         return {
