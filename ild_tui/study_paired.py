@@ -142,6 +142,12 @@ def section(paired: PairedDepths, folder: str) -> str:
         "is A minus B with its 95 % interval). A difference whose interval holds zero is noise, not a ranking.</p>",
     ]
     if body:
-        out.append(table(["layers", "A", "B", "A", "B", "A - B [95 %]", "p", "verdict"], body, numeric={0, 3, 4, 5, 6}))
+        out.append(
+            table(
+                ["layers", "A", "B", "A aggregate", "B aggregate", "A - B [95 %]", "p", "verdict"],
+                body,
+                numeric={0, 3, 4, 5, 6},
+            )
+        )
     out += [f'<p class="note">{esc(note)}</p>' for note in paired.notes]
     return "\n".join(out)
