@@ -280,7 +280,7 @@ def run_study(out: Path, view, measure: bool = True) -> StudyOutcome:
                 measure=measure,
                 device=plan.device,
                 progress=view.line,
-                more_sections=lambda _: _pair_best_two(out, plan, paths, view),
+                more_sections=lambda report: _pair_best_two(out, report, plan, paths, view),
             )
         except ReportError as exc:
             return StudyOutcome(unfinished, None, str(exc))
@@ -289,17 +289,14 @@ def run_study(out: Path, view, measure: bool = True) -> StudyOutcome:
         return StudyOutcome(unfinished, result.page)
 
 
-def _pair_best_two(out: Path, plan: Plan, paths: list[Path], view) -> list[str]:
+def _pair_best_two(out: Path, report: Path, plan: Plan, paths: list[Path], view) -> list[str]:
     """The two best strategies at each depth, paired (``ild_tui.study_paired``); a note when not.
-    Returns the report page's section of them (called once the report's tables are written)."""
+    Called by ``write_report`` once ``report``'s tables (summary.csv) are written; returns the
+    page's section of them."""
     from .study_paired import PAIRED, line, pair_best_two, section
 
-    summary = out / REPORT / "summary.csv"
-    if not summary.is_file():
-        view.line("note: no summary.csv in the report; the best two at each depth were not compared")
-        return []
     run_dirs = {s: run_dir(out, s) for s in plan.strategies if run_dir(out, s) in paths}
-    paired = pair_best_two(out, summary, run_dirs, device=plan.device, progress=view.line)
+    paired = pair_best_two(out, report / "summary.csv", run_dirs, device=plan.device, progress=view.line)
     for row in paired.rows:
         view.line(line(row))
     for note in paired.notes:

@@ -110,9 +110,13 @@ def line(row: dict) -> str:
     """One depth's comparison in a sentence for the study's output."""
     return (
         f"{row['layers']} layers: {row['a']} {row['a_aggregate']:.4f} against {row['b']} {row['b_aggregate']:.4f}: "
-        f"{row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], p {'' if row['p'].startswith('<') else '= '}{row['p']} "
-        f"({row['verdict']})"
+        f"{_difference(row)}, p {'' if row['p'].startswith('<') else '= '}{row['p']} ({row['verdict']})"
     )
+
+
+def _difference(row: dict) -> str:
+    """A - B with its 95 % interval, as the printed line and the report page show it."""
+    return f"{row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]"
 
 
 def section(paired: PairedDepths, folder: str) -> str:
@@ -129,7 +133,7 @@ def section(paired: PairedDepths, folder: str) -> str:
             r["b"],
             fmt(r["a_aggregate"]),
             fmt(r["b_aggregate"]),
-            f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
+            _difference(r),
             r["p"],
             Markup(f'<a href="{esc(folder)}/{esc(r["file"])}">{esc(r["verdict"])}</a>'),
         ]
