@@ -245,6 +245,8 @@ class Runner:
         else:
             self.phase("scoring", self.metric)
             ranking = self.scorer.score()
+            if self.scorer.cached:
+                self.say(f"scoring: the {self.metric} ranking from the score cache (same weights, items and settings)")
             if not self.strategy.rescore:
                 self.one_shot = {int(k): v for k, v in ranking.event["scores"].items()}
         self.emit("importance", iteration=self.iteration, **ranking.event)

@@ -54,31 +54,28 @@ def evaluator_digest(evaluator) -> str:
     )
 
 
-class ScoreCache:
+class JsonEntries:
+    """Results kept as one JSON file per key, written under a temporary name and renamed into place;
+    the newest ``max_entries`` are kept. A damaged or missing entry reads as None."""
+
     def __init__(self, root: Path, max_entries: int = MAX_ENTRIES) -> None:
         self.root, self.max_entries = Path(root), max_entries
 
-    def key(self, model, evaluators: list[str]) -> str:
-        """The key of ``model`` scored by the evaluators of these ``evaluator_digest``s."""
-        return value_digest([FORMAT, weights_digest(model), evaluators, code_digest(*SCORING_CODE)])
-
-    def get(self, key: str) -> dict[str, float] | None:
+    def read(self, key: str):
         path = self.root / f"{key}.json"
         try:
-            scores = json.loads(path.read_text())
+            value = json.loads(path.read_text())
             os.utime(path)
         except (OSError, ValueError):
             return None
-        if not isinstance(scores, dict) or not all(isinstance(v, int | float) for v in scores.values()):
-            return None
-        return {str(k): float(v) for k, v in scores.items()}
+        return value
 
-    def put(self, key: str, scores: dict[str, float]) -> None:
-        """Store ``scores``; a full disk costs the next run the evaluation, nothing else."""
+    def write(self, key: str, value) -> None:
+        """Store ``value``; a full disk costs the next run the computation, nothing else."""
         tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(scores))
+            tmp.write_text(json.dumps(value))
             os.replace(tmp, self.root / f"{key}.json")
             self._trim()
         except OSError:
@@ -91,3 +88,18 @@ class ScoreCache:
         entries.sort(key=lambda p: p.stat().st_mtime)
         for old in entries[: len(entries) - self.max_entries]:
             old.unlink(missing_ok=True)
+
+
+class ScoreCache(JsonEntries):
+    def key(self, model, evaluators: list[str]) -> str:
+        """The key of ``model`` scored by the evaluators of these ``evaluator_digest``s."""
+        return value_digest([FORMAT, weights_digest(model), evaluators, code_digest(*SCORING_CODE)])
+
+    def get(self, key: str) -> dict[str, float] | None:
+        scores = self.read(key)
+        if not isinstance(scores, dict) or not all(isinstance(v, int | float) for v in scores.values()):
+            return None
+        return {str(k): float(v) for k, v in scores.items()}
+
+    def put(self, key: str, scores: dict[str, float]) -> None:
+        self.write(key, scores)

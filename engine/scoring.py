@@ -49,6 +49,7 @@ class Scorer:
         racing=None,
         block: int = 1,
         progress: Callable | None = None,
+        cache=None,
     ):
         self.metric = metric
         self.model = model
@@ -60,9 +61,28 @@ class Scorer:
         self.racing = racing
         self.block = block
         self.progress = progress
+        self.cache = cache  # an engine.ranking_cache.RankingCache, or None
+        self.cached = False  # whether the last ranking came from it
 
     def score(self) -> Ranking:
-        return scoring_function(self.metric)(self)
+        """The ranking of the model as it is now (from the ranking cache when these weights were
+        ranked by this metric on these items with these settings before)."""
+        key = None
+        self.cached = False
+        if self.cache is not None:
+            try:
+                key = self.cache.key(self)
+            except (RuntimeError, NotImplementedError):  # weights not all readable here (offloaded): no cache
+                self.cache = None
+            else:
+                stored = self.cache.get(key)
+                if stored is not None:
+                    self.cached = True
+                    return stored
+        ranking = scoring_function(self.metric)(self)
+        if key is not None:
+            self.cache.put(key, ranking)
+        return ranking
 
     def ranking(self, scores: dict[int, float], by_layer: dict | None = None, **extra) -> Ranking:
         """``scores`` (original layer -> score) ranked lowest first, ties by layer; ``extra`` goes

@@ -63,8 +63,19 @@ def prepare(run) -> Parts:
         racing=RacingSettings(enabled=config.scoring.racing, seed=config.seed),
         block=config.start_layers - config.target_layers,
         progress=run.progress,
+        cache=_ranking_cache(run),
     )
     return Parts(evaluation, teacher, cal, healing, scorer)
+
+
+def _ranking_cache(run):
+    """Rankings kept across runs, under the score cache's switch (ranks would each ask it: none)."""
+    if not run.config.score_cache or run.ranks.distributed:
+        return None
+    from engine.digests import store_root
+    from engine.ranking_cache import RankingCache
+
+    return RankingCache(store_root() / "rankings")
 
 
 def _evaluation(run) -> Evaluation:

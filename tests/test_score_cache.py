@@ -111,6 +111,13 @@ def test_a_second_run_reads_its_teachers_scores_from_the_cache(tiny, tmp_path):
     assert teachers[0] == teachers[1]
     said = [e.get("message", "") for e in logs[1] if e["type"] == "log"]
     assert any("teacher: select and report scores from the score cache" in m for m in said), said
+    # the whole run is the same weights again: every ranking comes back, every removal is the same
+    rankings = [
+        [{k: v for k, v in e.items() if k not in ("seq", "t")} for e in log if e["type"] == "importance"]
+        for log in logs
+    ]
+    assert rankings[0] == rankings[1] and len(rankings[1]) == 2
+    assert sum("ranking from the score cache" in m for m in said) == 2, said
     off = ild(
         *run_args(
             tiny / "model", tiny / "suite.yaml", tmp_path / "runs", "off", "--headless", "--set", "score_cache=false"
