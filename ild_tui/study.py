@@ -291,7 +291,7 @@ def run_study(out: Path, view, measure: bool = True) -> StudyOutcome:
 
 def _pair_best_two(out: Path, report: Path, plan: Plan, paths: list[Path], view) -> list[str]:
     """The two best strategies at each depth, paired (``ild_tui.study_paired``); a note when not.
-    Called by ``write_report`` once ``report``'s tables (summary.csv) are written; returns the
+    Called by ``write_report`` once ``report``'s tables (summary.csv) and page are written; returns the
     page's section of them."""
     from .study_paired import PAIRED, line, pair_best_two, section
 

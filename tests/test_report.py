@@ -236,6 +236,29 @@ def test_a_report_replaces_an_earlier_one_and_refuses_a_foreign_directory(report
     assert [r["run"] for r in _csv(twice / "runs.csv")] == [FINISHED, f"{FINISHED}-2"]
 
 
+def test_more_sections_come_after_the_page_and_their_failure_costs_only_them(report_runs, tmp_path):
+    """A study's pairing (minutes of rescoring) runs once the page is written; a disk error there
+    leaves the page as it was, with a note, instead of no page at all."""
+    out = tmp_path / "out"
+    seen = []
+
+    def section(report: Path) -> list[str]:
+        seen.append((report / "report.html").is_file() and (report / "summary.csv").is_file())
+        return ['<section id="mine">paired</section>']
+
+    write_report([report_runs / FINISHED], out, measure=False, more_sections=section)
+    assert seen == [True] and '<section id="mine">paired</section>' in (out / "report.html").read_text()
+
+    def failing(report: Path) -> list[str]:
+        raise OSError(28, "No space left on device")
+
+    result = write_report([report_runs / FINISHED], out, measure=False, more_sections=failing)
+    page = (out / "report.html").read_text()
+    assert 'id="mine"' not in page and "No space left on device" in page
+    assert any("extra sections were not written" in n for n in result.notes)
+    assert json.loads((out / "report.json").read_text())["files"][0] == "report.html"
+
+
 def test_the_cli_writes_a_report_and_says_bad_input_in_one_line(report_runs, tmp_path):
     out = tmp_path / "cli"
     done = ild(

@@ -42,6 +42,8 @@ tasks:
 class FakeScorer:
     """Proposes the first layer of ``order`` still there; ``stop_at`` stops the run at that iteration."""
 
+    cached = False  # as engine.scoring.Scorer: its rankings never come from the ranking cache
+
     def __init__(self, run, order, stop_at=None):
         self.run, self.order, self.stop_at = run, order, stop_at
 

@@ -84,8 +84,9 @@ def write_report(
 ) -> ReportResult:
     """Write the report of ``run_paths`` into ``out`` (made if missing). ``measure``: time the
     teachers and the exported students on this machine (minutes for large models).
-    ``more_sections``: called with ``out`` once its tables are written (``summary.csv`` among them),
-    returns HTML sections for the page (a study's paired comparisons of its best strategies)."""
+    ``more_sections``: called with ``out`` once its tables (``summary.csv`` among them) and the page
+    are written, returns HTML sections the page is written again with (a study's paired comparisons
+    of its best strategies); an OSError there leaves the page without them, with a note."""
     from . import page, plots
     from .cost import COST_COLUMNS, measure_runs
 
@@ -146,26 +147,38 @@ def write_report(
     }
     written += [p for p in figures.values() if p] + [p for d in per_run.values() for p in d.values() if p]
 
-    extra = more_sections(out) if more_sections else []
-    names = [p.name for p in written]
-    html = page.render(
-        title=title or _title(runs),
-        runs=runs,
-        run_rows=run_rows,
-        figures=figures,
-        per_run=per_run,
-        tasks=facts.tasks_of(runs),
-        cost_rows=cost_rows,
-        notes=notes,
-        files=names,
-        sections=[lm_eval.section(harness), *extra],
-    )
-    (out / PAGE).write_text(html, encoding="utf-8")
-    names = [PAGE, *names]
+    files = [p.name for p in written]
+
+    def write_page(extra: list[str]) -> None:
+        html = page.render(
+            title=title or _title(runs),
+            runs=runs,
+            run_rows=run_rows,
+            figures=figures,
+            per_run=per_run,
+            tasks=facts.tasks_of(runs),
+            cost_rows=cost_rows,
+            notes=notes,
+            files=files,
+            sections=[lm_eval.section(harness), *extra],
+        )
+        (out / PAGE).write_text(html, encoding="utf-8")
+
+    # The page exists before the extra sections are made (a study's pairing rescoring takes
+    # minutes, and a failure there must not cost the report); it is written again with them.
+    write_page([])
+    names = [PAGE, *files]
     (out / MANIFEST).write_text(
         json.dumps({"files": names, "runs": [str(r.path) for r in runs], "written": now, "measured": measure}, indent=1)
         + "\n"
     )
+    if more_sections:
+        try:
+            extra = more_sections(out)
+        except OSError as exc:
+            notes.append(f"the page's extra sections were not written: {exc}")
+            extra = []
+        write_page(extra)
     return ReportResult(out, out / PAGE, names + [MANIFEST], notes)
 
 
