@@ -55,7 +55,8 @@ def segments(events: list[dict]) -> list[tuple[str, int, float]]:
             continue
         it = e.get("iteration") if isinstance(e.get("iteration"), int) else iteration
         if kind == "phase" and e.get("phase") == "healing" and e.get("detail") in HEALING_PARTS and it not in stepped:
-            switch(f"healing: {e['detail']}", it, t)  # the parts of a healing's preparation
+            if (f"healing: {e['detail']}", it) != (label, iteration):  # not its progress within the part
+                switch(f"healing: {e['detail']}", it, t)  # the parts of a healing's preparation
         elif kind == "phase" and "total" not in e:  # progress within a phase repeats it with done/total
             new = _label(e)
             same_healing = bool(label) and label.startswith("healing") and new.startswith("healing")

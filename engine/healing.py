@@ -60,6 +60,7 @@ class Healing:
         run.say(self.plan.describe(window), level="warning" if window.repeats else "info")
         run.progress.mark("held-out loss")
         self.healer.stage = run.progress.mark  # the parts of its preparation, for bench/phases.py
+        self.healer.cache.progress = run.progress
         before = self.healer.heldout_loss(pairs)
         resume = HealState.from_saved(partial.state) if partial is not None else None
         tag = {"stage": "final"} if final else {}

@@ -65,3 +65,20 @@ def test_a_block_is_computed_once_across_windows_and_runs(tmp_path):
     fresh, _, _ = _cache(teacher, None, 4, 6, stream=False)
     fresh.ensure({0}, "train")
     assert torch.equal(other.layers[("train", 0)][0:4], fresh.layers[("train", 0)][0:4])
+
+
+def test_the_teacher_pass_says_how_far_it_is():
+    """A large budget's teacher pass takes many minutes: it reports each batch, so that neither a
+    person nor the stall watchdog takes it for a hang."""
+    teacher = _teacher()
+    for stream in (True, False):
+        cache, _, _ = _cache(teacher, None, 0, 8, stream=stream)
+        told: list[tuple[str, int, int]] = []
+        cache.progress = lambda what, done, total, told=told: told.append((what, done, total))
+        cache.ensure({1}, "train")
+        cache.ensure(set(), "heldout")
+        train = [(done, total) for what, done, total in told if what == "teacher outputs"]
+        assert train == [(0, 2), (1, 2)] if stream else [(0, 8), (4, 8)]
+        assert [(what, done, total) for what, done, total in told if what != "teacher outputs"] == [
+            ("held-out loss", 0, 4)
+        ]

@@ -140,6 +140,7 @@ class _CachedLoop(_PlainLoop):
         )
         if needed is None:
             for b in range(0, len(blocks), batch):
+                healer.cache.progress("student prefix", b, len(blocks))
                 ids = blocks[b : b + batch].to(device)
                 inputs = adapter.prepare(ids, None)
                 hidden = inputs.hidden if shared is None else shared[b : b + len(ids)].to(device, inputs.hidden.dtype)
@@ -147,6 +148,7 @@ class _CachedLoop(_PlainLoop):
             return store
         needed = needed.unique()  # sorted; a window longer than the data names some blocks twice
         for b in range(0, len(needed), batch):
+            healer.cache.progress("student prefix", b, len(needed))
             index = needed[b : b + batch]
             inputs = adapter.prepare(blocks[index].to(device), None)
             store[index.numpy()] = adapter.run_layers(inputs.hidden, inputs, 0, self.start).float()

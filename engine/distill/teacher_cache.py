@@ -4,6 +4,7 @@ compares, and with ``teacher_topk`` its top-k tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,9 @@ class TeacherCache:
         # blocks stand alone and the teacher runs them batch_size at a time in their own order).
         self.stream: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None
+        # (what, done, total) as batches are computed or read back: a large budget's teacher pass
+        # takes many minutes, which the stall watchdog would otherwise report as a hang
+        self.progress: Callable[[str, int, int], None] = lambda what, done, total: None
 
     def set_train(
         self,
@@ -110,6 +114,7 @@ class TeacherCache:
             self.layers[(split, o)] = BlockStore(n, (t, d), torch.float32, self.spill_dir, self.limit)
         names = {o: f"layer-{o}" for o in missing}
         for b in range(0, n, self.batch_size):
+            self.progress("teacher outputs" if split == "train" else "held-out loss", b, n)
             ids = blocks[b : b + self.batch_size]
             outputs = self._forward(ids, names, todo_final)
             for o, name in names.items():
@@ -151,7 +156,8 @@ class TeacherCache:
         places: dict[int, list[tuple[int, int]]] = {}  # stream batch -> [(block, its place in the batch)]
         for block, row in enumerate(self.rows.tolist()):
             places.setdefault(row // size, []).append((block, row % size))
-        for k in sorted(places):
+        for done, k in enumerate(sorted(places)):
+            self.progress("teacher outputs", done, len(places))
             outputs = self._batch_outputs(self.stream[k * size : min((k + 1) * size, total)], list(new))
             for block, place in places[k]:
                 for name, store in new.items():
