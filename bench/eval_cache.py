@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ def main() -> int:
 
     import torch
 
-    from bench.racing import cpu_flags
+    from bench.racing import machine_line
     from engine.models.adapters import adapter_for
     from engine.models.loading import load_model
     from engine.models.surgery import remove_layers
@@ -52,10 +51,7 @@ def main() -> int:
         SuiteEvaluator(model, tokenizer, main_suite, part="report"),
         SuiteEvaluator(model, tokenizer, load_report_suite(main_suite), part=None),
     ]
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; pool {shared_pool().limit >> 20} MiB"
-    )
+    print(f"{machine_line()}; pool {shared_pool().limit >> 20} MiB")
 
     def split(evaluator):
         kinds = {t.spec.name: t.spec.kind for t in evaluator.tasks}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.racing import cpu_flags
+from bench.racing import machine_line
 
 
 def main() -> int:
@@ -55,10 +54,7 @@ def main() -> int:
     mapping = layer_map(student)
     trainable = choose_trainable(mapping, len(mapping) + 1, args.remove, config.trainable)
     pairs = hidden_pairs(config.loss, trainable, len(mapping))
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    print(machine_line())
     print(
         f"model {args.model}, layer {args.remove} removed, trainable {trainable}, compared {pairs}; "
         f"{train.numel()} training tokens in batches of {config.batch_size}"

@@ -44,6 +44,17 @@ def cpu_flags() -> str:
     return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 
 
+def machine_line() -> str:
+    """What every bench prints first: the CPU, its flags, torch and its threads (figures differ
+    between machines; a ratio is compared, never an absolute time)."""
+    import torch
+
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
@@ -105,8 +116,7 @@ def live(args, settings) -> int:
     evaluator.pack_tasks = device.type == "cuda" if args.pack == "auto" else args.pack == "on"
     card = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{card}, {next(model.parameters()).dtype}, "
+        f"{machine_line()}, device {device}{card}, {next(model.parameters()).dtype}, "
         f"tasks {'packed into shared batches' if evaluator.pack_tasks else 'batched each on its own'}"
     )
     print(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.racing import cpu_flags
+from bench.racing import machine_line
 
 
 def main() -> int:
@@ -31,8 +30,6 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--suite", default="default")
     args = parser.parse_args()
-
-    import torch
 
     from engine.config import RunConfig
     from engine.importance.racing import RacingSettings
@@ -48,10 +45,7 @@ def main() -> int:
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     config = RunConfig(name="bench", model=args.model, strategy="iterative-distill", start_layers=30, target_layers=24)
     suite = load_suite(args.suite)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    print(machine_line())
     rankings, times, forwards = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="ild-bench-rankings-") as root:
         cache = RankingCache(Path(root))

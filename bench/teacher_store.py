@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.racing import cpu_flags
+from bench.racing import machine_line
 
 
 def main() -> int:
@@ -47,10 +46,7 @@ def main() -> int:
     config = HealSettings(train_tokens=args.train_tokens)
     data = config.data
     train, heldout = distill_blocks(data, loaded.tokenizer, seed=0)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, cpu flags: {cpu_flags()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    print(machine_line())
     print(
         f"model {args.model}; {train.numel()} training + {heldout.numel()} held-out tokens; final hidden state and layer {args.layer}"
     )
