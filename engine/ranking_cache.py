@@ -4,9 +4,10 @@ Every run of a study that scores the teacher by task drop races the same thirty 
 same selection items (the first iteration's scoring is the longest of a run), and a run repeated
 with other healing settings scores the same teacher again. A ranking is stored under a key made of
 everything that decides it: the metric, the weights (``weights_digest``) and which original layers
-they are, the selection items (``evaluator_digest``, and whether tasks share batches), the
-calibration text, the teacher's weights where the metric compares against it, the batching, the
-racing settings and the source of the code that scores. The whole ``Ranking`` comes back: the
+they are, what the metric declared it reads (the selection items with ``evaluator_digest``,
+whether tasks share batches and the racing settings; the calibration text; the teacher's weights),
+the batching and the source of the code that scores (the engine's, and the module of a metric
+registered from outside it). The whole ``Ranking`` comes back: the
 importance event as it was emitted (racing's rounds included) and the per-item results of layers
 the race dropped early, which an evaluation of the model without such a layer completes.
 """
@@ -14,8 +15,12 @@ the race dropped early, which an evaluation of the model without such a layer co
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+from pathlib import Path
 
 from engine.digests import code_digest, value_digest, weights_digest
+from engine.runlog.strategies import get_metric
 from engine.score_cache import SCORING_CODE, JsonEntries, evaluator_digest
 from engine.scoring import Ranking
 from engine.tasks.item_scores import ITEM_COLUMNS, ItemScores
@@ -26,23 +31,29 @@ RANKING_CODE = (*SCORING_CODE, "scoring.py", "importance", "models/surgery.py", 
 
 class RankingCache(JsonEntries):
     def key(self, scorer) -> str:
-        """The key of what ``scorer`` (an ``engine.scoring.Scorer``) would rank now."""
+        """The key of what ``scorer`` (an ``engine.scoring.Scorer``) would rank now. What the metric
+        did not declare it needs (``engine.runlog.strategies.Metric``) stays out of the key: a
+        study's task-drop presets share the teacher's ranking whether or not a bridge made them
+        load the calibration text."""
         from engine.models.surgery import layer_map
 
+        needs = get_metric(scorer.metric)
         evaluator = scorer.evaluator
+        suite = needs.suite and evaluator is not None
         return value_digest(
             [
                 FORMAT,
                 scorer.metric,
+                _source(needs.score),
                 weights_digest(scorer.model),
                 layer_map(scorer.model),
-                None if evaluator is None else [evaluator_digest(evaluator), getattr(evaluator, "pack_tasks", False)],
-                value_digest([dataclasses.asdict(s) for s in scorer.calibration]),
-                None if scorer.teacher is None else weights_digest(scorer.teacher),
+                [evaluator_digest(evaluator), getattr(evaluator, "pack_tasks", False)] if suite else None,
+                dataclasses.asdict(scorer.racing) if suite and scorer.racing is not None else None,
+                value_digest([dataclasses.asdict(s) for s in scorer.calibration]) if needs.calibration else None,
+                weights_digest(scorer.teacher) if needs.teacher and scorer.teacher is not None else None,
                 scorer.pad_id,
                 scorer.batch_tokens,
                 scorer.block,
-                None if scorer.racing is None else dataclasses.asdict(scorer.racing),
                 code_digest(*RANKING_CODE),
             ]
         )
@@ -67,6 +78,16 @@ class RankingCache(JsonEntries):
                 },
             },
         )
+
+
+def _source(function: str) -> str:
+    """A digest of the module a registered scoring function lives in ("package.module:function"):
+    a metric registered from outside the engine is not covered by the engine's code digest."""
+    module = importlib.import_module(function.partition(":")[0])
+    try:
+        return value_digest(Path(inspect.getfile(module)).read_text())
+    except (OSError, TypeError):
+        return function  # no source to read (a built-in or a module made in memory): by name only
 
 
 def _ranking(stored: dict) -> Ranking:

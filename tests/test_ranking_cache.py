@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
+import sys
 
 import pytest
 import torch
@@ -119,3 +121,35 @@ def test_weights_that_cannot_be_read_here_are_ranked_without_the_cache(tmp_path,
     monkeypatch.setattr(engine.ranking_cache, "weights_digest", offloaded)
     scorer = Scorer("bi", tiny_model("llama"), None, _calibration(), 0, 4096, cache=RankingCache(tmp_path))
     assert scorer.score().ranked and scorer.cache is None and not list(tmp_path.iterdir())
+
+
+def test_what_a_metric_does_not_read_is_not_in_the_key(tmp_path, raced):
+    """A bridge makes a task-drop preset load the calibration text, which task drop never reads:
+    the study's presets still share the teacher's ranking."""
+    model, suite, tok = raced
+    cache = RankingCache(tmp_path)
+    plain, _ = _task_drop(model, suite, tok, cache, RACING)
+    plain.score()
+    bridged, evaluator = _task_drop(model, suite, tok, cache, RACING)
+    bridged.calibration = _calibration()
+    bridged.score()
+    assert bridged.cached and evaluator.forwards.layer_forwards == 0
+
+
+def test_a_metric_registered_from_outside_is_ranked_again_when_its_code_changes(tmp_path, monkeypatch):
+    from engine.runlog.strategies import METRICS, Metric
+
+    module = tmp_path / "my_metric.py"
+    code = "def score(scorer):\n    return scorer.ranking({o: {sign} * o for o in range(len(scorer.model.model.layers))})\n"
+    module.write_text(code.replace("{sign}", "1.0"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(METRICS, "mine", Metric("mine", "my_metric:score", "a user's metric"))
+    cache = RankingCache(tmp_path / "store")
+    model = tiny_model("llama")
+    first = Scorer("mine", model, None, [], 0, 4096, cache=cache)
+    assert first.score().proposal == 0 and not first.cached
+    module.write_text(code.replace("{sign}", "-1.0"))  # the user edits their metric
+    importlib.reload(sys.modules["my_metric"])
+    monkeypatch.delitem(sys.modules, "my_metric")
+    edited = Scorer("mine", model, None, [], 0, 4096, cache=cache)
+    assert edited.score().proposal == 5 and not edited.cached
