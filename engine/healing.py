@@ -61,6 +61,7 @@ class Healing:
         run.progress.mark("held-out loss")
         self.healer.stage = run.progress.mark  # the parts of its preparation, for bench/phases.py
         self.healer.cache.progress = run.progress
+        self.healer.cache.say = lambda text: run.say(text, level="warning")
         before = self.healer.heldout_loss(pairs)
         resume = HealState.from_saved(partial.state) if partial is not None else None
         tag = {"stage": "final"} if final else {}

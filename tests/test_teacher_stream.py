@@ -82,3 +82,25 @@ def test_the_teacher_pass_says_how_far_it_is():
         assert [(what, done, total) for what, done, total in told if what != "teacher outputs"] == [
             ("held-out loss", 0, 4)
         ]
+
+
+def test_outputs_larger_than_the_whole_store_are_not_written(tmp_path):
+    """A budget whose teacher outputs exceed the store would only evict them (and every other run's
+    entries) while writing them: they are computed for the run, not stored, and the log says so."""
+    teacher = _teacher()
+    hidden = teacher.config.hidden_size
+    one_output = 8 * 16 * hidden * 4  # the window's 8 blocks of 16 tokens, float32
+    small = TeacherStore(tmp_path / "small", one_output)  # holds the final state alone, not two outputs
+    cache, calls, _ = _cache(teacher, small, 0, 8)
+    said: list[str] = []
+    cache.say = said.append
+    cache.ensure({1}, "train")
+    cache.ensure({1}, "train")
+    assert small.used_bytes() == 0 and not list((tmp_path / "small").rglob("*.bin"))
+    assert len(said) == 1 and "exceed the teacher store" in said[0] and "heal.teacher_store_mb" in said[0]
+    roomy = TeacherStore(tmp_path / "roomy", 4 * one_output)
+    stored, _, _ = _cache(teacher, roomy, 0, 8)
+    stored.say = said.append
+    stored.ensure({1}, "train")
+    assert roomy.used_bytes() > 0 and len(said) == 1
+    assert torch.equal(stored.final["train"][:], cache.final["train"][:])

@@ -54,6 +54,8 @@ class TeacherCache:
         # (what, done, total) as batches are computed or read back: a large budget's teacher pass
         # takes many minutes, which the stall watchdog would otherwise report as a hang
         self.progress: Callable[[str, int, int], None] = lambda what, done, total: None
+        self.say: Callable[[str], None] = lambda text: None  # a warning for the run's log
+        self._said_too_large = False
 
     def set_train(
         self,
@@ -121,7 +123,7 @@ class TeacherCache:
                 self.layers[(split, o)][b : b + len(ids)] = outputs[name]
             if todo_final:
                 self.final[split][b : b + len(ids)] = outputs["final"]
-        if entry is not None:
+        if entry is not None and self._fits(n * t * d * 4 * (len(missing) + todo_final)):
             if todo_final:
                 entry.save("final", (n, t, d), self.final[split])
             for o in missing:
@@ -156,15 +158,32 @@ class TeacherCache:
         places: dict[int, list[tuple[int, int]]] = {}  # stream batch -> [(block, its place in the batch)]
         for block, row in enumerate(self.rows.tolist()):
             places.setdefault(row // size, []).append((block, row % size))
+        keep = self._fits(len(places) * size * t * d * 4 * len(new))
         for done, k in enumerate(sorted(places)):
             self.progress("teacher outputs", done, len(places))
-            outputs = self._batch_outputs(self.stream[k * size : min((k + 1) * size, total)], list(new))
+            outputs = self._batch_outputs(self.stream[k * size : min((k + 1) * size, total)], list(new), keep)
             for block, place in places[k]:
                 for name, store in new.items():
                     store[block] = outputs[name][place]
 
-    def _batch_outputs(self, ids: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        """The teacher's outputs ``names`` ("final", "layer-<o>") on one batch of the stream."""
+    def _fits(self, nbytes: int) -> bool:
+        """Whether outputs of ``nbytes`` are worth storing: more than the whole store holds would
+        only evict each other (and every other run's entries) while being written, so they are not
+        written at all, and the run's log says so once."""
+        if self.store is None or nbytes <= self.store.limit:
+            return True
+        if not self._said_too_large:
+            self._said_too_large = True
+            self.say(
+                f"the teacher's outputs on this healing's data ({nbytes / 2**20:,.0f} MiB) exceed the teacher store "
+                f"({self.store.limit / 2**20:,.0f} MiB, heal.teacher_store_mb): they are computed for this run "
+                "and not stored for later ones; raise heal.teacher_store_mb to keep them"
+            )
+        return False
+
+    def _batch_outputs(self, ids: torch.Tensor, names: list[str], keep: bool = True) -> dict[str, torch.Tensor]:
+        """The teacher's outputs ``names`` ("final", "layer-<o>") on one batch of the stream (read
+        from the store where an earlier run computed them; stored when computed if ``keep``)."""
         shape = (*ids.shape, self.teacher.config.hidden_size)
         entry = self._entry_for(ids)
         out: dict[str, torch.Tensor] = {}
@@ -177,7 +196,7 @@ class TeacherCache:
             return out
         wanted = {int(name.split("-")[1]): name for name in todo if name != "final"}
         out.update(self._forward(ids, wanted, "final" in todo))
-        if entry is not None:
+        if entry is not None and keep:
             for name in todo:
                 entry.save(name, shape, out[name])
         return out
