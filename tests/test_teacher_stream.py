@@ -91,7 +91,7 @@ def test_outputs_larger_than_the_whole_store_are_not_written(tmp_path):
     hidden = teacher.config.hidden_size
     one_output = 8 * 16 * hidden * 4  # the window's 8 blocks of 16 tokens, float32
     small = TeacherStore(tmp_path / "small", one_output)  # holds the final state alone, not two outputs
-    cache, calls, _ = _cache(teacher, small, 0, 8)
+    cache, _, _ = _cache(teacher, small, 0, 8)
     said: list[str] = []
     cache.say = said.append
     cache.ensure({1}, "train")
