@@ -69,12 +69,7 @@ def main() -> int:
             forwards[name] = evaluator.forwards.layer_forwards
             print(f"{name}: {times[name]:.2f} s, {forwards[name]} layer-forwards", flush=True)
     raced, read = rankings["raced"], rankings["read from the cache"]
-    same = (raced.ranked, raced.per_task, raced.event, raced.partial_items) == (
-        read.ranked,
-        read.per_task,
-        read.event,
-        read.partial_items,
-    )
+    same = raced == read  # a dataclass: every field (ranked, per-task scores, event, per-item results)
     print(
         f"read back **{times['raced'] / times['read from the cache']:.0f}x** faster than raced "
         f"({times['raced']:.1f} s vs {times['read from the cache']:.2f} s, the evaluator's preparation "

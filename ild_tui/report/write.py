@@ -164,8 +164,8 @@ def write_report(
         )
         (out / PAGE).write_text(html, encoding="utf-8")
 
-    # The page exists before the extra sections are made (a study's pairing rescoring takes
-    # minutes, and a failure there must not cost the report); it is written again with them.
+    # The page exists before the extra sections are made (a study's pairing may score its students
+    # again, minutes, and a failure there must not cost the report); it is written again with them.
     write_page([])
     names = [PAGE, *files]
     (out / MANIFEST).write_text(
