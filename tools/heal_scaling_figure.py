@@ -57,7 +57,14 @@ def draw(series: dict[str, list[tuple[int, float]]], out: Path, title: str) -> P
     for i, (name, points) in enumerate(series.items()):
         xs, ys = zip(*points)
         ax.plot(
-            xs, [100 * y for y in ys], marker=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)], label=name
+            xs,
+            [100 * y for y in ys],
+            marker=MARKERS[i % len(MARKERS)],
+            # Each series drawn smaller than the one before, so that two schedules landing on the same
+            # point (a measured tie) both stay visible instead of one hiding the other.
+            markersize=max(4.0, 9.0 - 1.2 * i),
+            color=COLOURS[i % len(COLOURS)],
+            label=name,
         )
     ax.axhline(90, color="#666666", linestyle="--", linewidth=1)
     ax.set_ylim(top=max(93.0, ax.get_ylim()[1]))  # the 90 % line and its label always inside
