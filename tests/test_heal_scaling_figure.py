@@ -73,3 +73,27 @@ def test_no_table_is_one_line_and_nonzero(tmp_path, capsys):
     empty = _table(tmp_path / "empty.csv", [])
     assert figure.main([str(empty), str(tmp_path / "f.png")]) == 1
     assert not (tmp_path / "f.png").exists()
+
+
+def test_excluded_variants_are_not_drawn(tmp_path):
+    """A row kept in the table as measured but known not to measure its budget (an artefact) can be
+    left out of the figure by its variant name; an unknown name is an error, not silence."""
+    row = {"schedule": "once + final", "data": "mixed", "retention_report": 0.80}
+    table = _table(
+        tmp_path / "t.csv",
+        [
+            {**row, "variant": "once + final 393216 mixed final-all", "tokens_trained": 393216},
+            {
+                **row,
+                "variant": "once + final 786432 mixed final-all",
+                "tokens_trained": 491520,
+                "retention_report": 0.72,
+            },
+        ],
+    )
+    series = figure.read_points(table, exclude={"once + final 786432 mixed final-all"})
+    assert series == {"once + final (mixed, final-all)": [(393216, 0.80)]}
+    out = tmp_path / "fig.png"
+    assert figure.main([str(table), str(out), "--exclude", "once + final 786432 mixed final-all"]) == 0
+    assert figure.main([str(table), str(tmp_path / "g.png"), "--exclude", "no such row"]) == 2
+    assert not (tmp_path / "g.png").exists()

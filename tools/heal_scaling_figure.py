@@ -5,7 +5,9 @@ schedule, from the table ``tools/heal_scaling.py`` writes.
 
 Each point is one finished run: x is the tokens it trained on (every healing together), y the
 report aggregate of its final student over the teacher's. The teacher's 90 % is drawn as a line,
-so where the curve is heading and what 90 % would cost can be read off the figure.
+so where the curve is heading and what 90 % would cost can be read off the figure. ``--exclude
+VARIANT`` leaves a row out of the figure (it stays in the table): for a run kept as measured that
+does not measure its budget, such as a healing stopped early by a rule since fixed.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
 MARKERS = "os^DvP"
 
 
-def read_points(path: Path) -> dict[str, list[tuple[int, float]]]:
+def read_points(path: Path, exclude: set[str] = frozenset()) -> dict[str, list[tuple[int, float]]]:
     """(tokens trained, retention) per series, a series being the schedule, its healing data and the
-    variant's label (what ``tools/heal_scaling.py --label`` appended after the data)."""
+    variant's label (what ``tools/heal_scaling.py --label`` appended after the data); rows whose
+    variant is in ``exclude`` are left out."""
     series: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            if row.get("variant") in exclude:
+                continue
             try:
                 point = (int(float(row["tokens_trained"])), float(row["retention_report"]))
             except (KeyError, ValueError):
@@ -88,11 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("table", type=Path, help="heal_scaling.csv")
     parser.add_argument("out", type=Path, help="the PNG to write")
     parser.add_argument("--title", default="SmolLM2-135M, 30 -> 24 layers, fixed removals: retention against healing")
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="VARIANT", help="a row's variant to leave out (repeatable)"
+    )
     args = parser.parse_args(argv)
     if not args.table.is_file():
         print(f"error: no table at {args.table}", file=sys.stderr)
         return 2
-    series = read_points(args.table)
+    with open(args.table, newline="") as f:
+        unknown = set(args.exclude) - {row.get("variant") for row in csv.DictReader(f)}
+    if unknown:
+        print(f"error: --exclude names no row of {args.table}: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    series = read_points(args.table, set(args.exclude))
     if not series:
         print(f"error: {args.table} has no finished rows to draw", file=sys.stderr)
         return 1
