@@ -33,10 +33,13 @@ MARKERS = "os^DvP"
 def read_points(path: Path, exclude: set[str] = frozenset()) -> dict[str, list[tuple[int, float]]]:
     """(tokens trained, retention) per series, a series being the schedule, its healing data and the
     variant's label (what ``tools/heal_scaling.py --label`` appended after the data); rows whose
-    variant is in ``exclude`` are left out."""
+    variant is in ``exclude`` are left out. ValueError if ``exclude`` names a variant the table lacks
+    (a misspelt name would otherwise leave the row drawn without a word)."""
     series: dict[str, list[tuple[int, float]]] = {}
+    variants: set[str] = set()
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            variants.add(row.get("variant"))
             if row.get("variant") in exclude:
                 continue
             try:
@@ -46,6 +49,8 @@ def read_points(path: Path, exclude: set[str] = frozenset()) -> dict[str, list[t
             label = row.get("variant", "").partition(f" {row['data']}")[2].strip()
             name = f"{row['schedule']} ({row['data']}{', ' + label if label else ''})"
             series.setdefault(name, []).append(point)
+    if unknown := set(exclude) - variants:
+        raise ValueError(f"--exclude names no row of {path}: {', '.join(sorted(unknown))}")
     return {name: sorted(points) for name, points in series.items()}
 
 
@@ -100,12 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table.is_file():
         print(f"error: no table at {args.table}", file=sys.stderr)
         return 2
-    with open(args.table, newline="") as f:
-        unknown = set(args.exclude) - {row.get("variant") for row in csv.DictReader(f)}
-    if unknown:
-        print(f"error: --exclude names no row of {args.table}: {', '.join(sorted(unknown))}", file=sys.stderr)
+    try:
+        series = read_points(args.table, set(args.exclude))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    series = read_points(args.table, set(args.exclude))
     if not series:
         print(f"error: {args.table} has no finished rows to draw", file=sys.stderr)
         return 1
